@@ -1,0 +1,59 @@
+# nodemesh — run `make help` for the targets.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+NM    := $(VENV)/bin/nodemesh
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+##@ The two commands
+
+demo: install ## Bring the mesh up on this machine (embedded NATS, 2 nodes, demo workloads) and say what to try
+	$(NM) up --data-dir .data --nodes 2 --manifests examples/demo
+	@echo
+	@echo "  nodemesh is up. Try:"
+	@echo "    $(NM) status"
+	@echo "    $(NM) get pods -A"
+	@echo "    $(NM) observe --last 20"
+	@echo "    $(NM) down"
+
+test: install ## Run the whole test suite (privileged tests included: run as root)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+##@ Development
+
+install: $(VENV)/.installed ## Install system packages, kernel headers for BCC, and the venv (idempotent)
+
+$(VENV)/.installed: pyproject.toml scripts/install-system.sh
+	bash scripts/install-system.sh
+	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -c 'import bcc, nats, envoy.config.listener.v3.listener_pb2, spiffe' # fail early if a component is missing
+	touch $@
+
+check: install ## Lint and type-check
+	$(VENV)/bin/ruff check nodemesh services tests bench
+	$(VENV)/bin/ruff format --check nodemesh services
+	$(VENV)/bin/mypy
+
+fmt: install ## Format the code
+	$(VENV)/bin/ruff format nodemesh services tests bench
+	$(VENV)/bin/ruff check --fix nodemesh services tests bench
+
+down: ## Stop a mesh started with `make demo`
+	-$(NM) down --data-dir .data
+
+conformance: install ## Run the Gateway API conformance cases against a local cluster
+	$(PY) -m nodemesh.conformance --report docs/conformance.md
+
+bench: install ## Run every benchmark (interleaved A/B); results go into docs/benchmarks.md by hand
+	$(PY) -m bench.identity
+	$(PY) -m bench.datapath
+	$(PY) -m bench.auth
+	$(PY) -m bench.xds
+
+help: ## This help
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2} /^##@/ {printf "\n%s\n", substr($$0, 5)}' $(MAKEFILE_LIST)
+
+.PHONY: demo test install check fmt down conformance bench help

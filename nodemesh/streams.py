@@ -1,0 +1,122 @@
+"""Every JetStream stream and KV bucket nodemesh uses, and their idempotent provisioning.
+
+Any service may call :func:`provision` at start; creating what exists is a no-op and a changed
+config is updated in place, so services can start in any order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from nodemesh import subjects
+
+__all__ = ["BUCKETS", "STREAMS", "Bucket", "Stream", "provision"]
+
+log = logging.getLogger("nodemesh.streams")
+
+
+class Stream(msgspec.Struct, frozen=True):
+    name: str
+    subjects: tuple[str, ...]
+    max_msgs_per_subject: int = -1
+    max_msgs: int = -1
+    max_age_s: float = 0.0
+    duplicate_window_s: float = 120.0
+    doc: str = ""
+
+
+class Bucket(msgspec.Struct, frozen=True):
+    name: str
+    history: int = 1
+    ttl_s: float = 0.0
+    doc: str = ""
+
+
+STREAM_K8S = Stream(
+    name="K8S",
+    subjects=(subjects.K8S_OBJ_ALL, subjects.K8S_SYNCED),
+    max_msgs_per_subject=1,
+    doc="Last-value cache of every Kubernetes object; replay = full state. Tombstones for deletes.",
+)
+STREAM_EVENTS = Stream(
+    name="EVENTS",
+    subjects=(subjects.IDENTITY_EVENTS, subjects.IPCACHE_EVENTS, subjects.TRUST_BUNDLE),
+    max_msgs=1_000_000,
+    max_age_s=3600.0,
+    doc="Ordered identity, ipcache and trust-bundle changes (state itself lives in KV).",
+)
+STREAM_FLOWS = Stream(
+    name="FLOWS",
+    subjects=(subjects.FLOWS_ALL,),
+    max_msgs=200_000,
+    max_age_s=3600.0,
+    duplicate_window_s=1.0,
+    doc="Recent flows for `nodemesh observe --last N`; live consumers use core NATS.",
+)
+STREAMS: tuple[Stream, ...] = (STREAM_K8S, STREAM_EVENTS, STREAM_FLOWS)
+
+BUCKET_IDENTITIES = Bucket("identities", doc="id → Identity (labels, refs); labels-hash keys → id")
+BUCKET_IPCACHE = Bucket("ipcache", doc="IP (dots as '-') → IPCacheEntry")
+BUCKET_NODES = Bucket("nodes", doc="node name → NodeInfo (address, pod CIDR, authd address)")
+BUCKET_TRUST = Bucket("trust", doc="trust bundle (CA roots, PEM)")
+BUCKET_LEASES = Bucket("leases", ttl_s=5.0, doc="leader leases; an entry expires unless renewed")
+BUCKET_AUTH = Bucket("auth", doc="per-node mutual-auth state for `nodemesh auth list`")
+BUCKETS: tuple[Bucket, ...] = (
+    BUCKET_IDENTITIES,
+    BUCKET_IPCACHE,
+    BUCKET_NODES,
+    BUCKET_TRUST,
+    BUCKET_LEASES,
+    BUCKET_AUTH,
+)
+
+
+def _stream_config(s: Stream, replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=s.name,
+        subjects=list(s.subjects),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=s.max_msgs_per_subject,
+        max_msgs=s.max_msgs,
+        max_age=s.max_age_s or None,
+        duplicate_window=s.duplicate_window_s,
+        num_replicas=replicas,
+        description=s.doc or None,
+    )
+
+
+async def provision(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create or update every stream and bucket. Safe to call concurrently from many services."""
+    for s in STREAMS:
+        cfg = _stream_config(s, replicas)
+        try:
+            await js.stream_info(s.name)
+            await js.update_stream(cfg)
+        except NotFoundError:
+            try:
+                await js.add_stream(cfg)
+            except BadRequestError:
+                # Lost a creation race with another service: it exists now.
+                await js.update_stream(cfg)
+    for b in BUCKETS:
+        try:
+            await js.key_value(b.name)
+        except (NotFoundError, BadRequestError):
+            try:
+                await js.create_key_value(
+                    KeyValueConfig(
+                        bucket=b.name,
+                        history=b.history,
+                        ttl=b.ttl_s or None,
+                        replicas=replicas,
+                        description=b.doc or None,
+                    )
+                )
+            except BadRequestError:
+                await js.key_value(b.name)

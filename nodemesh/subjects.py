@@ -1,0 +1,148 @@
+"""Every NATS subject nodemesh uses, built by functions — the only place a subject string is formatted.
+
+Layout (``<node>`` is a node name, ``<kind>`` a lower-case Kubernetes kind):
+
+==============================================  =========================  =================================
+subject                                         carried by                 payload (nodemesh.messages.*)
+==============================================  =========================  =================================
+``k8s.obj.<kind>.<namespace>.<name>``           stream K8S (last value)    k8s.ObjectEvent
+``k8s.synced``                                  stream K8S (last value)    k8s.Synced
+``k8s.status.<kind>.<namespace>.<name>``        core NATS → watcher        k8s.StatusPatch
+``identity.allocate`` / ``identity.release``    request/reply, queue       identity.*
+``identity.events``                             stream IDENTITY            identity.IdentityEvent
+``ipcache.events``                              stream IDENTITY            identity.IPCacheEvent
+``svid.sign.<node>``                            request/reply, queue       identity.SvidRequest/SvidReply
+``trust.bundle``                                stream IDENTITY            identity.TrustBundle
+``auth.required.<node>``                        core NATS                  auth.AuthRequired
+``auth.granted.<node>`` / ``auth.revoked.<node>`` core NATS                auth.AuthVerdict
+``auth.events.<node>``                          core NATS                  auth.AuthEvent
+``auth.list.<node>``                            request/reply              auth.*
+``flows.<node>``                                core NATS                  flow.Flow
+``xds.ack.<node>``                              core NATS                  xds.XdsAck
+``local.pods.<node>``                           core NATS                  (local mode) pod plumbing
+==============================================  =========================  =================================
+
+Names and namespaces may contain dots, which NATS treats as token separators, so every token taken from
+user data goes through :func:`token`, which maps ``.`` to ``~`` (a character Kubernetes names never contain).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AUTH_ALL_EVENTS",
+    "FLOWS_ALL",
+    "IDENTITY_ALLOCATE",
+    "IDENTITY_EVENTS",
+    "IDENTITY_RELEASE",
+    "IPCACHE_EVENTS",
+    "K8S_OBJ_ALL",
+    "K8S_STATUS_ALL",
+    "K8S_SYNCED",
+    "TRUST_BUNDLE",
+    "auth_events",
+    "auth_granted",
+    "auth_list",
+    "auth_required",
+    "auth_revoked",
+    "flows",
+    "k8s_kind",
+    "k8s_object",
+    "k8s_status",
+    "local_pods",
+    "svid_sign",
+    "token",
+    "untoken",
+    "xds_ack",
+]
+
+_EMPTY = "_"
+
+
+def token(value: str) -> str:
+    """Turn user data (a name, namespace or node) into one NATS subject token."""
+    if not value:
+        return _EMPTY
+    return value.replace(".", "~")
+
+
+def untoken(tok: str) -> str:
+    """Inverse of :func:`token`."""
+    if tok == _EMPTY:
+        return ""
+    return tok.replace("~", ".")
+
+
+# --- Kubernetes objects (watcher → everyone) -------------------------------------------------
+K8S_OBJ_ALL = "k8s.obj.>"
+K8S_SYNCED = "k8s.synced"
+K8S_STATUS_ALL = "k8s.status.>"
+
+
+def k8s_object(kind: str, namespace: str, name: str) -> str:
+    """Subject of one object's events; the K8S stream keeps only the last message per subject."""
+    return f"k8s.obj.{kind.lower()}.{token(namespace)}.{token(name)}"
+
+
+def k8s_kind(kind: str) -> str:
+    """Wildcard over every object of one kind."""
+    return f"k8s.obj.{kind.lower()}.>"
+
+
+def k8s_status(kind: str, namespace: str, name: str) -> str:
+    """Status patch for one object, applied by the active watcher."""
+    return f"k8s.status.{kind.lower()}.{token(namespace)}.{token(name)}"
+
+
+# --- identity service --------------------------------------------------------------------------
+IDENTITY_ALLOCATE = "identity.allocate"
+IDENTITY_RELEASE = "identity.release"
+IDENTITY_EVENTS = "identity.events"
+IPCACHE_EVENTS = "ipcache.events"
+TRUST_BUNDLE = "trust.bundle"
+
+
+def svid_sign(node: str) -> str:
+    """CSR → SVID requests of one node; NATS permissions let only that node's user publish here."""
+    return f"svid.sign.{token(node)}"
+
+
+# --- mutual authentication ----------------------------------------------------------------------
+AUTH_ALL_EVENTS = "auth.events.*"
+
+
+def auth_required(node: str) -> str:
+    return f"auth.required.{token(node)}"
+
+
+def auth_granted(node: str) -> str:
+    return f"auth.granted.{token(node)}"
+
+
+def auth_revoked(node: str) -> str:
+    return f"auth.revoked.{token(node)}"
+
+
+def auth_events(node: str) -> str:
+    return f"auth.events.{token(node)}"
+
+
+def auth_list(node: str) -> str:
+    return f"auth.list.{token(node)}"
+
+
+# --- flows ---------------------------------------------------------------------------------------
+FLOWS_ALL = "flows.*"
+
+
+def flows(node: str) -> str:
+    return f"flows.{token(node)}"
+
+
+# --- xds -----------------------------------------------------------------------------------------
+def xds_ack(node: str) -> str:
+    return f"xds.ack.{token(node)}"
+
+
+# --- local mode ----------------------------------------------------------------------------------
+def local_pods(node: str) -> str:
+    return f"local.pods.{token(node)}"

@@ -1,0 +1,1 @@
+"""Helpers that start real components for tests and benchmarks (nats-server, Envoy)."""

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what nodemesh needs from Debian on a fresh machine (idempotent; needs root):
+# BCC and its Python bindings, bpftool, iproute2, kernel headers for BCC, load tools for bench/.
+set -euo pipefail
+
+PKGS=(python3-bpfcc libbpfcc bpftool iproute2 python3-venv linux-headers-amd64 iptables nftables iperf3 wrk
+      nghttp2-client procps psmisc curl)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-system: apt-get install ${missing[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# BCC compiles against /lib/modules/$(uname -r)/build. The running kernel ships no headers, so
+# point that at Debian's newest header package (its arch dir) and `source` at the -common dir.
+K="$(uname -r)"
+if [[ ! -e "/lib/modules/$K/build/include" ]]; then
+  hdr="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)"
+  common="$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1)"
+  mkdir -p "/lib/modules/$K"
+  ln -sfn "$hdr" "/lib/modules/$K/build"
+  ln -sfn "$common" "/lib/modules/$K/source"
+  echo "install-system: /lib/modules/$K/build -> $hdr"
+fi
+
+# bpffs for pinned maps.
+if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
+  mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
+fi
