@@ -1,0 +1,1 @@
+"""The ``nodemesh`` command line. Each ``cmd_*.py`` module here adds its own subcommands."""

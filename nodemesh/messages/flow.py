@@ -1,0 +1,92 @@
+"""Flows, shaped like Hubble's ``flow.Flow`` so ``-o json`` output works with Hubble tooling.
+
+Field names follow Hubble's JSON (``IP``, ``l4``, ``source``, ``traffic_direction``, …) via msgspec
+renames; enums are the Hubble enum names as strings (``FORWARDED``, ``DROPPED``, ``INGRESS``).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["IP", "L4", "L7", "TCP", "UDP", "Endpoint", "Flow", "HTTP", "ICMPv4", "TCPFlags"]
+
+
+class Endpoint(msgspec.Struct, kw_only=True, omit_defaults=True):
+    ID: int = 0
+    identity: int = 0
+    namespace: str = ""
+    labels: list[str] = msgspec.field(default_factory=list)
+    pod_name: str = ""
+    node_name: str = ""
+
+
+class IP(msgspec.Struct, kw_only=True, omit_defaults=True):
+    source: str = ""
+    destination: str = ""
+    ipVersion: str = "IPv4"
+
+
+class TCPFlags(msgspec.Struct, kw_only=True, omit_defaults=True):
+    FIN: bool = False
+    SYN: bool = False
+    RST: bool = False
+    PSH: bool = False
+    ACK: bool = False
+    URG: bool = False
+
+
+class TCP(msgspec.Struct, kw_only=True, omit_defaults=True):
+    source_port: int = 0
+    destination_port: int = 0
+    flags: TCPFlags | None = None
+
+
+class UDP(msgspec.Struct, kw_only=True, omit_defaults=True):
+    source_port: int = 0
+    destination_port: int = 0
+
+
+class ICMPv4(msgspec.Struct, kw_only=True, omit_defaults=True):
+    type: int = 0
+    code: int = 0
+
+
+class L4(msgspec.Struct, kw_only=True, omit_defaults=True):
+    TCP: TCP | None = None
+    UDP: UDP | None = None
+    ICMPv4: ICMPv4 | None = None
+    SCTP: UDP | None = None
+
+
+class HTTP(msgspec.Struct, kw_only=True, omit_defaults=True):
+    code: int = 0
+    method: str = ""
+    url: str = ""
+    protocol: str = ""
+    headers: list[dict[str, str]] = msgspec.field(default_factory=list)
+
+
+class L7(msgspec.Struct, kw_only=True, omit_defaults=True):
+    type: str = ""  # REQUEST | RESPONSE | SAMPLE
+    latency_ns: int = 0
+    http: HTTP | None = None
+
+
+class Flow(msgspec.Struct, kw_only=True, omit_defaults=True):
+    time: str  # RFC 3339 with nanoseconds, as Hubble prints it
+    verdict: str  # FORWARDED | DROPPED | AUDIT | REDIRECTED | ERROR
+    IP: IP | None = None
+    l4: L4 | None = None
+    l7: L7 | None = None
+    source: Endpoint | None = None
+    destination: Endpoint | None = None
+    Type: str = "L3_L4"  # L3_L4 | L7 | SOCK
+    node_name: str = ""
+    event_type: dict[str, int] = msgspec.field(default_factory=dict)  # {"type": 1 drop | 4 trace | 5 pv}
+    traffic_direction: str = ""  # INGRESS | EGRESS
+    drop_reason: int = 0
+    drop_reason_desc: str = ""  # POLICY_DENIED | AUTH_REQUIRED | POLICY_DENY | …
+    is_reply: bool = False
+    auth_type: str = ""  # DISABLED | SPIRE | TEST_ALWAYS_FAIL
+    policy_match_type: int = 0
+    Summary: str = ""

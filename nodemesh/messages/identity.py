@@ -1,0 +1,110 @@
+"""Security identities, the ipcache, nodes and SVIDs (identity service ↔ datapath, authd, xds).
+
+KV layouts (bucket → key → value):
+    identities: ``id.<n>`` → Identity;  ``labels.<sha256 of canonical labels>`` → IdentityRef
+    ipcache:    ``<ip with '.'/':' as '-'>`` → IPCacheEntry
+    nodes:      ``<node>`` → NodeInfo
+    trust:      ``bundle`` → TrustBundle
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "Identity",
+    "IdentityEvent",
+    "IdentityRef",
+    "IPCacheEntry",
+    "IPCacheEvent",
+    "NodeInfo",
+    "SvidReply",
+    "SvidRequest",
+    "TrustBundle",
+    "ip_key",
+]
+
+
+class Identity(msgspec.Struct, kw_only=True):
+    """A numeric security identity and the labels it stands for.
+
+    ``labels`` are Cilium-style ``source:key=value`` strings, sorted (e.g. ``k8s:app=web``,
+    ``k8s:io.kubernetes.pod.namespace=default``); reserved identities use ``reserved:<name>``.
+    """
+
+    id: int
+    labels: list[str]
+    reserved: bool = False
+    # endpoint refs: "<node>/<namespace>/<pod>" currently using this identity
+    refs: list[str] = msgspec.field(default_factory=list)
+    unused_since: float = 0.0  # unix time the last ref went, 0 while referenced
+    created: float = 0.0
+
+
+class IdentityRef(msgspec.Struct, kw_only=True):
+    """labels-hash → id, the create-if-absent lock of allocation."""
+
+    id: int
+
+
+class IdentityEvent(msgspec.Struct, kw_only=True):
+    type: Literal["upsert", "delete"]
+    identity: Identity
+
+
+class IPCacheEntry(msgspec.Struct, kw_only=True):
+    """What an IP is: its identity and where it lives."""
+
+    ip: str
+    identity: int
+    node: str = ""  # node hosting the endpoint ("" for world/CIDR entries)
+    namespace: str = ""
+    pod: str = ""
+    prefix_len: int = 32  # 32 for an endpoint, less for a CIDR entry
+
+
+class IPCacheEvent(msgspec.Struct, kw_only=True):
+    type: Literal["upsert", "delete"]
+    entry: IPCacheEntry
+    revision: int = 0  # KV revision, increasing
+
+
+class NodeInfo(msgspec.Struct, kw_only=True):
+    """A node as every service sees it."""
+
+    name: str
+    address: str  # node IP (authd listens here on auth_port)
+    pod_cidr: str
+    auth_port: int = 4250
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class SvidRequest(msgspec.Struct, kw_only=True):
+    """A CSR for one identity hosted on the requesting node (PEM, PKCS#10)."""
+
+    identity: int
+    csr_pem: str
+    node: str = ""  # informational; the subject (svid.sign.<node>) is what is trusted
+
+
+class SvidReply(msgspec.Struct, kw_only=True):
+    """An X.509-SVID chain (leaf first, PEM) plus the trust bundle it verifies against."""
+
+    identity: int
+    spiffe_id: str
+    cert_chain_pem: str
+    bundle_pem: str
+    not_after: float
+
+
+class TrustBundle(msgspec.Struct, kw_only=True):
+    trust_domain: str
+    roots_pem: list[str]  # every CA root currently trusted (old and new during rotation)
+    revision: int = 0
+
+
+def ip_key(ip: str) -> str:
+    """KV key of an IP in the ipcache bucket (KV keys cannot contain ':' and '.' splits tokens)."""
+    return ip.replace(".", "-").replace(":", "_").replace("/", "__")
