@@ -1,0 +1,111 @@
+"""Where local mode keeps things under the data directory, and the cluster state file.
+
+    <data-dir>/
+      run/cluster.json      ClusterInfo: URLs, ports, nodes (written by `nodemesh up`, 0644)
+      run/credentials.json  NATS users and passwords (0600; root only)
+      run/supervisor.pid    the supervisor's pid
+      run/state.json        SupervisorState: each process, pid, restarts, health port
+      logs/<proc>.log       each process's stdout+stderr
+      nats/                 nats-server config and JetStream store
+      api/                  local API server store (the manifest store)
+      identity/ca/          CA key (0600) and certificate
+      nodes/<node>/         per-node state: datapath IPAM, authd keys (0600), envoy bootstrap
+
+Every CLI command finds the cluster through :func:`load_cluster` (``--data-dir``, else
+``$NODEMESH_DATA_DIR``, else ``/var/lib/nodemesh``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import msgspec
+
+from nodemesh.errors import NodemeshError
+
+__all__ = [
+    "ClusterInfo",
+    "NodeSpec",
+    "ProcState",
+    "SupervisorState",
+    "data_dir",
+    "load_cluster",
+    "load_credentials",
+    "load_state",
+]
+
+DEFAULT_DATA_DIR = "/var/lib/nodemesh"
+
+
+class NodeSpec(msgspec.Struct, kw_only=True):
+    name: str  # node-1, node-2, …
+    index: int  # 1-based
+    address: str  # node IP; authd listens here
+    pod_cidr: str  # 10.244.<index>.0/24
+    envoy_admin_port: int = 0
+
+
+class ClusterInfo(msgspec.Struct, kw_only=True):
+    data_dir: str
+    nats_url: str
+    api_url: str  # local Kubernetes-protocol API server
+    xds_addr: str  # host:port of the ADS gRPC server
+    nodes: list[NodeSpec]
+    lb_pool: str = "127.0.100.0/24"
+    trust_domain: str = "cluster.local"
+    version: str = ""
+
+
+class ProcState(msgspec.Struct, kw_only=True):
+    name: str  # e.g. "watcher-0", "datapath@node-1", "envoy@node-2"
+    service: str  # watcher | identity | authd | xds | datapath | apiserver | envoy | nats
+    node: str = ""
+    pid: int = 0
+    running: bool = False
+    ready: bool = False
+    restarts: int = 0
+    health_port: int = 0
+    started: float = 0.0
+    last_exit: int | None = None
+    version: str = ""
+
+
+class SupervisorState(msgspec.Struct, kw_only=True):
+    pid: int
+    procs: list[ProcState]
+    updated: float = 0.0
+
+
+def data_dir(explicit: str | None = None) -> Path:
+    return Path(explicit or os.environ.get("NODEMESH_DATA_DIR") or DEFAULT_DATA_DIR).absolute()
+
+
+def load_cluster(explicit: str | None = None) -> ClusterInfo:
+    path = data_dir(explicit) / "run" / "cluster.json"
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=ClusterInfo)
+    except FileNotFoundError as e:
+        raise NodemeshError(f"no local cluster at {path.parent.parent} (run `nodemesh up` first)") from e
+    except msgspec.DecodeError as e:
+        raise NodemeshError(f"corrupt {path}: {e}") from e
+
+
+def load_credentials(explicit: str | None = None, user: str = "admin") -> tuple[str, str]:
+    """(user, password) for a NATS user of the local cluster; ``admin`` is the CLI's."""
+    path = data_dir(explicit) / "run" / "credentials.json"
+    try:
+        creds = json.loads(path.read_text())
+    except FileNotFoundError:
+        return ("", "")
+    entry = creds.get(user) or {}
+    return (entry.get("user", ""), entry.get("password", ""))
+
+
+def load_state(explicit: str | None = None) -> SupervisorState | None:
+    path = data_dir(explicit) / "run" / "state.json"
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=SupervisorState)
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None
