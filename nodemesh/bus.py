@@ -104,10 +104,12 @@ class Bus:
             reply = await self.nc.request(subject, encode(msg), timeout=timeout)
         except NoRespondersError as e:
             raise BusError(f"no responders on {subject}") from e
-        except (NatsTimeout, asyncio.TimeoutError) as e:
+        except (TimeoutError, NatsTimeout) as e:
             raise BusError(f"request on {subject} timed out after {timeout}s") from e
         if reply.headers and ERROR_HEADER in reply.headers:
-            raise RemoteError(subject, reply.headers.get(ERROR_CODE_HEADER, "500"), reply.headers[ERROR_HEADER])
+            raise RemoteError(
+                subject, reply.headers.get(ERROR_CODE_HEADER, "500"), reply.headers[ERROR_HEADER]
+            )
         return decode(reply.data, reply_type, subject=subject)
 
     async def kv(self, bucket: str) -> KeyValue:

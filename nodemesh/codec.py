@@ -41,6 +41,6 @@ def decode(data: bytes, tp: type[T], *, subject: str = "") -> T:
     if len(data) > MAX_MESSAGE_BYTES:
         raise DecodeError(subject, name, f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        return _decoder(tp).decode(data)  # type: ignore[no-any-return]
+        return _decoder(tp).decode(data)  # type: ignore[arg-type,no-any-return]
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise DecodeError(subject, name, str(e)) from e

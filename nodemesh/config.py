@@ -48,8 +48,6 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-
-
 def load_config(cls: type[C], argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> C:
     """Build ``cls`` from ``argv`` (flags), ``env`` and an optional ``--config`` file."""
     env = os.environ if env is None else env

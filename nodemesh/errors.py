@@ -1,10 +1,10 @@
 """nodemesh's error tree.
 
-    NodemeshError
-    ├── ConfigError(ValueError)      bad flags, env or config file; the service exits 2
-    ├── DecodeError(ValueError)      a message on the bus that does not decode into its Struct
-    ├── ManifestError(ValueError)    a manifest that does not parse or validate (file, index, field)
-    └── BusError(RuntimeError)       NATS unreachable or a request that timed out
+NodemeshError
+├── ConfigError(ValueError)      bad flags, env or config file; the service exits 2
+├── DecodeError(ValueError)      a message on the bus that does not decode into its Struct
+├── ManifestError(ValueError)    a manifest that does not parse or validate (file, index, field)
+└── BusError(RuntimeError)       NATS unreachable or a request that timed out
 """
 
 from __future__ import annotations

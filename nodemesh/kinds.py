@@ -61,10 +61,17 @@ KINDS: tuple[Kind, ...] = (
     Kind("ReferenceGrant", _GW, "v1beta1", "referencegrants", True, ("refgrant",), has_status=False),
     Kind("BackendTLSPolicy", _GW, "v1alpha3", "backendtlspolicies", True, ("btlspolicy",)),
     Kind("CiliumNetworkPolicy", _CILIUM, "v2", "ciliumnetworkpolicies", True, ("cnp",)),
-    Kind("CiliumClusterwideNetworkPolicy", _CILIUM, "v2", "ciliumclusterwidenetworkpolicies", False, ("ccnp",)),
+    Kind(
+        "CiliumClusterwideNetworkPolicy", _CILIUM, "v2", "ciliumclusterwidenetworkpolicies", False, ("ccnp",)
+    ),
     Kind("CiliumEnvoyConfig", _CILIUM, "v2", "ciliumenvoyconfigs", True, ("cec",), has_status=False),
     Kind(
-        "CiliumClusterwideEnvoyConfig", _CILIUM, "v2", "ciliumclusterwideenvoyconfigs", False, ("ccec",),
+        "CiliumClusterwideEnvoyConfig",
+        _CILIUM,
+        "v2",
+        "ciliumclusterwideenvoyconfigs",
+        False,
+        ("ccec",),
         has_status=False,
     ),
 )

@@ -88,8 +88,12 @@ class Service:
         self._bus: Bus | None = None
         self._micro: Any = None
         self._connected = False
-        self._ready_gauge = Gauge("nodemesh_service_ready", "1 when the service is ready", registry=self.registry)
-        self._conn_gauge = Gauge("nodemesh_nats_connected", "1 while connected to NATS", registry=self.registry)
+        self._ready_gauge = Gauge(
+            "nodemesh_service_ready", "1 when the service is ready", registry=self.registry
+        )
+        self._conn_gauge = Gauge(
+            "nodemesh_nats_connected", "1 while connected to NATS", registry=self.registry
+        )
         self._ready_gauge.set_function(lambda: 1.0 if self.ready else 0.0)
         self._conn_gauge.set_function(lambda: 1.0 if self._connected else 0.0)
 
@@ -188,7 +192,9 @@ class Service:
             return web.json_response(body, status=200 if self.ready else 503)
 
         async def metrics(_: web.Request) -> web.Response:
-            return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+            return web.Response(
+                body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
 
         app = web.Application()
         app.router.add_get("/healthz", healthz)
@@ -199,9 +205,9 @@ class Service:
         host, _, port = self.cfg.health_addr.rpartition(":")
         site = web.TCPSite(runner, host or "127.0.0.1", int(port or 0))
         await site.start()
-        server = site._server
-        if server is not None and getattr(server, "sockets", None):
-            self.health_port = server.sockets[0].getsockname()[1]
+        sockets = getattr(site._server, "sockets", None) or []
+        if sockets:
+            self.health_port = int(sockets[0].getsockname()[1])
         return runner
 
 

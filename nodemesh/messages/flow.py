@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["IP", "L4", "L7", "TCP", "UDP", "Endpoint", "Flow", "HTTP", "ICMPv4", "TCPFlags"]
+__all__ = ["HTTP", "IP", "L4", "L7", "TCP", "UDP", "Endpoint", "Flow", "ICMPv4", "TCPFlags"]
 
 
 class Endpoint(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -52,10 +52,11 @@ class ICMPv4(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class L4(msgspec.Struct, kw_only=True, omit_defaults=True):
-    TCP: TCP | None = None
-    UDP: UDP | None = None
-    ICMPv4: ICMPv4 | None = None
-    SCTP: UDP | None = None
+    # Attribute names are lower-case so they do not shadow the classes; the wire names are Hubble's.
+    tcp: TCP | None = msgspec.field(default=None, name="TCP")
+    udp: UDP | None = msgspec.field(default=None, name="UDP")
+    icmpv4: ICMPv4 | None = msgspec.field(default=None, name="ICMPv4")
+    sctp: UDP | None = msgspec.field(default=None, name="SCTP")
 
 
 class HTTP(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -75,7 +76,7 @@ class L7(msgspec.Struct, kw_only=True, omit_defaults=True):
 class Flow(msgspec.Struct, kw_only=True, omit_defaults=True):
     time: str  # RFC 3339 with nanoseconds, as Hubble prints it
     verdict: str  # FORWARDED | DROPPED | AUDIT | REDIRECTED | ERROR
-    IP: IP | None = None
+    ip: IP | None = msgspec.field(default=None, name="IP")
     l4: L4 | None = None
     l7: L7 | None = None
     source: Endpoint | None = None
