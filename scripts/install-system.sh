@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(python3-bpfcc libbpfcc bpftool iproute2 python3-venv linux-headers-amd64 iptables nftables iperf3 wrk
-      nghttp2-client procps psmisc curl)
+      nghttp2-client hey iputils-ping procps psmisc curl)
 
 missing=()
 for p in "${PKGS[@]}"; do
