@@ -12,6 +12,7 @@ subject                                         carried by                 paylo
 ``identity.events``                             stream IDENTITY            identity.IdentityEvent
 ``ipcache.events``                              stream IDENTITY            identity.IPCacheEvent
 ``svid.sign.<node>``                            request/reply, queue       identity.SvidRequest/SvidReply
+``identity.ca.rotate``                          request/reply (admin)      identity.CaRotateRequest/Reply
 ``trust.bundle``                                stream IDENTITY            identity.TrustBundle
 ``auth.required.<node>``                        core NATS                  auth.AuthRequired
 ``auth.granted.<node>`` / ``auth.revoked.<node>`` core NATS                auth.AuthVerdict
@@ -32,12 +33,14 @@ __all__ = [
     "AUTH_ALL_EVENTS",
     "FLOWS_ALL",
     "IDENTITY_ALLOCATE",
+    "IDENTITY_CA_ROTATE",
     "IDENTITY_EVENTS",
     "IDENTITY_RELEASE",
     "IPCACHE_EVENTS",
     "K8S_OBJ_ALL",
     "K8S_STATUS_ALL",
     "K8S_SYNCED",
+    "SVID_SIGN_ALL",
     "TRUST_BUNDLE",
     "auth_events",
     "auth_granted",
@@ -99,6 +102,8 @@ IDENTITY_RELEASE = "identity.release"
 IDENTITY_EVENTS = "identity.events"
 IPCACHE_EVENTS = "ipcache.events"
 TRUST_BUNDLE = "trust.bundle"
+SVID_SIGN_ALL = "svid.sign.*"
+IDENTITY_CA_ROTATE = "identity.ca.rotate"  # request/reply: start a CA rotation (admin only)
 
 
 def svid_sign(node: str) -> str:
