@@ -1,0 +1,193 @@
+"""NATS least privilege against a real nats-server configured by ``nodemesh.natsauth.local_auth``.
+
+Every refusal is paired with the allowed twin (same client, own subject), so a test cannot pass
+because nothing works at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from nodemesh import subjects
+from nodemesh.bus import Bus
+from nodemesh.codec import encode
+from nodemesh.k8scache import K8sCache
+from nodemesh.messages.k8s import Synced
+from nodemesh.natsauth import authd_user, datapath_user, local_auth
+from nodemesh.streams import provision
+from nodemesh.testing.natsserver import NatsServer
+
+NODES = ["node-a", "node-b"]
+Connect = Callable[[str], Awaitable[tuple[Client, list[str]]]]
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[tuple[NatsServer, dict[str, dict[str, str]]]]:
+    config, creds = local_auth(NODES, str(tmp_path))
+    with NatsServer(config=config) as server:
+        yield server, creds
+
+
+@pytest.fixture
+async def connect_as(secured: tuple[NatsServer, dict[str, dict[str, str]]]) -> AsyncIterator[Connect]:
+    server, creds = secured
+    clients: list[Client] = []
+
+    async def _connect(user: str) -> tuple[Client, list[str]]:
+        errors: list[str] = []
+
+        async def on_error(e: Exception) -> None:
+            errors.append(str(e).lower())
+
+        nc = await nats.connect(server.url, user=user, password=creds[user]["password"], error_cb=on_error)
+        clients.append(nc)
+        return nc, errors
+
+    yield _connect
+    for nc in clients:
+        await nc.close()
+
+
+async def _violation(errors: list[str], subject: str) -> bool:
+    """Wait for the server's permissions-violation error naming ``subject``."""
+    for _ in range(100):
+        if any("permissions violation" in e and subject.lower() in e for e in errors):
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+def test_credentials_file_is_private_and_stable(tmp_path: Path) -> None:
+    config, creds = local_auth(NODES, str(tmp_path))
+    path = tmp_path / "run" / "credentials.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert set(creds) == {
+        "admin",
+        "watcher",
+        "identity",
+        "xds",
+        *(f(n) for n in NODES for f in (datapath_user, authd_user)),
+    }
+    assert len({c["password"] for c in creds.values()}) == len(creds)
+    again, creds2 = local_auth([*NODES, "node-c"], str(tmp_path))
+    assert creds2["identity"] == creds["identity"]  # a supervisor restart keeps passwords
+    assert "datapath-node-c" in creds2 and "datapath-node-c" not in config and "datapath-node-c" in again
+
+
+async def test_every_user_can_provision_and_follow_k8s(connect_as: Connect) -> None:
+    admin, _ = await connect_as("admin")
+    await provision(admin.jetstream())
+    await admin.jetstream().publish(subjects.K8S_SYNCED, encode(Synced(watcher="w", epoch=1, stream_seq=0)))
+    for user in ["watcher", "identity", "xds", *(f(n) for n in NODES for f in (datapath_user, authd_user))]:
+        nc, errors = await connect_as(user)
+        await provision(nc.jetstream())  # what nodemesh.runtime does at start
+        cache = K8sCache(Bus(nc))
+        await cache.start()
+        await cache.wait_synced(timeout=10)
+        assert isinstance(cache.last_marker, Synced)
+        await cache.stop()
+        assert not [e for e in errors if "permissions violation" in e], (user, errors)
+
+
+async def test_svid_sign_only_by_own_authd(connect_as: Connect) -> None:
+    identity, _ = await connect_as("identity")
+
+    async def sign(msg: Msg) -> None:
+        await msg.respond(msg.subject.encode())
+
+    await identity.subscribe(subjects.SVID_SIGN_ALL, queue="identity", cb=sign)
+    await identity.flush()
+    authd_a, errors_a = await connect_as(authd_user("node-a"))
+    reply = await authd_a.request(subjects.svid_sign("node-a"), b"csr", timeout=5)
+    assert reply.data == b"svid.sign.node-a"  # allowed twin (reply delivered via allow_responses)
+    with pytest.raises(nats.errors.TimeoutError):
+        await authd_a.request(subjects.svid_sign("node-b"), b"csr", timeout=0.5)
+    assert await _violation(errors_a, subjects.svid_sign("node-b"))
+
+    datapath_a, errors_d = await connect_as(datapath_user("node-a"))
+    for node in NODES:
+        with pytest.raises(nats.errors.TimeoutError):
+            await datapath_a.request(subjects.svid_sign(node), b"csr", timeout=0.5)
+        assert await _violation(errors_d, subjects.svid_sign(node))
+
+
+async def test_node_cannot_publish_on_other_nodes_subjects(connect_as: Connect) -> None:
+    admin, _ = await connect_as("admin")
+    seen: list[str] = []
+
+    async def record(msg: Msg) -> None:
+        seen.append(msg.subject)
+
+    await admin.subscribe("auth.>", cb=record)
+    await admin.subscribe("flows.>", cb=record)
+    await admin.flush()
+    authd_a, errors = await connect_as(authd_user("node-a"))
+    datapath_a, derrors = await connect_as(datapath_user("node-a"))
+    await authd_a.publish(subjects.auth_granted("node-b"), b"v")
+    await authd_a.publish(subjects.auth_revoked("node-b"), b"v")
+    await datapath_a.publish(subjects.auth_required("node-b"), b"v")
+    await datapath_a.publish(subjects.flows("node-b"), b"v")
+    await datapath_a.publish(subjects.auth_granted("node-a"), b"v")  # verdicts are authd's, not datapath's
+    await authd_a.publish(subjects.auth_granted("node-a"), b"v")  # allowed twins
+    await datapath_a.publish(subjects.auth_required("node-a"), b"v")
+    await authd_a.flush()
+    await datapath_a.flush()
+    for subject in (subjects.auth_granted("node-b"), subjects.auth_revoked("node-b")):
+        assert await _violation(errors, subject)
+    for subject in (
+        subjects.auth_required("node-b"),
+        subjects.flows("node-b"),
+        subjects.auth_granted("node-a"),
+    ):
+        assert await _violation(derrors, subject)
+    for _ in range(100):
+        if len(seen) >= 2:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    assert sorted(seen) == [subjects.auth_granted("node-a"), subjects.auth_required("node-a")]
+
+
+async def test_only_identity_writes_identity_buckets(connect_as: Connect) -> None:
+    identity, _ = await connect_as("identity")
+    await provision(identity.jetstream())
+    kv = await identity.jetstream().key_value("identities")
+    await kv.put("id.256", b"owned")
+    # Through the KV API once (what a client would do) …
+    datapath_a, derrors = await connect_as(datapath_user("node-a"))
+    forged = await datapath_a.jetstream().key_value("identities")
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(forged.put("id.256", b"forged"), 1)
+    assert await _violation(derrors, "$KV.identities.id.256")
+    # … and on the raw subjects for every other user and bucket.
+    for user in ["watcher", "xds", datapath_user("node-b"), authd_user("node-a")]:
+        nc, errors = await connect_as(user)
+        for bucket in ("identities", "ipcache", "nodes", "trust"):
+            await nc.publish(f"$KV.{bucket}.id.256", b"forged")
+            assert await _violation(errors, f"$KV.{bucket}.id.256")
+        await nc.publish(subjects.IPCACHE_EVENTS, b"forged")
+        assert await _violation(errors, subjects.IPCACHE_EVENTS)
+    entry = await kv.get("id.256")
+    assert entry.value == b"owned"
+
+
+async def test_no_one_but_watcher_forges_cluster_state_or_replies(connect_as: Connect) -> None:
+    datapath_a, errors = await connect_as(datapath_user("node-a"))
+    await datapath_a.publish(subjects.k8s_object("pod", "default", "evil"), b"x")
+    await datapath_a.publish("_INBOX.someone-elses-request", b"forged reply")
+    await datapath_a.flush()
+    assert await _violation(errors, subjects.k8s_object("pod", "default", "evil"))
+    assert await _violation(errors, "_INBOX.someone-elses-request")
+    watcher, werrors = await connect_as("watcher")
+    await provision(watcher.jetstream())
+    await watcher.jetstream().publish(subjects.k8s_object("pod", "default", "ok"), b"x", timeout=5)
+    assert not werrors
