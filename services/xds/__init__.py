@@ -1,0 +1,1 @@
+"""nodemesh xds: Kubernetes routing objects → Envoy resources, served to per-node Envoys over ADS."""

@@ -1,0 +1,117 @@
+"""The bootstrap of a per-node Envoy: node id = node name, everything dynamic over ADS from xds.
+
+Envoy fetches listeners and clusters over one aggregated gRPC stream (Delta by default, SotW with
+``delta=False``); routes, endpoints and secrets follow from them over the same stream. The only
+static resource is the ``xds`` cluster (HTTP/2 to the ADS server). Admin listens on loopback only.
+Gateway listeners bind the Gateway's address (127.0.100.x in local mode); several node Envoys bind the
+same address:port through SO_REUSEPORT (``Listener.enable_reuse_port``, default on Linux), which the
+kernel allows across processes of one uid — see docs/xds.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+__all__ = ["XDS_CLUSTER", "render_bootstrap"]
+
+XDS_CLUSTER = "xds"
+_HTTP_OPTIONS_NAME = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_HTTP_OPTIONS = "type.googleapis.com/" + _HTTP_OPTIONS_NAME
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def render_bootstrap(
+    node: str,
+    xds_host: str,
+    xds_port: int,
+    admin_port: int,
+    *,
+    delta: bool = True,
+    cluster: str = "nodemesh",
+    access_log_path: str = "",
+) -> dict[str, Any]:
+    """An Envoy v3 bootstrap (as a JSON-shaped dict) for ``node`` talking ADS to ``xds_host:xds_port``.
+
+    ``admin_port`` 0 lets Envoy pick one (read it back with ``--admin-address-path``).
+    ``access_log_path`` (optional) logs admin requests there; L7 flow logs come with the listeners.
+    """
+    if not node:
+        raise ValueError("node name is required")
+    if not 0 < xds_port < 65536 or not 0 <= admin_port < 65536:
+        raise ValueError("ports must be in 1..65535 (admin may be 0)")
+    grpc_service = {
+        "envoy_grpc": {
+            "cluster_name": XDS_CLUSTER,
+            # Reconnect quickly after an xds restart (default backoff grows to 30 s).
+            "retry_policy": {"retry_back_off": {"base_interval": "0.25s", "max_interval": "2s"}},
+        }
+    }
+    admin: dict[str, Any] = {
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+    }
+    if access_log_path:
+        admin["access_log"] = [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": access_log_path,
+                },
+            }
+        ]
+    return {
+        "node": {"id": node, "cluster": cluster, "metadata": {"nodemesh_node": node}},
+        "admin": admin,
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [grpc_service],
+                "set_node_on_first_message_only": True,
+            },
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": XDS_CLUSTER,
+                    "type": "STATIC" if _is_ip(xds_host) else "STRICT_DNS",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        _HTTP_OPTIONS_NAME: {
+                            "@type": _HTTP_OPTIONS,
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": XDS_CLUSTER,
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": xds_host,
+                                                    "port_value": xds_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ]
+        },
+    }
