@@ -1,0 +1,132 @@
+"""Model listeners → Envoy Listeners (+ their RouteConfigurations), research §5.3.
+
+One Listener per address:port, bound with ``reuse_port`` so every node's Envoy can share it. Filter
+chains: plain HTTP (``raw_buffer``), one per TLS-terminating Gateway listener (SNI, SDS certificate),
+one per passthrough SNI set (``tcp_proxy``), or a single TCP chain. ``tls_inspector`` is added
+whenever a chain matches on TLS. HTTP connection managers fetch routes by RDS over ADS.
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import address_pb2, protocol_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from google.protobuf import wrappers_pb2
+
+from .envoy_cluster import BLACKHOLE, blackhole_cluster
+from .envoy_common import ads, pack
+from .envoy_route import route_configuration
+from .model import Backend, ListenerModel
+from .types import CLUSTER, LISTENER, ROUTE, Translation
+
+__all__ = ["listener_resources"]
+
+
+def _hcm(stat_prefix: str, route_name: str) -> listener_components_pb2.Filter:
+    m = hcm.HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+        rds=hcm.Rds(route_config_name=route_name, config_source=ads()),
+        http_filters=[
+            hcm.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+        ],
+        upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
+        # Keep the query and path exactly as sent: backends echo the raw request-URI.
+        http_protocol_options=protocol_pb2.Http1ProtocolOptions(),
+    )
+    return listener_components_pb2.Filter(
+        name="envoy.filters.network.http_connection_manager", typed_config=pack(m)
+    )
+
+
+def _tcp_proxy(stat_prefix: str, backends: list[Backend]) -> listener_components_pb2.Filter:
+    tp = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
+    if len(backends) == 1:
+        tp.cluster = backends[0].cluster
+    else:
+        for b in backends:
+            tp.weighted_clusters.clusters.append(
+                tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(name=b.cluster, weight=b.weight)
+            )
+    return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(tp))
+
+
+def _misdirected(host: str) -> rc.VirtualHost:
+    """A vhost answering 421: the SNI chose one HTTPS listener, the Host names another (spec)."""
+    vh = rc.VirtualHost(name=f"misdirected:{host}", domains=[host])
+    r = rc.Route(match=rc.RouteMatch(prefix="/"))
+    r.direct_response.status = 421
+    vh.routes.append(r)
+    return vh
+
+
+def listener_resources(lm: ListenerModel, out: Translation) -> None:
+    lst = listener_pb2.Listener(
+        name=lm.name,
+        address=address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(address=lm.address, port_value=lm.port)
+        ),
+        enable_reuse_port=wrappers_pb2.BoolValue(value=True),
+    )
+    if lm.freebind:
+        lst.freebind.value = True
+    needs_tls = bool(lm.tls or lm.passthrough)
+    if lm.http is not None:
+        chain = listener_components_pb2.FilterChain(name="http", filters=[_hcm(lm.http.name, lm.http.name)])
+        if needs_tls:
+            chain.filter_chain_match.transport_protocol = "raw_buffer"
+        lst.filter_chains.append(chain)
+        out.resources[ROUTE][lm.http.name] = route_configuration(lm.http, "http")
+    secure_hosts = [h for c in lm.tls for h in c.routes.vhosts if h != "*"]
+    for c in lm.tls:
+        ctx = tls_pb2.DownstreamTlsContext()
+        ctx.common_tls_context.alpn_protocols.extend(["h2", "http/1.1"])
+        for s in c.secrets:
+            ctx.common_tls_context.tls_certificate_sds_secret_configs.append(
+                common_pb2.SdsSecretConfig(name=s, sds_config=ads())
+            )
+        chain = listener_components_pb2.FilterChain(
+            name=f"tls:{c.routes.name}", filters=[_hcm(c.routes.name, c.routes.name)]
+        )
+        chain.filter_chain_match.transport_protocol = "tls"
+        chain.filter_chain_match.server_names.extend(sorted(set(c.server_names)))
+        chain.transport_socket.name = "envoy.transport_sockets.tls"
+        chain.transport_socket.typed_config.Pack(ctx)
+        lst.filter_chains.append(chain)
+        own = set(c.routes.vhosts)
+        extra = [_misdirected(h) for h in secure_hosts if h not in own]
+        out.resources[ROUTE][c.routes.name] = route_configuration(c.routes, "https", extra)
+    for p in lm.passthrough:
+        chain = listener_components_pb2.FilterChain(
+            name=f"passthrough:{p.name}:{','.join(p.server_names) or '*'}",
+            filters=[_tcp_proxy(f"{lm.name}/passthrough", p.backends)],
+        )
+        chain.filter_chain_match.transport_protocol = "tls"
+        chain.filter_chain_match.server_names.extend(p.server_names)
+        lst.filter_chains.append(chain)
+    if lm.tcp is not None:
+        chain = listener_components_pb2.FilterChain(
+            name="tcp", filters=[_tcp_proxy(f"{lm.name}/tcp", lm.tcp)]
+        )
+        lst.filter_chains.append(chain)
+    if needs_tls:
+        lst.listener_filters.append(
+            listener_components_pb2.ListenerFilter(
+                name="envoy.filters.listener.tls_inspector",
+                typed_config=pack(tls_inspector_pb2.TlsInspector()),
+            )
+        )
+    if not lst.filter_chains:
+        # A Gateway listener with nothing routable yet (e.g. a TLS listener without routes): keep the
+        # port bound so it is programmed, and refuse connections by closing them.
+        tp = tcp_proxy_pb2.TcpProxy(stat_prefix=f"{lm.name}/empty", cluster=BLACKHOLE)
+        f = listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(tp))
+        lst.filter_chains.append(listener_components_pb2.FilterChain(name="empty", filters=[f]))
+        out.resources[CLUSTER][BLACKHOLE] = blackhole_cluster()
+    out.resources[LISTENER][lm.name] = lst

@@ -1,0 +1,188 @@
+"""Lookups over the input objects: by namespace/name, ReferenceGrants, label selectors, hostnames, TLS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .types import Obj, TranslateInput
+
+__all__ = ["Index", "hostname_matches", "intersect_hostnames", "meta", "more_specific", "selector_matches"]
+
+GW_GROUP = "gateway.networking.k8s.io"
+
+
+def meta(obj: Obj) -> dict[str, Any]:
+    m = obj.get("metadata")
+    return m if isinstance(m, dict) else {}
+
+
+def selector_matches(selector: Any, labels: dict[str, str]) -> bool:
+    """A metav1.LabelSelector (matchLabels + matchExpressions) against labels; bad selector → False."""
+    if not isinstance(selector, dict):
+        return False
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        if not isinstance(expr, dict):
+            return False
+        key, op, values = expr.get("key", ""), expr.get("operator", ""), expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            return False
+    return True
+
+
+def hostname_matches(pattern: str, host: str) -> bool:
+    """Gateway API hostname match: ``*.example.com`` matches any host with one or more extra labels."""
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return pattern == host
+
+
+def more_specific(a: str, b: str) -> bool:
+    """Whether listener hostname ``a`` is more specific than ``b`` ("" = any is least specific)."""
+    if not b:
+        return bool(a)
+    if not a:
+        return False
+    if not a.startswith("*.") and b.startswith("*."):
+        return True
+    if a.startswith("*.") and b.startswith("*."):
+        return len(a) > len(b)
+    return False
+
+
+def intersect_hostnames(listener: str, route: list[str]) -> list[str]:
+    """The hostnames a route serves on a listener (spec: HTTPRoute hostnames vs listener hostname).
+
+    ``listener`` "" = any. An empty result means the route does not attach to the listener. ``["*"]``
+    means any host.
+    """
+    if not route:
+        return [listener or "*"]
+    if not listener:
+        return list(dict.fromkeys(route))
+    out: list[str] = []
+    for h in route:
+        if h == listener or hostname_matches(listener, h):
+            out.append(h)
+        elif h.startswith("*.") and hostname_matches(h, listener):
+            out.append(listener)
+        elif h.startswith("*.") and listener.startswith("*.") and listener.endswith(h[1:]):
+            out.append(listener)
+    return list(dict.fromkeys(out))
+
+
+class Index:
+    """Objects of the input by kind and ``namespace/name``; namespace labels; ReferenceGrants."""
+
+    def __init__(self, inp: TranslateInput) -> None:
+        self.inp = inp
+        self._by: dict[str, dict[str, Obj]] = {}
+        for kind, objs in inp.objects.items():
+            d: dict[str, Obj] = {}
+            for o in objs:
+                if isinstance(o, dict) and isinstance(o.get("metadata"), dict):
+                    m = o["metadata"]
+                    d[f"{m.get('namespace', '')}/{m.get('name', '')}"] = o
+            self._by[kind] = d
+        self.ns_labels: dict[str, dict[str, str]] = {}
+        for ns in self._by.get("Namespace", {}).values():
+            name = meta(ns).get("name", "")
+            labels = dict(meta(ns).get("labels") or {})
+            labels.setdefault("kubernetes.io/metadata.name", name)
+            self.ns_labels[name] = labels
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        return self._by.get(kind, {}).get(f"{namespace}/{name}")
+
+    def all(self, kind: str) -> list[Obj]:
+        return sorted(
+            self._by.get(kind, {}).values(),
+            key=lambda o: (meta(o).get("namespace", ""), meta(o).get("name", "")),
+        )
+
+    def namespace_labels(self, ns: str) -> dict[str, str]:
+        return self.ns_labels.get(ns, {"kubernetes.io/metadata.name": ns})
+
+    def grant_allows(
+        self,
+        from_group: str,
+        from_kind: str,
+        from_ns: str,
+        to_group: str,
+        to_kind: str,
+        to_ns: str,
+        to_name: str,
+    ) -> bool:
+        """Whether a ReferenceGrant in ``to_ns`` allows a reference from ``from_kind`` in ``from_ns``."""
+        for g in self._by.get("ReferenceGrant", {}).values():
+            if meta(g).get("namespace") != to_ns:
+                continue
+            spec = g.get("spec") or {}
+            froms = spec.get("from") or []
+            tos = spec.get("to") or []
+            ok_from = any(
+                isinstance(f, dict)
+                and f.get("group", "") == from_group
+                and f.get("kind") == from_kind
+                and f.get("namespace") == from_ns
+                for f in froms
+            )
+            if not ok_from:
+                continue
+            for t in tos:
+                if not isinstance(t, dict):
+                    continue
+                if (
+                    t.get("group", "") == to_group
+                    and t.get("kind") == to_kind
+                    and t.get("name") in (None, "", to_name)
+                ):
+                    return True
+        return False
+
+    def lb_address(self, namespace: str, service: str) -> str:
+        """The first LoadBalancer ingress IP (or hostname) of a Service, "" when none yet."""
+        svc = self.get("Service", namespace, service)
+        if svc is None:
+            return ""
+        ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        for ing in ingress:
+            if isinstance(ing, dict) and (ing.get("ip") or ing.get("hostname")):
+                return str(ing.get("ip") or ing.get("hostname"))
+        return ""
+
+
+def valid_tls_secret(secret: Obj) -> bool:
+    """A Secret holding a PEM certificate and a matching-looking PEM private key (as base64 data)."""
+    import base64
+    import binascii
+
+    data = secret.get("data") or {}
+    if not isinstance(data, dict):
+        return False
+    try:
+        crt = base64.b64decode(str(data.get("tls.crt", "")), validate=True)
+        key = base64.b64decode(str(data.get("tls.key", "")), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if b"-----BEGIN CERTIFICATE-----" not in crt or b"PRIVATE KEY-----" not in key:
+        return False
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        x509.load_pem_x509_certificate(crt)
+        load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        return False
+    return True

@@ -1,0 +1,248 @@
+"""HTTPRoute/GRPCRoute rules → model routes: matches, filters, backends (with ResolvedRefs reasons)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .index import GW_GROUP, Index
+from .model import Backend, HeaderFilter, Match, Mirror, Redirect, Rewrite, Route
+
+__all__ = ["RuleResult", "duration_s", "resolve_backend", "translate_rule"]
+
+_DUR = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+
+
+def duration_s(text: Any) -> float | None:
+    """A Gateway API duration (``10s``, ``1h2m``, ``500ms``) in seconds; None when absent or bad."""
+    if not isinstance(text, str) or not text:
+        return None
+    pos, total = 0, 0.0
+    for m in _DUR.finditer(text):
+        if m.start() != pos:
+            return None
+        pos = m.end()
+        total += float(m.group(1)) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[m.group(2)]
+    return total if pos == len(text) else None
+
+
+def resolve_backend(
+    idx: Index, ref: Any, route_kind: str, route_ns: str, h2: bool = False
+) -> tuple[Backend | None, str, str]:
+    """A backendRef → (Backend, "", "") or (None, reason, message) with the spec's ResolvedRefs reason."""
+    if not isinstance(ref, dict):
+        return None, "InvalidKind", "backendRef is not an object"
+    group, kind = ref.get("group", ""), ref.get("kind", "Service")
+    name = str(ref.get("name", ""))
+    if group not in ("", "core") or kind != "Service":
+        return None, "InvalidKind", f"backendRef {group}/{kind} {name} is not a Service"
+    ns = str(ref.get("namespace") or route_ns)
+    if ns != route_ns and not idx.grant_allows(GW_GROUP, route_kind, route_ns, "", "Service", ns, name):
+        return None, "RefNotPermitted", f"backendRef to {ns}/{name} is not permitted by any ReferenceGrant"
+    svc = idx.get("Service", ns, name)
+    if svc is None:
+        return None, "BackendNotFound", f"Service {ns}/{name} not found"
+    port = ref.get("port")
+    sport = None
+    for p in (svc.get("spec") or {}).get("ports") or []:
+        if isinstance(p, dict) and p.get("port") == port:
+            sport = p
+    if sport is None:
+        return None, "BackendNotFound", f"Service {ns}/{name} has no port {port}"
+    weight = ref.get("weight", 1)
+    if not isinstance(weight, int) or weight < 0:
+        weight = 1
+    h2 = h2 or sport.get("appProtocol") in ("kubernetes.io/h2c", "h2c", "grpc")
+    return Backend(ns, name, int(port), weight=weight, h2=h2), "", ""
+
+
+def _headers_filter(raw: Any) -> HeaderFilter:
+    raw = raw if isinstance(raw, dict) else {}
+    return HeaderFilter(
+        add=[
+            (str(h.get("name", "")), str(h.get("value", "")))
+            for h in raw.get("add") or []
+            if isinstance(h, dict)
+        ],
+        set=[
+            (str(h.get("name", "")), str(h.get("value", "")))
+            for h in raw.get("set") or []
+            if isinstance(h, dict)
+        ],
+        remove=[str(x) for x in raw.get("remove") or []],
+    )
+
+
+def _path_modifier(raw: Any) -> tuple[str, str]:
+    raw = raw if isinstance(raw, dict) else {}
+    t = raw.get("type")
+    if t == "ReplaceFullPath":
+        return "full", str(raw.get("replaceFullPath", "/"))
+    if t == "ReplacePrefixMatch":
+        return "prefix", str(raw.get("replacePrefixMatch", "/"))
+    return "", ""
+
+
+def _header_matches(raw: Any) -> list[tuple[str, str, str]]:
+    out: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    for h in raw or []:
+        if not isinstance(h, dict):
+            continue
+        name = str(h.get("name", ""))
+        # The spec: with several matches for one header name, only the first counts.
+        if name.lower() in seen:
+            continue
+        seen.add(name.lower())
+        kind = "regex" if h.get("type") == "RegularExpression" else "exact"
+        out.append((name, kind, str(h.get("value", ""))))
+    return out
+
+
+def _http_match(raw: Any) -> Match:
+    raw = raw if isinstance(raw, dict) else {}
+    path = raw.get("path") or {}
+    ptype = {"Exact": "exact", "RegularExpression": "regex"}.get(path.get("type", "PathPrefix"), "prefix")
+    m = Match(path_type=ptype, path=str(path.get("value", "/")))
+    m.headers = _header_matches(raw.get("headers"))
+    q: list[tuple[str, str, str]] = []
+    for h in raw.get("queryParams") or []:
+        if isinstance(h, dict):
+            kind = "regex" if h.get("type") == "RegularExpression" else "exact"
+            q.append((str(h.get("name", "")), kind, str(h.get("value", ""))))
+    m.query = q
+    m.method = str(raw.get("method") or "").upper()
+    return m
+
+
+def _grpc_match(raw: Any) -> Match:
+    raw = raw if isinstance(raw, dict) else {}
+    meth = raw.get("method") or {}
+    svc, name = str(meth.get("service") or ""), str(meth.get("method") or "")
+    regex = meth.get("type") == "RegularExpression"
+    if svc and name:
+        m = Match("regex", f"/{svc}/{name}") if regex else Match("exact", f"/{svc}/{name}")
+    elif svc:
+        m = Match("regex", f"/{svc}/[^/]+") if regex else Match("prefix", f"/{svc}")
+    elif name:
+        m = Match("regex", f"/[^/]+/{name if regex else re.escape(name)}")
+    else:
+        m = Match("prefix", "/")
+    m.headers = _header_matches(raw.get("headers"))
+    return m
+
+
+@dataclass
+class RuleResult:
+    routes: list[Route] = field(default_factory=list)
+    # First ResolvedRefs failure (reason, message) of this rule, if any.
+    unresolved: tuple[str, str] | None = None
+    invalid: str = ""  # a reason to set Accepted=False (UnsupportedValue)
+
+
+def _valid_regex(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
+
+
+def translate_rule(
+    idx: Index, kind: str, ns: str, rule: Any, rule_index: int, meta_: dict[str, Any]
+) -> RuleResult:
+    res = RuleResult()
+    rule = rule if isinstance(rule, dict) else {}
+    grpc = kind == "GRPCRoute"
+    raw_matches = rule.get("matches") or [{}]
+    matches = [_grpc_match(x) if grpc else _http_match(x) for x in raw_matches]
+    for m in matches:
+        regexes = [v for _, t, v in m.headers + m.query if t == "regex"]
+        if m.path_type == "regex":
+            regexes.append(m.path)
+        if not all(_valid_regex(r) for r in regexes) or (
+            m.path_type != "regex" and not m.path.startswith("/")
+        ):
+            res.invalid = "UnsupportedValue"
+            return res
+    base = Route(match=Match())
+    status = 0
+    for f in rule.get("filters") or []:
+        if not isinstance(f, dict):
+            continue
+        t = f.get("type")
+        if t == "RequestHeaderModifier":
+            base.request_headers = _headers_filter(f.get("requestHeaderModifier"))
+        elif t == "ResponseHeaderModifier":
+            base.response_headers = _headers_filter(f.get("responseHeaderModifier"))
+        elif t == "RequestRedirect" and not grpc:
+            r = f.get("requestRedirect") or {}
+            ptype, pval = _path_modifier(r.get("path"))
+            base.redirect = Redirect(
+                scheme=str(r.get("scheme") or ""),
+                hostname=str(r.get("hostname") or ""),
+                port=int(r["port"]) if isinstance(r.get("port"), int) else None,
+                path_type=ptype,
+                path=pval,
+                status_code=int(r.get("statusCode") or 302),
+            )
+        elif t == "URLRewrite" and not grpc:
+            r = f.get("urlRewrite") or {}
+            ptype, pval = _path_modifier(r.get("path"))
+            base.rewrite = Rewrite(hostname=str(r.get("hostname") or ""), path_type=ptype, path=pval)
+        elif t == "RequestMirror":
+            r = f.get("requestMirror") or {}
+            b, reason, msg = resolve_backend(idx, r.get("backendRef"), kind, ns, h2=grpc)
+            if b is None:
+                res.unresolved = res.unresolved or (reason, msg)
+                continue
+            per_million = 1_000_000
+            if isinstance(r.get("percent"), int):
+                per_million = r["percent"] * 10_000
+            elif isinstance(r.get("fraction"), dict):
+                fr = r["fraction"]
+                num, den = int(fr.get("numerator") or 0), int(fr.get("denominator") or 100)
+                per_million = num * 1_000_000 // max(den, 1)
+            base.mirrors.append(Mirror(b, per_million))
+        else:
+            # ExtensionRef and anything unknown: the rule must not forward (spec: 500).
+            status = 500
+    timeouts = rule.get("timeouts") or {}
+    req_t, be_t = duration_s(timeouts.get("request")), duration_s(timeouts.get("backendRequest"))
+    ts = [t for t in (req_t, be_t) if t is not None]
+    base.timeout_s = min(ts) if ts else None
+    backends: list[Backend] = []
+    refs = rule.get("backendRefs") or []
+    for ref in refs:
+        b, reason, msg = resolve_backend(idx, ref, kind, ns, h2=grpc)
+        if b is None:
+            res.unresolved = res.unresolved or (reason, msg)
+            continue
+        for bf in (ref.get("filters") or []) if isinstance(ref, dict) else []:
+            if isinstance(bf, dict) and bf.get("type") == "RequestHeaderModifier":
+                b.request_headers = _headers_filter(bf.get("requestHeaderModifier"))
+            elif isinstance(bf, dict) and bf.get("type") == "ResponseHeaderModifier":
+                b.response_headers = _headers_filter(bf.get("responseHeaderModifier"))
+        if b.weight > 0:
+            backends.append(b)
+    if base.redirect is None and not backends:
+        status = 500  # no backendRefs, all unresolvable, or all weight 0
+    for mi, m in enumerate(matches):
+        r = Route(
+            match=m,
+            backends=backends if not status else [],
+            direct_status=status if base.redirect is None else 0,
+            request_headers=base.request_headers,
+            response_headers=base.response_headers,
+            redirect=base.redirect,
+            rewrite=base.rewrite,
+            mirrors=base.mirrors,
+            timeout_s=base.timeout_s,
+            created=str(meta_.get("creationTimestamp", "")),
+            source=f"{ns}/{meta_.get('name', '')}",
+            rule_index=rule_index,
+            match_index=mi,
+        )
+        res.routes.append(r)
+    return res
