@@ -1,0 +1,56 @@
+"""``python -m nodemesh.localapi --data-dir D --port P --nodes N [--manifests DIR] [--lb-pool CIDR]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+
+from nodemesh.localapi.app import LocalApi
+from nodemesh.log import setup_logging
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="nodemesh-localapi", description="nodemesh local Kubernetes-protocol API server"
+    )
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--manifests", default=None)
+    p.add_argument("--lb-pool", default="127.0.100.0/24")
+    p.add_argument("--history", type=int, default=10_000, help="watch events kept (older RVs get 410)")
+    p.add_argument("--bookmark-interval", type=float, default=5.0)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", default="json")
+    args = p.parse_args(argv)
+    setup_logging("apiserver", "", args.log_level, args.log_format)
+
+    async def run() -> None:
+        api = LocalApi(
+            args.data_dir,
+            host=args.host,
+            port=args.port,
+            nodes=args.nodes,
+            manifests=args.manifests,
+            lb_pool=args.lb_pool,
+            history=args.history,
+            bookmark_interval=args.bookmark_interval,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await api.start()
+        print(f"listening on {api.url}", flush=True)
+        await stop.wait()
+        await api.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

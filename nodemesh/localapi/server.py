@@ -1,0 +1,441 @@
+"""The local API server's HTTP surface: the Kubernetes REST protocol over :class:`Store`.
+
+Paths are the real ones (``/api/v1/namespaces/ns/pods/name``, ``/apis/<group>/<version>/…``,
+``…/status``). List returns ``<Kind>List``; ``?watch=1`` streams chunked JSON lines
+``{"type": …, "object": …}`` with BOOKMARKs (when ``allowWatchBookmarks``) and an ERROR event
+carrying a 410 Expired Status for a resourceVersion older than the kept history. Every error is
+a ``Status`` object; malformed input never takes the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from nodemesh import __version__
+from nodemesh.kinds import KINDS, Kind
+from nodemesh.localapi.errors import ApiError, status_object
+from nodemesh.localapi.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from nodemesh.localapi.selectors import SelectorError, field_selector, label_selector
+from nodemesh.localapi.store import Store, WatchEvent
+
+__all__ = ["MAX_BODY_BYTES", "ApiServer", "Route", "parse_path"]
+
+log = logging.getLogger("nodemesh.localapi.server")
+
+MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's request size limit
+_BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
+_PATCHES: dict[str, Callable[[Any, Any], Any]] = {
+    "application/merge-patch+json": merge_patch,
+    "application/strategic-merge-patch+json": strategic_merge_patch,
+    "application/json-patch+json": json_patch,
+}
+
+
+class Route:
+    """A parsed resource path."""
+
+    def __init__(self, kind: Kind, namespace: str, name: str, subresource: str) -> None:
+        self.kind = kind
+        self.namespace = namespace
+        self.name = name
+        self.subresource = subresource
+
+
+def parse_path(path: str) -> Route | None:
+    segs = [s for s in path.split("/") if s]
+    if len(segs) >= 2 and segs[0] == "api":
+        group, version, rest = "", segs[1], segs[2:]
+    elif len(segs) >= 3 and segs[0] == "apis":
+        group, version, rest = segs[1], segs[2], segs[3:]
+    else:
+        return None
+    ns = ""
+    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] != "status":
+        ns, rest = rest[1], rest[2:]
+    if not 1 <= len(rest) <= 3 or (len(rest) == 3 and rest[2] != "status"):
+        return None
+    kind = _BY_PATH.get((group, version, rest[0]))
+    if kind is None or (ns and not kind.namespaced):
+        return None
+    return Route(kind, ns, rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else "")
+
+
+def _error(e: ApiError) -> web.Response:
+    return web.json_response(e.status(), status=e.code)
+
+
+class ApiServer:
+    """aiohttp application serving :class:`Store`."""
+
+    def __init__(self, store: Store, *, bookmark_interval: float = 5.0, watch_queue: int = 10_000) -> None:
+        self.store = store
+        self.bookmark_interval = bookmark_interval
+        self.watch_queue = watch_queue
+        self._watches: set[asyncio.Queue[WatchEvent | None]] = set()
+        self.frozen = False  # tests: refuse watches (as an apiserver restart would) until thawed
+        self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors])
+        self.app.router.add_get("/version", self._version)
+        self.app.router.add_get("/healthz", self._ok)
+        self.app.router.add_get("/readyz", self._ok)
+        self.app.router.add_get("/api", self._api_versions)
+        self.app.router.add_get("/apis", self._api_groups)
+        self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        store.add_listener(self._fanout)
+
+    # --- watch fan-out --------------------------------------------------------------------------
+    def _fanout(self, ev: WatchEvent) -> None:
+        for q in list(self._watches):
+            try:
+                q.put_nowait(ev)
+            except asyncio.QueueFull:
+                # A watcher that cannot keep up is cut off; it re-watches from its last RV.
+                self._watches.discard(q)
+                q._queue.clear()  # type: ignore[attr-defined]
+                q.put_nowait(None)
+
+    def close_watches(self) -> None:
+        """End every open watch stream (clients reconnect with their last resourceVersion)."""
+        for q in list(self._watches):
+            self._watches.discard(q)
+            try:
+                q.put_nowait(None)
+            except asyncio.QueueFull:
+                q._queue.clear()  # type: ignore[attr-defined]
+                q.put_nowait(None)
+
+    # --- middleware and meta endpoints ----------------------------------------------------------
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        try:
+            resp: web.StreamResponse = await handler(request)
+            return resp
+        except ApiError as e:
+            return _error(e)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(
+                ApiError(413, "RequestEntityTooLarge", f"request body exceeds {MAX_BODY_BYTES} bytes")
+            )
+        except web.HTTPException:
+            raise
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            log.exception("request %s %s failed", request.method, request.path)
+            return _error(ApiError(500, "InternalError", f"internal error: {type(e).__name__}"))
+
+    async def _version(self, _: web.Request) -> web.Response:
+        return web.json_response(
+            {"major": "1", "minor": "33", "gitVersion": f"v1.33.0-nodemesh-{__version__}"}
+        )
+
+    async def _ok(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _api_versions(self, _: web.Request) -> web.Response:
+        return web.json_response({"kind": "APIVersions", "versions": ["v1"]})
+
+    async def _api_groups(self, _: web.Request) -> web.Response:
+        groups: dict[str, set[str]] = {}
+        for k in KINDS:
+            if k.group:
+                groups.setdefault(k.group, set()).add(k.version)
+        body = {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [
+                {
+                    "name": g,
+                    "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in sorted(vs)],
+                    "preferredVersion": {"groupVersion": f"{g}/{sorted(vs)[-1]}", "version": sorted(vs)[-1]},
+                }
+                for g, vs in sorted(groups.items())
+            ],
+        }
+        return web.json_response(body)
+
+    def _resource_list(self, group: str, version: str) -> web.Response:
+        kinds = [k for k in KINDS if k.group == group and k.version == version]
+        if not kinds:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        resources: list[dict[str, Any]] = []
+        for k in kinds:
+            verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+            resources.append(
+                {
+                    "name": k.plural,
+                    "singularName": k.kind.lower(),
+                    "namespaced": k.namespaced,
+                    "kind": k.kind,
+                    "verbs": verbs,
+                    "shortNames": list(k.short_names),
+                }
+            )
+            if k.has_status:
+                resources.append(
+                    {
+                        "name": f"{k.plural}/status",
+                        "singularName": "",
+                        "namespaced": k.namespaced,
+                        "kind": k.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+        gv = f"{group}/{version}" if group else version
+        return web.json_response(
+            {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
+        )
+
+    # --- resources ------------------------------------------------------------------------------
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        segs = [s for s in request.path.split("/") if s]
+        if request.method == "GET" and segs[:1] == ["api"] and len(segs) == 2:
+            return self._resource_list("", segs[1])
+        if request.method == "GET" and segs[:1] == ["apis"] and len(segs) == 3:
+            return self._resource_list(segs[1], segs[2])
+        route = parse_path(request.path)
+        if route is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if route.subresource and not route.kind.has_status:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        m = request.method
+        if not route.name:
+            if m == "GET":
+                q = request.query
+                if q.get("watch") in ("1", "true", "True"):
+                    return await self._watch(request, route)
+                return self._list(route, q.get("labelSelector", ""), q.get("fieldSelector", ""))
+            if m == "POST":
+                return await self._create(request, route)
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                f"the server does not allow this method on the requested resource: {m}",
+            )
+        if m == "GET":
+            return web.json_response(self.store.get(route.kind, route.namespace, route.name))
+        if m == "PUT":
+            return await self._replace(request, route)
+        if m == "PATCH":
+            return await self._patch(request, route)
+        if m == "DELETE" and not route.subresource:
+            return await self._delete(request, route)
+        raise ApiError(
+            405, "MethodNotAllowed", f"the server does not allow this method on the requested resource: {m}"
+        )
+
+    @staticmethod
+    def _selector(labels: str, fields: str) -> Callable[[dict[str, Any]], bool]:
+        try:
+            lp = label_selector(labels) if labels else None
+            fp = field_selector(fields) if fields else None
+        except SelectorError as e:
+            raise ApiError(400, "BadRequest", str(e)) from e
+        return lambda o: (lp is None or lp(o)) and (fp is None or fp(o))
+
+    def _list(self, route: Route, labels: str, fields: str) -> web.Response:
+        match = self._selector(labels, fields)
+        items, rv = self.store.list(route.kind, route.namespace or None)
+        k = route.kind
+        body = {
+            "kind": f"{k.kind}List",
+            "apiVersion": k.api_version,
+            "metadata": {"resourceVersion": str(rv)},
+            "items": [o for o in items if match(o)],
+        }
+        return web.json_response(body)
+
+    @staticmethod
+    async def _body(request: web.Request) -> Any:
+        raw = await request.read()
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, "BadRequest", f"invalid JSON body: {e}") from e
+
+    async def _object_body(self, request: web.Request, route: Route) -> dict[str, Any]:
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "the request body must be a JSON object")
+        k = route.kind
+        if body.get("kind", k.kind) != k.kind or body.get("apiVersion", k.api_version) != k.api_version:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the API version/kind in the request ({body.get('apiVersion')}, {body.get('kind')}) "
+                f"does not match the endpoint ({k.api_version}, {k.kind})",
+            )
+        meta = body.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise ApiError(400, "BadRequest", "metadata must be an object")
+        if k.namespaced:
+            if meta.get("namespace") and meta["namespace"] != route.namespace:
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                )
+            meta["namespace"] = route.namespace
+        if route.name and meta.get("name", route.name) != route.name:
+            raise ApiError(400, "BadRequest", "the name of the object does not match the name on the URL")
+        if route.name:
+            meta["name"] = route.name
+        return body
+
+    async def _create(self, request: web.Request, route: Route) -> web.Response:
+        if route.subresource:
+            raise ApiError(405, "MethodNotAllowed", "POST is not allowed on a subresource")
+        body = await self._object_body(request, route)
+        return web.json_response(self.store.create(route.kind, body), status=201)
+
+    async def _replace(self, request: web.Request, route: Route) -> web.Response:
+        body = await self._object_body(request, route)
+        out = self.store.update(route.kind, body, status_only=route.subresource == "status")
+        return web.json_response(out)
+
+    async def _patch(self, request: web.Request, route: Route) -> web.Response:
+        ctype = request.content_type
+        fn = _PATCHES.get(ctype)
+        if fn is None:
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - "
+                f"accepted media types include: {', '.join(_PATCHES)}",
+            )
+        patch = await self._body(request)
+        cur = self.store.get(route.kind, route.namespace, route.name)
+        try:
+            new = fn(cur, patch)
+        except PatchError as e:
+            raise ApiError(422, "Invalid", f"the patch cannot be applied: {e}") from e
+        if not isinstance(new, dict) or not isinstance(new.get("metadata"), dict):
+            raise ApiError(422, "Invalid", "the patch produced an object without metadata")
+        pm = patch.get("metadata") if isinstance(patch, dict) else None
+        # A resourceVersion or uid in the patch is a precondition; otherwise patch the current one.
+        if not (isinstance(pm, dict) and "resourceVersion" in pm):
+            new["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"]
+        new["metadata"]["name"], new["metadata"]["namespace"] = route.name, route.namespace
+        out = self.store.update(route.kind, new, status_only=route.subresource == "status")
+        return web.json_response(out)
+
+    async def _delete(self, request: web.Request, route: Route) -> web.Response:
+        uid = ""
+        if request.can_read_body:
+            raw = await request.read()
+            if raw.strip():
+                try:
+                    opts = json.loads(raw)
+                    uid = str(((opts.get("preconditions") or {}).get("uid")) or "")
+                except (ValueError, AttributeError) as e:
+                    raise ApiError(400, "BadRequest", f"invalid DeleteOptions: {e}") from e
+        gone = self.store.delete(route.kind, route.namespace, route.name, uid=uid)
+        return web.json_response(gone)
+
+    async def _watch(self, request: web.Request, route: Route) -> web.StreamResponse:
+        q = request.query
+        match = self._selector(q.get("labelSelector", ""), q.get("fieldSelector", ""))
+        bookmarks = q.get("allowWatchBookmarks") in ("1", "true", "True")
+        try:
+            timeout = float(q.get("timeoutSeconds") or 1800)
+        except ValueError as e:
+            raise ApiError(400, "BadRequest", "timeoutSeconds must be a number") from e
+        rv_text = q.get("resourceVersion", "")
+        if self.frozen:
+            raise ApiError(503, "ServiceUnavailable", "watches are paused", None)
+        k, ns = route.kind, route.namespace
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+
+        async def send(typ: str, obj: dict[str, Any]) -> None:
+            await resp.write(json.dumps({"type": typ, "object": obj}).encode() + b"\n")
+
+        def relevant(ev: WatchEvent) -> bool:
+            return ev.kind == k.kind and (not ns or ev.obj["metadata"].get("namespace") == ns)
+
+        queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue(self.watch_queue)
+        # Subscribe and read the backlog with no await in between: no event can fall in the gap.
+        try:
+            if rv_text in ("", "0"):
+                start = self.store.rv
+                initial = [("ADDED", o) for o in self.store.list(k, ns or None)[0] if match(o)]
+                backlog: list[WatchEvent] = []
+            else:
+                start = int(rv_text)
+                initial, backlog = [], self.store.events_after(start)
+        except ApiError as e:
+            await send("ERROR", e.status())
+            return resp
+        except ValueError:
+            await send("ERROR", status_object(400, "BadRequest", f"invalid resourceVersion {rv_text!r}"))
+            return resp
+        self._watches.add(queue)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            for typ, obj in initial:
+                await send(typ, obj)
+            for ev in backlog:
+                await self._send_event(send, ev, relevant, match)
+            last_bookmark = loop.time()
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                wait = min(left, self.bookmark_interval) if bookmarks else left
+                try:
+                    ev = await asyncio.wait_for(queue.get(), wait)
+                except TimeoutError:
+                    ev = None
+                    if not bookmarks or loop.time() >= deadline:
+                        break
+                else:
+                    if ev is None:
+                        break
+                    await self._send_event(send, ev, relevant, match)
+                if bookmarks and queue.empty() and loop.time() - last_bookmark >= self.bookmark_interval:
+                    # Queue empty: every event up to store.rv has been sent or filtered out.
+                    await send(
+                        "BOOKMARK",
+                        {
+                            "kind": k.kind,
+                            "apiVersion": k.api_version,
+                            "metadata": {"resourceVersion": str(max(start, self.store.rv))},
+                        },
+                    )
+                    last_bookmark = loop.time()
+        except (ConnectionResetError, ConnectionError):
+            pass
+        finally:
+            self._watches.discard(queue)
+        return resp
+
+    @staticmethod
+    async def _send_event(
+        send: Callable[[str, dict[str, Any]], Any],
+        ev: WatchEvent,
+        relevant: Callable[[WatchEvent], bool],
+        match: Callable[[dict[str, Any]], bool],
+    ) -> None:
+        if not relevant(ev):
+            return
+        now_match = match(ev.obj)
+        was_match = ev.old is not None and match(ev.old)
+        if ev.type == "MODIFIED":
+            if now_match and not was_match:
+                await send("ADDED", ev.obj)
+            elif was_match and not now_match:
+                gone = dict(ev.obj)
+                await send("DELETED", gone)
+            elif now_match:
+                await send("MODIFIED", ev.obj)
+        elif now_match:
+            await send(ev.type, ev.obj)
