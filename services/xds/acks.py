@@ -7,8 +7,8 @@ a Gateway is Programmed only when its listeners' current versions are applied.
 
 Envoy applies listener and cluster updates resource by resource: on a NACK of LDS/CDS the resources
 the error names are rejected and the others are in effect (``LdsApiImpl::onConfigUpdate``; the error
-reads ``Error adding/updating listener(s) <names>: …``). For the other types a NACK rejects the whole
-response.
+reads ``Error adding/updating listener(s) <name>: <reason>``, one line per resource). For the other
+types a NACK rejects the whole response.
 """
 
 from __future__ import annotations
@@ -57,6 +57,14 @@ class ResourceState:
     error: str = ""
 
 
+def _named_in(error: str, names: dict[str, str]) -> set[str]:
+    """Resources an LDS/CDS error names: lines read ``<name>: <reason>`` after the fixed prefix."""
+    lines = [
+        ln.split(")", 1)[1].lstrip() if ln.startswith("Error adding") else ln for ln in error.splitlines()
+    ]
+    return {n for n in names if any(ln.startswith(n + ": ") for ln in lines)}
+
+
 class AckTracker:
     """Per node/type/resource: which content version Envoy applied, which it rejected and why."""
 
@@ -73,7 +81,7 @@ class AckTracker:
         if ev.ack:
             refused: set[str] = set()
         elif s.type_url in _PER_RESOURCE:
-            refused = {n for n in s.resources if n in ev.error}
+            refused = _named_in(ev.error, s.resources)
         else:
             refused = set(s.resources)
         if not ev.ack and s.type_url not in _PER_RESOURCE:
