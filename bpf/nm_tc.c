@@ -1,0 +1,311 @@
+/* nodemesh tc programs: nm_from_pod (clsact ingress of the pod's host-side veth = the pod's egress)
+ * and nm_to_pod (clsact egress of that veth = the pod's ingress).
+ *
+ * Per packet: endpoint by ifindex → parse → conntrack. An established forward packet passes
+ * (policy is re-checked only when the agent bumped the policy revision since the flow was allowed,
+ * and the auth entry is re-checked for flows that needed auth); a reply passes; a new flow is judged
+ * by the endpoint's policy (two LPM lookups, Cilium's precedence, deny wins), then the auth map.
+ * Events go to one ring buffer: a trace per new flow and per new TCP flag in each direction
+ * (aggregated per CT entry, not per packet), a drop per dropped packet, and auth-required signals
+ * de-duplicated to one per auth key per 100 ms.
+ *
+ * Compiled by BCC once per node with -DNM_PIN_DIR="/sys/fs/bpf/nodemesh/<node>": every map that
+ * decides a verdict is pinned there, so a restarted agent reuses it and enforcement never stops.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "include/nm_maps.h"
+#include "lib/parse.h"
+#include "lib/policy.h"
+
+#ifndef NM_PIN_DIR
+#error "compile with -DNM_PIN_DIR=\"/sys/fs/bpf/nodemesh/<node>\""
+#endif
+#ifndef NM_POLICY_MAX
+#define NM_POLICY_MAX 131072
+#endif
+#ifndef NM_IPCACHE_MAX
+#define NM_IPCACHE_MAX 131072
+#endif
+#ifndef NM_CT_MAX
+#define NM_CT_MAX 65536
+#endif
+#ifndef NM_AUTH_MAX
+#define NM_AUTH_MAX 65536
+#endif
+#ifndef NM_RINGBUF_PAGES
+#define NM_RINGBUF_PAGES 1024
+#endif
+#define NM_AUTH_SIGNAL_INTERVAL_NS 100000000ULL /* one auth-required signal per key per 100 ms */
+
+#define NM_PIN(name) NM_PIN_DIR "/" name
+
+BPF_TABLE_PINNED("hash", struct nm_endpoint_key, struct nm_endpoint_info, nm_endpoints, 4096,
+		 NM_PIN("nm_endpoints"));
+BPF_TABLE_PINNED("lpm_trie", struct nm_ipcache_key, struct nm_ipcache_value, nm_ipcache, NM_IPCACHE_MAX,
+		 NM_PIN("nm_ipcache"), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct nm_policy_key, struct nm_policy_value, nm_policy, NM_POLICY_MAX,
+		 NM_PIN("nm_policy"), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lru_hash", struct nm_ct_key, struct nm_ct_entry, nm_ct, NM_CT_MAX, NM_PIN("nm_ct"));
+BPF_TABLE_PINNED("hash", struct nm_auth_key, struct nm_auth_value, nm_auth, NM_AUTH_MAX, NM_PIN("nm_auth"),
+		 BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array", u32, u32, nm_config, NM_CFG_MAX, NM_PIN("nm_config"));
+/* last auth-required signal per key (dedup); losing it on restart only costs one extra signal */
+BPF_TABLE("lru_hash", struct nm_auth_key, u64, nm_auth_signal, 16384);
+BPF_PERCPU_ARRAY(nm_drops, u64, 256);
+BPF_PERCPU_ARRAY(nm_stats, u64, NM_STAT_MAX);
+BPF_RINGBUF_OUTPUT(nm_events, NM_RINGBUF_PAGES);
+/* never used at run time: keeps struct nm_event in the BTF the layout test reads */
+BPF_ARRAY(nm_layout_event, struct nm_event, 1);
+
+struct nm_verdict {
+	__u32 remote_identity;
+	__u16 remote_node_id;
+	__u8 match_type;
+	__u8 auth_type;
+	__u8 drop_reason; /* 0 = allowed */
+};
+
+static __always_inline void nm_emit(struct __sk_buff *skb, const struct nm_tuple *t,
+				    const struct nm_endpoint_info *ep, __u8 dir, __u8 type,
+				    const struct nm_verdict *v, __u8 flags, __u8 is_reply, __u64 now)
+{
+	struct nm_event *e = nm_events.ringbuf_reserve(sizeof(struct nm_event));
+	if (!e) {
+		nm_stats.increment(NM_STAT_LOST_EVENTS);
+		return;
+	}
+	e->ts_ns = now;
+	e->saddr = t->saddr;
+	e->daddr = t->daddr;
+	/* src/dst identities follow the packet: from-pod = endpoint → remote, to-pod = remote → endpoint */
+	if (dir == NM_DIR_EGRESS) {
+		e->src_identity = ep->identity;
+		e->dst_identity = v->remote_identity;
+	} else {
+		e->src_identity = v->remote_identity;
+		e->dst_identity = ep->identity;
+	}
+	e->ifindex = skb->ifindex;
+	e->sport = t->sport;
+	e->dport = t->dport;
+	e->ep_id = ep->ep_id;
+	e->remote_node_id = v->remote_node_id;
+	e->type = type;
+	e->dir = dir;
+	e->proto = t->proto;
+	e->tcp_flags = flags;
+	e->drop_reason = v->drop_reason;
+	e->auth_type = v->auth_type;
+	e->match_type = v->match_type;
+	e->is_reply = is_reply;
+	e->icmp_type = t->icmp_type;
+	e->icmp_code = t->icmp_code;
+	e->pad = 0;
+	e->pad2 = 0;
+	nm_events.ringbuf_submit(e, 0);
+	nm_stats.increment(NM_STAT_EVENTS);
+}
+
+static __always_inline void nm_remote(__u32 addr, struct nm_verdict *v)
+{
+	struct nm_ipcache_key k = {.prefixlen = 32, .addr = addr};
+	struct nm_ipcache_value *rv = nm_ipcache.lookup(&k);
+	if (rv) {
+		v->remote_identity = rv->identity;
+		v->remote_node_id = rv->node_id;
+	} else {
+		v->remote_identity = NM_ID_WORLD;
+		v->remote_node_id = 0;
+	}
+}
+
+/* Valid auth entry for (endpoint, remote, remote node, type)? If not, signal (deduplicated). */
+static __always_inline int nm_auth_ok(struct __sk_buff *skb, const struct nm_tuple *t,
+				      const struct nm_endpoint_info *ep, __u8 dir,
+				      const struct nm_verdict *v, __u64 now)
+{
+	struct nm_auth_key ak = {};
+	ak.local_identity = ep->identity;
+	ak.remote_identity = v->remote_identity;
+	ak.remote_node_id = v->remote_node_id;
+	ak.auth_type = v->auth_type;
+	struct nm_auth_value *av = nm_auth.lookup(&ak);
+	if (av && av->expiry_ns > now)
+		return 1;
+	__u64 *last = nm_auth_signal.lookup(&ak);
+	if (last && now - *last < NM_AUTH_SIGNAL_INTERVAL_NS) {
+		nm_stats.increment(NM_STAT_AUTH_SUPPRESSED);
+		return 0;
+	}
+	nm_auth_signal.update(&ak, &now);
+	nm_emit(skb, t, ep, dir, NM_EVT_AUTH_REQUIRED, v, 0, 0, now);
+	return 0;
+}
+
+/* The endpoint's policy for a new flow (or an established one after a policy change). */
+static __always_inline void nm_policy_check(struct __sk_buff *skb, const struct nm_tuple *t,
+					    const struct nm_endpoint_info *ep, __u8 dir,
+					    struct nm_verdict *v, __u64 now)
+{
+	__u8 enforce = dir == NM_DIR_EGRESS ? NM_EP_ENFORCE_EGRESS : NM_EP_ENFORCE_INGRESS;
+	v->match_type = NM_MATCH_NONE;
+	v->auth_type = 0;
+	v->drop_reason = 0;
+	if (!(ep->flags & enforce))
+		return;
+	struct nm_policy_key k = {};
+	k.prefixlen = NM_POLICY_FULL_PREFIX;
+	k.ep_id = ep->ep_id;
+	k.identity = v->remote_identity;
+	k.egress = dir;
+	k.protocol = t->proto;
+	k.dport = t->policy_port;
+	struct nm_policy_value *l3 = nm_policy.lookup(&k);
+	k.identity = NM_ID_ANY;
+	struct nm_policy_value *any = nm_policy.lookup(&k);
+	__u8 match = 0;
+	const struct nm_policy_value *pv = nm_policy_select(l3, any, &match);
+	v->match_type = match;
+	if (!pv) {
+		v->drop_reason = NM_DROP_POLICY;
+		return;
+	}
+	if (pv->flags & NM_POLICY_DENY) {
+		v->drop_reason = NM_DROP_POLICY_DENY;
+		return;
+	}
+	v->auth_type = pv->auth_type;
+	if (v->auth_type && !nm_auth_ok(skb, t, ep, dir, v, now))
+		v->drop_reason = NM_DROP_AUTH_REQUIRED;
+}
+
+static __always_inline int nm_drop(struct __sk_buff *skb, const struct nm_tuple *t,
+				   const struct nm_endpoint_info *ep, __u8 dir, const struct nm_verdict *v,
+				   __u64 now)
+{
+	nm_drops.increment(v->drop_reason);
+	nm_emit(skb, t, ep, dir, NM_EVT_DROP, v, t->tcp_flags, 0, now);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
+{
+	struct nm_endpoint_key ek = {.ifindex = skb->ifindex};
+	struct nm_endpoint_info *ep = nm_endpoints.lookup(&ek);
+	if (!ep)
+		return TC_ACT_OK; /* not an endpoint of this node */
+	struct nm_tuple t = {};
+	int rc = nm_parse(skb, &t);
+	if (rc == NM_PARSE_PASS)
+		return TC_ACT_OK;
+	nm_stats.increment(NM_STAT_PACKETS);
+	__u64 now = bpf_ktime_get_ns();
+	struct nm_verdict v = {};
+	if (rc == NM_PARSE_INVALID) {
+		v.drop_reason = NM_DROP_INVALID;
+		return nm_drop(skb, &t, ep, dir, &v, now);
+	}
+	__u32 cfg_key = NM_CFG_POLICY_REV;
+	__u32 *revp = nm_config.lookup(&cfg_key);
+	__u32 rev = revp ? *revp : 0;
+
+	struct nm_ct_key fk = {};
+	fk.saddr = t.saddr;
+	fk.daddr = t.daddr;
+	fk.sport = t.sport;
+	fk.dport = t.dport;
+	fk.proto = t.proto;
+	fk.dir = dir;
+	struct nm_ct_entry *ct = nm_ct.lookup(&fk);
+	if (ct) {
+		/* established, forward direction */
+		v.remote_identity = ct->remote_identity;
+		v.remote_node_id = ct->remote_node_id;
+		v.match_type = ct->match_type;
+		v.auth_type = ct->auth_type;
+		if (ct->policy_rev != rev) {
+			nm_remote(dir == NM_DIR_EGRESS ? t.daddr : t.saddr, &v);
+			nm_policy_check(skb, &t, ep, dir, &v, now);
+			if (v.drop_reason) {
+				nm_ct.delete(&fk);
+				return nm_drop(skb, &t, ep, dir, &v, now);
+			}
+			ct->policy_rev = rev;
+			ct->auth_type = v.auth_type;
+			ct->flags = v.auth_type ? NM_CT_F_AUTH : 0;
+			ct->remote_identity = v.remote_identity;
+			ct->remote_node_id = v.remote_node_id;
+		} else if (ct->flags & NM_CT_F_AUTH) {
+			if (!nm_auth_ok(skb, &t, ep, dir, &v, now)) {
+				v.drop_reason = NM_DROP_AUTH_REQUIRED;
+				return nm_drop(skb, &t, ep, dir, &v, now);
+			}
+		}
+		ct->last_seen_ns = now;
+		__sync_fetch_and_add(&ct->packets, 1);
+		__sync_fetch_and_add(&ct->bytes, t.len);
+		if (t.tcp_flags & ~ct->tx_flags_seen) {
+			ct->tx_flags_seen |= t.tcp_flags;
+			nm_emit(skb, &t, ep, dir, NM_EVT_TRACE, &v, t.tcp_flags, 0, now);
+		}
+		return TC_ACT_OK;
+	}
+	struct nm_ct_key rk = {};
+	rk.saddr = t.daddr;
+	rk.daddr = t.saddr;
+	rk.sport = t.dport;
+	rk.dport = t.sport;
+	rk.proto = t.proto;
+	rk.dir = dir ^ 1;
+	ct = nm_ct.lookup(&rk);
+	if (ct) {
+		/* a reply of a flow this endpoint's peer direction allowed */
+		ct->last_seen_ns = now;
+		__sync_fetch_and_add(&ct->packets, 1);
+		__sync_fetch_and_add(&ct->bytes, t.len);
+		if (t.tcp_flags & ~ct->rx_flags_seen) {
+			ct->rx_flags_seen |= t.tcp_flags;
+			v.remote_identity = ct->remote_identity;
+			v.remote_node_id = ct->remote_node_id;
+			v.match_type = ct->match_type;
+			v.auth_type = ct->auth_type;
+			nm_emit(skb, &t, ep, dir, NM_EVT_TRACE, &v, t.tcp_flags, 1, now);
+		}
+		return TC_ACT_OK;
+	}
+	if (t.icmp_related)
+		return TC_ACT_OK;
+
+	/* a new flow */
+	nm_remote(dir == NM_DIR_EGRESS ? t.daddr : t.saddr, &v);
+	nm_policy_check(skb, &t, ep, dir, &v, now);
+	if (v.drop_reason)
+		return nm_drop(skb, &t, ep, dir, &v, now);
+	struct nm_ct_entry e = {};
+	e.created_ns = now;
+	e.last_seen_ns = now;
+	e.packets = 1;
+	e.bytes = t.len;
+	e.policy_rev = rev;
+	e.remote_identity = v.remote_identity;
+	e.remote_node_id = v.remote_node_id;
+	e.tx_flags_seen = t.tcp_flags;
+	e.auth_type = v.auth_type;
+	e.flags = v.auth_type ? NM_CT_F_AUTH : 0;
+	e.match_type = v.match_type;
+	nm_ct.update(&fk, &e);
+	nm_emit(skb, &t, ep, dir, NM_EVT_TRACE, &v, t.tcp_flags, 0, now);
+	return TC_ACT_OK;
+}
+
+int nm_from_pod(struct __sk_buff *skb)
+{
+	return nm_handle(skb, NM_DIR_EGRESS);
+}
+
+int nm_to_pod(struct __sk_buff *skb)
+{
+	return nm_handle(skb, NM_DIR_INGRESS);
+}

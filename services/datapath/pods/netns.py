@@ -1,0 +1,167 @@
+"""Network namespaces and veth pairs for pods, with pyroute2 (no ``ip netns exec``: it remounts /sys).
+
+A pod gets: netns ``nm-<hash>``, a veth pair (host side ``lxc<11 hex>``, pod side ``eth0``), its IPv4
+address as a /32 on eth0, a link-local gateway ``169.254.1.1`` reached through a permanent neighbour
+entry (the host-side MAC), and a default route via it. The host gets a /32 route to the pod and a
+permanent neighbour for it, and forwarding is switched on for the lxc device only (the kernel checks
+forwarding on the input device), so nothing host-wide changes.
+
+:func:`netns_socket` opens a socket inside a namespace from a throwaway thread (network namespaces
+are per thread), so probes and tests talk from the pod's point of view while this process stays in
+the host namespace, where the pinned BPF maps are visible.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+__all__ = [
+    "GATEWAY",
+    "PodLink",
+    "create_pod_netns",
+    "delete_pod_netns",
+    "host_ifname",
+    "netns_exists",
+    "netns_name",
+    "netns_path",
+    "netns_socket",
+]
+
+GATEWAY = "169.254.1.1"
+NETNS_DIR = "/run/netns"
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()
+
+
+def netns_name(node: str, namespace: str, pod: str) -> str:
+    """``nm-<hash>``: stable per (node, namespace, pod), so a restarted agent finds it again."""
+    return f"nm-{_digest(node, namespace, pod)[:16]}"
+
+
+def host_ifname(node: str, namespace: str, pod: str) -> str:
+    """``lxc<11 hex>`` (14 characters, within IFNAMSIZ)."""
+    return f"lxc{_digest(node, namespace, pod)[:11]}"
+
+
+def netns_path(name: str) -> str:
+    return os.path.join(NETNS_DIR, name)
+
+
+def netns_exists(name: str) -> bool:
+    return os.path.exists(netns_path(name))
+
+
+@dataclass(frozen=True)
+class PodLink:
+    netns: str
+    host_ifname: str
+    host_ifindex: int
+    host_mac: str
+    pod_mac: str
+    ip: str
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def netns_socket(
+    name: str, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM, proto: int = 0
+) -> socket.socket:
+    """A socket created inside netns ``name`` (usable from any thread afterwards)."""
+    result: list[socket.socket | BaseException] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(netns_path(name), os.O_RDONLY)
+            try:
+                _setns(fd)
+            finally:
+                os.close(fd)
+            result.append(socket.socket(family, type, proto))
+        except BaseException as e:
+            result.append(e)
+        # The thread ends here; its namespace dies with it, the process's other threads never moved.
+
+    t = threading.Thread(target=run, name=f"netns-{name}")
+    t.start()
+    t.join()
+    r = result[0]
+    if isinstance(r, BaseException):
+        raise r
+    return r
+
+
+def _sysctl(path: str, value: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(value)
+
+
+def create_pod_netns(name: str, host_if: str, ip: str) -> PodLink:
+    """Create (or adopt, when it already exists from a previous run) the pod's netns and veth."""
+    if not netns_exists(name):
+        netns.create(name)
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=host_if)
+        if not idx:
+            tmp_peer = f"p{host_if[3:]}"
+            ipr.link("add", ifname=host_if, kind="veth", peer={"ifname": tmp_peer, "net_ns_fd": name})
+            idx = ipr.link_lookup(ifname=host_if)
+        host_idx = idx[0]
+        host_mac = ipr.get_links(host_idx)[0].get_attr("IFLA_ADDRESS")
+    with IPRoute(netns=name) as nsr:
+        lo = nsr.link_lookup(ifname="lo")
+        if lo:
+            nsr.link("set", index=lo[0], state="up")
+        peer = nsr.link_lookup(ifname=f"p{host_if[3:]}") or nsr.link_lookup(ifname="eth0")
+        pidx = peer[0]
+        nsr.link("set", index=pidx, ifname="eth0")
+        nsr.link("set", index=pidx, state="up")
+        pod_mac = nsr.get_links(pidx)[0].get_attr("IFLA_ADDRESS")
+        try:
+            nsr.addr("add", index=pidx, address=ip, prefixlen=32)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+        nsr.neigh("replace", dst=GATEWAY, lladdr=host_mac, ifindex=pidx, state="permanent")
+        nsr.route("replace", dst=f"{GATEWAY}/32", oif=pidx, scope="link")
+        nsr.route("replace", dst="0.0.0.0/0", gateway=GATEWAY, oif=pidx)
+    with IPRoute() as ipr:
+        ipr.link("set", index=host_idx, state="up")
+        _sysctl(f"/proc/sys/net/ipv4/conf/{host_if}/forwarding", "1")
+        ipr.neigh("replace", dst=ip, lladdr=pod_mac, ifindex=host_idx, state="permanent")
+        ipr.route("replace", dst=f"{ip}/32", oif=host_idx, scope="link")
+    return PodLink(name, host_if, host_idx, host_mac, pod_mac, ip)
+
+
+def delete_pod_netns(name: str, host_if: str) -> None:
+    """Remove the veth (its peer and the host route go with it) and the namespace; idempotent."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=host_if)
+        if idx:
+            try:
+                ipr.link("del", index=idx[0])
+            except NetlinkError as e:
+                if e.code != errno.ENODEV:
+                    raise
+    if netns_exists(name):
+        try:
+            netns.remove(name)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
