@@ -1,0 +1,51 @@
+"""Resolve policies from scratch: every endpoint's policy map and the CIDR identities.
+
+``resolve`` feeds everything to a fresh :class:`~services.datapath.policy.incremental.PolicyEngine`,
+so a full resolve and a sequence of incremental changes share one code path and must agree (a test
+checks that they do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from services.datapath.policy.incremental import PolicyEngine
+from services.datapath.policy.model import Endpoint, EndpointPolicy, PolicyRef, ProxyPorts
+from services.datapath.policy.rules import ParseError
+
+__all__ = ["Resolved", "resolve"]
+
+
+class Resolved(msgspec.Struct, kw_only=True):
+    """``policies``: endpoint key → its map. ``cidr_identities``: CIDR → local identity (≥ 2**24),
+    for the ipcache LPM. ``errors``: invalid policies → why (they are not applied)."""
+
+    policies: dict[str, EndpointPolicy]
+    cidr_identities: dict[str, int]
+    errors: dict[PolicyRef, tuple[ParseError, ...]]
+
+
+def resolve(
+    policies: Iterable[Mapping[str, Any]],
+    endpoints: Iterable[Endpoint],
+    identities: Mapping[int, Sequence[str]],
+    *,
+    proxy_ports: ProxyPorts | None = None,
+    allow_localhost: bool = True,
+    cidr_identities: Mapping[str, int] | None = None,
+) -> Resolved:
+    """``identities``: id → labels (``k8s:app=web``, ``k8s:io.kubernetes.pod.namespace=default``,
+    ``reserved:world``); reserved ids 1..11 get their ``reserved:`` labels when not given."""
+    eng = PolicyEngine(
+        proxy_ports=proxy_ports, allow_localhost=allow_localhost, cidr_identities=cidr_identities
+    )
+    for ident, labels in identities.items():
+        eng.upsert_identity(ident, labels)
+    for ep in endpoints:
+        eng.upsert_endpoint(ep)
+    for obj in policies:
+        eng.upsert_policy(obj)
+    return Resolved(policies=eng.policies(), cidr_identities=eng.cidr_identities(), errors=eng.errors())
