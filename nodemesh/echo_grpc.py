@@ -1,0 +1,128 @@
+"""The gRPC mode of the echo backend: ``gateway_api_conformance.echo_basic.grpcecho.GrpcEcho``.
+
+The messages are declared at runtime with a FileDescriptorProto (no protoc, no generated code).
+Field numbers (a nodemesh choice; the upstream .proto was not available offline, so a Go client
+built from upstream's file may decode differently): ``EchoResponse{assertions=1}``,
+``Assertions{fully_qualified_method=1, headers=2, authority=3, context=4, tls_assertions=5}``,
+``Header{key=1, value=2}``, ``Context{namespace=1, ingress=2, service_name=3, pod=4}``,
+``TLSAssertions{version=1, peer_certificates=2, server_name=3, negotiated_protocol=4, cipher_suite=5}``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+__all__ = ["PACKAGE", "SERVICE", "messages", "serve_grpc"]
+
+PACKAGE = "gateway_api_conformance.echo_basic.grpcecho"
+SERVICE = f"{PACKAGE}.GrpcEcho"
+
+_F = descriptor_pb2.FieldDescriptorProto
+_CACHE: dict[str, Any] = {}
+
+
+def _msg(
+    fd: descriptor_pb2.FileDescriptorProto, name: str, fields: list[tuple[str, int, int, str, bool]]
+) -> None:
+    m = fd.message_type.add(name=name)
+    for fname, num, ftype, tname, repeated in fields:
+        f = m.field.add(name=fname, number=num, type=ftype)  # type: ignore[arg-type]
+        f.label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
+        if tname:
+            f.type_name = f".{PACKAGE}.{tname}"
+
+
+def messages() -> dict[str, Any]:
+    """The message classes by name (EchoRequest, EchoResponse, Assertions, Header, Context, ...)."""
+    if _CACHE:
+        return _CACHE
+    fd = descriptor_pb2.FileDescriptorProto(name="nodemesh/grpcecho.proto", package=PACKAGE, syntax="proto3")
+    s, m = _F.TYPE_STRING, _F.TYPE_MESSAGE
+    _msg(fd, "EchoRequest", [])
+    _msg(fd, "Header", [("key", 1, s, "", False), ("value", 2, s, "", False)])
+    _msg(
+        fd,
+        "Context",
+        [
+            ("namespace", 1, s, "", False),
+            ("ingress", 2, s, "", False),
+            ("service_name", 3, s, "", False),
+            ("pod", 4, s, "", False),
+        ],
+    )
+    _msg(
+        fd,
+        "TLSAssertions",
+        [
+            ("version", 1, s, "", False),
+            ("peer_certificates", 2, s, "", True),
+            ("server_name", 3, s, "", False),
+            ("negotiated_protocol", 4, s, "", False),
+            ("cipher_suite", 5, s, "", False),
+        ],
+    )
+    _msg(
+        fd,
+        "Assertions",
+        [
+            ("fully_qualified_method", 1, s, "", False),
+            ("headers", 2, m, "Header", True),
+            ("authority", 3, s, "", False),
+            ("context", 4, m, "Context", False),
+            ("tls_assertions", 5, m, "TLSAssertions", False),
+        ],
+    )
+    _msg(fd, "EchoResponse", [("assertions", 1, m, "Assertions", False)])
+    svc = fd.service.add(name="GrpcEcho")
+    for meth in ("Echo", "EchoTwo", "EchoThree"):
+        svc.method.add(
+            name=meth, input_type=f".{PACKAGE}.EchoRequest", output_type=f".{PACKAGE}.EchoResponse"
+        )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fd)
+    for name in ("EchoRequest", "EchoResponse", "Assertions", "Header", "Context", "TLSAssertions"):
+        _CACHE[name] = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+    return _CACHE
+
+
+def _respond(method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+    ms = messages()
+    resp = ms["EchoResponse"]()
+    a = resp.assertions
+    a.fully_qualified_method = method
+    for k, v in context.invocation_metadata() or ():
+        a.headers.add(key=k, value=v if isinstance(v, str) else v.decode("latin-1"))
+    a.context.namespace = os.environ.get("NAMESPACE", "")
+    a.context.ingress = os.environ.get("INGRESS_NAME", "")
+    a.context.service_name = os.environ.get("SERVICE_NAME", "")
+    a.context.pod = os.environ.get("POD_NAME", "")
+    return resp
+
+
+class _Handler(grpc.GenericRpcHandler):
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = details.method  # type: ignore[attr-defined]
+        if method not in (f"/{SERVICE}/Echo", f"/{SERVICE}/EchoTwo"):
+            return None  # grpc answers UNIMPLEMENTED (EchoThree too, deliberately)
+        ms = messages()
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+            return _respond(method, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=ms["EchoRequest"].FromString,
+            response_serializer=lambda r: r.SerializeToString(),
+        )
+
+
+async def serve_grpc(bind: str, port: int) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_Handler(),))
+    server.add_insecure_port(f"{bind}:{port}")
+    await server.start()
+    return server
