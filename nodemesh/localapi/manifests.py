@@ -112,7 +112,7 @@ class ManifestDir:
 
     def _recorded(self) -> dict[str, tuple[str, list[ObjRef]]]:
         rows = self.store._db.execute("SELECT path, stamp, objects FROM manifest_files").fetchall()
-        return {p: (s, [tuple(o) for o in json.loads(objs)]) for p, s, objs in rows}  # type: ignore[misc]
+        return {p: (s, [(o[0], o[1], o[2]) for o in json.loads(objs)]) for p, s, objs in rows}
 
     def sync(self) -> None:
         """One comparison of the directory with what was applied."""

@@ -33,7 +33,9 @@ class SelectorError(ValueError):
 
 def _split(expr: str) -> list[str]:
     """Split on commas outside parentheses."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in expr:
         if ch == "(":
             depth += 1
@@ -49,7 +51,24 @@ def _split(expr: str) -> list[str]:
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, str]:
-    return (obj.get("metadata") or {}).get("labels") or {}
+    labels: dict[str, str] = (obj.get("metadata") or {}).get("labels") or {}
+    return labels
+
+
+def _eq(key: str, val: str, neg: bool) -> Pred:
+    return lambda o: (_labels(o).get(key) == val) != neg
+
+
+def _in(key: str, vals: set[str], neg: bool) -> Pred:
+    return lambda o: (_labels(o).get(key) in vals) != neg
+
+
+def _has(key: str, neg: bool) -> Pred:
+    return lambda o: (key in _labels(o)) != neg
+
+
+def _field(getter: Callable[[dict[str, Any]], str], val: str, neg: bool) -> Pred:
+    return lambda o: (getter(o) == val) != neg
 
 
 def label_selector(expr: str) -> Pred:
@@ -58,10 +77,7 @@ def label_selector(expr: str) -> Pred:
         m = _EQ.match(term)
         if m:
             key, op, val = m.groups()
-            if op == "!=":
-                preds.append(lambda o, k=key, v=val: _labels(o).get(k) != v)
-            else:
-                preds.append(lambda o, k=key, v=val: _labels(o).get(k) == v)
+            preds.append(_eq(key, val, op == "!="))
             continue
         m = _SET.match(term)
         if not m:
@@ -71,14 +87,9 @@ def label_selector(expr: str) -> Pred:
             if neg:
                 raise SelectorError(f"unable to parse requirement: {term.strip()!r}")
             vals = {v.strip() for v in values.split(",") if v.strip()}
-            if op == "in":
-                preds.append(lambda o, k=key, vs=vals: _labels(o).get(k) in vs)
-            else:
-                preds.append(lambda o, k=key, vs=vals: _labels(o).get(k) not in vs)
-        elif neg:
-            preds.append(lambda o, k=key: k not in _labels(o))
+            preds.append(_in(key, vals, op == "notin"))
         else:
-            preds.append(lambda o, k=key: k in _labels(o))
+            preds.append(_has(key, bool(neg)))
     return lambda o: all(p(o) for p in preds)
 
 
@@ -92,10 +103,7 @@ def field_selector(expr: str) -> Pred:
         getter = _FIELDS.get(key)
         if getter is None:
             raise SelectorError(f'field label not supported: "{key}"')
-        if op == "!=":
-            preds.append(lambda o, g=getter, v=val: g(o) != v)
-        else:
-            preds.append(lambda o, g=getter, v=val: g(o) == v)
+        preds.append(_field(getter, val, op == "!="))
     return lambda o: all(p(o) for p in preds)
 
 

@@ -392,15 +392,14 @@ class ApiServer:
                     break
                 wait = min(left, self.bookmark_interval) if bookmarks else left
                 try:
-                    ev = await asyncio.wait_for(queue.get(), wait)
+                    got: WatchEvent | None = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:
-                    ev = None
                     if not bookmarks or loop.time() >= deadline:
                         break
                 else:
-                    if ev is None:
+                    if got is None:
                         break
-                    await self._send_event(send, ev, relevant, match)
+                    await self._send_event(send, got, relevant, match)
                 if bookmarks and queue.empty() and loop.time() - last_bookmark >= self.bookmark_interval:
                     # Queue empty: every event up to store.rv has been sent or filtered out.
                     await send(

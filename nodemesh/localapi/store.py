@@ -10,6 +10,7 @@ the notification of its listeners are atomic with respect to every watch.
 
 from __future__ import annotations
 
+import builtins
 import collections
 import datetime
 import logging
@@ -133,7 +134,7 @@ class Store:
         out: dict[str, Any] = clone(obj)
         return out
 
-    def list(self, kind: Kind, namespace: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    def list(self, kind: Kind, namespace: str | None = None) -> tuple[builtins.list[dict[str, Any]], int]:
         items = [clone(o) for o in self.objects(kind.kind, namespace if kind.namespaced else None)]
         return items, self.rv
 
@@ -148,7 +149,7 @@ class Store:
         if fn in self._listeners:
             self._listeners.remove(fn)
 
-    def events_after(self, rv: int) -> list[WatchEvent]:
+    def events_after(self, rv: int) -> builtins.list[WatchEvent]:
         """Kept events newer than ``rv``; 410 Expired when history no longer reaches back to it."""
         if rv < self.floor:
             raise expired(rv, self.floor)
@@ -249,7 +250,8 @@ class Store:
             self._validate(kind, new)
         new["metadata"]["resourceVersion"] = om["resourceVersion"]
         if new == old:
-            return clone(old)  # a no-op write changes nothing, not even the resourceVersion
+            same: dict[str, Any] = clone(old)
+            return same  # a no-op write changes nothing, not even the resourceVersion
         return self._commit(kind, "MODIFIED", new, old)
 
     def delete(self, kind: Kind, namespace: str, name: str, *, uid: str = "") -> dict[str, Any]:

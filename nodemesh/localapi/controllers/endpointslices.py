@@ -116,7 +116,7 @@ def reconcile_endpointslices(store: Store) -> int:
         ]
         want = desired_slices(svc, pods) or {("IPv4", ()): []}
         labels = {**(meta.get("labels") or {}), SERVICE_NAME: meta["name"], MANAGED_BY: CONTROLLER}
-        by_key = {}
+        by_key: dict[tuple[str, PortKey], dict[str, Any]] = {}
         for es in existing:
             by_key.setdefault(_key_of(es), es)
         for key, endpoints in want.items():

@@ -1,0 +1,112 @@
+"""Watcher wiring: replay the stream, elect a leader, and run the active role while holding the lease.
+
+Every instance keeps a :class:`K8sCache` of the stream (so a takeover starts from the current
+state) and runs the lease loop. The holder runs :class:`ActiveWatcher` and applies status patches;
+when it cannot renew (lost to another, or NATS unreachable past the grace period) it cancels that
+work and becomes a standby again. On a graceful stop the lease is released at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from typing import Any
+
+from nodemesh import subjects
+from nodemesh.k8scache import K8sCache
+from nodemesh.kinds import KINDS, Kind, by_kind
+from nodemesh.messages.k8s import StatusPatch
+from nodemesh.runtime import Service
+from nodemesh.streams import BUCKET_LEASES
+from services.watcher.config import WatcherConfig
+from services.watcher.kube import KubeClient
+from services.watcher.lease import Lease
+from services.watcher.metrics import WatcherMetrics
+from services.watcher.status import StatusApplier
+from services.watcher.sync import ActiveWatcher, LostLeadership
+
+__all__ = ["LEASE_KEY", "main", "select_kinds"]
+
+LEASE_KEY = "watcher"
+
+
+def select_kinds(spec: str) -> list[Kind]:
+    if not spec.strip():
+        return list(KINDS)
+    return [by_kind(k.strip()) for k in spec.split(",") if k.strip()]
+
+
+async def main(svc: Service) -> None:
+    cfg = svc.cfg
+    assert isinstance(cfg, WatcherConfig)
+    watcher_id = cfg.watcher_id or f"{cfg.node}-{os.getpid()}-{secrets.token_hex(3)}"
+    kinds = select_kinds(cfg.kinds)
+    kube = KubeClient.from_settings(cfg.api_url, cfg.kubeconfig, cfg.in_cluster)
+    metrics = WatcherMetrics(svc.registry)
+    cache = K8sCache(svc.bus)
+    await cache.start()
+    lease = Lease(await svc.bus.kv(BUCKET_LEASES.name), LEASE_KEY, watcher_id, grace=cfg.lease_grace_s)
+    applier = StatusApplier(kube, metrics)
+    gate = svc.gate("synced")
+
+    async def cleanup() -> None:
+        await lease.release()
+        await cache.stop()
+        kube.close()
+
+    svc.on_stop(cleanup)
+
+    async def run_active() -> None:
+        active = ActiveWatcher(
+            svc.bus,
+            kube,
+            cache,
+            kinds,
+            watcher_id,
+            metrics,
+            lambda: lease.held,
+            watch_timeout_s=cfg.watch_timeout_s,
+            missing_retry_s=cfg.missing_kind_retry_s,
+        )
+        sub = await svc.bus.subscribe(subjects.K8S_STATUS_ALL, StatusPatch, applier.handle)
+        task: asyncio.Task[Any] = asyncio.create_task(active.run(gate.set), name="watcher:active")
+        try:
+            while True:
+                await asyncio.wait([task], timeout=cfg.lease_renew_s)
+                if task.done():
+                    exc = task.exception()
+                    if exc is not None and not isinstance(exc, LostLeadership):
+                        raise exc
+                    return
+                if not await lease.renew() and not lease.held:
+                    svc.log.warning("lost the watcher lease: stepping down")
+                    return
+        finally:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, LostLeadership):
+                pass
+            try:
+                await sub.unsubscribe()
+            except Exception as e:
+                svc.log.debug("unsubscribe: %r", e)
+
+    async def elect() -> None:
+        while True:
+            if await lease.try_acquire():
+                svc.log.info("became the active watcher", extra={"watcher": watcher_id})
+                metrics.leader.set(1)
+                metrics.lease_transitions.labels(to="active").inc()
+                try:
+                    await run_active()
+                finally:
+                    metrics.leader.set(0)
+                    metrics.lease_transitions.labels(to="standby").inc()
+                    await lease.release()
+            else:
+                gate.set()  # a standby is ready once its lease loop runs
+                await asyncio.sleep(cfg.lease_renew_s)
+
+    svc.spawn(elect(), "leader-election")

@@ -1,0 +1,296 @@
+"""The active watcher's work: list then watch every kind, publish each change once, then ``Synced``.
+
+``known`` maps (kind, namespace, name) to the (uid, resourceVersion) the stream holds; it starts
+from a replay of the stream, so after a restart or failover an unchanged object is not
+re-published and an object deleted while no watcher ran gets a tombstone. A 410 Expired (or a
+too-old resourceVersion after an API server restart) relists the kind, publishing deletes for
+what vanished. Bookmarks advance the resourceVersion a re-watch starts from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from nodemesh import subjects
+from nodemesh.bus import Bus
+from nodemesh.k8scache import K8sCache
+from nodemesh.kinds import Kind
+from nodemesh.messages.k8s import ObjectEvent, Synced
+from nodemesh.streams import STREAM_K8S
+from services.watcher.kube import ApiStatusError, KubeClient
+from services.watcher.metrics import WatcherMetrics
+
+__all__ = ["ActiveWatcher", "KindSync", "LostLeadership", "object_event"]
+
+log = logging.getLogger("nodemesh.watcher.sync")
+
+Key = tuple[str, str, str]  # kind, namespace, name
+Known = dict[Key, tuple[str, str]]  # → (uid, resourceVersion)
+
+
+class LostLeadership(Exception):
+    """The lease is no longer ours: stop publishing at once."""
+
+
+def object_event(kind: Kind, typ: str, obj: dict[str, Any], watcher: str) -> ObjectEvent:
+    meta = obj.get("metadata") or {}
+    return ObjectEvent(
+        type="delete" if typ == "delete" else "upsert",
+        kind=kind.kind,
+        api_version=kind.api_version,
+        namespace=str(meta.get("namespace", "")) if kind.namespaced else "",
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        resource_version=str(meta.get("resourceVersion", "")),
+        obj=obj,
+        watcher=watcher,
+    )
+
+
+class Publisher:
+    """Publishes ObjectEvents while we hold the lease, keeping ``known`` current."""
+
+    def __init__(
+        self, bus: Bus, watcher: str, known: Known, metrics: WatcherMetrics, is_leader: Callable[[], bool]
+    ) -> None:
+        self.bus = bus
+        self.watcher = watcher
+        self.known = known
+        self.metrics = metrics
+        self.is_leader = is_leader
+
+    async def upsert(self, kind: Kind, obj: dict[str, Any]) -> None:
+        ev = object_event(kind, "upsert", obj, self.watcher)
+        key = (kind.kind, ev.namespace, ev.name)
+        if self.known.get(key) == (ev.uid, ev.resource_version):
+            self.metrics.skipped.labels(kind=kind.kind).inc()
+            return
+        await self._publish(ev)
+        self.known[key] = (ev.uid, ev.resource_version)
+
+    async def delete(self, kind: Kind, obj: dict[str, Any]) -> None:
+        ev = object_event(kind, "delete", obj, self.watcher)
+        key = (kind.kind, ev.namespace, ev.name)
+        if key not in self.known:
+            return  # the stream never held it (or already holds its tombstone)
+        await self._publish(ev)
+        self.known.pop(key, None)
+
+    async def _publish(self, ev: ObjectEvent) -> None:
+        if not self.is_leader():
+            raise LostLeadership()
+        await self.bus.js_publish(
+            subjects.k8s_object(ev.kind, ev.namespace, ev.name),
+            ev,
+            msg_id=f"{ev.uid}:{ev.resource_version}:{ev.type}",
+        )
+        self.metrics.published.labels(kind=ev.kind, type=ev.type).inc()
+
+
+class KindSync:
+    """List/watch of one kind."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        kind: Kind,
+        pub: Publisher,
+        metrics: WatcherMetrics,
+        *,
+        watch_timeout_s: int = 300,
+        missing_retry_s: float = 30.0,
+    ) -> None:
+        self.kube = kube
+        self.kind = kind
+        self.pub = pub
+        self.metrics = metrics
+        self.watch_timeout_s = watch_timeout_s
+        self.missing_retry_s = missing_retry_s
+
+    async def list_and_publish(self) -> str:
+        """List, publish what differs from the stream, tombstone what vanished; the list's RV."""
+        items, rv = await self.kube.list(self.kind)
+        seen: set[Key] = set()
+        for obj in items:
+            meta = obj.get("metadata") or {}
+            seen.add(
+                (
+                    self.kind.kind,
+                    str(meta.get("namespace", "")) if self.kind.namespaced else "",
+                    str(meta.get("name", "")),
+                )
+            )
+            await self.pub.upsert(self.kind, obj)
+        for key in [k for k in self.pub.known if k[0] == self.kind.kind and k not in seen]:
+            uid, last_rv = self.pub.known[key]
+            tomb: dict[str, Any] = {"name": key[2], "uid": uid, "resourceVersion": last_rv}
+            if self.kind.namespaced:
+                tomb["namespace"] = key[1]
+            gone = {"apiVersion": self.kind.api_version, "kind": self.kind.kind, "metadata": tomb}
+            await self.pub.delete(self.kind, gone)
+        return rv
+
+    async def initial(self) -> str | None:
+        """The first list; None when the kind's API does not exist (404)."""
+        backoff = 0.2
+        while True:
+            try:
+                return await self.list_and_publish()
+            except ApiStatusError as e:
+                if e.code == 404:
+                    log.warning(
+                        "kind %s is not served by the API (%s); retrying every %.0fs",
+                        self.kind.kind,
+                        e.message,
+                        self.missing_retry_s,
+                    )
+                    return None
+                log.warning("list of %s failed: %s", self.kind.kind, e)
+            except (LostLeadership, asyncio.CancelledError):
+                raise
+            except Exception as e:  # API unreachable: keep trying
+                log.warning("list of %s failed: %r", self.kind.kind, e)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def run(self, rv: str | None) -> None:
+        """Watch forever from ``rv`` (after waiting for a missing kind to appear)."""
+        while rv is None:
+            await asyncio.sleep(self.missing_retry_s)
+            self.metrics.relists.labels(kind=self.kind.kind, reason="missing").inc()
+            rv = await self.initial()
+        backoff = 0.2
+        while True:
+            try:
+                rv = await self._watch_once(rv)
+                backoff = 0.2
+                self.metrics.watch_restarts.labels(kind=self.kind.kind, reason="end").inc()
+            except ApiStatusError as e:
+                if e.code == 410:
+                    log.info("watch of %s expired at %s: relisting", self.kind.kind, rv)
+                    self.metrics.relists.labels(kind=self.kind.kind, reason="expired").inc()
+                    rv = await self._relist(backoff)
+                    continue
+                log.warning("watch of %s failed: %s", self.kind.kind, e)
+                self.metrics.watch_restarts.labels(kind=self.kind.kind, reason=str(e.code)).inc()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except (LostLeadership, asyncio.CancelledError):
+                raise
+            except Exception as e:  # connection refused/reset: the API server restarts
+                log.warning("watch of %s broke: %r", self.kind.kind, e)
+                self.metrics.watch_restarts.labels(kind=self.kind.kind, reason="error").inc()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _relist(self, backoff: float) -> str:
+        while True:
+            try:
+                return await self.list_and_publish()
+            except (LostLeadership, asyncio.CancelledError):
+                raise
+            except Exception as e:
+                log.warning("relist of %s failed: %r", self.kind.kind, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _watch_once(self, rv: str) -> str:
+        async for ev in self.kube.watch(self.kind, rv, self.watch_timeout_s):
+            typ, obj = ev.get("type"), ev.get("object") or {}
+            if typ == "ERROR":
+                raise ApiStatusError.from_body(int(obj.get("code") or 500), obj)
+            new_rv = str((obj.get("metadata") or {}).get("resourceVersion", "") or rv)
+            if typ in ("ADDED", "MODIFIED"):
+                await self.pub.upsert(self.kind, obj)
+            elif typ == "DELETED":
+                await self.pub.delete(self.kind, obj)
+            elif typ != "BOOKMARK":
+                log.warning("unknown watch event type %r for %s", typ, self.kind.kind)
+                continue
+            rv = new_rv
+        return rv
+
+
+class ActiveWatcher:
+    """Everything the lease holder runs: catch up with the stream, list all, Synced, watch all."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        kube: KubeClient,
+        cache: K8sCache,
+        kinds: Iterable[Kind],
+        watcher: str,
+        metrics: WatcherMetrics,
+        is_leader: Callable[[], bool],
+        *,
+        watch_timeout_s: int = 300,
+        missing_retry_s: float = 30.0,
+    ) -> None:
+        self.bus = bus
+        self.kube = kube
+        self.cache = cache
+        self.kinds = list(kinds)
+        self.watcher = watcher
+        self.metrics = metrics
+        self.is_leader = is_leader
+        self.watch_timeout_s = watch_timeout_s
+        self.missing_retry_s = missing_retry_s
+
+    async def _catch_up(self, timeout: float = 30.0) -> None:
+        """Wait until the cache applied everything in the stream (the previous leader's last events)."""
+        info = await self.bus.js.stream_info(STREAM_K8S.name)
+        target = int(info.state.last_seq)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.cache.applied_seq < target and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self.cache.applied_seq < target:
+            log.warning(
+                "stream replay incomplete (%d of %d) after %.0fs", self.cache.applied_seq, target, timeout
+            )
+
+    def _known_from_cache(self) -> Known:
+        known: Known = {}
+        for kind, objs in self.cache.store.items():
+            for (ns, name), obj in objs.items():
+                meta = obj.get("metadata") or {}
+                known[(kind, ns, name)] = (str(meta.get("uid", "")), str(meta.get("resourceVersion", "")))
+        return known
+
+    async def run(self, on_synced: Callable[[], Awaitable[None] | None]) -> None:
+        await self._catch_up()
+        known = self._known_from_cache()
+        marker = await self.cache.latest_marker()
+        epoch = (marker.epoch if marker else 0) + 1
+        pub = Publisher(self.bus, self.watcher, known, self.metrics, self.is_leader)
+        syncs = [
+            KindSync(
+                self.kube,
+                k,
+                pub,
+                self.metrics,
+                watch_timeout_s=self.watch_timeout_s,
+                missing_retry_s=self.missing_retry_s,
+            )
+            for k in self.kinds
+        ]
+        rvs = await asyncio.gather(*(s.initial() for s in syncs))
+        if not self.is_leader():
+            raise LostLeadership()
+        info = await self.bus.js.stream_info(STREAM_K8S.name)
+        listed = [s.kind.kind for s, rv in zip(syncs, rvs, strict=True) if rv is not None]
+        await self.bus.js_publish(
+            subjects.K8S_SYNCED,
+            Synced(watcher=self.watcher, epoch=epoch, stream_seq=int(info.state.last_seq), kinds=listed),
+        )
+        log.info("initial sync done: %d objects, epoch %d", len(known), epoch)
+        res = on_synced()
+        if res is not None:
+            await res
+        async with asyncio.TaskGroup() as tg:
+            for s, rv in zip(syncs, rvs, strict=True):
+                tg.create_task(s.run(rv), name=f"watch-{s.kind.plural}")
