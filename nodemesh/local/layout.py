@@ -70,12 +70,21 @@ class ProcState(msgspec.Struct, kw_only=True):
     started: float = 0.0
     last_exit: int | None = None
     version: str = ""
+    skipped: str = ""  # why the supervisor does not run it (e.g. its module does not exist yet)
+    log: str = ""  # its log file
+    argv: list[str] = []
 
 
 class SupervisorState(msgspec.Struct, kw_only=True):
     pid: int
     procs: list[ProcState]
     updated: float = 0.0
+    phase: str = "starting"  # starting | running | stopping
+
+    @property
+    def pending(self) -> list[ProcState]:
+        """Processes that should be ready but are not (skipped ones do not count)."""
+        return [p for p in self.procs if not p.skipped and not p.ready]
 
 
 def data_dir(explicit: str | None = None) -> Path:

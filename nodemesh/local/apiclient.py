@@ -1,0 +1,91 @@
+"""A small synchronous client for the local Kubernetes-protocol API server (what the CLI uses).
+
+Errors come back as :class:`ApiError` carrying the HTTP status and the ``Status`` message the
+server sent, so the CLI can print what the server said.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from nodemesh.errors import NodemeshError
+from nodemesh.kinds import Kind
+
+__all__ = ["ApiClient", "ApiError"]
+
+
+class ApiError(NodemeshError):
+    """The API server answered with an error status (or could not be reached: status 0)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ApiClient:
+    def __init__(self, base_url: str, timeout: float = 15.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            message = raw.decode(errors="replace").strip()
+            try:
+                parsed = json.loads(raw)
+                if isinstance(parsed, dict) and parsed.get("message"):
+                    message = str(parsed["message"])
+            except ValueError:
+                pass
+            raise ApiError(e.code, message or e.reason) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ApiError(0, f"cannot reach the API server at {self.base}: {e}") from None
+        return json.loads(raw) if raw else None
+
+    # --- typed helpers --------------------------------------------------------------------------
+    def get(self, kind: Kind, name: str, namespace: str = "") -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = self.request("GET", kind.path(namespace, name))
+            return obj
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list(self, kind: Kind, namespace: str = "") -> list[dict[str, Any]]:
+        out = self.request("GET", kind.path(namespace if kind.namespaced else ""))
+        items: list[dict[str, Any]] = list((out or {}).get("items") or [])
+        for item in items:
+            # A List's items omit apiVersion/kind in Kubernetes; put them back for printing.
+            item.setdefault("apiVersion", kind.api_version)
+            item.setdefault("kind", kind.kind)
+        return items
+
+    def create(self, kind: Kind, obj: dict[str, Any], namespace: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = self.request("POST", kind.path(namespace), obj)
+        return out
+
+    def replace(self, kind: Kind, obj: dict[str, Any], namespace: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = self.request("PUT", kind.path(namespace, obj["metadata"]["name"]), obj)
+        return out
+
+    def delete(self, kind: Kind, name: str, namespace: str = "") -> bool:
+        """True if deleted, False if it did not exist."""
+        try:
+            self.request("DELETE", kind.path(namespace, name))
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
