@@ -1,0 +1,1 @@
+"""authd: per-node SPIFFE mutual authentication for nodemesh (see docs/authd.md)."""

@@ -1,0 +1,222 @@
+"""The SPIFFE Workload API on a Unix socket, for workloads on this node (py-spiffe, go-spiffe, ...).
+
+gRPC cannot tell a server who is on the other end of a Unix socket, so the public socket is a small
+proxy: it accepts a connection, reads the caller's pid with ``SO_PEERCRED`` and attests it at once
+(pid → ``/proc/<pid>/ns/net`` inode → the pod network namespace under ``netns_dir`` named ``nm-*``
+with that inode → the pod's address in that namespace → ipcache → identity), then relays the bytes
+to the real ``grpc.aio`` server from a client socket bound to a fresh path in a private 0700
+directory. The servicer maps ``context.peer()`` (that path) back to the attested identity. A caller
+that is no pod of this node gets PermissionDenied; a pod gets only its own identity's SVID.
+Workloads get a key of their own (purpose ``workload``), never the one authd handshakes with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+from services.authd.manager import AuthManager
+from services.authd.svids import Purpose, Svid, SvidStore
+
+__all__ = ["Attestation", "WorkloadApi", "pod_addresses"]
+
+log = logging.getLogger("nodemesh.authd.workload")
+HEADER = ("workload.spiffe.io", "true")
+
+
+class Attestation:
+    __slots__ = ("identity", "pid", "reason")
+
+    def __init__(self, pid: int, identity: int | None, reason: str = "") -> None:
+        self.pid = pid
+        self.identity = identity
+        self.reason = reason
+
+
+def pod_addresses(pid: int) -> set[str]:
+    """Local IPv4 addresses of the network namespace ``pid`` lives in (from its fib_trie, no setns)."""
+    out: set[str] = set()
+    try:
+        with open(f"/proc/{pid}/net/fib_trie") as fh:
+            last = ""
+            for line in fh:
+                s = line.strip()
+                if s.startswith(("|--", "+--")):
+                    last = s[3:].strip().split("/")[0]
+                elif s.startswith("/32 host LOCAL") and last:
+                    out.add(last)
+    except OSError:
+        pass
+    return {a for a in out if not a.startswith("127.")}
+
+
+class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
+    def __init__(
+        self, store: SvidStore, manager: AuthManager, path: str, *, netns_dir: str = "/run/netns"
+    ) -> None:
+        self.store = store
+        self.manager = manager
+        self.path = path
+        self.netns_dir = netns_dir
+        self.private = os.path.join(os.path.dirname(path) or ".", f".workload-{os.getpid()}")
+        self.internal = os.path.join(self.private, "grpc.sock")
+        self.peers: dict[str, Attestation] = {}
+        self._seq = itertools.count(1)
+        self._changed = asyncio.Event()
+        self._server: grpc.aio.Server | None = None
+        self._front: asyncio.AbstractServer | None = None
+        store.listeners.append(self._on_svid)
+        store.bundle_listeners.append(self._notify)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        os.makedirs(self.private, mode=0o700, exist_ok=True)
+        os.chmod(self.private, 0o700)
+        self._server = grpc.aio.server()
+        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(self, self._server)  # type: ignore[no-untyped-call]
+        self._server.add_insecure_port(f"unix:{self.internal}")
+        await self._server.start()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self._front = await asyncio.start_unix_server(self._accept, self.path)
+        os.chmod(self.path, 0o666)  # anyone may ask; attestation decides what they get
+        log.info("Workload API on %s", self.path)
+
+    async def stop(self) -> None:
+        if self._front is not None:
+            self._front.close()
+        if self._server is not None:
+            await self._server.stop(0.5)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        shutil.rmtree(self.private, ignore_errors=True)
+
+    # --- attestation ---------------------------------------------------------------------------
+    def attest(self, pid: int) -> Attestation:
+        try:
+            inode = os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError as e:
+            return Attestation(pid, None, f"cannot read network namespace of pid {pid}: {e}")
+        netns = ""
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.netns_dir):
+                if name.startswith("nm-") and os.stat(os.path.join(self.netns_dir, name)).st_ino == inode:
+                    netns = name
+                    break
+        if not netns:
+            return Attestation(pid, None, f"pid {pid} is in no pod network namespace")
+        ids = set()
+        for ip in pod_addresses(pid):
+            entry = self.manager.ip_index.get(ip)
+            if entry is not None and entry.node == self.manager.me and entry.pod:
+                ids.add(entry.identity)
+        if len(ids) != 1:
+            return Attestation(pid, None, f"network namespace {netns} maps to {len(ids)} identities")
+        return Attestation(pid, ids.pop())
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        att = self.attest(pid)
+        bound = os.path.join(self.private, f"c{next(self._seq)}.sock")
+        inner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            inner.bind(bound)
+            inner.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(inner, self.internal)
+            self.peers[f"unix:{bound}"] = att
+            ir, iw = await asyncio.open_unix_connection(sock=inner)
+            await asyncio.gather(_pipe(reader, iw), _pipe(ir, writer), return_exceptions=True)
+        finally:
+            self.peers.pop(f"unix:{bound}", None)
+            inner.close()
+            writer.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(bound)
+
+    # --- the service ----------------------------------------------------------------------------
+    async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> int:
+        md = {m.key: m.value for m in (context.invocation_metadata() or ())}
+        if md.get(HEADER[0]) != HEADER[1]:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "security header missing from request")
+        att = self.peers.get(context.peer())
+        if att is None or att.identity is None:
+            reason = att.reason if att else "unknown connection"
+            log.info("Workload API: no identity for caller: %s", reason)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"no identity issued: {reason}")
+        assert att is not None and att.identity is not None
+        return att.identity
+
+    async def FetchX509SVID(
+        self, request: workload_pb2.X509SVIDRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
+        identity = await self._caller(context)
+        last: tuple[float, str] | None = None
+        while True:
+            changed = self._changed
+            if identity not in self.store.hosted:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, "identity no longer hosted on this node"
+                )
+            self.store.want_workload(identity)
+            svid = self.store.get(identity, "workload")
+            if svid is not None and self.store.bundle_pem and (svid.not_after, self.store.bundle_pem) != last:
+                last = (svid.not_after, self.store.bundle_pem)
+                yield workload_pb2.X509SVIDResponse(svids=[self._x509(svid)])
+            await changed.wait()
+
+    async def FetchX509Bundles(
+        self, request: workload_pb2.X509BundlesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
+        await self._caller(context)
+        last = ""
+        while True:
+            changed = self._changed
+            if self.store.bundle_pem and self.store.bundle_pem != last:
+                last = self.store.bundle_pem
+                yield workload_pb2.X509BundlesResponse(bundles={self.store.trust_domain: self._bundle_der()})
+            await changed.wait()
+
+    def _x509(self, svid: Svid) -> workload_pb2.X509SVID:
+        return workload_pb2.X509SVID(
+            spiffe_id=svid.leaf.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            ).value.get_values_for_type(x509.UniformResourceIdentifier)[0],
+            x509_svid=svid.chain_der(),
+            x509_svid_key=svid.key_der(),
+            bundle=self._bundle_der(),
+        )
+
+    def _bundle_der(self) -> bytes:
+        certs = x509.load_pem_x509_certificates(self.store.bundle_pem.encode())
+        return b"".join(c.public_bytes(serialization.Encoding.DER) for c in certs)
+
+    def _on_svid(self, identity: int, purpose: Purpose, svid: Svid | None) -> None:
+        self._notify()
+
+    def _notify(self) -> None:
+        ev, self._changed = self._changed, asyncio.Event()
+        ev.set()
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    try:
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    finally:
+        with contextlib.suppress(Exception):
+            dst.write_eof()
