@@ -344,7 +344,8 @@ async def test_manifest_directory_applies_updates_and_deletes(tmp_path: Path) ->
             assert st == 200 and cm["data"] == {"k": "v1"}
             (mdir / "app.yaml").write_text(
                 "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n"
-                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: shop}\ndata: {k: v2}\n---\n"
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: shop}\n"
+                "data: {k: v2}\n---\n"
                 "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra, namespace: shop}\n"
             )
 
