@@ -193,6 +193,28 @@ class Snapshot:
     def missing(self) -> list[tuple[str, str]]:
         return sorted((t, n) for t, n in self.references() if n not in self.resources(t))
 
+    def dangling(self) -> dict[tuple[str, str], list[tuple[str, str]]]:
+        """Each listener or cluster that names an absent resource → the absent (type URL, name)s."""
+        out: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for type_url, collect in ((LISTENER, _listener_refs), (CLUSTER, _cluster_refs)):
+            for name, res in self.resources(type_url).items():
+                refs: set[tuple[str, str]] = set()
+                collect(res.message, refs)
+                miss = sorted((t, n) for t, n in refs if n not in self.resources(t))
+                if miss:
+                    out[(type_url, name)] = miss
+        return out
+
+    def without_dangling(self) -> tuple[Snapshot, dict[tuple[str, str], list[tuple[str, str]]]]:
+        """A consistent snapshot: the listeners and clusters naming absent resources are left out."""
+        bad = self.dangling()
+        snap = self
+        for type_url in (LISTENER, CLUSTER):
+            names = [n for t, n in bad if t == type_url]
+            if names:
+                snap = snap.replace(type_url, remove=names)
+        return snap, bad
+
     def consistent(self) -> None:
         """Raise :class:`InconsistentSnapshot` if a referenced route, endpoint or secret is absent."""
         missing = self.missing()

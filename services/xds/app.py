@@ -1,0 +1,191 @@
+"""xds wiring: K8S stream → pure translation → consistent snapshots → ADS; ACKs → status patches.
+
+Flow: a :class:`K8sCache` of every kind translation reads; any change marks the state dirty and,
+after a short debounce, the whole state is translated again (``translate`` is pure and runs in a
+worker thread so ADS streams stay responsive), turned into consistent snapshots and set in the
+snapshot cache (identical content pushes nothing). Every ACK/NACK is published as ``XdsAck`` and
+recorded; status patches (Gateway ``Programmed`` from the ACKs, the rest from translation) are
+published on ``k8s.status.*`` only when they change what the object shows. The service is ready, and
+serves any snapshot at all, only after the initial K8S sync and first translation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from nodemesh import subjects
+from nodemesh.k8scache import K8sCache
+from nodemesh.messages.k8s import ObjectEvent
+from nodemesh.runtime import Service
+from services.xds.acks import AckEvent
+from services.xds.cache import SnapshotCache
+from services.xds.config import XdsConfig
+from services.xds.publish import AckRelay
+from services.xds.reconcile import Snapshots, StatusBook, build_snapshots, gateway_patches
+from services.xds.server import AdsServer
+from services.xds.translate import TranslateInput, Translation, translate
+
+__all__ = ["KINDS", "XdsApp", "main"]
+
+#: Every kind translation reads (CiliumNetworkPolicy for L7 rules).
+KINDS = (
+    "Gateway", "GatewayClass", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "ReferenceGrant",
+    "BackendTLSPolicy", "Ingress", "IngressClass", "Service", "EndpointSlice", "Secret", "ConfigMap",
+    "Namespace", "Node", "CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig", "CiliumNetworkPolicy",
+)  # fmt: skip
+#: Kinds whose status xds itself writes: a status-only change of these needs no re-translation.
+_OWN_STATUS = frozenset(
+    {"Gateway", "GatewayClass", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "Ingress"}
+)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _without_status(obj: dict[str, Any] | None) -> Any:
+    if obj is None:
+        return None
+    meta = {
+        k: v for k, v in (obj.get("metadata") or {}).items() if k not in ("resourceVersion", "managedFields")
+    }
+    return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
+
+
+def _translate(inp: TranslateInput) -> tuple[Translation, Snapshots]:
+    tr = translate(inp)
+    return tr, build_snapshots(tr)
+
+
+class XdsApp:
+    """One xds replica's state; ``run()`` is its reconcile loop."""
+
+    def __init__(self, svc: Service, cfg: XdsConfig) -> None:
+        self.svc = svc
+        self.cfg = cfg
+        self.log = svc.log
+        self.cache = SnapshotCache()
+        self.relay = AckRelay(svc.bus, registry=svc.registry, on_change=self._acked)
+        self.server = AdsServer(self.cache, self.relay.hooks())
+        self.k8s = K8sCache(svc.bus, KINDS, on_change=self._k8s_changed)
+        self.book = StatusBook()
+        self.translation: Translation | None = None
+        self.snaps: Snapshots | None = None
+        self._dirty = asyncio.Event()
+        self._status_dirty = asyncio.Event()
+        self._wake = asyncio.Event()
+        r = svc.registry
+        self.m_translations = Counter("nodemesh_xds_translations", "Full re-translations", registry=r)
+        self.m_translate_s = Histogram(
+            "nodemesh_xds_translate_seconds", "Translate + snapshot time", registry=r
+        )
+        self.m_errors = Counter(
+            "nodemesh_xds_translation_errors", "Translation/consistency errors", registry=r
+        )
+        self.m_patches = Counter(
+            "nodemesh_xds_status_patches", "Status patches published", ["kind"], registry=r
+        )
+
+    # --- inputs ---------------------------------------------------------------------------------
+    def _k8s_changed(self, ev: ObjectEvent, prev: dict[str, Any] | None) -> None:
+        if (
+            ev.kind in _OWN_STATUS
+            and ev.type == "upsert"
+            and _without_status(ev.obj) == _without_status(prev)
+        ):
+            return  # our own status write coming back
+        if ev.type == "delete":
+            self.book.forget(ev.kind, ev.namespace, ev.name)
+        self._dirty.set()
+        self._wake.set()
+
+    def _acked(self, _: AckEvent) -> None:
+        self._status_dirty.set()
+        self._wake.set()
+
+    def nodes(self) -> list[str]:
+        """Nodes whose Envoys count for Programmed."""
+        if self.cfg.nodes:
+            return [n.strip() for n in self.cfg.nodes.split(",") if n.strip()]
+        names = [name for (_, name) in self.k8s.store.get("Node", {})]
+        return sorted(names) or self.relay.tracker.nodes()
+
+    # --- loop -----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        await self.k8s.synced.wait()
+        await self.retranslate()
+        self.svc.gate("synced").set()
+        self.log.info("initial sync done; serving snapshots")
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self.cfg.debounce_ms / 1000)
+            if self._dirty.is_set():
+                await self.retranslate()
+            elif self._status_dirty.is_set():
+                await self.publish_statuses()
+
+    async def retranslate(self) -> None:
+        self._dirty.clear()
+        objects = {k: list(self.k8s.store.get(k, {}).values()) for k in KINDS}
+        inp = TranslateInput(objects=objects, nodes=tuple(self.nodes()), now=_now())
+        started = time.perf_counter()
+        try:
+            tr, snaps = await asyncio.to_thread(_translate, inp)
+        except Exception:
+            # A translator bug must not take the control plane down: keep serving the last state.
+            self.m_errors.inc()
+            self.log.exception("translation failed; keeping the last good snapshots")
+            return
+        self.m_translate_s.observe(time.perf_counter() - started)
+        self.m_translations.inc()
+        for err in [*tr.errors, *snaps.errors]:
+            self.m_errors.inc()
+            self.log.warning("translation: %s", err)
+        self.translation, self.snaps = tr, snaps
+        self.cache.set_default(snaps.default)
+        for node in self.cache.nodes():
+            if node not in snaps.per_node:
+                self.cache.clear(node)
+        for node, snap in snaps.per_node.items():
+            self.cache.set_snapshot(node, snap)
+        await self.publish_statuses()
+
+    async def publish_statuses(self) -> None:
+        self._status_dirty.clear()
+        if self.translation is None or self.snaps is None:
+            return
+        patches = gateway_patches(
+            self.translation, self.snaps, self.relay.tracker, self.nodes(), self.cfg.programmed_nodes, _now()
+        )
+        for p in patches:
+            current = self.k8s.get(p.kind, p.namespace, p.name)
+            if current is None:
+                continue  # deleted meanwhile
+            p = self.book.settle(p, current)
+            if not self.book.changed(p, current):
+                continue
+            try:
+                await self.svc.bus.publish(subjects.k8s_status(p.kind, p.namespace, p.name), p)
+            except Exception as e:
+                self.log.warning("status patch for %s %s/%s failed: %s", p.kind, p.namespace, p.name, e)
+                continue
+            self.book.mark(p)
+            self.m_patches.labels(kind=p.kind).inc()
+
+
+async def main(svc: Service) -> None:
+    cfg = svc.cfg
+    assert isinstance(cfg, XdsConfig)
+    svc.gate("synced")
+    app = XdsApp(svc, cfg)
+    port = await app.server.start(cfg.grpc_addr)
+    svc.log.info("ADS on %s (port %d)", cfg.grpc_addr, port)
+    svc.on_stop(app.server.stop)
+    await app.k8s.start()
+    svc.on_stop(app.k8s.stop)
+    svc.spawn(app.run(), "reconcile")

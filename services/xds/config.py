@@ -1,0 +1,23 @@
+"""xds's configuration (flags, ``NODEMESH_*`` environment, ``--config FILE``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from nodemesh.config import ServiceConfig
+
+__all__ = ["XdsConfig"]
+
+
+class XdsConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings of one xds replica (replicas are stateless and interchangeable)."""
+
+    grpc_addr: str = "127.0.0.1:18000"
+    """host:port of the ADS gRPC server Envoys connect to (port 0 picks one)."""
+    debounce_ms: int = 50
+    """Quiet period after a Kubernetes change before re-translating (coalesces bursts)."""
+    programmed_nodes: Literal["all", "any"] = "all"
+    """A Gateway is Programmed when every Node's Envoy (``all``, local mode) or at least one
+    (``any``) applied the listener versions serving it."""
+    nodes: str = ""
+    """Comma-separated node names whose Envoys count for ``all``; "" = the cluster's Node objects."""
