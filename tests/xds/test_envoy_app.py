@@ -35,23 +35,53 @@ def gateway_objects(gw_ip: str, lport: int, backend_port: int) -> list[dict[str,
     gw_api = "gateway.networking.k8s.io/v1"
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
-        {"apiVersion": gw_api, "kind": "GatewayClass", "metadata": {"name": "nodemesh", "generation": 1},
-         "spec": {"controllerName": "nodemesh.io/gateway-controller"}},
-        {"apiVersion": gw_api, "kind": "Gateway", "metadata": {"name": "gw", "namespace": NS, "generation": 1},
-         "spec": {"gatewayClassName": "nodemesh", "listeners": [{"name": "http", "protocol": "HTTP", "port": lport}]}},
+        {
+            "apiVersion": gw_api,
+            "kind": "GatewayClass",
+            "metadata": {"name": "nodemesh", "generation": 1},
+            "spec": {"controllerName": "nodemesh.io/gateway-controller"},
+        },
+        {
+            "apiVersion": gw_api,
+            "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": NS, "generation": 1},
+            "spec": {
+                "gatewayClassName": "nodemesh",
+                "listeners": [{"name": "http", "protocol": "HTTP", "port": lport}],
+            },
+        },
         # What the local API server's LB-IPAM gives the Gateway's Service.
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "cilium-gateway-gw", "namespace": NS},
-         "spec": {"type": "LoadBalancer", "ports": [{"port": lport, "name": f"port-{lport}"}]},
-         "status": {"loadBalancer": {"ingress": [{"ip": gw_ip}]}}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": NS},
-         "spec": {"ports": [{"port": 80, "targetPort": backend_port, "name": "http"}]}},
-        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-         "metadata": {"name": "echo-1", "namespace": NS, "labels": {"kubernetes.io/service-name": "echo"}},
-         "addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
-         "ports": [{"name": "http", "port": backend_port, "protocol": "TCP"}]},
-        {"apiVersion": gw_api, "kind": "HTTPRoute", "metadata": {"name": "r", "namespace": NS, "generation": 1},
-         "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}},
-    ]  # fmt: skip
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "cilium-gateway-gw", "namespace": NS},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": lport, "name": f"port-{lport}"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": gw_ip}]}},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "echo", "namespace": NS},
+            "spec": {"ports": [{"port": 80, "targetPort": backend_port, "name": "http"}]},
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "echo-1", "namespace": NS, "labels": {"kubernetes.io/service-name": "echo"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+            "ports": [{"name": "http", "port": backend_port, "protocol": "TCP"}],
+        },
+        {
+            "apiVersion": gw_api,
+            "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": NS, "generation": 1},
+            "spec": {
+                "parentRefs": [{"name": "gw"}],
+                "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}],
+            },
+        },
+    ]
 
 
 async def put(bus: Bus, obj: dict[str, Any]) -> None:
