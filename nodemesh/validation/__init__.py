@@ -1,0 +1,79 @@
+"""Manifest validation, shared by the CLI (before anything is applied) and the local API server.
+
+:func:`validate_object` checks one object: ``apiVersion``/``kind``/``metadata.name`` present, the
+kind known (:mod:`nodemesh.kinds`), its group right, ``metadata`` well-formed, then Gateway API and
+Cilium kinds against their published OpenAPI v3 schemas (:mod:`nodemesh.validation.schema`) and core
+kinds with structural checks (:mod:`nodemesh.validation.core`). :func:`validate_documents` does the
+same for documents read from files and returns :class:`nodemesh.errors.ManifestError` s naming file,
+document index, field and line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nodemesh.errors import ManifestError
+from nodemesh.kinds import Kind, by_kind
+from nodemesh.validation.core import core_problems, metadata_problems
+from nodemesh.validation.documents import Document, line_of, read_sources
+from nodemesh.validation.schema import available, schema_problems
+
+__all__ = [
+    "Document",
+    "available",
+    "object_problems",
+    "read_sources",
+    "validate_documents",
+    "validate_object",
+]
+
+
+def _kind_of(obj: dict[str, Any]) -> tuple[Kind | None, list[tuple[str, str]]]:
+    problems: list[tuple[str, str]] = []
+    api_version, kind = obj.get("apiVersion"), obj.get("kind")
+    if not api_version or not isinstance(api_version, str):
+        problems.append(("apiVersion", "required field is missing"))
+    if not kind or not isinstance(kind, str):
+        problems.append(("kind", "required field is missing"))
+        return None, problems
+    try:
+        k = by_kind(kind)
+    except KeyError:
+        problems.append(("kind", f"unknown kind {kind!r} (nodemesh serves: see `nodemesh get --help`)"))
+        return None, problems
+    if isinstance(api_version, str) and api_version:
+        group = api_version.rpartition("/")[0]
+        if group != k.group:
+            problems.append(
+                ("apiVersion", f"{api_version!r} is not the API group of {kind} ({k.api_version})")
+            )
+    return k, problems
+
+
+def object_problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every (field, reason) wrong with one object; empty if it is valid."""
+    kind, problems = _kind_of(obj)
+    if kind is None:
+        return problems + metadata_problems(obj, True)
+    problems += metadata_problems(obj, kind.namespaced)
+    from_schema = schema_problems(obj)
+    problems += from_schema if from_schema is not None else core_problems(obj)
+    return problems
+
+
+def validate_object(obj: dict[str, Any]) -> list[str]:
+    """Every problem with one object as ``"field: reason"`` strings; empty if it is valid."""
+    return [f"{field}: {reason}" if field else reason for field, reason in object_problems(obj)]
+
+
+def validate_documents(docs: list[Document]) -> list[ManifestError]:
+    """A :class:`ManifestError` per problem in ``docs``, each naming file, index, field and line."""
+    errors: list[ManifestError] = []
+    for d in docs:
+        for field, reason in object_problems(d.obj):
+            where = f"items[{d.item}].{field}" if d.item >= 0 else field
+            line = line_of(d.text, field) if d.text and field else None
+            if line is not None:
+                reason = f"{reason} (line {d.line + line})"
+            errors.append(ManifestError(d.source, d.index, where, reason))
+    return errors

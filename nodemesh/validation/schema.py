@@ -1,0 +1,117 @@
+"""Validate custom resources against their published OpenAPI v3 schemas (vendored in nodemesh/schemas).
+
+The vendored JSON is the CRD's ``openAPIV3Schema`` (descriptions removed). Before handing it to
+``jsonschema`` (Draft 4, the dialect OpenAPI 3.0 schemas are written in) three Kubernetes
+extensions are translated:
+
+* ``nullable: true`` → the type also admits ``null``;
+* ``x-kubernetes-int-or-string: true`` → integer or string;
+* an object with ``properties`` and without ``x-kubernetes-preserve-unknown-fields`` rejects
+  unknown fields, as the API server's strict field validation (``kubectl --validate=strict``,
+  the default) does — a misspelt field is an error, not silently pruned.
+
+CEL rules (``x-kubernetes-validations``) are not evaluated: there is no CEL library here. The
+schemas still carry them, so a future evaluator can use them. ``metadata`` is checked by
+:mod:`nodemesh.validation.core`, not by the CRD schema (which only says ``type: object``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+__all__ = ["available", "schema_problems"]
+
+_SKIP_KEYS = {"x-kubernetes-validations", "description"}
+
+
+def _prepare(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_prepare(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _SKIP_KEYS:
+            continue
+        if key in ("properties", "patternProperties", "definitions", "$defs"):
+            out[key] = {k: _prepare(v) for k, v in value.items()}
+        else:
+            out[key] = _prepare(value)
+    if out.pop("x-kubernetes-int-or-string", False):
+        out.pop("type", None)
+        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if out.pop("nullable", False) and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    preserve = out.get("x-kubernetes-preserve-unknown-fields", False)
+    if "properties" in out and "additionalProperties" not in out and not preserve:
+        out["additionalProperties"] = False
+    return out
+
+
+@functools.cache
+def _validator(kind: str) -> jsonschema.protocols.Validator | None:
+    try:
+        text = resources.files("nodemesh.schemas").joinpath(f"{kind}.json").read_text()
+    except (FileNotFoundError, ModuleNotFoundError):
+        return None
+    schema = _prepare(json.loads(text))
+    schema.pop("$comment", None)
+    cls = jsonschema.Draft4Validator
+    return cls(schema)
+
+
+def available(kind: str) -> bool:
+    """Whether a vendored schema exists for ``kind``."""
+    return _validator(kind) is not None
+
+
+def _path(parts: Any) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _join(base: str, key: str) -> str:
+    return f"{base}.{key}" if base else key
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _explain(err: jsonschema.ValidationError) -> list[tuple[str, str]]:
+    path = _path(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        known = set((err.schema.get("properties") or {}).keys())
+        extra = sorted(k for k in err.instance if k not in known)
+        return [(_join(path, k), "unknown field") for k in extra] or [(path, _short(err.message))]
+    if (
+        err.validator == "required"
+        and isinstance(err.validator_value, list)
+        and isinstance(err.instance, dict)
+    ):
+        missing = [k for k in err.validator_value if k not in err.instance]
+        return [(_join(path, k), "required field is missing") for k in missing]
+    if err.validator in ("anyOf", "oneOf") and err.context:
+        best = jsonschema.exceptions.best_match(err.context)
+        if best is not None and best.validator not in ("type",):
+            return [(_path(best.absolute_path) or path, _short(best.message))]
+    return [(path, _short(err.message))]
+
+
+def schema_problems(obj: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """(field, reason) for each schema violation; None if no schema is vendored for the kind."""
+    validator = _validator(str(obj.get("kind", "")))
+    if validator is None:
+        return None
+    body = {k: v for k, v in obj.items() if k != "metadata"}
+    problems: list[tuple[str, str]] = []
+    for err in sorted(validator.iter_errors(body), key=lambda e: [str(p) for p in e.absolute_path]):
+        problems.extend(_explain(err))
+    return problems
