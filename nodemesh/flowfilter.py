@@ -1,0 +1,306 @@
+"""Hubble-style flow filters over :class:`nodemesh.messages.flow.Flow` (pure, no I/O).
+
+Semantics follow Hubble's ``FlowFilter`` (observer.proto): inside one filter every set field must
+match (AND) and the values of one field are alternatives (OR); a flow is shown if it matches any
+allow filter (or there are none) and no deny filter. :func:`build_filters` turns ``hubble observe``
+style flags into filters the way the Hubble CLI does: ``--from-X``/``--to-X`` constrain one side,
+and an either-side flag (``--ip``, ``--pod``, ``--namespace``, ``--label``, ``--identity``,
+``--port``) yields two filters, one with the source side and one with the destination side.
+
+Values: pod ``ns/prefix``, ``ns/`` (whole namespace) or a bare pod-name prefix (any namespace);
+label ``key=value``, ``key!=value``, ``key`` or ``!key``, comma-separated terms ANDed, ``k8s:``
+optional; identity a number or reserved name (``world``); ip an address or CIDR; protocol
+tcp/udp/icmp/sctp; verdict FORWARDED/DROPPED/…; type drop (1), trace (4), policy-verdict (5), l7.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from nodemesh.messages.flow import Endpoint, Flow
+
+__all__ = [
+    "EVENT_TYPES",
+    "RESERVED_NAMES",
+    "FilterError",
+    "FlowFilter",
+    "build_filters",
+    "flow_matches",
+    "matches",
+    "parse_identity",
+]
+
+#: Hubble/Cilium monitor event types by ``--type`` name.
+EVENT_TYPES = {"drop": 1, "trace": 4, "policy-verdict": 5, "l7": 129}
+_RESERVED = {
+    "host": 1, "world": 2, "unmanaged": 3, "health": 4, "init": 5, "remote-node": 6,
+    "kube-apiserver": 7, "ingress": 8, "world-ipv4": 9, "world-ipv6": 10,
+}  # fmt: skip
+#: Reserved identity number → name, for display.
+RESERVED_NAMES = {v: k for k, v in _RESERVED.items()}
+_PROTOCOLS = ("tcp", "udp", "icmp", "sctp")
+_VERDICTS = ("FORWARDED", "DROPPED", "ERROR", "AUDIT", "REDIRECTED", "TRACED", "TRANSLATED")
+
+
+class FilterError(ValueError):
+    """A filter value that cannot be parsed; the message names the flag and the value."""
+
+
+class FlowFilter(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One Hubble FlowFilter: set fields are ANDed; the values of a field are ORed."""
+
+    source_pod: list[str] = msgspec.field(default_factory=list)
+    destination_pod: list[str] = msgspec.field(default_factory=list)
+    source_label: list[str] = msgspec.field(default_factory=list)
+    destination_label: list[str] = msgspec.field(default_factory=list)
+    source_identity: list[int] = msgspec.field(default_factory=list)
+    destination_identity: list[int] = msgspec.field(default_factory=list)
+    source_ip: list[str] = msgspec.field(default_factory=list)
+    destination_ip: list[str] = msgspec.field(default_factory=list)
+    source_port: list[int] = msgspec.field(default_factory=list)
+    destination_port: list[int] = msgspec.field(default_factory=list)
+    verdict: list[str] = msgspec.field(default_factory=list)
+    protocol: list[str] = msgspec.field(default_factory=list)
+    event_type: list[str] = msgspec.field(default_factory=list)
+    traffic_direction: list[str] = msgspec.field(default_factory=list)
+    node_name: list[str] = msgspec.field(default_factory=list)
+    drop_reason_desc: list[str] = msgspec.field(default_factory=list)
+
+
+# --- matching -------------------------------------------------------------------------------------
+def _pod_match(ep: Endpoint | None, patterns: list[str]) -> bool:
+    if ep is None:
+        return False
+    for p in patterns:
+        ns, sep, prefix = p.partition("/")
+        if sep and ep.namespace == ns and ep.pod_name.startswith(prefix):
+            return True  # "ns/" is the whole namespace, "ns/pre" a pod-name prefix in it
+        if not sep and ep.pod_name and ep.pod_name.startswith(p):
+            return True  # a bare prefix matches in any namespace
+    return False
+
+
+def _parse_labels(labels: Iterable[str]) -> list[tuple[str, str, str]]:
+    out = []
+    for lab in labels:
+        src, sep, rest = lab.partition(":")
+        if not sep or any(c in src for c in "./="):
+            src, rest = "any", lab
+        key, _, value = rest.partition("=")
+        out.append((src, key, value))
+    return out
+
+
+def _term_match(term: str, labels: list[tuple[str, str, str]]) -> bool:
+    term = term.strip()
+    neg = term.startswith("!")
+    if neg:
+        term = term[1:]
+    op = "!=" if "!=" in term else "=" if "=" in term else ""
+    key, value = term.split(op, 1) if op else (term, "")
+    src, sep, k = key.partition(":")
+    if not sep or any(c in src for c in "./="):
+        src, k = "any", key
+    values = [v for s, lk, v in labels if lk == k and (src == "any" or s == src)]
+    if op == "=":
+        return value in values
+    if op == "!=":
+        return value not in values
+    return bool(values) != neg
+
+
+def _label_match(ep: Endpoint | None, selectors: list[str]) -> bool:
+    if ep is None:
+        return False
+    labels = _parse_labels(ep.labels)
+    return any(all(_term_match(t, labels) for t in sel.split(",") if t.strip()) for sel in selectors)
+
+
+def _ip_match(ip: str, patterns: list[str]) -> bool:
+    if not ip:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    for p in patterns:
+        try:
+            if addr in ipaddress.ip_network(p, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _ports(flow: Flow) -> tuple[int, int] | None:
+    l4 = flow.l4
+    if l4 is None:
+        return None
+    for part in (l4.tcp, l4.udp, l4.sctp):
+        if part is not None:
+            return (part.source_port, part.destination_port)
+    return None
+
+
+def _protocol(flow: Flow) -> str:
+    l4 = flow.l4
+    if l4 is None:
+        return ""
+    if l4.tcp is not None:
+        return "tcp"
+    if l4.udp is not None:
+        return "udp"
+    if l4.icmpv4 is not None:
+        return "icmp"
+    if l4.sctp is not None:
+        return "sctp"
+    return ""
+
+
+def _event_match(flow: Flow, types: list[str]) -> bool:
+    t = flow.event_type.get("type", 0)
+    for want in types:
+        if want == "l7" and (flow.Type == "L7" or t == EVENT_TYPES["l7"]):
+            return True
+        if want.isdigit() and int(want) == t:
+            return True
+        if EVENT_TYPES.get(want) == t:
+            return True
+    return False
+
+
+def flow_matches(flow: Flow, f: FlowFilter) -> bool:
+    """True if ``flow`` matches every field set in ``f``."""
+    src, dst = flow.source, flow.destination
+    ip = flow.ip
+    ports = _ports(flow)
+    checks: list[tuple[list[Any], Any]] = [
+        (f.source_pod, lambda: _pod_match(src, f.source_pod)),
+        (f.destination_pod, lambda: _pod_match(dst, f.destination_pod)),
+        (f.source_label, lambda: _label_match(src, f.source_label)),
+        (f.destination_label, lambda: _label_match(dst, f.destination_label)),
+        (f.source_identity, lambda: src is not None and src.identity in f.source_identity),
+        (f.destination_identity, lambda: dst is not None and dst.identity in f.destination_identity),
+        (f.source_ip, lambda: ip is not None and _ip_match(ip.source, f.source_ip)),
+        (f.destination_ip, lambda: ip is not None and _ip_match(ip.destination, f.destination_ip)),
+        (f.source_port, lambda: ports is not None and ports[0] in f.source_port),
+        (f.destination_port, lambda: ports is not None and ports[1] in f.destination_port),
+        (f.verdict, lambda: flow.verdict.upper() in f.verdict),
+        (f.protocol, lambda: _protocol(flow) in f.protocol),
+        (f.event_type, lambda: _event_match(flow, f.event_type)),
+        (f.traffic_direction, lambda: flow.traffic_direction.upper() in f.traffic_direction),
+        (f.node_name, lambda: flow.node_name in f.node_name),
+        (f.drop_reason_desc, lambda: flow.drop_reason_desc.upper() in f.drop_reason_desc),
+    ]
+    return all(check() for values, check in checks if values)
+
+
+def matches(flow: Flow, allow: Sequence[FlowFilter], deny: Sequence[FlowFilter] = ()) -> bool:
+    """Hubble's whitelist/blacklist: any allow filter (or none given) and no deny filter."""
+    if allow and not any(flow_matches(flow, f) for f in allow):
+        return False
+    return not any(flow_matches(flow, f) for f in deny)
+
+
+# --- building filters from CLI flags --------------------------------------------------------------
+def parse_identity(value: str) -> int:
+    v = value.strip().lower().removeprefix("reserved:")
+    if v in _RESERVED:
+        return _RESERVED[v]
+    if v.isdigit():
+        return int(v)
+    raise FilterError(f"identity {value!r} is not a number or a reserved identity name")
+
+
+def _port(value: str) -> int:
+    if value.isdigit() and 0 <= int(value) <= 65535:
+        return int(value)
+    raise FilterError(f"port {value!r} is not a port number")
+
+
+def _ip(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as e:
+        raise FilterError(f"ip {value!r} is not an address or CIDR") from e
+    return value
+
+
+def build_filters(
+    *,
+    from_pod: Sequence[str] = (),
+    to_pod: Sequence[str] = (),
+    pod: Sequence[str] = (),
+    namespace: Sequence[str] = (),
+    from_label: Sequence[str] = (),
+    to_label: Sequence[str] = (),
+    label: Sequence[str] = (),
+    from_identity: Sequence[str] = (),
+    to_identity: Sequence[str] = (),
+    identity: Sequence[str] = (),
+    from_ip: Sequence[str] = (),
+    to_ip: Sequence[str] = (),
+    ip: Sequence[str] = (),
+    from_port: Sequence[str] = (),
+    to_port: Sequence[str] = (),
+    port: Sequence[str] = (),
+    verdict: Sequence[str] = (),
+    protocol: Sequence[str] = (),
+    types: Sequence[str] = (),
+    traffic_direction: Sequence[str] = (),
+    node: Sequence[str] = (),
+) -> list[FlowFilter]:
+    """Allow filters for CLI flags (empty list = everything). Raises :class:`FilterError`."""
+    left, right = FlowFilter(), FlowFilter()
+    either = False
+
+    def both(field: str, values: Iterable[Any]) -> None:
+        getattr(left, field).extend(values)
+        getattr(right, field).extend(values)
+
+    def split(src_field: str, dst_field: str, values: list[Any]) -> None:
+        nonlocal either
+        if values:
+            either = True
+            getattr(left, src_field).extend(values)
+            getattr(right, dst_field).extend(values)
+
+    both("source_pod", from_pod)
+    both("destination_pod", to_pod)
+    split("source_pod", "destination_pod", [*pod, *(n.rstrip("/") + "/" for n in namespace)])
+    both("source_label", from_label)
+    both("destination_label", to_label)
+    split("source_label", "destination_label", list(label))
+    both("source_identity", [parse_identity(v) for v in from_identity])
+    both("destination_identity", [parse_identity(v) for v in to_identity])
+    split("source_identity", "destination_identity", [parse_identity(v) for v in identity])
+    both("source_ip", [_ip(v) for v in from_ip])
+    both("destination_ip", [_ip(v) for v in to_ip])
+    split("source_ip", "destination_ip", [_ip(v) for v in ip])
+    both("source_port", [_port(v) for v in from_port])
+    both("destination_port", [_port(v) for v in to_port])
+    split("source_port", "destination_port", [_port(v) for v in port])
+    for v in verdict:
+        if v.upper() not in _VERDICTS:
+            raise FilterError(f"verdict {v!r} is not one of {', '.join(_VERDICTS)}")
+    both("verdict", [v.upper() for v in verdict])
+    for p in protocol:
+        if p.lower() not in _PROTOCOLS:
+            raise FilterError(f"protocol {p!r} is not one of {', '.join(_PROTOCOLS)}")
+    both("protocol", [p.lower() for p in protocol])
+    for t in types:
+        if t.lower() not in EVENT_TYPES and not t.isdigit():
+            raise FilterError(f"type {t!r} is not one of {', '.join(EVENT_TYPES)}")
+    both("event_type", [t.lower() for t in types])
+    for d in traffic_direction:
+        if d.upper() not in ("INGRESS", "EGRESS"):
+            raise FilterError(f"traffic direction {d!r} is not ingress or egress")
+    both("traffic_direction", [d.upper() for d in traffic_direction])
+    both("node_name", node)
+    if left == FlowFilter():
+        return []
+    return [left, right] if either else [left]
