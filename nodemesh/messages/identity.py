@@ -14,12 +14,17 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "AllocateReply",
+    "AllocateRequest",
+    "CaRotateReply",
+    "CaRotateRequest",
+    "IPCacheEntry",
+    "IPCacheEvent",
     "Identity",
     "IdentityEvent",
     "IdentityRef",
-    "IPCacheEntry",
-    "IPCacheEvent",
     "NodeInfo",
+    "ReleaseRequest",
     "SvidReply",
     "SvidRequest",
     "TrustBundle",
@@ -101,8 +106,46 @@ class SvidReply(msgspec.Struct, kw_only=True):
 
 class TrustBundle(msgspec.Struct, kw_only=True):
     trust_domain: str
-    roots_pem: list[str]  # every CA root currently trusted (old and new during rotation)
-    revision: int = 0
+    roots_pem: list[str]  # every CA root currently trusted; the signing root first
+    revision: int = 0  # increases with every change of roots_pem
+    # SHA-256 (hex, of the DER) of each *retired* root → unix time it leaves the bundle (when every
+    # SVID it signed has expired); the signing root is not listed.
+    keep_until: dict[str, float] = msgspec.field(default_factory=dict)
+
+
+class AllocateRequest(msgspec.Struct, kw_only=True):
+    """``identity.allocate``: the identity of a label set, taking a reference for ``endpoint``.
+
+    ``labels`` are ``source:key=value`` strings (e.g. ``k8s:app=web``); an empty ``endpoint`` only
+    looks up / creates the identity without a reference (it is then collected after the grace).
+    """
+
+    labels: list[str]
+    endpoint: str = ""
+
+
+class AllocateReply(msgspec.Struct, kw_only=True):
+    identity: Identity
+    created: bool = False  # this request allocated the number
+
+
+class ReleaseRequest(msgspec.Struct, kw_only=True):
+    """``identity.release``: drop ``endpoint``'s reference on ``identity``."""
+
+    identity: int
+    endpoint: str
+
+
+class CaRotateRequest(msgspec.Struct, kw_only=True):
+    """``identity.ca.rotate``: start signing with a new CA key; the old root stays trusted."""
+
+    reason: str = ""
+
+
+class CaRotateReply(msgspec.Struct, kw_only=True):
+    bundle: TrustBundle
+    new_root_fingerprint: str  # SHA-256 of the new root certificate (hex)
+    old_root_kept_until: float  # unix time the previous root leaves the bundle
 
 
 def ip_key(ip: str) -> str:
