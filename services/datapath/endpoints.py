@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 
 from services.datapath.maps import (
     EP_ENFORCE_EGRESS,
@@ -20,8 +21,8 @@ from services.datapath.maps import (
     PolicyKeyC,
     ip_to_be32,
 )
-from services.datapath.plan import diff, encode_policy
-from services.datapath.policy.model import EndpointPolicy
+from services.datapath.plan import diff, encode_key, encode_policy, encode_value
+from services.datapath.policy.model import EndpointPolicy, PolicyKey, PolicyValue
 
 __all__ = ["ApplyStats", "PolicyWriter", "endpoint_flags"]
 
@@ -62,6 +63,36 @@ class PolicyWriter:
             cur.pop(k, None)
         st.upserts, st.deletes = len(d.upsert), len(d.delete)
         if d and bump:
+            self.maps.bump_policy_revision()
+        st.seconds = time.perf_counter() - t0
+        return st
+
+    def apply_delta(
+        self,
+        ep_id: int,
+        upserts: Mapping[PolicyKey, PolicyValue],
+        deletes: Iterable[PolicyKey],
+        *,
+        bump: bool = True,
+    ) -> ApplyStats:
+        """Write only what the engine says changed (the engine already folded deny-wins)."""
+        t0 = time.perf_counter()
+        st = ApplyStats()
+        cur = self.current[ep_id]
+        for k, v in upserts.items():
+            kb, vb = encode_key(ep_id, k), encode_value(k, v)
+            if cur.get(kb) != vb:
+                self.maps.policy_update(kb, vb)
+                cur[kb] = vb
+                st.upserts += 1
+        upserted = {encode_key(ep_id, k) for k in upserts}
+        for k in deletes:
+            kb = encode_key(ep_id, k)
+            if kb in cur and kb not in upserted:
+                self.maps.policy_delete(kb)
+                del cur[kb]
+                st.deletes += 1
+        if (st.upserts or st.deletes) and bump:
             self.maps.bump_policy_revision()
         st.seconds = time.perf_counter() - t0
         return st

@@ -1,0 +1,15 @@
+"""``python -m services.datapath`` / ``nodemesh-datapath``: the per-node datapath service."""
+
+from __future__ import annotations
+
+from nodemesh.runtime import service_main
+from services.datapath.app import main as app_main
+from services.datapath.config import DatapathConfig
+
+
+def main() -> None:
+    service_main("datapath", DatapathConfig, app_main, description="eBPF L3/L4 policy, pod plumbing, flows")
+
+
+if __name__ == "__main__":
+    main()

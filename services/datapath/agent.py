@@ -1,0 +1,346 @@
+"""The datapath agent's state: what the cluster says (pods, policies, identities, ipcache, nodes,
+auth verdicts) turned into map writes, pod plumbing and status — no NATS subscriptions here.
+
+``app.py`` feeds it; it publishes through the :class:`~nodemesh.bus.Bus` it is given. Every handler
+is idempotent and takes the full new value, so replays after a restart converge to the same maps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from nodemesh import kinds, subjects
+from nodemesh.bus import Bus
+from nodemesh.messages.auth import AuthVerdict
+from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
+from nodemesh.messages.k8s import ObjectEvent, StatusPatch
+from services.datapath.config import DatapathConfig
+from services.datapath.endpoints import PolicyWriter
+from services.datapath.loader import Loader
+from services.datapath.maps import AuthKey, IPCacheValue, NodeMaps, ip_to_be32
+from services.datapath.nodeids import NodeIds
+from services.datapath.pods.ipam import Ipam
+from services.datapath.pods.manager import PodEndpoint, PodManager, on_node
+from services.datapath.policy.incremental import Changes, PolicyEngine
+from services.datapath.policy.model import Endpoint, PolicyRef
+
+__all__ = ["POLICY_KINDS", "Agent", "pod_identity_labels"]
+
+log = logging.getLogger("nodemesh.datapath")
+POLICY_KINDS = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy")
+ID_HOST, ID_REMOTE_NODE = 1, 6
+
+
+def pod_identity_labels(
+    pod: dict[str, Any], namespace: dict[str, Any] | None, cluster: str
+) -> tuple[str, ...]:
+    """The pod's identity labels, exactly as the identity service derives them."""
+    from services.identity.labels import pod_labels
+
+    try:
+        return tuple(pod_labels(pod, namespace, cluster))
+    except ValueError:  # labels the identity service would refuse: select by namespace only
+        ns = str((pod.get("metadata") or {}).get("namespace") or "default")
+        return (f"k8s:io.kubernetes.pod.namespace={ns}",)
+
+
+class Agent:
+    def __init__(self, cfg: DatapathConfig, bus: Bus, loader: Loader) -> None:
+        self.cfg = cfg
+        self.node = cfg.node
+        self.bus = bus
+        self.loader = loader
+        self.data = Path(cfg.data_dir)
+        self.maps: NodeMaps | None = None
+        self.writer: PolicyWriter | None = None
+        self.engine = PolicyEngine()
+        self.node_ids = NodeIds(self.data / "nodeids.json", self.node)
+        self.pods: PodManager | None = None
+        self.pod_cidr = cfg.pod_cidr
+        self.node_ip = cfg.node_ip
+        self.ipcache: dict[str, IPCacheEntry] = {}  # ip → entry (flow enrichment, pod identities)
+        self.labels: dict[int, list[str]] = {}
+        self.nodes: dict[str, NodeInfo] = {}
+        self.k8s: Any = None  # K8sCache, set by app
+        self.synced = False
+        self._policy_status: dict[PolicyRef, tuple[str, ...]] = {}
+        self._dirty = asyncio.Event()
+        self.apply_seconds: list[float] = []
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def load(self) -> None:
+        self.maps = self.loader.load()
+        self.writer = PolicyWriter(self.maps)
+
+    def _ensure_pods(self) -> PodManager | None:
+        if self.pods is None and self.pod_cidr:
+            ipam = Ipam(self.data / "ipam.json", self.pod_cidr)
+            self.pods = PodManager(
+                self.node,
+                ipam,
+                self.data / "pods",
+                on_added=self._ep_added,
+                on_removed=self._ep_removed,
+                report=self._report_pod,
+                run_containers=self.cfg.local_mode,
+            )
+        return self.pods
+
+    async def reconcile_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconcile failed; retrying")
+                await asyncio.sleep(1)
+                self._dirty.set()
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    async def reconcile(self) -> None:
+        """Make this node's endpoints match the Pods scheduled to it."""
+        if not self.synced or self.k8s is None:
+            return
+        pods = self._ensure_pods()
+        if pods is None:
+            log.warning("no pod CIDR yet for %s; pods wait", self.node)
+            return
+        desired = {}
+        for pod in self.k8s.list("Pod"):
+            meta = pod.get("metadata") or {}
+            if on_node(pod, self.node) and not meta.get("deletionTimestamp"):
+                desired[f"{meta.get('namespace') or 'default'}/{meta.get('name')}"] = pod
+        for key in [k for k in pods.endpoints if k not in desired]:
+            ns, _, name = key.partition("/")
+            await pods.remove(ns, name)
+        await pods.gc(set(desired))
+        for pod in desired.values():
+            ep = await pods.add(pod)
+            if ep is not None:
+                self._apply(self.engine.upsert_endpoint(self._engine_endpoint(ep)))
+
+    def _engine_endpoint(self, ep: PodEndpoint) -> Endpoint:
+        ns_obj = self.k8s.get("Namespace", "", ep.namespace) if self.k8s is not None else None
+        named: dict[str, tuple[int, int]] = {}
+        for c in (ep.pod.get("spec") or {}).get("containers") or []:
+            for p in c.get("ports") or []:
+                if p.get("name") and p.get("containerPort"):
+                    proto = {"TCP": 6, "UDP": 17, "SCTP": 132}.get(str(p.get("protocol", "TCP")), 6)
+                    named[str(p["name"])] = (proto, int(p["containerPort"]))
+        labels = pod_identity_labels(ep.pod, ns_obj, self.cfg.cluster_name)
+        return Endpoint(key=ep.key, identity=ep.identity, labels=labels, named_ports=named)
+
+    # --- endpoints ----------------------------------------------------------------------------
+    async def _ep_added(self, ep: PodEndpoint) -> None:
+        assert self.writer is not None
+        entry = self.ipcache.get(ep.ip)
+        ep.identity = entry.identity if entry else 0
+        self._apply(self.engine.upsert_endpoint(self._engine_endpoint(ep)))
+        policy = self.engine.policy(ep.key)
+        if policy is not None:
+            self.writer.apply(ep.ep_id, policy)
+        self._write_endpoint(ep)
+        await asyncio.to_thread(self.loader.attach, ep.link.host_ifindex)
+
+    def _write_endpoint(self, ep: PodEndpoint) -> None:
+        assert self.writer is not None
+        from services.datapath.policy.model import EndpointPolicy
+
+        policy = self.engine.policy(ep.key) or EndpointPolicy()
+        self.writer.set_endpoint(ep.link.host_ifindex, ep.ep_id, ep.identity, ep.ip, policy)
+
+    async def _ep_removed(self, ep: PodEndpoint) -> None:
+        assert self.maps is not None and self.writer is not None
+        self.maps.del_endpoint(ep.link.host_ifindex)
+        self.engine.delete_endpoint(ep.key)
+        self.writer.remove(ep.ep_id)
+
+    async def _report_pod(self, ep: PodEndpoint, status: dict[str, Any]) -> None:
+        status = {**status, "hostIP": self.node_ip}
+        patch = StatusPatch(
+            kind="Pod", api_version="v1", namespace=ep.namespace, name=ep.name, status=status,
+            field_manager="nodemesh-datapath", uid=ep.uid,
+        )  # fmt: skip
+        await self.bus.publish(subjects.k8s_status("Pod", ep.namespace, ep.name), patch)
+
+    # --- policy -------------------------------------------------------------------------------
+    def _apply(self, ch: Changes) -> None:
+        """Write one engine result: per-endpoint deltas, CIDR identities, policy status."""
+        assert self.maps is not None and self.writer is not None
+        t0 = time.perf_counter()
+        by_key = self.pods.endpoints if self.pods else {}
+        for cidr, ident in ch.cidr_upserts.items():
+            self.maps.set_ipcache(cidr, IPCacheValue(identity=ident))
+        for key, ec in ch.endpoints.items():
+            ep = by_key.get(key)
+            if ep is None or ec.removed:
+                continue
+            self.writer.apply_delta(ep.ep_id, ec.upserts, ec.deletes)
+            self._write_endpoint(ep)
+        for cidr in ch.cidr_deletes:
+            if cidr not in ch.cidr_upserts:
+                self.maps.del_ipcache(cidr)
+        if ch.endpoints:
+            self.apply_seconds.append(time.perf_counter() - t0)
+            del self.apply_seconds[:-1000]
+        for ref, errs in ch.status.items():
+            self._queue_status(ref, tuple(str(e) for e in errs))
+
+    def _queue_status(self, ref: PolicyRef, errs: tuple[str, ...]) -> None:
+        if self._policy_status.get(ref) == errs:
+            return
+        self._policy_status[ref] = errs
+        cond: dict[str, Any] = {"type": "Valid", "status": "False" if errs else "True"}
+        if errs:
+            cond |= {"reason": "InvalidPolicy", "message": "; ".join(errs)[:4000]}
+        else:
+            cond |= {"reason": "Enforced", "message": f"enforced by {self.node}"}
+        api_version = kinds.by_kind(ref.kind).api_version
+        patch = StatusPatch(
+            kind=ref.kind, api_version=api_version, namespace=ref.namespace, name=ref.name,
+            status={"conditions": [cond]}, field_manager="nodemesh-datapath",
+        )  # fmt: skip
+        asyncio.get_running_loop().create_task(
+            self.bus.publish(subjects.k8s_status(ref.kind, ref.namespace, ref.name), patch)
+        )
+
+    async def on_k8s(self, ev: ObjectEvent, prev: dict[str, Any] | None) -> None:
+        if ev.kind in POLICY_KINDS:
+            if ev.type == "delete":
+                self._apply(self.engine.delete_policy(ev.kind, ev.namespace, ev.name))
+                self._policy_status.pop(PolicyRef(ev.kind, ev.namespace, ev.name), None)
+            else:
+                self._apply(self.engine.upsert_policy({**ev.obj, "kind": ev.kind}))
+        elif ev.kind == "Node" and ev.name == self.node and not self.pod_cidr:
+            self.pod_cidr = str((ev.obj.get("spec") or {}).get("podCIDR") or "")
+            self.mark_dirty()
+        elif ev.kind in ("Pod", "Namespace"):
+            self.mark_dirty()
+
+    # --- KV: identities, ipcache, nodes -------------------------------------------------------
+    def on_identity(self, key: str, ident: Identity | None) -> None:
+        if not key.startswith("id."):
+            return
+        try:
+            n = int(key[3:])
+        except ValueError:
+            return
+        if ident is None:
+            self.labels.pop(n, None)
+            self._apply(self.engine.delete_identity(n))
+        else:
+            self.labels[n] = list(ident.labels)
+            self._apply(self.engine.upsert_identity(n, ident.labels))
+
+    def on_ipcache(self, key: str, entry: IPCacheEntry | None, old: IPCacheEntry | None) -> None:
+        assert self.maps is not None
+        if old is not None and (entry is None or entry.ip != old.ip):
+            self.ipcache.pop(old.ip, None)
+            self.maps.del_ipcache(f"{old.ip}/{old.prefix_len}")
+        if entry is None:
+            return
+        try:
+            ipaddress.IPv4Address(entry.ip)
+        except ValueError:
+            return  # IPv6 entries: the programs are IPv4-only
+        self.ipcache[entry.ip] = entry
+        node_ip = self.nodes[entry.node].address if entry.node in self.nodes else ""
+        value = IPCacheValue(
+            identity=entry.identity,
+            node_ip=ip_to_be32(node_ip) if node_ip else 0,
+            node_id=self.node_ids.id_of(entry.node) if entry.node else 0,
+        )
+        self.maps.set_ipcache(f"{entry.ip}/{entry.prefix_len}", value)
+        ep = self._endpoint_by_ip(entry.ip)
+        if ep is not None and ep.identity != entry.identity:
+            ep.identity = entry.identity
+            self._apply(self.engine.upsert_endpoint(self._engine_endpoint(ep)))
+            self._write_endpoint(ep)
+
+    def _endpoint_by_ip(self, ip: str) -> PodEndpoint | None:
+        if self.pods is None:
+            return None
+        return next((e for e in self.pods.endpoints.values() if e.ip == ip), None)
+
+    def on_node(self, key: str, info: NodeInfo | None, old: NodeInfo | None) -> None:
+        assert self.maps is not None
+        if old is not None and (info is None or info.address != old.address):
+            self.maps.del_ipcache(f"{old.address}/32")
+        if info is None:
+            self.nodes.pop(key, None)
+            return
+        self.nodes[info.name] = info
+        own = info.name == self.node
+        if own:
+            if not self.node_ip:
+                self.node_ip = info.address
+            if not self.pod_cidr and info.pod_cidr:
+                self.pod_cidr = info.pod_cidr
+                self.mark_dirty()
+        try:
+            ipaddress.IPv4Address(info.address)
+        except ValueError:
+            return
+        value = IPCacheValue(
+            identity=ID_HOST if own else ID_REMOTE_NODE,
+            node_ip=ip_to_be32(info.address),
+            node_id=self.node_ids.id_of(info.name),
+        )
+        self.maps.set_ipcache(f"{info.address}/32", value)
+
+    # --- auth ---------------------------------------------------------------------------------
+    def _auth_key(self, v: AuthVerdict) -> AuthKey:
+        return AuthKey(
+            local_identity=v.key.local_identity,
+            remote_identity=v.key.remote_identity,
+            remote_node_id=self.node_ids.id_of(v.key.remote_node),
+            auth_type=v.key.auth_type,
+        )
+
+    def on_auth_granted(self, v: AuthVerdict) -> None:
+        assert self.maps is not None
+        expiry = time.monotonic_ns() + int((v.expires - time.time()) * 1e9)
+        self.maps.set_auth(self._auth_key(v), max(expiry, 0))
+
+    def on_auth_revoked(self, v: AuthVerdict) -> None:
+        assert self.maps is not None
+        self.maps.del_auth(self._auth_key(v))
+
+    # --- flow directory (services.datapath.flows.Directory) -----------------------------------
+    def pod_of(self, ip: str) -> tuple[str, str]:
+        e = self.ipcache.get(ip)
+        return (e.namespace, e.pod) if e else ("", "")
+
+    def labels_of(self, identity: int) -> list[str]:
+        from services.datapath.policy.model import RESERVED_IDENTITIES
+
+        if identity in RESERVED_IDENTITIES:
+            return [f"reserved:{RESERVED_IDENTITIES[identity]}"]
+        return self.labels.get(identity, [])
+
+    def node_name(self, node_id: int) -> str:
+        return self.node_ids.name_of(node_id)
+
+    # --- node address -------------------------------------------------------------------------
+    def add_node_address(self) -> None:
+        """Local mode: the node address on ``lo`` (authd listens there)."""
+        if not self.cfg.local_mode or not self.node_ip or not self.node_ip.startswith("127."):
+            return
+        with IPRoute() as ipr:
+            try:
+                ipr.addr("add", index=ipr.link_lookup(ifname="lo")[0], address=self.node_ip, prefixlen=32)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise

@@ -1,0 +1,104 @@
+"""Datapath service wiring: ``python -m services.datapath --node node-1 …`` (one per node).
+
+Order matters for fail-closed behaviour: programs are compiled and the pinned maps opened first (a
+restart keeps enforcing what the previous run wrote); then the KV mirrors (nodes, identities,
+ipcache) and the K8S cache replay; only after all of them are synced does the agent reconcile this
+node's pods and open its readiness gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from nats.aio.msg import Msg
+
+from nodemesh import subjects
+from nodemesh.k8scache import K8sCache
+from nodemesh.messages.auth import AuthVerdict
+from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
+from nodemesh.runtime import Service
+from nodemesh.streams import BUCKET_IDENTITIES, BUCKET_IPCACHE, BUCKET_NODES
+from services.datapath.agent import POLICY_KINDS, Agent
+from services.datapath.config import DatapathConfig
+from services.datapath.events import EventPump
+from services.datapath.kvwatch import watch_bucket
+from services.datapath.loader import Loader
+
+__all__ = ["main", "write_state"]
+
+
+def write_state(cfg: DatapathConfig, pin_dir: str) -> None:
+    """What ``cleanup_all`` needs to remove everything this node made, even after a crash."""
+    d = Path(cfg.data_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {"node": cfg.node, "pin_dir": pin_dir, "node_ip": cfg.node_ip, "local_mode": cfg.local_mode}
+    (d / "datapath.json").write_text(json.dumps(state))
+
+
+async def main(svc: Service) -> None:
+    cfg = svc.cfg
+    assert isinstance(cfg, DatapathConfig)
+    loader = Loader(cfg.node, pin_root=cfg.pin_root)
+    agent = Agent(cfg, svc.bus, loader)
+    write_state(cfg, loader.pin_dir)
+    await asyncio.to_thread(agent.load)
+    svc.log.info("programs loaded", extra={"pin_dir": loader.pin_dir, "reused_pins": loader.reused_pins})
+
+    pump = EventPump(loader, agent, svc.bus, svc.registry, cfg.event_queue_batches)
+    pump.start()
+    svc.spawn(pump.run(), "flows")
+
+    synced = {b: asyncio.Event() for b in ("nodes", "identities", "ipcache")}
+    svc.spawn(watch_bucket(svc.bus, BUCKET_NODES.name, NodeInfo, agent.on_node, synced["nodes"]), "kv-nodes")
+    svc.spawn(
+        watch_bucket(
+            svc.bus,
+            BUCKET_IDENTITIES.name,
+            Identity,
+            lambda k, new, _old: agent.on_identity(k, new),
+            synced["identities"],
+        ),
+        "kv-identities",
+    )
+    svc.spawn(
+        watch_bucket(svc.bus, BUCKET_IPCACHE.name, IPCacheEntry, agent.on_ipcache, synced["ipcache"]),
+        "kv-ipcache",
+    )
+
+    async def granted(v: AuthVerdict, _m: Msg) -> None:
+        agent.on_auth_granted(v)
+
+    async def revoked(v: AuthVerdict, _m: Msg) -> None:
+        agent.on_auth_revoked(v)
+
+    await svc.bus.subscribe(subjects.auth_granted(cfg.node), AuthVerdict, granted)
+    await svc.bus.subscribe(subjects.auth_revoked(cfg.node), AuthVerdict, revoked)
+
+    cache = K8sCache(svc.bus, kinds=("Pod", "Namespace", "Node", *POLICY_KINDS), on_change=agent.on_k8s)
+    agent.k8s = cache
+    await cache.start()
+    svc.spawn(agent.reconcile_loop(), "reconcile")
+    gate = svc.gate("synced")
+
+    async def open_gate() -> None:
+        await cache.synced.wait()
+        for ev in synced.values():
+            await ev.wait()
+        agent.synced = True
+        await asyncio.to_thread(agent.add_node_address)
+        await agent.reconcile()
+        gate.set()
+        svc.log.info("synced", extra={"pods": len(agent.pods.endpoints) if agent.pods else 0})
+
+    svc.spawn(open_gate(), "sync")
+
+    async def stop() -> None:
+        await cache.stop()
+        pump.stop()
+        if agent.pods is not None:
+            await agent.pods.stop()
+        loader.close()  # programs stay attached and maps pinned: enforcement continues
+
+    svc.on_stop(stop)

@@ -1,0 +1,64 @@
+"""Remove everything a node's datapath made: pod netns and veths, pinned maps, the node address.
+
+``cleanup_all(data_dir)`` accepts a node data dir (``<cluster>/nodes/<node>``) or a cluster data
+dir (then every ``nodes/*``). It works from the state files the datapath writes
+(``datapath.json``, ``ipam.json``), so it also cleans up after a crashed or killed agent.
+Idempotent; never raises for something already gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from services.datapath.pods.netns import delete_pod_netns, host_ifname, netns_name
+
+__all__ = ["cleanup_all", "cleanup_node"]
+
+log = logging.getLogger("nodemesh.datapath.cleanup")
+
+
+def cleanup_node(node_dir: Path) -> None:
+    try:
+        state = json.loads((node_dir / "datapath.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    node = str(state.get("node", ""))
+    try:
+        pods = json.loads((node_dir / "ipam.json").read_text()).get("pods", {})
+    except (FileNotFoundError, ValueError, AttributeError):
+        pods = {}
+    for key in pods:
+        ns, _, name = str(key).partition("/")
+        try:
+            delete_pod_netns(netns_name(node, ns, name), host_ifname(node, ns, name))
+        except Exception as e:
+            log.warning("removing pod %s: %s", key, e)
+    pin_dir = str(state.get("pin_dir", ""))
+    if pin_dir.startswith("/sys/fs/bpf/"):
+        shutil.rmtree(pin_dir, ignore_errors=True)
+    node_ip = str(state.get("node_ip", ""))
+    if state.get("local_mode") and node_ip.startswith("127.") and node_ip != "127.0.0.1":
+        with IPRoute() as ipr:
+            try:
+                ipr.addr("del", index=ipr.link_lookup(ifname="lo")[0], address=node_ip, prefixlen=32)
+            except NetlinkError as e:
+                if e.code not in (errno.EADDRNOTAVAIL, errno.ENOENT):
+                    log.warning("removing node address %s: %s", node_ip, e)
+    for f in ("ipam.json", "datapath.json", "nodeids.json"):
+        (node_dir / f).unlink(missing_ok=True)
+
+
+def cleanup_all(data_dir: str) -> None:
+    root = Path(data_dir)
+    cleanup_node(root)
+    nodes = root / "nodes"
+    if nodes.is_dir():
+        for d in sorted(nodes.iterdir()):
+            cleanup_node(d)

@@ -1,0 +1,21 @@
+"""Datapath service configuration."""
+
+from __future__ import annotations
+
+from nodemesh.config import ServiceConfig
+
+__all__ = ["DatapathConfig"]
+
+
+class DatapathConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pod_cidr: str = ""
+    """This node's pod CIDR; empty = from the Node object's spec.podCIDR or the nodes KV bucket."""
+    node_ip: str = ""
+    """This node's address; empty = from the nodes KV bucket. Added on ``lo`` in local mode."""
+    local_mode: bool = True
+    """Run each pod's first container in its netns (no container runtime) and add the node address."""
+    pin_root: str = "/sys/fs/bpf/nodemesh"
+    """bpffs directory; maps are pinned in ``<pin_root>/<node>/``."""
+    cluster_name: str = "default"
+    event_queue_batches: int = 4096
+    """Batches of ring-buffer events held for publishing before further ones are counted as lost."""

@@ -1,0 +1,127 @@
+"""Pure translation of ring-buffer events into Hubble-shaped flows and auth-required signals.
+
+No I/O: the caller passes a :class:`Directory` that answers "who is this IP / identity / node id"
+(from the ipcache, identities and node ids the agent mirrors) and the clock offset that turns the
+event's CLOCK_MONOTONIC stamp into wall time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from typing import Any, Protocol
+
+from nodemesh.messages.auth import AuthKey, AuthRequired
+from nodemesh.messages.flow import IP, L4, TCP, UDP, Endpoint, Flow, ICMPv4, TCPFlags
+from services.datapath.maps import DIR_EGRESS, EVT_DROP, Event, be32_to_ip
+
+__all__ = ["DROP_REASONS", "Directory", "auth_required", "event_to_flow", "tcp_flags"]
+
+#: Cilium's DropReason names (flow.proto) for the reasons our programs produce.
+DROP_REASONS: dict[int, str] = {
+    133: "POLICY_DENIED",
+    134: "INVALID_PACKET_DROPPED",
+    181: "POLICY_DENY",
+    189: "AUTH_REQUIRED",
+}
+AUTH_TYPES = {0: "DISABLED", 1: "SPIRE", 2: "TEST_ALWAYS_FAIL"}
+_PROTO = {6: "TCP", 17: "UDP", 1: "ICMPv4", 132: "SCTP"}
+
+
+class Directory(Protocol):
+    node: str
+
+    def pod_of(self, ip: str) -> tuple[str, str]: ...  # (namespace, pod) or ("", "")
+
+    def labels_of(self, identity: int) -> list[str]: ...
+
+    def node_name(self, node_id: int) -> str: ...
+
+
+def tcp_flags(bits: int) -> TCPFlags:
+    return TCPFlags(
+        FIN=bool(bits & 0x01),
+        SYN=bool(bits & 0x02),
+        RST=bool(bits & 0x04),
+        PSH=bool(bits & 0x08),
+        ACK=bool(bits & 0x10),
+        URG=bool(bits & 0x20),
+    )
+
+
+def _flag_names(bits: int) -> str:
+    names = ("FIN", "SYN", "RST", "PSH", "ACK", "URG")
+    return ", ".join(n for i, n in enumerate(names) if bits & (1 << i))
+
+
+def _endpoint(d: Directory, ip: str, identity: int, ep_id: int) -> Endpoint:
+    ns, pod = d.pod_of(ip)
+    return Endpoint(ID=ep_id, identity=identity, namespace=ns, pod_name=pod, labels=d.labels_of(identity))
+
+
+def _time(ts_ns: int, mono_to_wall_ns: int) -> str:
+    wall = ts_ns + mono_to_wall_ns
+    t = dt.datetime.fromtimestamp(wall // 1_000_000_000, dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{wall % 1_000_000_000:09d}Z"
+
+
+def _l4(field: str, value: Any) -> L4:
+    # Flow's field names shadow their types (``TCP: TCP``), which confuses mypy: pass them by name.
+    kw: dict[str, Any] = {field: value}
+    return L4(**kw)
+
+
+def event_to_flow(ev: Event, d: Directory, mono_to_wall_ns: int) -> Flow:
+    src_ip, dst_ip = be32_to_ip(ev.saddr), be32_to_ip(ev.daddr)
+    egress = ev.dir == DIR_EGRESS
+    # the local endpoint is the source at egress and the destination at ingress
+    src = _endpoint(d, src_ip, ev.src_identity, ev.ep_id if egress else 0)
+    dst = _endpoint(d, dst_ip, ev.dst_identity, 0 if egress else ev.ep_id)
+    sport, dport = socket.ntohs(ev.sport), socket.ntohs(ev.dport)
+    l4: L4 | None = None
+    summary = ""
+    if ev.proto == 6:
+        l4 = _l4("TCP", TCP(source_port=sport, destination_port=dport, flags=tcp_flags(ev.tcp_flags)))
+        summary = f"TCP Flags: {_flag_names(ev.tcp_flags)}"
+    elif ev.proto == 17:
+        l4 = _l4("UDP", UDP(source_port=sport, destination_port=dport))
+        summary = "UDP"
+    elif ev.proto == 132:
+        l4 = _l4("SCTP", UDP(source_port=sport, destination_port=dport))
+        summary = "SCTP"
+    elif ev.proto == 1:
+        l4 = _l4("ICMPv4", ICMPv4(type=ev.icmp_type, code=ev.icmp_code))
+        summary = f"ICMPv4 type {ev.icmp_type}"
+    dropped = ev.type == EVT_DROP
+    reason = DROP_REASONS.get(ev.drop_reason, str(ev.drop_reason)) if dropped else ""
+    fields: dict[str, Any] = {"IP": IP(source=src_ip, destination=dst_ip)}
+    return Flow(
+        **fields,
+        time=_time(ev.ts_ns, mono_to_wall_ns),
+        verdict="DROPPED" if dropped else "FORWARDED",
+        l4=l4,
+        source=src,
+        destination=dst,
+        node_name=d.node,
+        event_type={"type": int(ev.type), "sub_type": int(ev.drop_reason) if dropped else 0},
+        traffic_direction="EGRESS" if egress else "INGRESS",
+        drop_reason=int(ev.drop_reason) if dropped else 0,
+        drop_reason_desc=reason,
+        is_reply=bool(ev.is_reply),
+        auth_type=AUTH_TYPES.get(ev.auth_type, str(ev.auth_type)) if ev.auth_type else "",
+        policy_match_type=int(ev.match_type),
+        Summary=f"{reason}; {summary}" if dropped else summary,
+    )
+
+
+def auth_required(ev: Event, d: Directory, wall_ts: float) -> AuthRequired:
+    """The signal authd needs: the local endpoint's identity, the peer's, and the peer's node."""
+    egress = ev.dir == DIR_EGRESS
+    local, remote = (ev.src_identity, ev.dst_identity) if egress else (ev.dst_identity, ev.src_identity)
+    remote_ip = be32_to_ip(ev.daddr if egress else ev.saddr)
+    node = d.node_name(ev.remote_node_id) if ev.remote_node_id else d.node
+    return AuthRequired(
+        key=AuthKey(local_identity=local, remote_identity=remote, remote_node=node, auth_type=ev.auth_type),
+        remote_ip=remote_ip,
+        ts=wall_ts,
+    )
