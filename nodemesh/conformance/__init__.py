@@ -1,0 +1,1 @@
+"""Gateway API conformance: the corpus runner (``python -m nodemesh.conformance``) and its harness."""

@@ -1,0 +1,69 @@
+"""``python -m nodemesh.conformance [--case NAME ...] [--report docs/conformance.md] [--dir PATH]``.
+
+Runs the corpus cases one at a time (each in isolation: applied, checked, deleted) and prints one
+line per case; ``--report`` writes the per-feature Markdown report. ``--mode standalone`` (the
+default) uses translate + a real Envoy + echo processes; ``--mode cluster`` is for a cluster started
+with ``nodemesh up`` (not wired yet: see docs/conformance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+from .cases import Generated, corpus_dir, load_case, load_index
+from .report import write_report
+from .runner import CaseResult, run_case
+
+CLASS, CONTROLLER = "nodemesh", "nodemesh.io/gateway-controller"
+
+
+async def _main(args: argparse.Namespace) -> int:
+    root = corpus_dir(args.dir)
+    index = load_index(root)
+    names = [c["name"] for c in index]
+    if args.case:
+        unknown = [n for n in args.case if n not in names]
+        if unknown:
+            print(f"unknown case(s): {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        names = [n for n in names if n in args.case]
+    if args.mode != "standalone":
+        print("--mode cluster is not wired yet; use --mode standalone", file=sys.stderr)
+        return 2
+    from .standalone import Standalone
+
+    gen = Generated()
+    results: list[CaseResult] = []
+    t0 = time.monotonic()
+    async with Standalone(CLASS, CONTROLLER) as cluster:
+        for name in names:
+            case = load_case(root, name, CLASS, CONTROLLER)
+            r = await run_case(cluster, case, gen, CONTROLLER, args.scale)
+            results.append(r)
+            mark = "PASS" if r.passed else "FAIL"
+            print(
+                f"{mark} {r.name} ({r.feature}, {r.seconds}s){'' if r.passed else ': ' + r.reason}",
+                flush=True,
+            )
+    passed = sum(r.passed for r in results)
+    print(f"{passed}/{len(results)} passed in {time.monotonic() - t0:.0f}s")
+    if args.report:
+        write_report(args.report, results, index, "standalone (translate + Envoy 1.40 + echo processes)")
+    return 0 if passed == len(results) else 1
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m nodemesh.conformance", description=__doc__)
+    p.add_argument("--case", action="append", help="run only this case (repeatable)")
+    p.add_argument("--report", help="write the Markdown report here")
+    p.add_argument("--dir", help="corpus directory (default $NODEMESH_CONFORMANCE_DIR or ../shared/...)")
+    p.add_argument("--mode", choices=("standalone", "cluster"), default="standalone")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every timeout")
+    sys.exit(asyncio.run(_main(p.parse_args())))
+
+
+if __name__ == "__main__":
+    main()
