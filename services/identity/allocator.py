@@ -19,6 +19,7 @@ a reference taken concurrently makes the GC's CAS fail instead of orphaning the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -73,6 +74,7 @@ class Allocator:
         self.lo, self.hi = id_range(cluster_id)
         self.clock = clock
         self.rng = rng or random.Random()
+        self._exhausted = 0
         self.on_created: Callable[[Identity], Any] | None = None
         self.on_deleted: Callable[[Identity], Any] | None = None
         # (namespace, pod) → {(identity, endpoint ref)}, kept from the mirror for O(1) lookups
@@ -157,21 +159,30 @@ class Allocator:
                 continue
             created = await self._create(labels, hkey, endpoint)
             if created is not None:
+                self._exhausted = 0
                 return created, True
+        if self._pick() is None:
+            raise AllocationError(f"identity space {self.lo}..{self.hi} exhausted")
         raise AllocationError(
             f"could not allocate an identity for {len(labels)} labels in {MAX_ATTEMPTS} attempts"
         )
 
-    def _pick(self) -> int:
-        for _ in range(1000):
+    def _pick(self) -> int | None:
+        for _ in range(64):
             n = self.rng.randint(self.lo, self.hi)
             if id_key(n) not in self.m.present:
                 return n
-        raise AllocationError(f"identity space {self.lo}..{self.hi} exhausted")
+        free = [n for n in range(self.lo, self.hi + 1) if id_key(n) not in self.m.present]
+        return self.rng.choice(free) if free else None
 
     async def _create(self, labels: list[str], hkey: str, endpoint: str) -> Identity | None:
         now = self.clock()
         n = self._pick()
+        if n is None:
+            # Full, or full of numbers that racing losers are about to give back: back off.
+            self._exhausted += 1
+            await asyncio.sleep(0.01 * min(self._exhausted, 20))
+            return None
         ident = Identity(
             id=n,
             labels=labels,

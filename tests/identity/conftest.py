@@ -69,7 +69,10 @@ class Cluster:
         )
 
     async def namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
-        await self.put("Namespace", {"metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name, **(labels or {})}}})
+        await self.put(
+            "Namespace",
+            {"metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name, **(labels or {})}}},
+        )
 
     async def node(self, name: str, ip: str, cidr: str) -> None:
         await self.put(
@@ -77,11 +80,18 @@ class Cluster:
             {
                 "metadata": {"name": name},
                 "spec": {"podCIDR": cidr},
-                "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]},
+                "status": {
+                    "addresses": [
+                        {"type": "InternalIP", "address": ip},
+                        {"type": "Hostname", "address": name},
+                    ]
+                },
             },
         )
 
-    async def pod(self, ns: str, name: str, labels: dict[str, str], node: str, ip: str | None, sa: str = "default") -> None:
+    async def pod(
+        self, ns: str, name: str, labels: dict[str, str], node: str, ip: str | None, sa: str = "default"
+    ) -> None:
         status: dict[str, Any] = {"phase": "Running"}
         if ip:
             status |= {"podIP": ip, "podIPs": [{"ip": ip}]}

@@ -20,7 +20,9 @@ async def _ready(port: int) -> bool:
         return r.status == 200
 
 
-async def test_pod_gets_identity_and_ipcache_entry(bus: Bus, cluster: Cluster, run_replica: RunReplica) -> None:
+async def test_pod_gets_identity_and_ipcache_entry(
+    bus: Bus, cluster: Cluster, run_replica: RunReplica
+) -> None:
     await cluster.namespace("shop", {"team": "a"})
     await cluster.node("node-1", "127.0.50.1", "10.244.1.0/24")
     labels = {"app": "web", "pod-template-hash": "abc123", "app.kubernetes.io/name": "web"}
@@ -54,7 +56,14 @@ async def test_pod_gets_identity_and_ipcache_entry(bus: Bus, cluster: Cluster, r
     assert node_entry == IPCacheEntry(ip="127.0.50.1", identity=6, node="node-1")
     info = await kv_value(bus, "nodes", "node-1", NodeInfo)
     assert info is not None and (info.address, info.pod_cidr) == ("127.0.50.1", "10.244.1.0/24")
-    for n, name in ((0, "unknown"), (1, "host"), (2, "world"), (6, "remote-node"), (8, "ingress"), (11, "encrypted-overlay")):
+    for n, name in (
+        (0, "unknown"),
+        (1, "host"),
+        (2, "world"),
+        (6, "remote-node"),
+        (8, "ingress"),
+        (11, "encrypted-overlay"),
+    ):
         reserved = await identity(bus, n)
         assert reserved is not None and reserved.reserved and f"reserved:{name}" in reserved.labels
     apiserver = await identity(bus, 7)
@@ -76,7 +85,9 @@ async def _refs_are(bus: Bus, n: int, refs: list[str]) -> bool:
     return ident is not None and ident.refs == refs
 
 
-async def test_namespace_label_change_relabels_its_pods(bus: Bus, cluster: Cluster, run_replica: RunReplica) -> None:
+async def test_namespace_label_change_relabels_its_pods(
+    bus: Bus, cluster: Cluster, run_replica: RunReplica
+) -> None:
     await cluster.namespace("a", {"env": "dev"})
     await cluster.namespace("b", {"env": "dev"})
     await cluster.pod("a", "p1", {"app": "x"}, "node-1", "10.244.1.10")
@@ -118,7 +129,9 @@ async def test_ipcache_events_in_order_and_late_consumer_gets_full_table(
     async def on_event(msg: object) -> None:
         events.append(msgspec.msgpack.decode(msg.data, type=IPCacheEvent))  # type: ignore[attr-defined]
 
-    sub = await bus.js.subscribe(subjects.IPCACHE_EVENTS, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW, cb=on_event)
+    sub = await bus.js.subscribe(
+        subjects.IPCACHE_EVENTS, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW, cb=on_event
+    )
     # One IP, reused: a → deleted → b → relabel.  Events for it must come in that order.
     await cluster.pod("default", "a", {"app": "a"}, "node-1", "10.244.1.20")
     await eventually(lambda: ipcache_entry(bus, "10.244.1.20"), what="a")
@@ -148,7 +161,9 @@ async def test_ipcache_events_in_order_and_late_consumer_gets_full_table(
     assert pods == sorted(["b", *(f"many-{i}" for i in range(20))])
 
 
-async def test_two_replicas_one_writer_and_failover(bus: Bus, cluster: Cluster, run_replica: RunReplica) -> None:
+async def test_two_replicas_one_writer_and_failover(
+    bus: Bus, cluster: Cluster, run_replica: RunReplica
+) -> None:
     await cluster.namespace("default")
     await cluster.pod("default", "p", {"app": "p"}, "node-1", "10.244.1.30")
     await cluster.synced()
