@@ -322,7 +322,11 @@ class Store:
     def _validate(kind: Kind, obj: dict[str, Any]) -> None:
         errors = _validate_hook(obj)
         if errors:
-            raise invalid(kind.kind, kind.group, obj["metadata"].get("name", ""), [("", e) for e in errors])
+            causes = []
+            for e in errors:
+                field, sep, msg = e.partition(": ")
+                causes.append((field, msg) if sep and " " not in field else ("", e))
+            raise invalid(kind.kind, kind.group, obj["metadata"].get("name", ""), causes)
 
     def _commit(
         self, kind: Kind, typ: str, obj: dict[str, Any], old: dict[str, Any] | None

@@ -33,9 +33,7 @@ async def test_create_get_replace_conflict_and_generation(client: Client) -> Non
     st, p3 = await client.put(f"{PODS}/a", p2)
     assert st == 200 and p3["metadata"]["generation"] == 2
     # generateName
-    st, g = await client.post(
-        PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "gen-"}, "spec": {}}
-    )
+    st, g = await client.post(PODS, {**pod(""), "metadata": {"generateName": "gen-"}})
     assert st == 201 and g["metadata"]["name"].startswith("gen-") and len(g["metadata"]["name"]) == 9
     # A namespace that does not exist
     st, err = await client.post("/api/v1/namespaces/nope/pods", pod("b"))
@@ -194,6 +192,8 @@ async def test_bad_input_gets_status_errors_and_server_keeps_running(client: Cli
     assert (
         st == 422 and err["reason"] == "Invalid" and err["details"]["causes"][0]["field"] == "metadata.name"
     )
+    st, err = await client.post(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nospec"}})
+    assert st == 422 and err["reason"] == "Invalid"  # schema validation (nodemesh.validation) rejects it
     st, err = await client.post(PODS, [1, 2])
     assert st == 400
     st, err = await client.patch(f"{PODS}/none", {"x": 1}, "text/plain")
