@@ -9,11 +9,14 @@ Protocol (nothing but TLS 1.3 records ever crosses the wire):
    against the trust bundle.
 3. Each side checks the peer leaf (:func:`services.authd.spiffe.check_leaf`); the responder also checks
    that the initiator's identity has an endpoint on the node the connection comes from.
-4. Acceptance is a TLS ``close_notify``: each side that accepts sends one and waits for the peer's.
-   A side that refuses closes the TCP connection without it. In TLS 1.3 the client finishes its
-   handshake before the server has checked the client certificate, so without this confirmation the
-   initiator could not tell a refusal from an acceptance. Only when both close_notifies are
-   exchanged does either side count the handshake as a success.
+4. Acceptance is a TLS ``close_notify``. The responder, having accepted, sends one and waits for
+   the initiator's; the initiator waits for the responder's (a clean ``close_notify``, not an alert,
+   not a bare EOF or reset), then answers with its own. A side that refuses closes the TCP
+   connection without one. In TLS 1.3 the client finishes its handshake before the server has
+   checked the client certificate, so without this confirmation the initiator could not tell a
+   refusal from an acceptance (Cilium's initiator cannot). The initiator reads the confirmation
+   with ``recv`` rather than ``unwrap``: OpenSSL's ``SSL_shutdown`` treats a fatal alert from the
+   peer as a completed shutdown, which would turn a refusal into a success.
 
 The verdict expires at the earlier NotAfter of the two leaves.
 """
@@ -83,11 +86,17 @@ def initiate(
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     tls: ssl.SSLSocket | None = None
     try:
-        tls = ctx.wrap_socket(raw, server_hostname=server_name, do_handshake_on_connect=False)
+        tls = ctx.wrap_socket(
+            raw, server_hostname=server_name, do_handshake_on_connect=False, suppress_ragged_eofs=False
+        )
         tls.settimeout(timeout)
         tls.do_handshake()
         peer = check_leaf(tls.getpeercert(binary_form=True), trust_domain, expected_remote, time.time())
-        tls.unwrap()  # our close_notify out, the responder's acceptance in
+        # The responder's acceptance: a clean close_notify reads as b"" (an alert, a bare EOF or a
+        # reset raise; any data is a protocol violation).
+        if tls.recv(1) != b"":
+            raise AuthFailure("protocol", "responder sent data")
+        tls.unwrap()  # our close_notify: we accept too
         tls = None
         raw.close()
         return InitiatorResult(peer, min(peer.not_after, local_not_after))
