@@ -1,0 +1,1 @@
+"""xds benchmarks (not a test)."""
