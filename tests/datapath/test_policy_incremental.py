@@ -292,3 +292,16 @@ def test_random_sequence_matches_full_resolve_and_diffs_replay(seed: int) -> Non
         k: p.entries for k, p in full.policies.items()
     }
     assert mirror == {k: p.entries for k, p in full.policies.items()}
+
+
+def test_required_auth_pairs_cluster_wide_from_raw_policies() -> None:
+    from nodemesh.messages.identity import Identity
+    from services.datapath.policy import required_auth_pairs
+
+    pol = cnp(
+        "p",
+        "  ingress:\n  - fromEndpoints: [{matchLabels: {app: fe}}]\n    authentication: {mode: required}\n",
+    )
+    idents = [Identity(id=i, labels=labels) for i, labels in IDENTITIES.items()]
+    assert required_auth_pairs([pol], idents) == {AuthPair(1000, 1001, 1)}
+    assert required_auth_pairs([pol], IDENTITIES) == {AuthPair(1000, 1001, 1)}

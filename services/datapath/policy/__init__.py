@@ -4,3 +4,7 @@ No I/O here. ``parse`` turns policy objects into rules (errors returned, never r
 computes every endpoint's map from scratch, ``incremental.PolicyEngine`` keeps state and returns only
 what a change affects. ``model`` holds the types the datapath consumes. See docs/policy.md.
 """
+
+from services.datapath.policy.resolve import required_auth_pairs, resolve
+
+__all__ = ["required_auth_pairs", "resolve"]

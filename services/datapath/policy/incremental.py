@@ -40,7 +40,7 @@ from services.datapath.policy.model import (
 from services.datapath.policy.parse import parse_policy
 from services.datapath.policy.rules import ParsedPolicy, ParseError, Peer, Rule
 
-__all__ = ["Changes", "EndpointChange", "PolicyEngine", "required_auth_pairs"]
+__all__ = ["Changes", "EndpointChange", "PolicyEngine", "auth_pairs"]
 
 _WORLD = {4: ("world", "world-ipv4"), 6: ("world", "world-ipv6")}
 
@@ -113,7 +113,7 @@ class PolicyEngine:
 
     def required_auth_pairs(self) -> set[AuthPair]:
         eps = {k: ep.identity for k, ep in self._endpoints.items()}
-        return required_auth_pairs(self._current, eps, self._labels)
+        return auth_pairs(self._current, eps, self._labels)
 
     # --- policies ----------------------------------------------------------------------------
     def upsert_policy(self, obj: Mapping[str, Any]) -> Changes:
@@ -342,7 +342,7 @@ class PolicyEngine:
             ch.endpoints[key] = change
 
 
-def required_auth_pairs(
+def auth_pairs(
     policies: Mapping[str, EndpointPolicy],
     endpoint_identity: Mapping[str, int],
     identities: Iterable[int],

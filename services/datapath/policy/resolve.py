@@ -13,10 +13,10 @@ from typing import Any
 import msgspec
 
 from services.datapath.policy.incremental import PolicyEngine
-from services.datapath.policy.model import Endpoint, EndpointPolicy, PolicyRef, ProxyPorts
+from services.datapath.policy.model import AuthPair, Endpoint, EndpointPolicy, PolicyRef, ProxyPorts
 from services.datapath.policy.rules import ParseError
 
-__all__ = ["Resolved", "resolve"]
+__all__ = ["Resolved", "required_auth_pairs", "resolve"]
 
 
 class Resolved(msgspec.Struct, kw_only=True):
@@ -49,3 +49,23 @@ def resolve(
     for obj in policies:
         eng.upsert_policy(obj)
     return Resolved(policies=eng.policies(), cidr_identities=eng.cidr_identities(), errors=eng.errors())
+
+
+def required_auth_pairs(policies: Iterable[Mapping[str, Any]], identities: Iterable[Any]) -> set[AuthPair]:
+    """Every (local, remote, auth type) the policies require authentication for, cluster-wide:
+    each workload identity is resolved as if an endpoint had it. ``identities`` is a mapping
+    id → labels or an iterable of objects with ``id`` and ``labels`` (``messages.identity.Identity``).
+    authd uses this to authenticate ahead of traffic."""
+    if isinstance(identities, Mapping):
+        ids = {int(k): list(v) for k, v in identities.items()}
+    else:
+        ids = {int(i.id): list(i.labels) for i in identities}
+    eng = PolicyEngine()
+    for ident, labels in ids.items():
+        eng.upsert_identity(ident, labels)
+    for obj in policies:
+        eng.upsert_policy(obj)
+    for ident in ids:
+        if ident >= 256:
+            eng.upsert_endpoint(Endpoint(key=f"identity:{ident}", identity=ident))
+    return eng.required_auth_pairs()
