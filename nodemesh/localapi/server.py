@@ -79,6 +79,7 @@ class ApiServer:
         self.watch_queue = watch_queue
         self._watches: set[asyncio.Queue[WatchEvent | None]] = set()
         self.frozen = False  # tests: refuse watches (as an apiserver restart would) until thawed
+        self.hidden: set[str] = set()  # kinds answered 404, like a cluster without that CRD
         self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors])
         self.app.router.add_get("/version", self._version)
         self.app.router.add_get("/healthz", self._ok)
@@ -201,7 +202,7 @@ class ApiServer:
         if request.method == "GET" and segs[:1] == ["apis"] and len(segs) == 3:
             return self._resource_list(segs[1], segs[2])
         route = parse_path(request.path)
-        if route is None:
+        if route is None or route.kind.kind in self.hidden:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if route.subresource and not route.kind.has_status:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")

@@ -202,3 +202,50 @@ async def test_bad_input_gets_status_errors_and_server_keeps_running(client: Cli
     assert st == 200 and "invalid resourceVersion" in err["object"]["message"]
     st, _ = await client.post(PODS, pod("fine"))
     assert st == 201
+
+
+def test_runs_as_a_process(tmp_path: Path) -> None:
+    """``python -m nodemesh.localapi`` serves the protocol and stops cleanly on SIGTERM."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    from nodemesh.testing.natsserver import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nodemesh.localapi",
+            "--data-dir",
+            str(tmp_path),
+            "--port",
+            str(port),
+            "--nodes",
+            "3",
+            "--log-format",
+            "text",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for _ in range(50):  # log lines may come first
+            lines.append(proc.stdout.readline().decode())
+            if "listening on" in lines[-1]:
+                break
+        assert f"listening on http://127.0.0.1:{port}" in lines[-1], lines
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/nodes", timeout=10) as r:
+            nodes = json.loads(r.read())
+        assert [n["metadata"]["name"] for n in nodes["items"]] == ["node-1", "node-2", "node-3"]
+        assert nodes["items"][2]["spec"]["podCIDR"] == "10.244.3.0/24"
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert (tmp_path / "api" / "store.db").exists()

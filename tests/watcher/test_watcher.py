@@ -235,3 +235,35 @@ async def test_watcher_rides_out_an_api_server_restart(
         await cache.stop()
         await w.stop()
         await api.stop()
+
+
+async def test_kind_missing_from_the_api_is_skipped_then_picked_up(
+    nats_server: NatsServer, api: LocalApi, bus: Bus
+) -> None:
+    route = by_kind("TCPRoute")
+    api.server.hidden.add("TCPRoute")  # a cluster without the TCPRoute CRD
+    w = await InProcessWatcher(nats_server.url, api.url, "w", missing_kind_retry_s=0.3).start()
+    cache = K8sCache(bus)
+    await cache.start()
+    try:
+        await cache.wait_synced(30)
+        assert cache.last_marker is not None and "TCPRoute" not in cache.last_marker.kinds
+        assert "HTTPRoute" in cache.last_marker.kinds
+        # The CRD gets installed: the watcher lists and watches it without a restart.
+        api.server.hidden.clear()
+        api.store.create(
+            route,
+            {
+                "metadata": {"name": "t", "namespace": "default"},
+                "spec": {
+                    "parentRefs": [{"name": "gw"}],
+                    "rules": [{"backendRefs": [{"name": "svc", "port": 5432}]}],
+                },
+            },
+        )
+        await converged(api, cache)
+        assert cache.get("TCPRoute", "default", "t") is not None
+        assert w.metric("nodemesh_watcher_relists_total", {"kind": "TCPRoute", "reason": "missing"}) >= 1
+    finally:
+        await cache.stop()
+        await w.stop()
