@@ -177,7 +177,7 @@ def required_pairs(
     policies = list(policies)
     identities = list(identities)
     try:
-        from services.datapath.policy import required_auth_pairs  # type: ignore[attr-defined]
+        from services.datapath.policy import required_auth_pairs
     except ImportError:
         return auth_pairs(policies, identities)
     try:
