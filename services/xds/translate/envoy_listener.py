@@ -15,7 +15,7 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from google.protobuf import wrappers_pb2
 
 from .envoy_cluster import BLACKHOLE, blackhole_cluster
@@ -88,7 +88,7 @@ def listener_resources(lm: ListenerModel, out: Translation) -> None:
         ctx.common_tls_context.alpn_protocols.extend(["h2", "http/1.1"])
         for s in c.secrets:
             ctx.common_tls_context.tls_certificate_sds_secret_configs.append(
-                common_pb2.SdsSecretConfig(name=s, sds_config=ads())
+                secret_pb2.SdsSecretConfig(name=s, sds_config=ads())
             )
         chain = listener_components_pb2.FilterChain(
             name=f"tls:{c.routes.name}", filters=[_hcm(c.routes.name, c.routes.name)]

@@ -89,16 +89,30 @@ def _ns_allowed(idx: Index, lst: GatewayListener, gw_ns: str, route_ns: str) -> 
     return route_ns == gw_ns
 
 
+def _covers(listener_host: str, h: str) -> bool:
+    """Whether every host matching ``h`` also matches ``listener_host`` ("" = any)."""
+    if not listener_host:
+        return True
+    if not listener_host.startswith("*."):
+        return h == listener_host
+    if h.startswith("*."):
+        return h == listener_host or h.endswith(listener_host[1:])
+    return hostname_matches(listener_host, h)
+
+
 def _isolated(hostname: str, lst: GatewayListener, siblings: list[GatewayListener]) -> bool:
-    """Listener isolation: an exact host is served only by the most specific listener matching it."""
-    if hostname.startswith("*") or hostname == "*":
+    """Listener isolation: hosts are served only by routes of the most specific listener matching them.
+
+    A route hostname is dropped from a listener when a more specific listener on the same port covers
+    it entirely; partial overlaps are resolved by Envoy picking the most specific virtual host (each
+    listener hostname always has one).
+    """
+    if hostname == "*":
         return False
     for other in siblings:
-        if other is lst or other.port != lst.port or not usable(other):
+        if other is lst or other.port != lst.port or not usable(other) or other.protocol != lst.protocol:
             continue
-        if (
-            other.hostname == hostname or (other.hostname and hostname_matches(other.hostname, hostname))
-        ) and (more_specific(other.hostname, lst.hostname)):
+        if more_specific(other.hostname, lst.hostname) and _covers(other.hostname, hostname):
             return True
     return False
 
