@@ -153,9 +153,10 @@ def user_permissions(nodes: Iterable[str]) -> dict[str, Permissions]:
                 subjects.IPCACHE_EVENTS,
                 subjects.TRUST_BUNDLE,
                 *(kv_subject(b) for b in ("identities", "ipcache", "nodes", "trust")),
+                kv_subject("leases", "identity"),  # the replicas' leader lease
                 *k8s,
                 *events,
-                *_read_kv("identities", "ipcache", "nodes", "trust"),
+                *_read_kv("identities", "ipcache", "nodes", "trust", "leases"),
             ],
             [
                 subjects.SVID_SIGN_ALL,

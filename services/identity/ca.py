@@ -102,7 +102,10 @@ def new_ca(trust_domain: str, lifetime: dt.timedelta, now: dt.datetime | None = 
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "nodemesh"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"nodemesh CA {trust_domain} {now:%Y%m%dT%H%M%S}"),
+            # Unique per key: two roots in one bundle must never share a subject (chain building).
+            x509.NameAttribute(
+                NameOID.COMMON_NAME, f"nodemesh CA {trust_domain} {now:%Y%m%d} {secrets.token_hex(4)}"
+            ),
         ]
     )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())

@@ -12,6 +12,7 @@ import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
@@ -191,3 +192,82 @@ async def test_no_one_but_watcher_forges_cluster_state_or_replies(connect_as: Co
     await provision(watcher.jetstream())
     await watcher.jetstream().publish(subjects.k8s_object("pod", "default", "ok"), b"x", timeout=5)
     assert not werrors
+
+
+async def test_identity_service_runs_as_its_least_privileged_user(
+    secured: tuple[NatsServer, dict[str, dict[str, str]]], connect_as: Connect, tmp_path: Path
+) -> None:
+    """The real service under its own user: it syncs, leads, writes, signs; others stay refused."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from nodemesh.bus import RemoteError
+    from nodemesh.messages.identity import IPCacheEntry, SvidReply, SvidRequest, ip_key
+    from nodemesh.runtime import run_service
+    from services.identity.app import main as identity_main
+    from services.identity.config import IdentityConfig
+
+    from .conftest import Cluster, eventually
+
+    server, creds = secured
+    admin, _ = await connect_as("admin")
+    admin_bus = Bus(admin)
+    await provision(admin.jetstream())
+    cluster = Cluster(admin_bus)
+    await cluster.namespace("default")
+    await cluster.pod("default", "a", {"app": "a"}, "node-a", "10.244.1.2")
+    await cluster.synced()
+    cfg = IdentityConfig(
+        nats_url=server.url,
+        nats_user="identity",
+        nats_password=creds["identity"]["password"],
+        data_dir=str(tmp_path / "identity"),
+        lease_renew=0.2,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_service("identity", cfg, identity_main, install_signals=False, stop=stop))
+    try:
+        kv = await admin.jetstream().key_value("ipcache")
+
+        async def entry() -> IPCacheEntry | None:
+            e = await kv.get(ip_key("10.244.1.2"))
+            return msgspec.msgpack.decode(e.value or b"", type=IPCacheEntry)
+
+        hosted = (await eventually(entry, what="ipcache entry written by the identity user")).identity
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .sign(key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.PEM)
+            .decode()
+        )
+        authd_a, errors = await connect_as(authd_user("node-a"))
+        reply = await Bus(authd_a).request(
+            subjects.svid_sign("node-a"), SvidRequest(identity=hosted, csr_pem=csr), SvidReply, timeout=10
+        )
+        leaf = x509.load_pem_x509_certificate(reply.cert_chain_pem.encode())
+        assert leaf.not_valid_after_utc > dt.datetime.now(dt.UTC)
+        # node-b's authd is refused by NATS before the CA sees anything …
+        authd_b, errors_b = await connect_as(authd_user("node-b"))
+        with pytest.raises(Exception, match="timed out"):
+            await Bus(authd_b).request(
+                subjects.svid_sign("node-a"),
+                SvidRequest(identity=hosted, csr_pem=csr),
+                SvidReply,
+                timeout=0.5,
+            )
+        assert await _violation(errors_b, subjects.svid_sign("node-a"))
+        # … and on its own subject the CA refuses an identity it does not host.
+        with pytest.raises(RemoteError) as ei:
+            await Bus(authd_b).request(
+                subjects.svid_sign("node-b"), SvidRequest(identity=hosted, csr_pem=csr), SvidReply, timeout=10
+            )
+        assert ei.value.code == "403"
+        assert not [e for e in errors if "permissions violation" in e]
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 20) == 0
