@@ -391,11 +391,12 @@ class ApiServer:
                 left = deadline - loop.time()
                 if left <= 0:
                     break
-                wait = min(left, self.bookmark_interval) if bookmarks else left
+                # Wake up at least every few seconds to notice a client that went away.
+                wait = min(left, self.bookmark_interval if bookmarks else 5.0)
                 try:
                     got: WatchEvent | None = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:
-                    if not bookmarks or loop.time() >= deadline:
+                    if request.transport is None or request.transport.is_closing():
                         break
                 else:
                     if got is None:

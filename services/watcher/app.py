@@ -77,7 +77,9 @@ async def main(svc: Service) -> None:
                 if task.done():
                     exc = task.exception()
                     if exc is not None and not isinstance(exc, LostLeadership):
-                        raise exc
+                        # E.g. JetStream unavailable while publishing Synced: step down, try again.
+                        svc.log.error("active watcher failed: %r; stepping down", exc, exc_info=exc)
+                        await asyncio.sleep(cfg.lease_renew_s)
                     return
                 if not await lease.renew() and not lease.held:
                     svc.log.warning("lost the watcher lease: stepping down")
