@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
+import time
 
 from nodemesh import subjects
 from nodemesh.messages.auth import AuthRequired
@@ -62,6 +65,33 @@ async def test_proactive_verdicts_before_any_traffic_and_for_a_new_pod(cluster: 
     succeeded = [e for e in c.seen.of_type("node-2", "succeeded") if e.key == k2]
     assert succeeded and succeeded[0].proactive
     assert not c.seen.required
+
+    # What a user sees: `nodemesh auth list`.
+    rc, out, _ = await _cli(c, "auth", "list", "-o", "json")
+    assert rc == 0
+    rows = {(r["node"], r["key"]["local_identity"], r["key"]["remote_identity"]): r for r in json.loads(out)}
+    row = rows[("node-2", SERVER, CLIENT2)]
+    assert row["state"] == "authenticated" and row["proactive"] and row["key"]["remote_node"] == "node-1"
+    assert row["expires"] > time.time() and row["auth_type_name"] == "spire"
+    rc, out, _ = await _cli(c, "auth", "list", "--node", "node-2")
+    assert rc == 0 and "authenticated" in out and "REMOTE NODE" in out
+    rc, _, err = await _cli(c, "auth", "list", "--node", "node-9", "--timeout", "0.5")
+    assert rc == 1 and "node-9" in err
+
+
+async def _cli(c: Cluster, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nodemesh.cli.main",
+        *args,
+        "--nats-url",
+        c.nats_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_reactive_one_handshake_serves_both_nodes_and_dedupes(cluster: Cluster) -> None:
