@@ -20,6 +20,7 @@ from prometheus_client import Counter, Histogram
 from nodemesh import subjects
 from nodemesh.k8scache import K8sCache
 from nodemesh.messages.k8s import ObjectEvent
+from nodemesh.messages.xds import XdsAck
 from nodemesh.runtime import Service
 from services.xds.acks import AckEvent
 from services.xds.cache import SnapshotCache
@@ -29,7 +30,7 @@ from services.xds.reconcile import Snapshots, StatusBook, build_snapshots, gatew
 from services.xds.server import AdsServer
 from services.xds.translate import TranslateInput, Translation, translate
 
-__all__ = ["KINDS", "XdsApp", "main"]
+__all__ = ["KINDS", "XdsApp", "main", "start"]
 
 #: Every kind translation reads (CiliumNetworkPolicy for L7 rules).
 KINDS = (
@@ -107,6 +108,10 @@ class XdsApp:
         self._status_dirty.set()
         self._wake.set()
 
+    def published(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The status this replica last published for an object (None if none)."""
+        return self.book.published(kind, namespace, name)
+
     def nodes(self) -> list[str]:
         """Nodes whose Envoys count for Programmed."""
         if self.cfg.nodes:
@@ -178,7 +183,8 @@ class XdsApp:
             self.m_patches.labels(kind=p.kind).inc()
 
 
-async def main(svc: Service) -> None:
+async def start(svc: Service) -> XdsApp:
+    """Wire and start one replica; returns it (tests inspect it)."""
     cfg = svc.cfg
     assert isinstance(cfg, XdsConfig)
     svc.gate("synced")
@@ -186,6 +192,17 @@ async def main(svc: Service) -> None:
     port = await app.server.start(cfg.grpc_addr)
     svc.log.info("ADS on %s (port %d)", cfg.grpc_addr, port)
     svc.on_stop(app.server.stop)
+
+    async def on_remote_ack(msg: XdsAck, _: object) -> None:
+        app.relay.remote(msg)
+
+    # Other replicas' listener ACKs: Programmed must not depend on which replica an Envoy talks to.
+    await svc.bus.subscribe(subjects.xds_ack("*"), XdsAck, on_remote_ack)
     await app.k8s.start()
     svc.on_stop(app.k8s.stop)
     svc.spawn(app.run(), "reconcile")
+    return app
+
+
+async def main(svc: Service) -> None:
+    await start(svc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ from nodemesh.bus import Bus
 from nodemesh.messages.xds import XdsAck
 from services.xds.acks import AckEvent, AckTracker, Sent
 from services.xds.server import Hooks
+from services.xds.snapshot import LISTENER
 
 __all__ = ["AckRelay"]
 
@@ -41,8 +43,10 @@ class AckRelay:
         tracker: AckTracker | None = None,
         registry: CollectorRegistry | None = None,
         on_change: Callable[[AckEvent], None] | None = None,
+        replica: str = "",
     ) -> None:
         self.bus = bus
+        self.replica = replica or f"xds-{os.getpid()}-{os.urandom(3).hex()}"
         self.tracker = tracker or AckTracker()
         self.on_change = on_change
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -88,12 +92,27 @@ class AckRelay:
         self.tracker.record(ev)
         msg = XdsAck(
             node=s.node, type_url=s.type_url, version=s.version, ack=ev.ack, error=ev.error, nonce=s.nonce,
-            ts=time.time(),
+            ts=time.time(), replica=self.replica, delta=s.delta, full_state=s.full_state,
         )  # fmt: skip
+        if s.type_url == LISTENER:  # what Programmed needs; other types would only bloat the message
+            msg.resources, msg.removed = dict(s.resources), list(s.removed)
         if self.bus is not None:
             task = asyncio.get_running_loop().create_task(self._publish(msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if self.on_change is not None:
+            self.on_change(ev)
+
+    def remote(self, msg: XdsAck) -> None:
+        """Fold in a listener ACK/NACK another replica published (its Envoy streams are not ours)."""
+        if msg.replica == self.replica or msg.type_url != LISTENER or not msg.replica:
+            return
+        sent = Sent(
+            msg.node, msg.type_url, msg.version, msg.nonce, dict(msg.resources), tuple(msg.removed),
+            full_state=msg.full_state, delta=msg.delta,
+        )  # fmt: skip
+        ev = AckEvent(sent, ack=msg.ack, error=msg.error)
+        self.tracker.record(ev)
         if self.on_change is not None:
             self.on_change(ev)
 

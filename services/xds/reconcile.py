@@ -143,6 +143,9 @@ class StatusBook:
         cur = (current or {}).get("status") or {}
         return any(cur.get(k) != v for k, v in patch.status.items())
 
+    def published(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._published.get((kind, namespace, name))
+
     def mark(self, patch: StatusPatch) -> None:
         self._published[_key(patch)] = patch.status
 

@@ -8,6 +8,7 @@ with the NACK reason when Envoy refuses it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,7 +23,8 @@ from nodemesh.messages.k8s import ObjectEvent, StatusPatch, Synced
 from nodemesh.runtime import Service, run_service
 from nodemesh.testing.envoy import Envoy
 from nodemesh.testing.natsserver import NatsServer, free_port
-from services.xds.app import main as xds_main
+from services.xds.app import XdsApp
+from services.xds.app import start as xds_start
 from services.xds.bootstrap import render_bootstrap
 from services.xds.config import XdsConfig
 from tests.xds.envoy_fixtures import Backends, eventually, serves
@@ -102,6 +104,7 @@ async def mark_synced(bus: Bus) -> None:
 class Running:
     def __init__(self) -> None:
         self.svc: Service | None = None
+        self.app: XdsApp | None = None
         self.patches: list[StatusPatch] = []
         self.grpc_port = free_port()
 
@@ -114,30 +117,36 @@ class Running:
         return None
 
 
-@pytest.fixture
-async def xds_service(nats_server: NatsServer, bus: Bus) -> AsyncIterator[Running]:
+@contextlib.asynccontextmanager
+async def replica(nats_url: str, bus: Bus, nodes: str = "node-1") -> AsyncIterator[Running]:
+    """One xds replica in-process (the real service runtime), collecting the status patches it sees."""
     run = Running()
-    cfg = XdsConfig(
-        nats_url=nats_server.url, grpc_addr=f"127.0.0.1:{run.grpc_port}", nodes="node-1", debounce_ms=20
-    )
+    cfg = XdsConfig(nats_url=nats_url, grpc_addr=f"127.0.0.1:{run.grpc_port}", nodes=nodes, debounce_ms=20)
 
     async def on_patch(p: StatusPatch, _: object) -> None:
         run.patches.append(p)
 
-    await bus.subscribe(subjects.K8S_STATUS_ALL, StatusPatch, on_patch)
+    sub = await bus.subscribe(subjects.K8S_STATUS_ALL, StatusPatch, on_patch)
 
     async def main(svc: Service) -> None:
         run.svc = svc
-        await xds_main(svc)
+        run.app = await xds_start(svc)
 
     stop = asyncio.Event()
     task = asyncio.create_task(run_service("xds", cfg, main, install_signals=False, stop=stop))
     try:
-        await eventually(lambda: _true(run.svc is not None and run.svc.health_port > 0), 30, "xds started")
+        await eventually(lambda: _true(run.app is not None and run.svc.health_port > 0), 30, "xds started")  # type: ignore[union-attr]
         yield run
     finally:
+        await sub.unsubscribe()
         stop.set()
         assert await asyncio.wait_for(task, 20) == 0
+
+
+@pytest.fixture
+async def xds_service(nats_server: NatsServer, bus: Bus) -> AsyncIterator[Running]:
+    async with replica(nats_server.url, bus) as run:
+        yield run
 
 
 async def _true(v: bool) -> bool:
@@ -221,3 +230,31 @@ def _prog(p: StatusPatch) -> str:
 
 async def _is(coro: Any, value: int) -> bool:
     return bool(await coro == value)
+
+
+async def test_every_replica_reports_programmed_from_acks_it_did_not_serve(
+    nats_server: NatsServer, bus: Bus
+) -> None:
+    """Envoy talks to replica A only; replica B learns the listener ACK over NATS and agrees."""
+    backends = Backends()
+    backend_port = await backends.add("echo")
+    gw_ip, lport = f"127.0.100.{180 + free_port() % 60}", free_port()
+    async with replica(nats_server.url, bus) as a, replica(nats_server.url, bus) as b:
+        envoy = Envoy(render_bootstrap("node-1", "127.0.0.1", a.grpc_port, 0), name="envoy@node-1").start()
+        try:
+            for obj in gateway_objects(gw_ip, lport, backend_port):
+                await put(bus, obj)
+            await mark_synced(bus)
+            await serves(f"http://{gw_ip}:{lport}/", "echo", 60)
+
+            def programmed_by(r: Running) -> str:
+                assert r.app is not None
+                st = r.app.published("Gateway", NS, "gw") or {}
+                return next((c["status"] for c in st.get("conditions", []) if c["type"] == "Programmed"), "")
+
+            await eventually(lambda: _true(programmed_by(a) == "True"), 30, "replica A: Programmed")
+            await eventually(lambda: _true(programmed_by(b) == "True"), 30, "replica B: Programmed")
+            assert b.app is not None and b.app.relay.streams._value.get() == 0  # type: ignore[attr-defined]
+        finally:
+            envoy.stop()
+            await backends.close()
