@@ -120,6 +120,71 @@ def _one(
         return Response(url=url, error=f"{type(e).__name__}: {e}")
 
 
+def _one_h2(
+    address: str,
+    port: int,
+    method: str,
+    host: str | None,
+    path: str,
+    headers: dict[str, str],
+    tls: dict[str, Any] | None,
+    trusted_pem: bytes,
+    timeout: float,
+) -> Response:
+    """One HTTP/2 request over TLS (ALPN h2), as Go's client sends it when the test asks for HTTP/2."""
+    import h2.connection
+    import h2.events
+
+    authority = address if port == 443 else f"{address}:{port}"
+    url = f"https://{authority}{path}"
+    sni = (tls or {}).get("server_name") or host or address
+    try:
+        ctx = client_context(trusted_pem, ["h2"])
+        with socket.create_connection((address, port), timeout=timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=sni) as sock:
+                der = sock.getpeercert(binary_form=True)
+                if not der or not verify_hostname(der, sni):
+                    return Response(url=url, error=f"certificate does not match {sni}")
+                if sock.selected_alpn_protocol() != "h2":
+                    return Response(url=url, error="server did not negotiate h2")
+                conn = h2.connection.H2Connection()
+                conn.initiate_connection()
+                hdrs = [
+                    (":method", method),
+                    (":path", path),
+                    (":scheme", "https"),
+                    (":authority", host or authority),
+                ]
+                hdrs += [(k.lower(), v) for k, v in headers.items()]
+                conn.send_headers(1, hdrs, end_stream=True)
+                sock.sendall(conn.data_to_send())
+                resp = Response(url=url)
+                body = b""
+                while True:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    for ev in conn.receive_data(data):
+                        if isinstance(ev, h2.events.ResponseReceived):
+                            for k, v in ev.headers:
+                                k, v = (k.decode(), v.decode()) if isinstance(k, bytes) else (k, v)
+                                if k == ":status":
+                                    resp.status = int(v)
+                                else:
+                                    resp.headers.append((k, v))
+                        elif isinstance(ev, h2.events.DataReceived):
+                            body += ev.data
+                            conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+                            resp.body = body
+                            return resp
+                    sock.sendall(conn.data_to_send())
+                resp.body = body
+                return resp
+    except (OSError, ssl.SSLError, ValueError) as e:
+        return Response(url=url, error=f"{type(e).__name__}: {e}")
+
+
 def http_request(
     address: str,
     port: int,
@@ -136,6 +201,8 @@ def http_request(
     headers["X-Echo-Set-Header"] = ",".join(f"{k}:{v}" for k, v in sets.items())
     headers.update(extra_headers or {})
     host, path = req.get("host"), req.get("path") or "/"
+    if req.get("protocol") == "HTTP/2" and scheme == "https":
+        return _one_h2(address, port, method, host, path, headers, req.get("tls"), trusted_pem, timeout)
     resp = _one(address, port, scheme, method, host, path, headers, req.get("tls"), trusted_pem, timeout)
     hops = 0
     while req.get("follow_redirects", True) and resp.status in _REDIRECTS and hops < 10:

@@ -100,6 +100,8 @@ def listener_resources(lm: ListenerModel, out: Translation) -> None:
         lst.filter_chains.append(chain)
         own = set(c.routes.vhosts)
         extra = [_misdirected(h) for h in secure_hosts if h not in own]
+        if "*" not in own and len(lm.tls) > 1:
+            extra.append(_misdirected("*"))
         out.resources[ROUTE][c.routes.name] = route_configuration(c.routes, "https", extra)
     for p in lm.passthrough:
         chain = listener_components_pb2.FilterChain(
