@@ -42,8 +42,11 @@ def _kind_of(obj: dict[str, Any]) -> tuple[Kind | None, list[tuple[str, str]]]:
         problems.append(("kind", f"unknown kind {kind!r} (nodemesh serves: see `nodemesh get --help`)"))
         return None, problems
     if isinstance(api_version, str) and api_version:
-        group = api_version.rpartition("/")[0]
-        if group != k.group:
+        group, _, version = api_version.rpartition("/")
+        # CRD groups serve several versions with one schema (HTTPRoute v1 and v1beta1); built-in
+        # kinds are served at exactly one version here.
+        crd = k.group.endswith("gateway.networking.k8s.io") or k.group == "cilium.io"
+        if group != k.group or (not crd and version != k.version):
             problems.append(
                 ("apiVersion", f"{api_version!r} is not the API group of {kind} ({k.api_version})")
             )
