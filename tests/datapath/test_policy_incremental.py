@@ -241,43 +241,52 @@ EXTRA_IDS = {
 def test_random_sequence_matches_full_resolve_and_diffs_replay(seed: int) -> None:
     rng = random.Random(seed)
     eng = PolicyEngine()
+    ref = PolicyEngine(from_scratch=True)  # recomputes whole endpoints: the reference
     mirror: dict[str, dict[PolicyKey, PolicyValue]] = {}
     ids: dict[int, list[str]] = {}
     eps: dict[str, Endpoint] = {}
     pols: dict[str, dict[str, object]] = {}
     all_ids = {**IDENTITIES, **EXTRA_IDS}
-    all_eps = [WEB, FE, DB, Endpoint(key="prod/fe-2", identity=1004), Endpoint(key="dev/db", identity=1005)]
+    all_eps = [WEB, FE, DB, Endpoint(key="prod/fe-2", identity=1004), Endpoint(key="dev/db", identity=1005),
+               Endpoint(key="prod/web-named", identity=1000, named_ports={"http": (6, 8080)})]  # fmt: skip
     for _ in range(60):
         what = rng.randrange(6)
         if what == 0:
             i = rng.choice(list(all_ids))
             ch = eng.upsert_identity(i, all_ids[i])
+            ref.upsert_identity(i, all_ids[i])
             ids[i] = all_ids[i]
         elif what == 1 and ids:
             i = rng.choice(list(ids))
             ch = eng.delete_identity(i)
+            ref.delete_identity(i)
             del ids[i]
         elif what == 2:
             ep = rng.choice(all_eps)
             ch = eng.upsert_endpoint(ep)
+            ref.upsert_endpoint(ep)
             eps[ep.key] = ep
         elif what == 3 and eps:
             k = rng.choice(list(eps))
             ch = eng.delete_endpoint(k)
+            ref.delete_endpoint(k)
             del eps[k]
         elif what == 4:
             p = rng.choice(POLICIES)
             ch = eng.upsert_policy(p)
+            ref.upsert_policy(p)
             pols[str(p["metadata"])] = p  # type: ignore[index]
         elif pols:
             k = rng.choice(list(pols))
             p = pols.pop(k)
             meta = p["metadata"]
-            ch = eng.delete_policy(
+            args = (
                 str(p["kind"]),
                 meta.get("namespace", "") if p["kind"] != "CiliumClusterwideNetworkPolicy" else "",
                 meta["name"],
             )  # type: ignore[attr-defined,index]
+            ch = eng.delete_policy(*args)
+            ref.delete_policy(*args)
         else:
             continue
         for key, ec in ch.endpoints.items():
@@ -287,6 +296,9 @@ def test_random_sequence_matches_full_resolve_and_diffs_replay(seed: int) -> Non
             m.update(ec.upserts)
             if ec.removed:
                 del mirror[key]
+        assert {k: (p.entries, p.l7) for k, p in eng.policies().items()} == {
+            k: (p.entries, p.l7) for k, p in ref.policies().items()
+        }
     full = resolve(pols.values(), eps.values(), ids)  # type: ignore[arg-type]
     assert {k: p.entries for k, p in eng.policies().items()} == {
         k: p.entries for k, p in full.policies.items()

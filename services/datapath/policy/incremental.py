@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from services.datapath.policy.compute import compute_endpoint
+from services.datapath.policy.endpoint_state import EndpointState
 from services.datapath.policy.labels import LabelSet
 from services.datapath.policy.model import (
     DIR_EGRESS,
@@ -81,8 +82,12 @@ class PolicyEngine:
         proxy_ports: ProxyPorts | None = None,
         allow_localhost: bool = True,
         cidr_identities: Mapping[str, int] | None = None,
+        from_scratch: bool = False,
     ) -> None:
-        """``cidr_identities``: a previous run's CIDR → identity map; a CIDR still in use keeps its id."""
+        """``cidr_identities``: a previous run's CIDR → identity map; a CIDR still in use keeps its id.
+        ``from_scratch``: recompute an affected endpoint's whole map instead of its changed keys
+        (the reference path, for tests and debugging)."""
+        self.from_scratch = from_scratch
         self.proxy_ports = proxy_ports or ProxyPorts()
         self.allow_localhost = allow_localhost
         self._preferred = dict(cidr_identities or {})
@@ -95,6 +100,7 @@ class PolicyEngine:
         self._endpoints: dict[str, Endpoint] = {}
         self._ep_rules: dict[str, list[Rule]] = {}
         self._current: dict[str, EndpointPolicy] = {}
+        self._state: dict[str, EndpointState] = {}
         self._peers: dict[Peer, frozenset[int]] = {}
         self._changed_peers: set[Peer] = set()  # peers whose identity set changed in this call
 
@@ -256,6 +262,7 @@ class PolicyEngine:
             return ch
         cur = self._current.pop(key, EndpointPolicy())
         self._ep_rules.pop(key, None)
+        self._state.pop(key, None)
         ch.endpoints[key] = EndpointChange(
             key=key, deletes=sorted(cur.entries), removed=True, l7_changed=True
         )
@@ -321,21 +328,32 @@ class PolicyEngine:
                     enforced[e.direction] = True
         self._ep_rules[key] = rules
         named = self._egress_named_ports() if any(p.name for r in rules for p in r.ports) else {}
-        new = compute_endpoint(
-            ep, rules, (enforced[DIR_INGRESS], enforced[DIR_EGRESS]), self._peer_ids, named,
-            self.proxy_ports, self.allow_localhost,
-        )  # fmt: skip
+        enf = (enforced[DIR_INGRESS], enforced[DIR_EGRESS])
         old = self._current.get(key)
+        if self.from_scratch:
+            new = compute_endpoint(
+                ep, rules, enf, self._peer_ids, named, self.proxy_ports, self.allow_localhost
+            )
+            old_entries = old.entries if old else {}
+            upserts = {k: v for k, v in new.entries.items() if old_entries.get(k) != v}
+            deletes = sorted(k for k in old_entries if k not in new.entries)
+            l7_changed = old is None or old.l7 != new.l7
+        else:
+            state = self._state.setdefault(key, EndpointState())
+            upserts, deletes, l7_changed = state.update(
+                ep, rules, enf, self._peer_ids, named, self.proxy_ports, self.allow_localhost
+            )
+            new = state.policy
+            l7_changed = l7_changed or old is None
         self._current[key] = new
-        old_entries = old.entries if old else {}
         change = EndpointChange(
             key=key,
-            upserts={k: v for k, v in new.entries.items() if old_entries.get(k) != v},
-            deletes=sorted(k for k in old_entries if k not in new.entries),
+            upserts=upserts,
+            deletes=deletes,
             ingress_enforced=new.ingress_enforced,
             egress_enforced=new.egress_enforced,
-            l7_changed=old is None or old.l7 != new.l7,
-            l7=new.l7,
+            l7_changed=l7_changed,
+            l7=dict(new.l7),
         )
         enforcement_changed = old is None or (old.ingress_enforced, old.egress_enforced) != tuple(enforced)
         if change.upserts or change.deletes or change.l7_changed or enforcement_changed:

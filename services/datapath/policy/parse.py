@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from services.datapath.policy.labels import NS_LABEL, LabelReq, Selector
 from services.datapath.policy.model import (
     AUTH_ALWAYS_FAIL,
@@ -128,7 +130,8 @@ def parse_policy(obj: Mapping[str, Any]) -> ParseResult:
         errs.add("", f"internal error parsing policy: {type(e).__name__}: {e}")
     if errs:
         return ParseResult(ref, None, tuple(errs.items))
-    return ParseResult(ref, ParsedPolicy(ref, tuple(rules), tuple(enforce), tuple(sorted(set(cidrs)))))
+    indexed = tuple(msgspec.structs.replace(r, index=i) for i, r in enumerate(rules))
+    return ParseResult(ref, ParsedPolicy(ref, indexed, tuple(enforce), tuple(sorted(set(cidrs)))))
 
 
 def _parse_cilium(

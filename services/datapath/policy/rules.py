@@ -77,6 +77,7 @@ class Rule(msgspec.Struct, frozen=True):
     ports: tuple[PortSpec, ...]  # empty = any protocol and port
     auth_type: int | None = None  # None = not given; 0 = explicitly disabled
     l7: tuple[HTTPRule, ...] | None = None  # HTTP rules → redirect to the proxy
+    index: int = 0  # position in its policy: an edited rule keeps its slot, so only its diff is applied
 
 
 class Enforce(msgspec.Struct, frozen=True):
