@@ -1,4 +1,4 @@
-"""The conformance corpus as data: cases, placeholders, generated certificates (README §1–§2)."""
+"""The conformance corpus as data: cases, placeholders, generated certificates (README §1-§2)."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def _sans(hosts: list[str]) -> x509.SubjectAlternativeName:
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, pub: rsa.RSAPublicKey) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)

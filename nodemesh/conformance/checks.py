@@ -150,7 +150,7 @@ def status_check(c: Any, chk: dict[str, Any], controller: str) -> str:
     kind = chk.get("check")
     if kind == "namespaces_ready":
         for ns in chk.get("namespaces") or []:
-            for gw in c.list("Gateway", ns):
+            for gw in c.list_objects("Gateway", ns):
                 if ((gw.get("metadata") or {}).get("annotations") or {}).get(
                     "gateway-api/skip-this-for-readiness"
                 ):
@@ -222,7 +222,8 @@ def _listeners(gw: dict[str, Any], chk: dict[str, Any], exact: bool) -> str:
             if t is None:
                 return f"listener {w.get('name')} missing"
             if exact and "attachedRoutes" in w and t.get("attachedRoutes") != w["attachedRoutes"]:
-                return f"listener {w.get('name')} attachedRoutes {t.get('attachedRoutes')}, want {w['attachedRoutes']}"
+                got_n, want_n = t.get("attachedRoutes"), w["attachedRoutes"]
+                return f"listener {w.get('name')} attachedRoutes {got_n}, want {want_n}"
             kinds = {f"{k.get('group')}/{k.get('kind')}" for k in t.get("supportedKinds") or []}
             if w.get("supportedKinds_must_be_empty") and kinds:
                 return f"listener {w.get('name')} supportedKinds {kinds}, want none"

@@ -166,8 +166,9 @@ def _one_h2(
                         break
                     for ev in conn.receive_data(data):
                         if isinstance(ev, h2.events.ResponseReceived):
-                            for k, v in ev.headers:
-                                k, v = (k.decode(), v.decode()) if isinstance(k, bytes) else (k, v)
+                            for rk, rv in ev.headers:
+                                k = rk.decode() if isinstance(rk, bytes) else str(rk)
+                                v = rv.decode() if isinstance(rv, bytes) else str(rv)
                                 if k == ":status":
                                     resp.status = int(v)
                                 else:

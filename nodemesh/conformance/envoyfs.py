@@ -143,7 +143,7 @@ class FileXds:
                 _, text = await envoy.admin_get(
                     "/stats?filter=version_text|total_listeners_warming|update_rejected"
                 )
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 text = ""
             vals = {k: v.strip().strip('"') for k, _, v in (ln.partition(": ") for ln in text.splitlines())}
             lds = vals.get("listener_manager.lds.version_text", "")

@@ -14,15 +14,18 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .cases import Case, Generated
 from .checks import compare_grpc, compare_http, status_check
 from .client import grpc_call, http_request, tls_exchange
 
 __all__ = ["CaseResult", "Cluster", "run_case"]
+
+T = TypeVar("T")
 
 CHECK_TIMEOUTS = {
     "gateway_has_address": 180.0,
@@ -35,7 +38,7 @@ class Cluster(Protocol):
     async def apply(self, objs: list[dict[str, Any]]) -> None: ...
     async def delete(self, objs: list[dict[str, Any]]) -> None: ...
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
-    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]: ...
+    def list_objects(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]: ...
     def gateway_address(self, namespace: str, name: str) -> str: ...
     async def ensure_backends(
         self, backends: list[dict[str, Any]], tls_pairs: dict[str, tuple[bytes, bytes]]
@@ -165,6 +168,10 @@ def _mirror_log(c: Cluster, backend: str) -> str:
     return c.pod_log(ns, prefix)
 
 
+def _map(ex: ThreadPoolExecutor, fn: Callable[[int], T], n: int) -> list[T]:
+    return list(ex.map(fn, range(n)))
+
+
 def _backend_of(pod: str) -> str:
     parts = pod.split("-")
     return "-".join(parts[:-2]) if len(parts) > 2 else pod
@@ -238,9 +245,7 @@ async def _mirror_percent(
             return False
 
         with ThreadPoolExecutor(int(entry.get("concurrency") or 10)) as ex:
-            oks = await asyncio.get_running_loop().run_in_executor(
-                None, lambda ex=ex, one=one: list(ex.map(one, range(int(entry.get("total_requests") or 500))))
-            )
+            oks = await asyncio.to_thread(_map, ex, one, int(entry.get("total_requests") or 500))
         if not all(oks):
             why = "requests failed"
             continue
@@ -347,5 +352,5 @@ async def run_case(c: Cluster, case: Case, gen: Generated, controller: str, scal
 
 
 def sigma_range(n: int, p: float) -> tuple[float, float]:
-    """``n·p ± 3·sqrt(n·p·(1−p))`` (the README's mirror-percentage rule)."""
+    """``n·p ± 3·sqrt(n·p·(1-p))`` (the README's mirror-percentage rule)."""
     return n * p - 3 * math.sqrt(n * p * (1 - p)), n * p + 3 * math.sqrt(n * p * (1 - p))

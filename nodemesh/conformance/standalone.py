@@ -73,7 +73,7 @@ class Pod:
             env["TCP_ECHO_SERVER"] = "1"
         if tls is not None:
             env.update(TLS_SERVER_CERT=str(tls[0]), TLS_SERVER_PRIVKEY=str(tls[1]), HTTPS_PORT="8443")
-        fh = open(self.log, "ab")  # noqa: SIM115 - the child owns it
+        fh = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nodemesh.echo"], env=env, stdout=fh, stderr=subprocess.STDOUT
         )
@@ -219,7 +219,7 @@ class Standalone:
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.store.get((kind, namespace, name))
 
-    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+    def list_objects(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
         return [o for (k, ns, _), o in sorted(self.store.items()) if k == kind and namespace in (None, ns)]
 
     def gateway_address(self, namespace: str, name: str) -> str:
@@ -275,7 +275,7 @@ class Standalone:
         return self.tls_files[ref]
 
     def _endpoint_slices(self) -> None:
-        for svc in self.list("Service"):
+        for svc in self.list_objects("Service"):
             m, spec = svc["metadata"], svc.get("spec") or {}
             sel = spec.get("selector") or {}
             app = sel.get("app")

@@ -160,6 +160,8 @@ class Model:
     secrets: dict[str, tuple[str, str]] = field(default_factory=dict)
     # Every backend some route uses (clusters and endpoints are made for them).
     backends: dict[str, Backend] = field(default_factory=dict)
+    # cluster name → lb algorithm (round_robin | least_request | random), from Service annotations.
+    lb_policy: dict[str, str] = field(default_factory=dict)
 
     def listener(self, name: str, address: str, port: int) -> ListenerModel:
         key = f"{address}:{port}"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from . import cec, ingest_ingress, ingest_service
 from .envoy_cluster import cluster, load_assignment, sds_secret, slices_by_service
 from .envoy_listener import listener_resources
 from .index import Index
-from .ingest_gateway import gateway_status, ingest_gateways
+from .ingest_gateway import GatewayState, gateway_status, ingest_gateways
 from .ingest_routes import ingest_routes, prepare_listeners
 from .model import Model
-from .types import CLUSTER, ENDPOINT, SECRET, TranslateInput, Translation
+from .types import CLUSTER, ENDPOINT, SECRET, GatewayInfo, TranslateInput, Translation
 
 __all__ = ["run"]
 
@@ -29,20 +30,15 @@ def run(inp: TranslateInput) -> Translation:
     return out
 
 
-def _info(st):  # type: ignore[no-untyped-def]
-    from .types import GatewayInfo
-
+def _info(st: GatewayState) -> GatewayInfo:
     return GatewayInfo(st.namespace, st.name, st.generation, st.address)
 
 
 def _extras(idx: Index, inp: TranslateInput, model: Model, out: Translation) -> None:
-    """Ingress, L7 load-balanced Services and CiliumEnvoyConfigs (added step by step)."""
-    for name in ("ingest_ingress", "ingest_service", "cec"):
-        try:
-            mod = __import__(f"services.xds.translate.{name}", fromlist=["ingest"])
-        except ImportError:
-            continue
-        mod.ingest(idx, inp, model, out)
+    """Ingress, L7 load-balanced Services; CiliumEnvoyConfigs go straight to resources."""
+    ingest_ingress.ingest(idx, inp, model, out)
+    ingest_service.ingest(idx, inp, model, out)
+    cec.ingest(idx, inp, model, out)
 
 
 def envoy(idx: Index, model: Model, out: Translation) -> None:
@@ -52,7 +48,7 @@ def envoy(idx: Index, model: Model, out: Translation) -> None:
     slices = slices_by_service(idx)
     for name in sorted(model.backends):
         b = model.backends[name]
-        out.resources[CLUSTER][b.cluster] = cluster(b)
+        out.resources[CLUSTER][b.cluster] = cluster(b, model.lb_policy.get(b.cluster, ""))
         out.resources[ENDPOINT][b.eds_name] = load_assignment(
             idx, b, slices.get(f"{b.namespace}/{b.service}", [])
         )

@@ -54,7 +54,7 @@ def resolve_backend(
     if not isinstance(weight, int) or weight < 0:
         weight = 1
     h2 = h2 or sport.get("appProtocol") in ("kubernetes.io/h2c", "h2c", "grpc")
-    return Backend(ns, name, int(port), weight=weight, h2=h2), "", ""
+    return Backend(ns, name, int(sport["port"]), weight=weight, h2=h2), "", ""
 
 
 def _headers_filter(raw: Any) -> HeaderFilter:
