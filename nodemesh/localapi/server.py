@@ -19,10 +19,11 @@ from aiohttp import web
 
 from nodemesh import __version__
 from nodemesh.kinds import KINDS, Kind
-from nodemesh.localapi.errors import ApiError, status_object
+from nodemesh.localapi.errors import ApiError
 from nodemesh.localapi.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from nodemesh.localapi.selectors import SelectorError, field_selector, label_selector
-from nodemesh.localapi.store import Store, WatchEvent
+from nodemesh.localapi.store import Store
+from nodemesh.localapi.watch import WatchHub
 
 __all__ = ["MAX_BODY_BYTES", "ApiServer", "Route", "parse_path"]
 
@@ -75,9 +76,7 @@ class ApiServer:
 
     def __init__(self, store: Store, *, bookmark_interval: float = 5.0, watch_queue: int = 10_000) -> None:
         self.store = store
-        self.bookmark_interval = bookmark_interval
-        self.watch_queue = watch_queue
-        self._watches: set[asyncio.Queue[WatchEvent | None]] = set()
+        self.hub = WatchHub(store, bookmark_interval=bookmark_interval, queue_size=watch_queue)
         self.frozen = False  # tests: refuse watches (as an apiserver restart would) until thawed
         self.hidden: set[str] = set()  # kinds answered 404, like a cluster without that CRD
         self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors])
@@ -87,28 +86,10 @@ class ApiServer:
         self.app.router.add_get("/api", self._api_versions)
         self.app.router.add_get("/apis", self._api_groups)
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        store.add_listener(self._fanout)
-
-    # --- watch fan-out --------------------------------------------------------------------------
-    def _fanout(self, ev: WatchEvent) -> None:
-        for q in list(self._watches):
-            try:
-                q.put_nowait(ev)
-            except asyncio.QueueFull:
-                # A watcher that cannot keep up is cut off; it re-watches from its last RV.
-                self._watches.discard(q)
-                q._queue.clear()  # type: ignore[attr-defined]
-                q.put_nowait(None)
 
     def close_watches(self) -> None:
         """End every open watch stream (clients reconnect with their last resourceVersion)."""
-        for q in list(self._watches):
-            self._watches.discard(q)
-            try:
-                q.put_nowait(None)
-            except asyncio.QueueFull:
-                q._queue.clear()  # type: ignore[attr-defined]
-                q.put_nowait(None)
+        self.hub.close_all()
 
     # --- middleware and meta endpoints ----------------------------------------------------------
     @web.middleware
@@ -211,7 +192,10 @@ class ApiServer:
             if m == "GET":
                 q = request.query
                 if q.get("watch") in ("1", "true", "True"):
-                    return await self._watch(request, route)
+                    if self.frozen:
+                        raise ApiError(503, "ServiceUnavailable", "watches are paused")
+                    match = self._selector(q.get("labelSelector", ""), q.get("fieldSelector", ""))
+                    return await self.hub.serve(request, route.kind, route.namespace, match)
                 return self._list(route, q.get("labelSelector", ""), q.get("fieldSelector", ""))
             if m == "POST":
                 return await self._create(request, route)
@@ -339,104 +323,3 @@ class ApiServer:
                     raise ApiError(400, "BadRequest", f"invalid DeleteOptions: {e}") from e
         gone = self.store.delete(route.kind, route.namespace, route.name, uid=uid)
         return web.json_response(gone)
-
-    async def _watch(self, request: web.Request, route: Route) -> web.StreamResponse:
-        q = request.query
-        match = self._selector(q.get("labelSelector", ""), q.get("fieldSelector", ""))
-        bookmarks = q.get("allowWatchBookmarks") in ("1", "true", "True")
-        try:
-            timeout = float(q.get("timeoutSeconds") or 1800)
-        except ValueError as e:
-            raise ApiError(400, "BadRequest", "timeoutSeconds must be a number") from e
-        rv_text = q.get("resourceVersion", "")
-        if self.frozen:
-            raise ApiError(503, "ServiceUnavailable", "watches are paused", None)
-        k, ns = route.kind, route.namespace
-        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
-        resp.enable_chunked_encoding()
-        await resp.prepare(request)
-
-        async def send(typ: str, obj: dict[str, Any]) -> None:
-            await resp.write(json.dumps({"type": typ, "object": obj}).encode() + b"\n")
-
-        def relevant(ev: WatchEvent) -> bool:
-            return ev.kind == k.kind and (not ns or ev.obj["metadata"].get("namespace") == ns)
-
-        queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue(self.watch_queue)
-        # Subscribe and read the backlog with no await in between: no event can fall in the gap.
-        try:
-            if rv_text in ("", "0"):
-                start = self.store.rv
-                initial = [("ADDED", o) for o in self.store.list(k, ns or None)[0] if match(o)]
-                backlog: list[WatchEvent] = []
-            else:
-                start = int(rv_text)
-                initial, backlog = [], self.store.events_after(start)
-        except ApiError as e:
-            await send("ERROR", e.status())
-            return resp
-        except ValueError:
-            await send("ERROR", status_object(400, "BadRequest", f"invalid resourceVersion {rv_text!r}"))
-            return resp
-        self._watches.add(queue)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        try:
-            for typ, obj in initial:
-                await send(typ, obj)
-            for ev in backlog:
-                await self._send_event(send, ev, relevant, match)
-            last_bookmark = loop.time()
-            while True:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                # Wake up at least every few seconds to notice a client that went away.
-                wait = min(left, self.bookmark_interval if bookmarks else 5.0)
-                try:
-                    got: WatchEvent | None = await asyncio.wait_for(queue.get(), wait)
-                except TimeoutError:
-                    if request.transport is None or request.transport.is_closing():
-                        break
-                else:
-                    if got is None:
-                        break
-                    await self._send_event(send, got, relevant, match)
-                if bookmarks and queue.empty() and loop.time() - last_bookmark >= self.bookmark_interval:
-                    # Queue empty: every event up to store.rv has been sent or filtered out.
-                    await send(
-                        "BOOKMARK",
-                        {
-                            "kind": k.kind,
-                            "apiVersion": k.api_version,
-                            "metadata": {"resourceVersion": str(max(start, self.store.rv))},
-                        },
-                    )
-                    last_bookmark = loop.time()
-        except (ConnectionResetError, ConnectionError):
-            pass
-        finally:
-            self._watches.discard(queue)
-        return resp
-
-    @staticmethod
-    async def _send_event(
-        send: Callable[[str, dict[str, Any]], Any],
-        ev: WatchEvent,
-        relevant: Callable[[WatchEvent], bool],
-        match: Callable[[dict[str, Any]], bool],
-    ) -> None:
-        if not relevant(ev):
-            return
-        now_match = match(ev.obj)
-        was_match = ev.old is not None and match(ev.old)
-        if ev.type == "MODIFIED":
-            if now_match and not was_match:
-                await send("ADDED", ev.obj)
-            elif was_match and not now_match:
-                gone = dict(ev.obj)
-                await send("DELETED", gone)
-            elif now_match:
-                await send("MODIFIED", ev.obj)
-        elif now_match:
-            await send(ev.type, ev.obj)

@@ -7,7 +7,7 @@ from pathlib import Path
 import aiohttp
 
 from nodemesh.localapi.app import LocalApi
-from tests.localapi.helpers import Client, pod
+from tests.localapi.helpers import Client, pod, until
 
 PODS = "/api/v1/namespaces/default/pods"
 
@@ -17,21 +17,29 @@ async def test_create_get_replace_conflict_and_generation(client: Client) -> Non
     assert st == 201
     meta = p["metadata"]
     assert meta["uid"] and meta["creationTimestamp"] and meta["generation"] == 1
-    rv1 = int(meta["resourceVersion"])
     st, again = await client.post(PODS, pod("a"))
     assert st == 409 and again["kind"] == "Status" and again["reason"] == "AlreadyExists"
+
+    # The scheduler binds the pod and writes its status (new RVs); continue from its final state.
+    async def scheduled() -> bool:
+        _, cur = await client.get(f"{PODS}/a")
+        return bool(cur.get("status", {}).get("phase"))
+
+    await until(scheduled, what="scheduled")
+    _, p = await client.get(f"{PODS}/a")
+    rv1, gen = int(p["metadata"]["resourceVersion"]), p["metadata"]["generation"]
 
     # A label change is not a spec change: generation stays; RV grows.
     p["metadata"]["labels"]["tier"] = "web"
     st, p2 = await client.put(f"{PODS}/a", p)
-    assert st == 200 and p2["metadata"]["generation"] == 1 and int(p2["metadata"]["resourceVersion"]) > rv1
+    assert st == 200 and p2["metadata"]["generation"] == gen and int(p2["metadata"]["resourceVersion"]) > rv1
     # Replacing with the stale RV is a conflict, as kube-apiserver answers it.
     p["metadata"]["labels"]["tier"] = "db"
     st, err = await client.put(f"{PODS}/a", p)
     assert st == 409 and err["reason"] == "Conflict" and "the object has been modified" in err["message"]
     p2["spec"]["containers"][0]["image"] = "nginx"
     st, p3 = await client.put(f"{PODS}/a", p2)
-    assert st == 200 and p3["metadata"]["generation"] == 2
+    assert st == 200 and p3["metadata"]["generation"] == gen + 1
     # generateName
     st, g = await client.post(PODS, {**pod(""), "metadata": {"generateName": "gen-"}})
     assert st == 201 and g["metadata"]["name"].startswith("gen-") and len(g["metadata"]["name"]) == 9
@@ -71,7 +79,8 @@ async def test_status_subresource_only_touches_status(client: Client) -> None:
     st, p = await client.patch(
         f"{PODS}/s/status", {"status": {"conditions": [{"type": "Init", "status": "True"}]}}, ssm
     )
-    assert [c["type"] for c in p["status"]["conditions"]] == ["Ready", "Init"]
+    # (the scheduler may have added PodScheduled before these patches)
+    assert [c["type"] for c in p["status"]["conditions"] if c["type"] != "PodScheduled"] == ["Ready", "Init"]
     st, p = await client.patch(
         f"{PODS}/s",
         [{"op": "add", "path": "/metadata/labels/j", "value": "2"}],
@@ -86,6 +95,7 @@ async def test_status_subresource_only_touches_status(client: Client) -> None:
 async def test_list_selectors_and_watch_in_rv_order_with_bookmarks(client: Client) -> None:
     await client.post(PODS, pod("w1", {"app": "a"}, node="node-1"))
     await client.post(PODS, pod("w2", {"app": "b"}, node="node-2"))
+    await until(lambda: _settled(client), what="scheduler done")
     st, lst = await client.get(f"{PODS}?labelSelector=app%3Da")
     assert st == 200 and lst["kind"] == "PodList" and [i["metadata"]["name"] for i in lst["items"]] == ["w1"]
     start = lst["metadata"]["resourceVersion"]
@@ -117,6 +127,7 @@ async def test_list_selectors_and_watch_in_rv_order_with_bookmarks(client: Clien
         and int(bookmark["object"]["metadata"]["resourceVersion"]) >= rvs[-1]
     )
     # A label-filtered watch: an object that stops matching is a DELETED for that watcher.
+    await until(lambda: _settled(client), what="scheduler done")
     st, lst = await client.get(f"{PODS}?labelSelector=app%3Da")
     rv = lst["metadata"]["resourceVersion"]
     await client.patch(f"{PODS}/w1", {"metadata": {"labels": {"app": "c"}}})
@@ -124,6 +135,12 @@ async def test_list_selectors_and_watch_in_rv_order_with_bookmarks(client: Clien
         f"{PODS}?watch=1&resourceVersion={rv}&labelSelector=app%3Da", lambda evs: True
     )
     assert events[0]["type"] == "DELETED" and events[0]["object"]["metadata"]["name"] == "w1"
+
+
+async def _settled(client: Client) -> bool:
+    """Every pod has been scheduled and given a phase (the controllers' writes are done)."""
+    _, lst = await client.get(PODS)
+    return all(p.get("status", {}).get("phase") for p in lst["items"])
 
 
 async def test_watch_from_expired_rv_gets_410_error_event(client: Client, api: LocalApi) -> None:
