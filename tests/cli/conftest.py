@@ -1,4 +1,4 @@
-"""A real local API server (``python -m nodemesh.localapi``) per test, found by the CLI through run/cluster.json."""
+"""A real local API server (`python -m nodemesh.localapi`) per test, found via run/cluster.json."""
 
 from __future__ import annotations
 

@@ -1,0 +1,150 @@
+"""`nodemesh up --nodes 2` → status, restart after SIGKILL, a pod's namespace, `down` leaves nothing.
+
+One cluster for the module (bring-up is the slow part). Privileged: the datapath creates network
+namespaces and loads BPF.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nodemesh.local.cleanup import cluster_pids
+
+pytestmark = [pytest.mark.privileged, pytest.mark.slow]
+
+
+def nm(d: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nodemesh.cli.main", "--data-dir", str(d), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def status(d: Path) -> dict[str, Any]:
+    out = nm(d, "status", "-o", "json")
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def wait_for(cond: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("cluster")
+    try:
+        up = nm(d, "up", "--nodes", "2", "--timeout", "240")
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield d
+    finally:
+        nm(d, "down")
+
+
+def test_privileged_up_status(cluster: Path) -> None:
+    st = status(cluster)
+    assert st["up"] and st["phase"] == "running"
+    procs = {p["name"]: p for p in st["processes"]}
+    assert {"nats", "apiserver", "watcher-0", "watcher-1", "envoy@node-1", "authd@node-2"} <= set(procs)
+    for p in procs.values():
+        if p["skipped"]:
+            continue
+        assert p["running"] and p["ready"] and p["pid"] > 0 and p["health_port"] > 0, p
+        assert p["version"], p
+    assert st["nats"]["reachable"]
+    assert {"K8S", "EVENTS", "FLOWS"} <= {s["name"] for s in st["nats"]["streams"]}
+    assert {"identities", "leases", "nodes"} <= {b["name"] for b in st["nats"]["buckets"]}
+    assert [(n["name"], n["ready"], n["podCIDR"]) for n in st["nodes"]] == [
+        ("node-1", True, "10.244.1.0/24"),
+        ("node-2", True, "10.244.2.0/24"),
+    ]
+    assert (cluster / "run" / "credentials.json").stat().st_mode & 0o777 == 0o600
+    again = nm(cluster, "up", "--nodes", "2")
+    assert again.returncode == 0 and "already up" in again.stdout
+    nodes = nm(cluster, "get", "nodes")
+    assert nodes.returncode == 0 and "node-2" in nodes.stdout
+
+
+@pytest.mark.parametrize("name", ["xds", "watcher-0", "datapath@node-1"])
+def test_privileged_restart_after_sigkill(cluster: Path, name: str) -> None:
+    before = {p["name"]: p for p in status(cluster)["processes"]}[name]
+    if before["skipped"]:
+        pytest.skip(f"{name} is not built: {before['skipped']}")
+    os.kill(before["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+
+    def restarted() -> dict[str, Any] | None:
+        p = {q["name"]: q for q in status(cluster)["processes"]}[name]
+        ok = p["restarts"] == before["restarts"] + 1 and p["ready"] and p["pid"] != before["pid"]
+        return p if ok else None
+
+    after = wait_for(restarted, 90, f"{name} restarted and ready")
+    elapsed = time.monotonic() - killed
+    print(f"{name}: ready again {elapsed:.1f}s after SIGKILL (pid {before['pid']} → {after['pid']})")
+    assert after["last_exit"] == -signal.SIGKILL
+
+
+POD = """\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: echo, namespace: {ns}, labels: {{app: echo}}}}
+spec:
+  nodeName: node-2
+  containers:
+  - name: echo
+    image: nodemesh/echo
+    env: [{{name: PORT, value: "8080"}}]
+"""
+
+
+def test_privileged_down_leaves_nothing(cluster: Path, tmp_path: Path) -> None:
+    ns = f"t{os.getpid()}"
+    f = tmp_path / "pod.yaml"
+    f.write_text(POD.format(ns=ns))
+    applied = nm(cluster, "apply", "-f", str(f))
+    assert applied.returncode == 0, applied.stderr
+
+    def running() -> bool:
+        out = nm(cluster, "get", "pod", "echo", "-n", ns, "-o", "json")
+        return out.returncode == 0 and json.loads(out.stdout).get("status", {}).get("phase") == "Running"
+
+    wait_for(running, 90, "the pod to run")
+    try:
+        from services.datapath.pods.netns import netns_name
+    except ImportError:
+        pytest.skip("datapath not built")
+    netns = Path("/run/netns") / netns_name("node-2", ns, "echo")
+    assert netns.exists()
+    assert cluster_pids(cluster)
+
+    down = nm(cluster, "down")
+    assert down.returncode == 0 and "nodemesh is down" in down.stdout
+    assert cluster_pids(cluster) == []
+    assert not netns.exists()
+    assert not (cluster / "run" / "supervisor.pid").exists()
+    st = status(cluster)
+    assert not st["up"]
+    again = nm(cluster, "down")
+    assert again.returncode == 0 and "no nodemesh cluster running" in again.stdout
