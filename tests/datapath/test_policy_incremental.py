@@ -317,3 +317,13 @@ def test_required_auth_pairs_cluster_wide_from_raw_policies() -> None:
     idents = [Identity(id=i, labels=labels) for i, labels in IDENTITIES.items()]
     assert required_auth_pairs([pol], idents) == {AuthPair(1000, 1001, 1)}
     assert required_auth_pairs([pol], IDENTITIES) == {AuthPair(1000, 1001, 1)}
+
+
+def test_endpoint_with_explicit_labels_reselected_when_labels_change() -> None:
+    eng = engine()
+    eng.upsert_policy(cnp("p", FROM_FE_80))
+    ns = "k8s:io.kubernetes.pod.namespace=prod"
+    ch = eng.upsert_endpoint(Endpoint(key="prod/x", identity=4242, labels=("k8s:app=web", ns)))
+    assert diff(ch, "prod/x")[0] == ["egress any any allow", "ingress fe tcp/80 allow", "ingress host any allow"]
+    ch = eng.upsert_endpoint(Endpoint(key="prod/x", identity=4242, labels=("k8s:app=batch", ns)))
+    assert diff(ch, "prod/x") == (["ingress any any allow"], ["ingress fe tcp/80", "ingress host any"])

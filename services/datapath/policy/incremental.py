@@ -44,6 +44,7 @@ from services.datapath.policy.rules import ParsedPolicy, ParseError, Peer, Rule
 __all__ = ["Changes", "EndpointChange", "PolicyEngine", "auth_pairs"]
 
 _WORLD = {4: ("world", "world-ipv4"), 6: ("world", "world-ipv6")}
+_NO_LABELS = LabelSet(())
 
 
 class EndpointChange(msgspec.Struct, kw_only=True):
@@ -101,6 +102,7 @@ class PolicyEngine:
         self._ep_rules: dict[str, list[Rule]] = {}
         self._current: dict[str, EndpointPolicy] = {}
         self._state: dict[str, EndpointState] = {}
+        self._ep_labels: dict[str, LabelSet] = {}  # parsed Endpoint.labels, per endpoint key
         self._peers: dict[Peer, frozenset[int]] = {}
         self._changed_peers: set[Peer] = set()  # peers whose identity set changed in this call
 
@@ -250,6 +252,7 @@ class PolicyEngine:
         if old == ep:
             return ch
         self._endpoints[ep.key] = ep
+        self._ep_labels.pop(ep.key, None)
         self._recompute(ep.key, ch)
         if (old.named_ports if old else {}) != ep.named_ports:
             self._recompute_egress_named(ch)
@@ -263,6 +266,7 @@ class PolicyEngine:
         cur = self._current.pop(key, EndpointPolicy())
         self._ep_rules.pop(key, None)
         self._state.pop(key, None)
+        self._ep_labels.pop(key, None)
         ch.endpoints[key] = EndpointChange(
             key=key, deletes=sorted(cur.entries), removed=True, l7_changed=True
         )
@@ -278,8 +282,13 @@ class PolicyEngine:
     # --- resolution --------------------------------------------------------------------------
     def _labels_of(self, ep: Endpoint) -> LabelSet:
         if ep.labels is not None:
-            return LabelSet(ep.labels)
-        return self._labels.get(ep.identity) or LabelSet(())
+            ls = self._ep_labels.get(ep.key)
+            if ls is None or self._endpoints.get(ep.key) is not ep:
+                ls = LabelSet(ep.labels)
+                if self._endpoints.get(ep.key) is ep:
+                    self._ep_labels[ep.key] = ls
+            return ls
+        return self._labels.get(ep.identity) or _NO_LABELS
 
     def _selects(self, subject: Any, host: bool, ep: Endpoint) -> bool:
         return bool(host == ep.host and subject.matches(self._labels_of(ep)))
