@@ -324,6 +324,10 @@ def test_endpoint_with_explicit_labels_reselected_when_labels_change() -> None:
     eng.upsert_policy(cnp("p", FROM_FE_80))
     ns = "k8s:io.kubernetes.pod.namespace=prod"
     ch = eng.upsert_endpoint(Endpoint(key="prod/x", identity=4242, labels=("k8s:app=web", ns)))
-    assert diff(ch, "prod/x")[0] == ["egress any any allow", "ingress fe tcp/80 allow", "ingress host any allow"]
+    assert diff(ch, "prod/x")[0] == [
+        "egress any any allow",
+        "ingress fe tcp/80 allow",
+        "ingress host any allow",
+    ]
     ch = eng.upsert_endpoint(Endpoint(key="prod/x", identity=4242, labels=("k8s:app=batch", ns)))
     assert diff(ch, "prod/x") == (["ingress any any allow"], ["ingress fe tcp/80", "ingress host any"])
