@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -107,18 +108,7 @@ def test_precedence_exact_regex_prefix_method_headers_query() -> None:
         {"matches": [{"path": {"type": "Exact", "value": "/a"}}], "backendRefs": [_b()]},
         {"matches": [{"path": {"type": "Exact", "value": "/a/b/c"}}], "backendRefs": [_b()]},
     ]
-    order = [
-        json_format.MessageToJson(
-            json_format.ParseDict(
-                r["match"],
-                __import__(
-                    "envoy.config.route.v3.route_components_pb2", fromlist=["RouteMatch"]
-                ).RouteMatch(),
-            ),
-            indent=None,
-        )
-        for r in _routes(rules)
-    ]
+    order = [json.dumps(r["match"]) for r in _routes(rules)]
     keys = [
         "/a/b/c",
         '"path": "/a"',
