@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,7 @@ __all__ = ["MAX_BODY_BYTES", "ApiServer", "Route", "parse_path"]
 log = logging.getLogger("nodemesh.localapi.server")
 
 MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's request size limit
+SNAPSHOT_TTL_S = 60.0  # how long a paginated list's continue token stays valid
 _BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
 _PATCHES: dict[str, Callable[[Any, Any], Any]] = {
     "application/merge-patch+json": merge_patch,
@@ -76,6 +79,8 @@ class ApiServer:
 
     def __init__(self, store: Store, *, bookmark_interval: float = 5.0, watch_queue: int = 10_000) -> None:
         self.store = store
+        # continue token → (expiry, resourceVersion, remaining items)
+        self._snapshots: dict[str, tuple[float, int, list[dict[str, Any]]]] = {}
         self.hub = WatchHub(store, bookmark_interval=bookmark_interval, queue_size=watch_queue)
         self.frozen = False  # tests: refuse watches (as an apiserver restart would) until thawed
         self.hidden: set[str] = set()  # kinds answered 404, like a cluster without that CRD
@@ -196,7 +201,7 @@ class ApiServer:
                         raise ApiError(503, "ServiceUnavailable", "watches are paused")
                     match = self._selector(q.get("labelSelector", ""), q.get("fieldSelector", ""))
                     return await self.hub.serve(request, route.kind, route.namespace, match)
-                return self._list(route, q.get("labelSelector", ""), q.get("fieldSelector", ""))
+                return self._list(route, q)
             if m == "POST":
                 return await self._create(request, route)
             raise ApiError(
@@ -225,16 +230,39 @@ class ApiServer:
             raise ApiError(400, "BadRequest", str(e)) from e
         return lambda o: (lp is None or lp(o)) and (fp is None or fp(o))
 
-    def _list(self, route: Route, labels: str, fields: str) -> web.Response:
-        match = self._selector(labels, fields)
-        items, rv = self.store.list(route.kind, route.namespace or None)
+    def _list(self, route: Route, query: Any) -> web.Response:
+        """A list, paginated with ``limit``/``continue`` over a consistent snapshot (as etcd gives)."""
         k = route.kind
-        body = {
-            "kind": f"{k.kind}List",
-            "apiVersion": k.api_version,
-            "metadata": {"resourceVersion": str(rv)},
-            "items": [o for o in items if match(o)],
-        }
+        token = query.get("continue", "")
+        if token:
+            snap = self._snapshots.get(token)
+            if snap is None or snap[0] < time.monotonic():
+                self._snapshots.pop(token, None)
+                raise ApiError(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a "
+                    "consistent list result. You can start a new list without the continue parameter.",
+                )
+            _, rv, items = self._snapshots.pop(token)
+        else:
+            match = self._selector(query.get("labelSelector", ""), query.get("fieldSelector", ""))
+            all_items, rv = self.store.list(k, route.namespace or None)
+            items = [o for o in all_items if match(o)]
+        try:
+            limit = int(query.get("limit") or 0)
+        except ValueError as e:
+            raise ApiError(400, "BadRequest", "limit must be an integer") from e
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        if 0 < limit < len(items):
+            items, rest = items[:limit], items[limit:]
+            nxt = secrets.token_urlsafe(12)
+            now = time.monotonic()
+            self._snapshots = {t: v for t, v in self._snapshots.items() if v[0] >= now}
+            self._snapshots[nxt] = (now + SNAPSHOT_TTL_S, rv, rest)
+            meta["continue"] = nxt
+            meta["remainingItemCount"] = len(rest)
+        body = {"kind": f"{k.kind}List", "apiVersion": k.api_version, "metadata": meta, "items": items}
         return web.json_response(body)
 
     @staticmethod

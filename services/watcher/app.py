@@ -42,7 +42,7 @@ async def main(svc: Service) -> None:
     assert isinstance(cfg, WatcherConfig)
     watcher_id = cfg.watcher_id or f"{cfg.node}-{os.getpid()}-{secrets.token_hex(3)}"
     kinds = select_kinds(cfg.kinds)
-    kube = KubeClient.from_settings(cfg.api_url, cfg.kubeconfig, cfg.in_cluster)
+    kube = KubeClient.from_settings(cfg.api_url, cfg.kubeconfig, cfg.in_cluster, cfg.list_page_size)
     metrics = WatcherMetrics(svc.registry)
     cache = K8sCache(svc.bus)
     await cache.start()

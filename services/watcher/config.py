@@ -24,5 +24,7 @@ class WatcherConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fie
     """An active watcher that could not renew for this long stops publishing (well before the TTL)."""
     watch_timeout_s: int = 300
     """timeoutSeconds of each watch request; the watcher re-watches from its last resourceVersion."""
+    list_page_size: int = 500
+    """``limit`` of each list request; larger lists are read in pages (``continue``)."""
     missing_kind_retry_s: float = 30.0
     """How often a kind whose API answered 404 (CRD not installed) is tried again."""

@@ -54,14 +54,19 @@ class ApiStatusError(Exception):
 class KubeClient:
     """One API client for every kind."""
 
-    def __init__(self, configuration: k8s.Configuration, *, request_timeout: float = 30.0) -> None:
+    def __init__(
+        self, configuration: k8s.Configuration, *, request_timeout: float = 30.0, page_size: int = 500
+    ) -> None:
+        self.page_size = page_size
         # One connection per concurrent watch plus a few for lists and patches.
         configuration.connection_pool_maxsize = 64
         self.api = k8s.ApiClient(configuration)
         self.request_timeout = request_timeout
 
     @classmethod
-    def from_settings(cls, api_url: str = "", kubeconfig: str = "", in_cluster: bool = False) -> KubeClient:
+    def from_settings(
+        cls, api_url: str = "", kubeconfig: str = "", in_cluster: bool = False, page_size: int = 500
+    ) -> KubeClient:
         cfg = k8s.Configuration()
         if api_url:
             cfg.host = api_url.rstrip("/")
@@ -71,7 +76,7 @@ class KubeClient:
             k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=kubeconfig or None, client_configuration=cfg
             )
-        return cls(cfg)
+        return cls(cfg, page_size=page_size)
 
     def close(self) -> None:
         try:
@@ -115,12 +120,32 @@ class KubeClient:
         return out
 
     def list_sync(self, kind: Kind) -> tuple[list[dict[str, Any]], str]:
-        body = self._json("GET", kind.path())
-        items = body.get("items") or []
-        for item in items:  # list items omit kind/apiVersion; events carry them
-            item.setdefault("kind", kind.kind)
-            item.setdefault("apiVersion", kind.api_version)
-        return items, str((body.get("metadata") or {}).get("resourceVersion", ""))
+        """Every object, in pages of ``page_size`` (``limit``/``continue``); a page whose continue
+        token expired (410) restarts the list, as client-go's pager does."""
+        for _ in range(5):
+            items: list[dict[str, Any]] = []
+            query = {"limit": str(self.page_size)}
+            rv = ""
+            try:
+                while True:
+                    body = self._json("GET", kind.path(), query=query)
+                    meta = body.get("metadata") or {}
+                    rv = rv or str(meta.get("resourceVersion", ""))
+                    items.extend(body.get("items") or [])
+                    token = meta.get("continue")
+                    if not token:
+                        break
+                    query = {"limit": str(self.page_size), "continue": str(token)}
+            except ApiStatusError as e:
+                if e.code == 410 and "continue" in query:
+                    log.info("list of %s: continue token expired, restarting", kind.kind)
+                    continue
+                raise
+            for item in items:  # list items omit kind/apiVersion; events carry them
+                item.setdefault("kind", kind.kind)
+                item.setdefault("apiVersion", kind.api_version)
+            return items, rv
+        raise ApiStatusError(410, "Expired", f"list of {kind.kind} kept expiring")
 
     # --- async API ----------------------------------------------------------------------------
     async def list(self, kind: Kind) -> tuple[list[dict[str, Any]], str]:

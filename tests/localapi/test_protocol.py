@@ -266,3 +266,25 @@ def test_runs_as_a_process(tmp_path: Path) -> None:
         if proc.stdout is not None:
             proc.stdout.close()
     assert (tmp_path / "api" / "store.db").exists()
+
+
+async def test_paginated_list_is_a_consistent_snapshot(client: Client, api: LocalApi) -> None:
+    cms = "/api/v1/namespaces/default/configmaps"
+    for i in range(5):
+        await client.post(cms, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"p{i}"}})
+    st, page = await client.get(f"{cms}?limit=2")
+    assert st == 200 and [i["metadata"]["name"] for i in page["items"]] == ["p0", "p1"]
+    rv, token = page["metadata"]["resourceVersion"], page["metadata"]["continue"]
+    assert page["metadata"]["remainingItemCount"] == 3
+    # Changes between pages do not show: the pages are one snapshot at one resourceVersion.
+    await client.delete(f"{cms}/p3")
+    await client.post(cms, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p9"}})
+    names = []
+    while token:
+        st, page = await client.get(f"{cms}?limit=2&continue={token}")
+        assert st == 200 and page["metadata"]["resourceVersion"] == rv
+        names += [i["metadata"]["name"] for i in page["items"]]
+        token = page["metadata"].get("continue")
+    assert names == ["p2", "p3", "p4"]
+    st, err = await client.get(f"{cms}?limit=2&continue=bogus")
+    assert st == 410 and err["reason"] == "Expired"

@@ -43,7 +43,7 @@ async def test_initial_list_events_synced_and_late_consumer(
     for i in range(5):
         api.store.create(CM, cm(f"c{i}"))
     api.store.create(POD, {"metadata": {"name": "p", "namespace": "default"}, "spec": SPEC})
-    w = await InProcessWatcher(nats_server.url, api.url, "w1").start()
+    w = await InProcessWatcher(nats_server.url, api.url, "w1", list_page_size=2).start()  # lists in pages
     try:
         # A consumer that starts after the watcher's initial list gets the full state, then Synced.
         cache = K8sCache(bus)
