@@ -41,6 +41,9 @@ _PSEUDO = PolicyRef("", "", "")
 OPEN = {d: Rule(_PSEUDO, Selector(), False, d, False, (Peer("all"),), ()) for d in (DIR_INGRESS, DIR_EGRESS)}
 LOCALHOST = Rule(_PSEUDO, Selector(), False, DIR_INGRESS, False, (), ())
 HOST_ID = 1
+_PLAIN = _Allow()
+_PLAIN.plain = True
+_ALLOW = PolicyValue()
 
 
 Slot = tuple[PolicyRef, int]
@@ -175,6 +178,13 @@ class EndpointState:
             self.merged.pop(key, None)
             self.auth_keys.discard(key)
             return
+        if len(slots) == 1:
+            rule = self.slot_rule[next(iter(slots))]
+            if rule.auth_type is None and rule.l7 is None:
+                # The common case, shared: merged values are never mutated (the fold copies them).
+                self.merged[key] = _PLAIN
+                self.auth_keys.discard(key)
+                return
         a = _Allow()
         proxy = proxy_ports.ingress if key.direction == DIR_INGRESS else proxy_ports.egress
         for slot in slots:
@@ -207,12 +217,12 @@ class EndpointState:
                         deletes.append(key)
                     l7_changed |= new.l7.pop(key, None) is not None
                     continue
-                val = PolicyValue(False, a.auth, a.proxy)
+                val = _ALLOW if a is _PLAIN else PolicyValue(False, a.auth, a.proxy)
                 if new.entries.get(key) != val:
                     new.entries[key] = val
                     upserts[key] = val
-                rules = _l7_rules(a)
-                if new.l7.get(key) != rules:
+                rules = _l7_rules(a) if a.proxy else ()
+                if new.l7.get(key, ()) != rules:
                     l7_changed = True
                     if rules:
                         new.l7[key] = rules
