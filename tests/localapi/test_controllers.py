@@ -373,3 +373,43 @@ async def test_manifest_directory_applies_updates_and_deletes(tmp_path: Path) ->
             await until(removed, what="objects of a deleted file removed")
     finally:
         await api.stop()
+
+
+async def test_deleting_a_namespace_deletes_its_objects(client: Client) -> None:
+    await client.post(
+        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tmp"}}
+    )
+    st, _ = await client.post(
+        "/api/v1/namespaces/tmp/configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}},
+    )
+    assert st == 201
+    st, _ = await client.post(
+        "/api/v1/namespaces/tmp/services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "s"},
+            "spec": {"selector": {"a": "b"}, "ports": [{"port": 80}]},
+        },
+    )
+    assert st == 201
+    await until(
+        lambda: _has_items(client, "/apis/discovery.k8s.io/v1/namespaces/tmp/endpointslices"), what="slice"
+    )
+    await client.delete("/api/v1/namespaces/tmp")
+
+    async def empty() -> bool:
+        return not any(
+            [
+                await _has_items(client, "/api/v1/namespaces/tmp/configmaps"),
+                await _has_items(client, "/api/v1/namespaces/tmp/services"),
+                await _has_items(client, "/apis/discovery.k8s.io/v1/namespaces/tmp/endpointslices"),
+            ]
+        )
+
+    await until(empty, what="namespace contents deleted")
+
+
+async def _has_items(client: Client, path: str) -> bool:
+    return bool(await _items(client, path))
