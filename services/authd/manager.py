@@ -29,7 +29,7 @@ from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
 from services.authd.config import AuthdConfig
 from services.authd.handshake import ResponderResult, initiate
 from services.authd.metrics import Metrics
-from services.authd.policy import Pair, required_pairs
+from services.authd.policy import Pair, PolicyPairs
 from services.authd.spiffe import AuthFailure, LeafInfo, sni
 from services.authd.svids import Purpose, Svid, SvidStore
 from services.authd.table import (
@@ -46,6 +46,7 @@ __all__ = ["AuthManager"]
 
 log = logging.getLogger("nodemesh.authd.manager")
 VALID_MARGIN = 1.0  # a verdict with less left than this is renewed rather than re-announced
+TRANSIENT = frozenset({"not-hosted", "no-svid", "no-bundle"})  # reasons that clear up by themselves
 
 
 class AuthManager:
@@ -66,6 +67,7 @@ class AuthManager:
         self.queued: set[AuthKey] = set()
         self.queue: asyncio.Queue[AuthKey] = asyncio.Queue(maxsize=cfg.queue_size)
         self.policy_errors: list[str] = []
+        self._policy = PolicyPairs()
         self.source_address = ""
         self.synced = False
         self.pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="authd-init")
@@ -88,8 +90,9 @@ class AuthManager:
         self.ip_index = {e.ip: e for e in ipcache if e.prefix_len in (32, 128)}
         topo = Topology(self.me, ipcache, nodes)
         self.topo = topo
-        self.store.set_hosted({i for i in topo.hosted if not is_reserved(i, self.identities)})
-        self.pairs, self.policy_errors = required_pairs(policies, self.identities.values())
+        hosted = {i for i in topo.hosted if not is_reserved(i, self.identities)}
+        self.store.set_hosted(hosted)
+        self.pairs, self.policy_errors = self._policy.compute(policies, self.identities.values(), hosted)
         want, skip = desired_keys(self.pairs, topo, self.identities)
         for key in sorted(skip - self.skipped):
             self._event("skipped", key, reason="reserved-identity", proactive=True)
@@ -312,8 +315,11 @@ class AuthManager:
         if not e.valid():
             e.state = "failed"
         self._event("failed", e.key, reason=f.reason, detail=f.detail, proactive=e.required, role="initiator")
-        if (e.required and self.cfg.proactive) or e.published:
-            delay = min(0.2 * 2 ** (e.retries - 1), 30.0)
+        transient = f.reason in TRANSIENT
+        if (e.required and self.cfg.proactive) or e.published or (transient and e.retries <= 8):
+            # A peer whose SVID is still being issued (a pod that just appeared) is ready within
+            # milliseconds: retry fast, so the verdict lands long before a SYN retransmit would.
+            delay = min((0.025 if transient else 0.2) * 2 ** (e.retries - 1), 30.0)
             e.due = time.time() + delay
             if e.valid():
                 e.due = min(e.due, max(time.time(), e.expires - VALID_MARGIN))

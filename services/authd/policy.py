@@ -21,7 +21,15 @@ from typing import Any
 from nodemesh.messages.auth import AUTH_TYPE_ALWAYS_FAIL, AUTH_TYPE_SPIRE
 from nodemesh.messages.identity import Identity
 
-__all__ = ["AUTH_MODES", "NS_LABEL", "RESERVED_ENTITIES", "Pair", "auth_pairs", "required_pairs"]
+__all__ = [
+    "AUTH_MODES",
+    "NS_LABEL",
+    "RESERVED_ENTITIES",
+    "Pair",
+    "PolicyPairs",
+    "auth_pairs",
+    "required_pairs",
+]
 
 Pair = tuple[int, int, int]  # (local identity, remote identity, auth type)
 
@@ -173,15 +181,76 @@ def auth_pairs(
 def required_pairs(
     policies: Iterable[Mapping[str, Any]], identities: Iterable[Identity]
 ) -> tuple[set[Pair], list[str]]:
-    """The policy engine's answer when it provides ``required_auth_pairs``, else :func:`auth_pairs`."""
-    policies = list(policies)
-    identities = list(identities)
-    try:
-        from services.datapath.policy import required_auth_pairs
-    except ImportError:
-        return auth_pairs(policies, identities)
-    try:
-        got = required_auth_pairs(policies, identities)
-        return {(int(p.local), int(p.remote), int(p.auth_type)) for p in got}, []
-    except Exception:  # an engine whose contract we misread must not stop authd: fall back
-        return auth_pairs(policies, identities)
+    """One-shot: the policy engine's ``required_auth_pairs`` when available, else :func:`auth_pairs`."""
+    return PolicyPairs().compute(policies, identities, None)
+
+
+class PolicyPairs:
+    """The pairs policy requires, kept by the datapath's incremental policy engine (the same code
+    that decides the datapath's auth bits, so authd and the datapath cannot disagree), fed only with
+    what changed; falls back to :func:`auth_pairs` if the engine is missing or fails.
+
+    Only identities hosted on this node are endpoints to the engine: authd needs pairs whose local
+    side runs here, and resolving every identity as an endpoint costs O(identities) per change.
+    """
+
+    def __init__(self) -> None:
+        try:
+            from services.datapath.policy.incremental import PolicyEngine
+            from services.datapath.policy.model import Endpoint
+        except ImportError:  # the engine is optional for authd
+            self._engine: Any = None
+            return
+        self._engine = PolicyEngine()
+        self._endpoint = Endpoint
+        self._labels: dict[int, tuple[str, ...]] = {}
+        self._policies: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+        self._endpoints: set[int] = set()
+
+    def compute(
+        self,
+        policies: Iterable[Mapping[str, Any]],
+        identities: Iterable[Identity],
+        hosted: Iterable[int] | None,
+    ) -> tuple[set[Pair], list[str]]:
+        policies, identities = list(policies), list(identities)
+        if self._engine is None:
+            return auth_pairs(policies, identities)
+        try:
+            return self._sync(policies, identities, hosted), []
+        except Exception as e:  # an engine bug must not stop authd: use the minimal reading
+            self.__init__()  # type: ignore[misc]  # start the engine afresh next time
+            pairs, errors = auth_pairs(policies, identities)
+            return pairs, [
+                f"policy engine failed ({type(e).__name__}: {e}); used authd's own reading",
+                *errors,
+            ]
+
+    def _sync(
+        self, policies: list[Mapping[str, Any]], identities: list[Identity], hosted: Iterable[int] | None
+    ) -> set[Pair]:
+        eng = self._engine
+        labels = {i.id: tuple(i.labels) for i in identities}
+        for ident in set(self._labels) - set(labels):
+            eng.delete_identity(ident)
+        for ident, labs in labels.items():
+            if self._labels.get(ident) != labs:
+                eng.upsert_identity(ident, list(labs))
+        self._labels = labels
+        objs = {}
+        for o in policies:
+            meta = o.get("metadata") or {}
+            objs[(str(o.get("kind")), str(meta.get("namespace") or ""), str(meta.get("name") or ""))] = o
+        for ref in set(self._policies) - set(objs):
+            eng.delete_policy(*ref)
+        for ref, o in objs.items():
+            if self._policies.get(ref) is not o:
+                eng.upsert_policy(o)
+        self._policies = objs
+        want = {i for i in (labels if hosted is None else hosted) if i >= 256 and i in labels}
+        for ident in self._endpoints - want:
+            eng.delete_endpoint(f"identity:{ident}")
+        for ident in want - self._endpoints:
+            eng.upsert_endpoint(self._endpoint(key=f"identity:{ident}", identity=ident))
+        self._endpoints = want
+        return {(int(p.local), int(p.remote), int(p.auth_type)) for p in eng.required_auth_pairs()}
