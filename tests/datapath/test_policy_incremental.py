@@ -331,3 +331,40 @@ def test_endpoint_with_explicit_labels_reselected_when_labels_change() -> None:
     ]
     ch = eng.upsert_endpoint(Endpoint(key="prod/x", identity=4242, labels=("k8s:app=batch", ns)))
     assert diff(ch, "prod/x") == (["ingress any any allow"], ["ingress fe tcp/80", "ingress host any"])
+
+
+def test_identity_churn_on_endpoint_with_deny_and_auth_matches_reference() -> None:
+    """Endpoints with deny/auth keys fold only the region a change touches; compare every step."""
+    pols = [
+        cnp(
+            "a",
+            "  ingress:\n  - fromEndpoints: [{matchLabels: {tier: client}}]\n    toPorts: [{ports: [{port: '80', protocol: TCP}, {port: '9000', endPort: 9007}]}]\n",
+        ),
+        cnp(
+            "b",
+            "  ingress:\n  - fromEndpoints: [{matchLabels: {tier: client}}]\n    authentication: {mode: required}\n",
+        ),
+        cnp(
+            "c",
+            "  ingressDeny:\n  - fromEndpoints: [{matchLabels: {bad: 'yes'}}]\n    toPorts: [{ports: [{port: '9004', protocol: TCP}]}]\n",
+        ),
+        cnp("d", "  ingressDeny:\n  - toPorts: [{ports: [{port: '9006', protocol: UDP}]}]\n"),
+    ]
+    eng, ref = PolicyEngine(), PolicyEngine(from_scratch=True)
+    for e in (eng, ref):
+        e.upsert_identity(1000, IDENTITIES[1000])
+        e.upsert_endpoint(WEB)
+        for p in pols:
+            e.upsert_policy(p)
+    rng = random.Random(7)
+    for step in range(120):
+        ident = 5000 + rng.randrange(30)
+        labels = ["k8s:io.kubernetes.pod.namespace=prod", "k8s:tier=client"]
+        if rng.random() < 0.4:
+            labels.append("k8s:bad=yes")
+        if rng.random() < 0.3:
+            chs = [e.delete_identity(ident) for e in (eng, ref)]
+        else:
+            chs = [e.upsert_identity(ident, labels) for e in (eng, ref)]
+        assert eng.policy("prod/web") == ref.policy("prod/web"), step
+        assert chs[0] == chs[1], step

@@ -7,15 +7,15 @@ identity's keys, nothing else) and re-merges only the keys whose contributors ch
 
 Deny-wins and auth inheritance relate overlapping keys (see :mod:`compute`). While an endpoint has no
 deny key and no key with an explicit auth type, the final entries are the merged keys themselves and
-the update is O(change). Otherwise the fold runs over the whole map (O(entries)), which is still
-correct and only costs time for endpoints that use deny or authentication rules.
+the update is O(change). Otherwise only the keys overlapping a changed key are re-folded, unless an
+any-peer (identity 0) key changed, which overlaps every identity: then the whole map is folded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from services.datapath.policy.compute import _Allow, _deny_wins, _inherit_auth, port_keys
+from services.datapath.policy.compute import _Allow, _deny_wins, _inherit_auth, intersect, port_keys
 from services.datapath.policy.labels import Selector
 from services.datapath.policy.model import (
     DIR_EGRESS,
@@ -70,6 +70,8 @@ class EndpointState:
         self.auth_keys: set[PolicyKey] = set()
         self.policy = EndpointPolicy()
         self.complex = False  # the last fold had denies or auth: entries may hold derived keys
+        self.raw_by_id: dict[int, set[PolicyKey]] = {}  # keys of allow_src and deny_src, by identity
+        self.final_by_id: dict[int, set[PolicyKey]] | None = None  # keys of policy.entries (complex only)
 
     def update(
         self,
@@ -164,12 +166,15 @@ class EndpointState:
                 if add:
                     if slots is None:
                         src[key] = {slot}
+                        self.raw_by_id.setdefault(ident, set()).add(key)
                     else:
                         slots.add(slot)
                 elif slots is not None:
                     slots.discard(slot)
                     if not slots:
                         del src[key]
+                        if key not in self.allow_src and key not in self.deny_src:
+                            self.raw_by_id[ident].discard(key)
                 dirty.add(key)
 
     def _remerge(self, key: PolicyKey, proxy_ports: ProxyPorts) -> None:
@@ -230,6 +235,10 @@ class EndpointState:
                         new.l7.pop(key, None)
             self.policy = new
             return upserts, sorted(deletes), l7_changed
+        if was_complex and not simple and self.final_by_id is not None:
+            local = self._fold_local(dirty, old, new)
+            if local is not None:
+                return local
         allows = {k: a.copy() for k, a in self.merged.items()}
         denies = set(self.deny_src)
         _inherit_auth(allows)
@@ -242,9 +251,69 @@ class EndpointState:
             if rules:
                 new.l7[key] = rules
         self.policy = new
+        self.final_by_id = None
+        if not simple:
+            self.final_by_id = {}
+            for key in new.entries:
+                self.final_by_id.setdefault(key.identity, set()).add(key)
         ups = {k: v for k, v in new.entries.items() if old.entries.get(k) != v}
         dels = sorted(k for k in old.entries if k not in new.entries)
         return ups, dels, old.l7 != new.l7
+
+    def _fold_local(
+        self, dirty: set[PolicyKey], old: EndpointPolicy, new: EndpointPolicy
+    ) -> tuple[dict[PolicyKey, PolicyValue], list[PolicyKey], bool] | None:
+        """Re-fold only the keys overlapping a dirty key. A final entry depends only on the raw keys
+        that contain it, and those overlap the same dirty keys, so folding the raw keys that overlap
+        a dirty key gives the right value for every final key that does. Dirty any-peer keys touch
+        every identity: then the caller folds the whole map."""
+        assert self.final_by_id is not None
+        by_id: dict[int, list[PolicyKey]] = {}
+        for k in dirty:
+            by_id.setdefault(k.identity, []).append(k)
+        if 0 in by_id:
+            return None
+
+        def touches(k: PolicyKey) -> bool:
+            xs = dirty if k.identity == 0 else by_id.get(k.identity, ())
+            return any(intersect(k, x) is not None for x in xs)
+
+        ids = [*by_id, 0]
+        raw = {k for i in ids for k in self.raw_by_id.get(i, ()) if touches(k)}
+        allows = {k: self.merged[k].copy() for k in raw if k in self.merged}
+        denies = {k for k in raw if k in self.deny_src}
+        _inherit_auth(allows)
+        _deny_wins(allows, denies)
+        region: dict[PolicyKey, tuple[PolicyValue, tuple[HTTPRule, ...]]] = {}
+        for k in denies:
+            if touches(k):
+                region[k] = (PolicyValue(deny=True), ())
+        for k, a in allows.items():
+            if touches(k):
+                region[k] = (PolicyValue(False, a.auth, a.proxy), _l7_rules(a))
+        new.entries, new.l7 = old.entries, old.l7
+        index = self.final_by_id
+        upserts: dict[PolicyKey, PolicyValue] = {}
+        deletes: list[PolicyKey] = []
+        l7_changed = False
+        for k in [k for i in ids for k in index.get(i, ()) if touches(k) and k not in region]:
+            del new.entries[k]
+            index[k.identity].discard(k)
+            deletes.append(k)
+            l7_changed |= new.l7.pop(k, None) is not None
+        for k, (val, rules) in region.items():
+            if new.entries.get(k) != val:
+                new.entries[k] = val
+                upserts[k] = val
+                index.setdefault(k.identity, set()).add(k)
+            if new.l7.get(k, ()) != rules:
+                l7_changed = True
+                if rules:
+                    new.l7[k] = rules
+                else:
+                    new.l7.pop(k, None)
+        self.policy = new
+        return upserts, sorted(deletes), l7_changed
 
 
 def _l7_rules(a: _Allow) -> tuple[HTTPRule, ...]:
