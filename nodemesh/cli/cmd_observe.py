@@ -252,7 +252,8 @@ async def observe(args: argparse.Namespace, out: TextIO | None = None) -> int:
             raise NodemeshError("no FLOWS stream yet: is the cluster up (nodemesh up)?") from e
         first, end = info.state.first_seq, info.state.last_seq
         found: list[Flow] = []
-        window = max(4 * last, 512)
+        # Unfiltered, the last N messages are the answer; filtered, start wider and grow 4x.
+        window = max(4 * last, 512) if allow else last
         while last and len(found) < last and end >= first and end > 0:
             start = max(first, end - window + 1)
             found = await _read_range(js, start, end, keep, bad) + found
