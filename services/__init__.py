@@ -1,0 +1,1 @@
+"""The five nodemesh services; each runs as `python -m services.<name>`."""
