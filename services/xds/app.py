@@ -25,6 +25,7 @@ from nodemesh.runtime import Service
 from services.xds.acks import AckEvent
 from services.xds.cache import SnapshotCache
 from services.xds.config import XdsConfig
+from services.xds.isolate import ObjRef, translate_isolating
 from services.xds.publish import AckRelay
 from services.xds.reconcile import Snapshots, StatusBook, build_snapshots, gateway_patches
 from services.xds.server import AdsServer
@@ -32,11 +33,11 @@ from services.xds.translate import TranslateInput, Translation, translate
 
 __all__ = ["KINDS", "XdsApp", "main", "start"]
 
-#: Every kind translation reads (CiliumNetworkPolicy for L7 rules).
+#: Every kind translation reads (CiliumNetworkPolicy for L7 rules), referenced kinds first.
 KINDS = (
-    "Gateway", "GatewayClass", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "ReferenceGrant",
-    "BackendTLSPolicy", "Ingress", "IngressClass", "Service", "EndpointSlice", "Secret", "ConfigMap",
-    "Namespace", "Node", "CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig", "CiliumNetworkPolicy",
+    "Namespace", "Node", "GatewayClass", "IngressClass", "Secret", "ConfigMap", "Service", "EndpointSlice",
+    "ReferenceGrant", "CiliumNetworkPolicy", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute",
+    "BackendTLSPolicy", "Ingress", "CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig",
 )  # fmt: skip
 #: Kinds whose status xds itself writes: a status-only change of these needs no re-translation.
 _OWN_STATUS = frozenset(
@@ -62,6 +63,11 @@ def _translate(inp: TranslateInput) -> tuple[Translation, Snapshots]:
     return tr, build_snapshots(tr)
 
 
+def _short(ref: ObjRef) -> str:
+    kind, ns, name = ref
+    return f"{kind} {ns}/{name}" if ns else f"{kind} {name}"
+
+
 class XdsApp:
     """One xds replica's state; ``run()`` is its reconcile loop."""
 
@@ -79,6 +85,8 @@ class XdsApp:
         self._dirty = asyncio.Event()
         self._status_dirty = asyncio.Event()
         self._wake = asyncio.Event()
+        self._suspects: set[ObjRef] = set()  # changed since the last successful translation
+        self._quarantine: set[ObjRef] = set()  # left out: translation fails with them (until they change)
         r = svc.registry
         self.m_translations = Counter("nodemesh_xds_translations", "Full re-translations", registry=r)
         self.m_translate_s = Histogram(
@@ -101,6 +109,9 @@ class XdsApp:
             return  # our own status write coming back
         if ev.type == "delete":
             self.book.forget(ev.kind, ev.namespace, ev.name)
+        ref = (ev.kind, ev.namespace, ev.name)
+        self._suspects.add(ref)
+        self._quarantine.discard(ref)
         self._dirty.set()
         self._wake.set()
 
@@ -136,16 +147,32 @@ class XdsApp:
 
     async def retranslate(self) -> None:
         self._dirty.clear()
-        objects = {k: list(self.k8s.store.get(k, {}).values()) for k in KINDS}
-        inp = TranslateInput(objects=objects, nodes=tuple(self.nodes()), now=_now())
+        store = {k: dict(self.k8s.store.get(k, {})) for k in KINDS}  # objects are replaced, never mutated
+        if self.translation is None:
+            suspects = {(k, ns, n) for k, objs in store.items() for (ns, n) in objs}
+        else:
+            suspects = set(self._suspects)
+        self._suspects.clear()
+        nodes, now = tuple(self.nodes()), _now()
+
+        def run(objects: dict[str, list[dict[str, Any]]]) -> tuple[Translation, Snapshots]:
+            return _translate(TranslateInput(objects=objects, nodes=nodes, now=now))
+
         started = time.perf_counter()
         try:
-            tr, snaps = await asyncio.to_thread(_translate, inp)
+            (tr, snaps), bad, first_error = await asyncio.to_thread(
+                translate_isolating, run, store, suspects, frozenset(self._quarantine), KINDS
+            )
         except Exception:
-            # A translator bug must not take the control plane down: keep serving the last state.
+            # Even the unchanged objects fail: keep serving the last good snapshots.
+            self._suspects |= suspects
             self.m_errors.inc()
             self.log.exception("translation failed; keeping the last good snapshots")
             return
+        for ref in sorted(bad):
+            self.m_errors.inc()
+            self.log.error("left out %s: translation fails with it: %r", _short(ref), first_error)
+        self._quarantine |= bad
         self.m_translate_s.observe(time.perf_counter() - started)
         self.m_translations.inc()
         for err in [*tr.errors, *snaps.errors]:

@@ -100,3 +100,65 @@ def simple_snapshot(
     for c, ports in backend_ports.items():
         msgs += [cluster(c), endpoints(c, ports)]
     return Snapshot.of(msgs)
+
+
+def tls_listener(name: str, port: int, route_name: str, secret: str) -> Listener:
+    """An HTTPS listener whose certificate comes over SDS (ADS) by name — no key inline."""
+    from envoy.config.core.v3.base_pb2 import TransportSocket
+    from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import SdsSecretConfig
+    from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import CommonTlsContext, DownstreamTlsContext
+
+    lst = listener(name, port, route_name)
+    tls = DownstreamTlsContext(
+        common_tls_context=CommonTlsContext(
+            tls_certificate_sds_secret_configs=[SdsSecretConfig(name=secret, sds_config=ads())]
+        )
+    )
+    lst.filter_chains[0].transport_socket.CopyFrom(
+        TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(tls))
+    )
+    return lst
+
+
+def tls_secret(name: str, cert_pem: bytes, key_pem: bytes) -> Message:
+    from envoy.config.core.v3.base_pb2 import DataSource
+    from envoy.extensions.transport_sockets.tls.v3.common_pb2 import TlsCertificate
+    from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
+
+    return Secret(
+        name=name,
+        tls_certificate=TlsCertificate(
+            certificate_chain=DataSource(inline_bytes=cert_pem), private_key=DataSource(inline_bytes=key_pem)
+        ),
+    )
+
+
+def self_signed(host: str) -> tuple[bytes, bytes]:
+    """A fresh self-signed certificate for ``host`` and its key (PEM)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )

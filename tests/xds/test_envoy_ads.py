@@ -8,14 +8,24 @@ backends on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 
 import pytest
 
 from nodemesh.bus import Bus
 from nodemesh.testing.natsserver import free_port
-from services.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from tests.xds.ads_resources import endpoints, listener, simple_snapshot
+from services.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
+from tests.xds.ads_resources import (
+    cluster,
+    endpoints,
+    listener,
+    route,
+    self_signed,
+    simple_snapshot,
+    tls_listener,
+    tls_secret,
+)
 from tests.xds.envoy_fixtures import Backends, Xds, eventually, http_get, serves
 
 pytestmark = pytest.mark.envoy
@@ -130,12 +140,15 @@ async def test_envoy_nack_keeps_last_good_config_and_is_not_resent(
         envoy.stop()
 
 
-async def test_envoy_keeps_serving_through_xds_restart_and_reconnects(xds: Xds, backends: Backends) -> None:
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_envoy_keeps_serving_through_xds_restart_and_reconnects(
+    xds: Xds, backends: Backends, delta: bool
+) -> None:
     p1, p2 = await backends.add("v1"), await backends.add("v2")
     lport = free_port()
     snap = simple_snapshot(lport, {"app": [p1]})
     xds.cache.set_default(snap)
-    envoy = xds.envoy("node-1", delta=True).start()
+    envoy = xds.envoy("node-1", delta=delta).start()
     try:
         await envoy.wait_live(60)
         url = f"http://127.0.0.1:{lport}/"
@@ -166,8 +179,8 @@ async def test_envoy_keeps_serving_through_xds_restart_and_reconnects(xds: Xds, 
             status, body = await http_get(url)
             failures += (status, body) != (200, "v1")
         assert failures == 0
-        # Delta resumes from Envoy's initial_resource_versions: identical content is not resent.
-        assert all(not s.resources and not s.removed for s in xds.sent[mark:])
+        if delta:  # Delta resumes from Envoy's initial_resource_versions: identical content is not resent.
+            assert all(not s.resources and not s.removed for s in xds.sent[mark:])
         xds.cache.set_default(snap.replace(ENDPOINT, upsert=[endpoints("app", [p2])]))
         await serves(url, "v2")
     finally:
@@ -197,3 +210,52 @@ async def test_envoy_per_node_envoys_share_the_gateway_address(xds: Xds, backend
     finally:
         e1.stop()
         e2.stop()
+
+
+async def tls_get(port: int, host: str, ca_pem: bytes) -> tuple[str, bytes]:
+    """HTTPS GET with SNI ``host``, trusting only ``ca_pem``; returns (body, server certificate DER)."""
+    ctx = ssl.create_default_context(cadata=ca_pem.decode())
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=host)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    return raw.split(b"\r\n\r\n", 1)[1].decode(), der
+
+
+async def test_envoy_terminates_tls_with_sds_secret_and_rotates_it(xds: Xds, backends: Backends) -> None:
+    """The certificate and key reach Envoy only as an SDS Secret; rotating it pushes just that Secret."""
+    port = await backends.add("secure")
+    lport = free_port()
+    host = "secure.example.com"
+    crt1, key1 = self_signed(host)
+    snap = Snapshot.of([
+        tls_listener("https", lport, "r", "default/cert"), route("r", {"/": "app"}),
+        cluster("app"), endpoints("app", [port]), tls_secret("default/cert", crt1, key1),
+    ])  # fmt: skip
+    snap.consistent()
+    xds.cache.set_default(snap)
+    envoy = xds.envoy("node-1", delta=True).start()
+    try:
+        await envoy.wait_live(60)
+
+        async def served_with(ca: bytes) -> bool:
+            try:
+                body, _ = await tls_get(lport, host, ca)
+            except ssl.SSLError:
+                return False
+            return body == "secure"
+
+        await eventually(lambda: served_with(crt1), what="HTTPS with the first certificate")
+        mark = len(xds.sent)
+        crt2, key2 = self_signed(host)
+        xds.cache.set_default(snap.replace(SECRET, upsert=[tls_secret("default/cert", crt2, key2)]))
+        await eventually(lambda: served_with(crt2), what="HTTPS with the rotated certificate")
+        assert [(s.type_url, list(s.resources)) for s in xds.sent[mark:]] == [(SECRET, ["default/cert"])]
+        with pytest.raises(ssl.SSLError):
+            await tls_get(lport, host, crt1)  # the old certificate is gone
+    finally:
+        envoy.stop()

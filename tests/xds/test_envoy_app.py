@@ -86,6 +86,19 @@ def gateway_objects(gw_ip: str, lport: int, backend_port: int) -> list[dict[str,
     ]
 
 
+# Malformed objects next to the good ones: they must neither crash xds nor stop it serving the rest.
+GW_API = "gateway.networking.k8s.io/v1"
+GARBAGE: list[dict[str, Any]] = [
+    {"apiVersion": GW_API, "kind": "HTTPRoute", "metadata": {"name": "bad", "namespace": NS},
+     "spec": "garbage"},
+    {"apiVersion": GW_API, "kind": "Gateway", "metadata": {"name": "bad", "namespace": NS},
+     "spec": {"gatewayClassName": "nodemesh", "listeners": 5}},
+    {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+     "metadata": {"name": "echo-bad", "namespace": NS, "labels": {"kubernetes.io/service-name": "echo"}},
+     "endpoints": "x", "ports": [{"port": "not-a-port"}]},
+]  # fmt: skip
+
+
 async def put(bus: Bus, obj: dict[str, Any]) -> None:
     meta = obj["metadata"]
     kind = obj["kind"]
@@ -166,7 +179,7 @@ async def test_gateway_served_by_node_envoy_and_programmed_after_ack(xds_service
         render_bootstrap("node-1", "127.0.0.1", xds_service.grpc_port, 0), name="envoy@node-1"
     ).start()
     try:
-        for obj in gateway_objects(gw_ip, lport, backend_port):
+        for obj in gateway_objects(gw_ip, lport, backend_port) + GARBAGE:
             await put(bus, obj)
         await envoy.wait_admin(60)
         # Before the watcher's initial list completes, nothing is ready and nothing is served.
@@ -176,6 +189,8 @@ async def test_gateway_served_by_node_envoy_and_programmed_after_ack(xds_service
         await mark_synced(bus)
         await eventually(lambda: _is(readyz(xds_service.svc), 200), 30, "xds ready")  # type: ignore[arg-type]
         await serves(f"http://{gw_ip}:{lport}/", "echo", 60)
+        assert xds_service.app is not None  # only malformed objects may ever be left out
+        assert {name for _, _, name in xds_service.app._quarantine} <= {"bad", "echo-bad"}
 
         async def programmed_true() -> bool:
             c = xds_service.programmed()
