@@ -8,10 +8,12 @@ Idempotent; never raises for something already gone.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import logging
 import shutil
+import threading
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -56,6 +58,18 @@ def cleanup_node(node_dir: Path) -> None:
 
 
 def cleanup_all(data_dir: str) -> None:
+    # pyroute2 runs its own event loop: from a thread that already runs one, work in another thread
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        _cleanup_all(data_dir)
+        return
+    t = threading.Thread(target=_cleanup_all, args=(data_dir,))
+    t.start()
+    t.join()
+
+
+def _cleanup_all(data_dir: str) -> None:
     root = Path(data_dir)
     cleanup_node(root)
     nodes = root / "nodes"

@@ -63,9 +63,12 @@ class EventPump:
     # --- thread side --------------------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.loader.open_events(self._pending.append)
+        self.loader.open_events(self._on_event)
         self._thread = threading.Thread(target=self._poll, name="ringbuf", daemon=True)
         self._thread.start()
+
+    def _on_event(self, ev: Event) -> None:
+        self._pending.append(ev)  # looked up per call: _poll swaps the list
 
     def _poll(self) -> None:
         assert self._loop is not None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
-from typing import Any, Protocol
+from typing import Protocol
 
 from nodemesh.messages.auth import AuthKey, AuthRequired
 from nodemesh.messages.flow import IP, L4, TCP, UDP, Endpoint, Flow, ICMPv4, TCPFlags
@@ -65,12 +65,6 @@ def _time(ts_ns: int, mono_to_wall_ns: int) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{wall % 1_000_000_000:09d}Z"
 
 
-def _l4(field: str, value: Any) -> L4:
-    # Flow's field names shadow their types (``TCP: TCP``), which confuses mypy: pass them by name.
-    kw: dict[str, Any] = {field: value}
-    return L4(**kw)
-
-
 def event_to_flow(ev: Event, d: Directory, mono_to_wall_ns: int) -> Flow:
     src_ip, dst_ip = be32_to_ip(ev.saddr), be32_to_ip(ev.daddr)
     egress = ev.dir == DIR_EGRESS
@@ -81,22 +75,21 @@ def event_to_flow(ev: Event, d: Directory, mono_to_wall_ns: int) -> Flow:
     l4: L4 | None = None
     summary = ""
     if ev.proto == 6:
-        l4 = _l4("TCP", TCP(source_port=sport, destination_port=dport, flags=tcp_flags(ev.tcp_flags)))
+        l4 = L4(tcp=TCP(source_port=sport, destination_port=dport, flags=tcp_flags(ev.tcp_flags)))
         summary = f"TCP Flags: {_flag_names(ev.tcp_flags)}"
     elif ev.proto == 17:
-        l4 = _l4("UDP", UDP(source_port=sport, destination_port=dport))
+        l4 = L4(udp=UDP(source_port=sport, destination_port=dport))
         summary = "UDP"
     elif ev.proto == 132:
-        l4 = _l4("SCTP", UDP(source_port=sport, destination_port=dport))
+        l4 = L4(sctp=UDP(source_port=sport, destination_port=dport))
         summary = "SCTP"
     elif ev.proto == 1:
-        l4 = _l4("ICMPv4", ICMPv4(type=ev.icmp_type, code=ev.icmp_code))
+        l4 = L4(icmpv4=ICMPv4(type=ev.icmp_type, code=ev.icmp_code))
         summary = f"ICMPv4 type {ev.icmp_type}"
     dropped = ev.type == EVT_DROP
     reason = DROP_REASONS.get(ev.drop_reason, str(ev.drop_reason)) if dropped else ""
-    fields: dict[str, Any] = {"IP": IP(source=src_ip, destination=dst_ip)}
     return Flow(
-        **fields,
+        ip=IP(source=src_ip, destination=dst_ip),
         time=_time(ev.ts_ns, mono_to_wall_ns),
         verdict="DROPPED" if dropped else "FORWARDED",
         l4=l4,

@@ -1,0 +1,248 @@
+"""The datapath service end to end on a real nats-server: pods from the K8S stream become netns with
+running workloads and status, CiliumNetworkPolicy is enforced on real traffic, drops arrive as flows
+on NATS, auth verdicts open auth-required traffic, invalid policies get status, pods go cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nodemesh import subjects
+from nodemesh.bus import Bus
+from nodemesh.messages.auth import AuthKey, AuthRequired, AuthVerdict
+from nodemesh.messages.flow import Flow
+from nodemesh.messages.k8s import StatusPatch
+from nodemesh.runtime import run_service
+from nodemesh.testing.natsserver import NatsServer
+from services.datapath.app import main as datapath_main
+from services.datapath.cleanup import cleanup_all
+from services.datapath.config import DatapathConfig
+from services.datapath.maps import NodeMaps, PolicyKeyC
+from services.datapath.pods.netns import netns_exists, netns_name
+from tests.datapath import k8s
+from tests.datapath.net import tcp_ok
+
+pytestmark = pytest.mark.privileged
+
+CNP_ALLOW = {
+    "apiVersion": "cilium.io/v2",
+    "kind": "CiliumNetworkPolicy",
+    "metadata": {"name": "allow-client", "namespace": "default"},
+    "spec": {
+        "endpointSelector": {"matchLabels": {"app": "server"}},
+        "ingress": [
+            {
+                "fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}],
+            },
+            {
+                "fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                "toPorts": [{"ports": [{"port": "7070", "protocol": "TCP"}]}],
+                "authentication": {"mode": "required"},
+            },
+        ],
+    },
+}
+CNP_BAD = {
+    "apiVersion": "cilium.io/v2",
+    "kind": "CiliumNetworkPolicy",
+    "metadata": {"name": "bad", "namespace": "default"},
+    "spec": {
+        "endpointSelector": {"matchLabels": {"app": "server"}},
+        "ingress": [{"toPorts": [{"ports": [{"port": "http-ish!"}]}]}],
+    },
+}
+
+
+class Harness:
+    def __init__(self, bus: Bus, cfg: DatapathConfig) -> None:
+        self.bus = bus
+        self.cfg = cfg
+        self.status: dict[str, list[dict[str, Any]]] = {}
+        self.flows: list[Flow] = []
+        self.auth: list[AuthRequired] = []
+        self.task: asyncio.Task[int] | None = None
+        self.stop: asyncio.Event | None = None
+
+    async def subscribe(self) -> None:
+        async def on_status(p: StatusPatch, _m: Any) -> None:
+            self.status.setdefault(f"{p.kind}/{p.namespace}/{p.name}", []).append(p.status)
+
+        async def on_flow(f: Flow, _m: Any) -> None:
+            self.flows.append(f)
+
+        async def on_auth(a: AuthRequired, _m: Any) -> None:
+            self.auth.append(a)
+
+        await self.bus.subscribe(subjects.K8S_STATUS_ALL, StatusPatch, on_status)
+        await self.bus.subscribe(subjects.flows(self.cfg.node), Flow, on_flow)
+        await self.bus.subscribe(subjects.auth_required(self.cfg.node), AuthRequired, on_auth)
+
+    def start(self) -> None:
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(
+            run_service("datapath", self.cfg, datapath_main, install_signals=False, stop=self.stop)
+        )
+
+    async def shutdown(self) -> None:
+        if self.task is not None and self.stop is not None:
+            self.stop.set()
+            assert await asyncio.wait_for(self.task, 30) == 0
+            self.task = None
+
+    def pod_status(self, name: str) -> dict[str, Any] | None:
+        hist = self.status.get(f"Pod/default/{name}")
+        return hist[-1] if hist else None
+
+    def ready_ip(self, name: str) -> str:
+        st = self.pod_status(name)
+        if (
+            st
+            and st.get("phase") == "Running"
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in st["conditions"])
+        ):
+            return str(st["podIP"])
+        return ""
+
+
+@pytest.fixture
+async def harness(nats_server: NatsServer, bus: Bus, pin_root: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    token = secrets.token_hex(3)
+    node = f"n{token}"
+    cidr = f"10.{200 + int(token[:2], 16) % 50}.{int(token[2:4], 16)}.0/24"
+    cfg = DatapathConfig(
+        nats_url=nats_server.url, node=node, data_dir=str(tmp_path / "nodes" / node), pin_root=pin_root,
+        pod_cidr="", node_ip="127.0.50.250", log_format="text",
+    )  # fmt: skip
+    h = Harness(bus, cfg)
+    await h.subscribe()
+    await k8s.put_obj(bus, {"kind": "Namespace", "metadata": {"name": "default", "labels": {"team": "a"}}})
+    await k8s.put_obj(bus, {"kind": "Node", "metadata": {"name": node}, "spec": {"podCIDR": cidr}})
+    await k8s.put_node(bus, node, "127.0.50.250", cidr)
+    try:
+        yield h
+    finally:
+        with contextlib.suppress(Exception):
+            await h.shutdown()
+        cleanup_all(str(tmp_path))
+
+
+async def test_privileged_service_pods_policy_flows_auth(harness: Harness, bus: Bus) -> None:
+    h, node = harness, harness.cfg.node
+    await k8s.put_obj(
+        bus, k8s.pod("server", node, {"app": "server"}, ports=(8080, 9090, 7070), probe_port=8080)
+    )
+    await k8s.put_obj(bus, k8s.pod("client", node, {"app": "client"}))
+    await k8s.put_obj(bus, CNP_ALLOW)
+    await k8s.synced(bus)
+    h.start()
+    server_ip = await k8s.until(lambda: h.ready_ip("server"), 60)
+    client_ip = await k8s.until(lambda: h.ready_ip("client"), 60)
+    # downward API env reached the workload
+    log = Path(h.cfg.data_dir) / "pods" / "default_server.log"
+    await k8s.until(lambda: log.exists() and f"ip {server_ip}" in log.read_text(), 30)
+    assert f"node {node}" in log.read_text()
+    # the identity service's part: identities and ipcache for both pods
+    await k8s.put_identity(bus, 70001, ["k8s:app=server", "k8s:io.kubernetes.pod.namespace=default"])
+    await k8s.put_identity(bus, 70002, ["k8s:app=client", "k8s:io.kubernetes.pod.namespace=default"])
+    await k8s.put_ipcache(bus, server_ip, 70001, node, "default", "server")
+    await k8s.put_ipcache(bus, client_ip, 70002, node, "default", "client")
+    client_ns = netns_name(node, "default", "client")
+    await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
+    assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
+    drop = await k8s.until(
+        lambda: next(
+            (
+                f
+                for f in h.flows
+                if f.verdict == "DROPPED" and f.l4 and f.l4.tcp and f.l4.tcp.destination_port == 9090
+            ),
+            None,
+        )
+    )
+    assert drop.drop_reason_desc == "POLICY_DENIED" and drop.traffic_direction == "INGRESS"
+    assert (
+        drop.destination is not None
+        and drop.destination.pod_name == "server"
+        and drop.destination.identity == 70001
+    )
+    assert (
+        drop.source is not None
+        and drop.source.pod_name == "client"
+        and "k8s:app=client" in drop.source.labels
+    )
+    assert any(
+        f.verdict == "FORWARDED" and f.l4 and f.l4.tcp and f.l4.tcp.destination_port == 8080 for f in h.flows
+    )
+
+    # authentication required on 7070: dropped with AUTH_REQUIRED and signalled, until authd grants
+    assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 7070)
+    sig = await k8s.until(lambda: next(iter(h.auth), None))
+    assert (
+        sig.key.local_identity == 70001 and sig.key.remote_identity == 70002 and sig.key.remote_node == node
+    )
+    assert any(f.drop_reason_desc == "AUTH_REQUIRED" and f.auth_type == "SPIRE" for f in h.flows)
+    verdict = AuthVerdict(
+        key=AuthKey(local_identity=70001, remote_identity=70002, remote_node=node), expires=time.time() + 600
+    )
+    await bus.publish(subjects.auth_granted(node), verdict)
+    await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 7070), 30)
+
+    # an invalid policy gets an error condition; the valid one stays enforced
+    await k8s.put_obj(bus, CNP_BAD)
+    st = await k8s.until(lambda: h.status.get("CiliumNetworkPolicy/default/bad"))
+    assert st[-1]["conditions"][0]["status"] == "False" and "port" in st[-1]["conditions"][0]["message"]
+    assert await asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080)
+    assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
+
+    # the pod goes: netns, veth, endpoint and policy entries go with it
+    maps = NodeMaps(os.path.join(h.cfg.pin_root, node))
+    try:
+        before_eps = len(list(maps.endpoint_items()))
+        server_ns = netns_name(node, "default", "server")
+        await k8s.del_obj(bus, "Pod", "default", "server")
+        await k8s.until(lambda: not netns_exists(server_ns), 30)
+        await k8s.until(lambda: len(list(maps.endpoint_items())) == before_eps - 1, 30)
+        ep_ids = {info.ep_id for _, info in maps.endpoint_items()}
+        assert {int(PolicyKeyC.from_buffer_copy(k).ep_id) for k in maps.policy_items()} <= ep_ids
+    finally:
+        maps.close()
+
+
+async def test_privileged_service_restart_keeps_addresses_and_enforcement(harness: Harness, bus: Bus) -> None:
+    h, node = harness, harness.cfg.node
+    await k8s.put_obj(bus, k8s.pod("server", node, {"app": "server"}, ports=(8080, 9090), probe_port=8080))
+    await k8s.put_obj(bus, k8s.pod("client", node, {"app": "client"}))
+    await k8s.put_obj(bus, CNP_ALLOW)
+    await k8s.put_identity(bus, 70001, ["k8s:app=server", "k8s:io.kubernetes.pod.namespace=default"])
+    await k8s.put_identity(bus, 70002, ["k8s:app=client", "k8s:io.kubernetes.pod.namespace=default"])
+    await k8s.synced(bus)
+    h.start()
+    server_ip = await k8s.until(lambda: h.ready_ip("server"), 60)
+    client_ip = await k8s.until(lambda: h.ready_ip("client"), 60)
+    await k8s.put_ipcache(bus, server_ip, 70001, node, "default", "server")
+    await k8s.put_ipcache(bus, client_ip, 70002, node, "default", "client")
+    client_ns = netns_name(node, "default", "client")
+    await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
+    await h.shutdown()
+    # agent down: the programs still enforce (the workloads stopped with it: start a listener by hand)
+    from tests.datapath.net import servers
+
+    server_ns = netns_name(node, "default", "server")
+    with servers(server_ns, tcp=(8080, 9090)):
+        assert await asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080)
+        assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
+    h.status.clear()
+    h.start()
+    assert await k8s.until(lambda: h.ready_ip("server"), 60) == server_ip
+    assert await k8s.until(lambda: h.ready_ip("client"), 60) == client_ip
+    assert await asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080)
+    assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
