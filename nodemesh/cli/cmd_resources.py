@@ -20,7 +20,7 @@ from nodemesh.kinds import KINDS, Kind, by_kind, lookup
 from nodemesh.local.apiclient import ApiClient, ApiError
 from nodemesh.local.columns import table_rows
 from nodemesh.local.layout import data_dir, load_cluster
-from nodemesh.validation import Document, read_sources, validate_documents
+from nodemesh.validation import Document, document_warnings, read_sources, validate_documents
 
 __all__ = ["register"]
 
@@ -52,6 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--validate",
+        choices=("warn", "strict"),
+        default="warn",
+        help="unknown fields: warn (default; a vendored schema may predate the manifest) or strict",
+    )
+    p.add_argument(
         "-n", "--namespace", default=None, help="namespace (default: the manifest's, else default)"
     )
     p.add_argument("--data-dir", dest="sub_data_dir", default=None, help="local cluster state directory")
@@ -68,7 +74,11 @@ def _ref(kind: Kind, name: str) -> str:
 
 def _load(args: argparse.Namespace) -> list[Document] | None:
     docs, errors = read_sources(args.filename)
-    errors += validate_documents(docs)
+    strict = args.validate == "strict"
+    errors += validate_documents(docs, strict=strict)
+    if not strict:
+        for w in document_warnings(docs):
+            print(f"warning: {w}", file=sys.stderr)
     if errors:
         for e in errors:
             print(f"error: {e}", file=sys.stderr)

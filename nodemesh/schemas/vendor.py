@@ -1,7 +1,7 @@
 """Refresh a vendored schema: ``python -m nodemesh.schemas.vendor CRD.yaml [VERSION] [--source TEXT]``.
 
-Reads an upstream CustomResourceDefinition (e.g. ``config/crd/standard/gateway.networking.k8s.io_httproutes.yaml``
-from kubernetes-sigs/gateway-api, or ``pkg/k8s/apis/cilium.io/client/crds/v2/ciliumnetworkpolicies.yaml`` from
+Reads an upstream CustomResourceDefinition (e.g.
+``config/crd/standard/gateway.networking.k8s.io_httproutes.yaml`` from kubernetes-sigs/gateway-api, or ``pkg/k8s/apis/cilium.io/client/crds/v2/ciliumnetworkpolicies.yaml`` from
 cilium/cilium), takes the ``openAPIV3Schema`` of VERSION (default: the storage version), drops every
 ``description`` (they are most of the bytes and nothing validates them) and writes
 ``nodemesh/schemas/<Kind>.json`` with the source in ``$comment``. A file that is a bare schema (no
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("crd")
     p.add_argument("version", nargs="?")
     p.add_argument("--kind")
-    p.add_argument("--source", default="", help="where the CRD came from (repo, path, commit, bundle version)")
+    p.add_argument("--source", default="", help="where the CRD came from (repo, path, commit, bundle)")
     ns = p.parse_args(argv)
     doc = yaml.safe_load(Path(ns.crd).read_text())
     if doc.get("kind") == "CustomResourceDefinition":

@@ -16,12 +16,14 @@ from nodemesh.errors import ManifestError
 from nodemesh.kinds import Kind, by_kind
 from nodemesh.validation.core import core_problems, metadata_problems
 from nodemesh.validation.documents import Document, line_of, read_sources
-from nodemesh.validation.schema import available, schema_problems
+from nodemesh.validation.schema import UNKNOWN_FIELD, available, schema_problems
 
 __all__ = [
     "Document",
     "available",
+    "document_warnings",
     "object_problems",
+    "object_warnings",
     "read_sources",
     "validate_documents",
     "validate_object",
@@ -53,15 +55,24 @@ def _kind_of(obj: dict[str, Any]) -> tuple[Kind | None, list[tuple[str, str]]]:
     return k, problems
 
 
-def object_problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
-    """Every (field, reason) wrong with one object; empty if it is valid."""
+def object_problems(obj: dict[str, Any], strict: bool = False) -> list[tuple[str, str]]:
+    """Every (field, reason) wrong with one object; empty if it is valid.
+
+    Unknown fields count only with ``strict``; otherwise :func:`object_warnings` lists them.
+    """
     kind, problems = _kind_of(obj)
     if kind is None:
         return problems + metadata_problems(obj, True)
     problems += metadata_problems(obj, kind.namespaced)
     from_schema = schema_problems(obj)
-    problems += from_schema if from_schema is not None else core_problems(obj)
-    return problems
+    if from_schema is None:
+        return problems + core_problems(obj)
+    return problems + [p for p in from_schema if strict or p[1] != UNKNOWN_FIELD]
+
+
+def object_warnings(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    """Fields the vendored schema does not know (errors only with ``strict``)."""
+    return [p for p in schema_problems(obj) or [] if p[1] == UNKNOWN_FIELD]
 
 
 def validate_object(obj: dict[str, Any]) -> list[str]:
@@ -69,14 +80,22 @@ def validate_object(obj: dict[str, Any]) -> list[str]:
     return [f"{field}: {reason}" if field else reason for field, reason in object_problems(obj)]
 
 
-def validate_documents(docs: list[Document]) -> list[ManifestError]:
+def _located(d: Document, problems: list[tuple[str, str]]) -> list[ManifestError]:
+    out = []
+    for field, reason in problems:
+        where = f"items[{d.item}].{field}" if d.item >= 0 else field
+        line = line_of(d.text, field) if d.text and field else None
+        if line is not None:
+            reason = f"{reason} (line {d.line + line})"
+        out.append(ManifestError(d.source, d.index, where, reason))
+    return out
+
+
+def validate_documents(docs: list[Document], strict: bool = False) -> list[ManifestError]:
     """A :class:`ManifestError` per problem in ``docs``, each naming file, index, field and line."""
-    errors: list[ManifestError] = []
-    for d in docs:
-        for field, reason in object_problems(d.obj):
-            where = f"items[{d.item}].{field}" if d.item >= 0 else field
-            line = line_of(d.text, field) if d.text and field else None
-            if line is not None:
-                reason = f"{reason} (line {d.line + line})"
-            errors.append(ManifestError(d.source, d.index, where, reason))
-    return errors
+    return [e for d in docs for e in _located(d, object_problems(d.obj, strict))]
+
+
+def document_warnings(docs: list[Document]) -> list[ManifestError]:
+    """Unknown fields in ``docs`` (reported as warnings unless validation is strict)."""
+    return [e for d in docs for e in _located(d, object_warnings(d.obj))]

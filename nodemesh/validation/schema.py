@@ -6,9 +6,10 @@ extensions are translated:
 
 * ``nullable: true`` → the type also admits ``null``;
 * ``x-kubernetes-int-or-string: true`` → integer or string;
-* an object with ``properties`` and without ``x-kubernetes-preserve-unknown-fields`` rejects
-  unknown fields, as the API server's strict field validation (``kubectl --validate=strict``,
-  the default) does — a misspelt field is an error, not silently pruned.
+* an object with ``properties`` and without ``x-kubernetes-preserve-unknown-fields`` reports
+  unknown fields (reason :data:`UNKNOWN_FIELD`). Callers decide: a warning by default (the vendored
+  schemas can be older than a manifest's Gateway API version, whose new fields must not be
+  refused), an error with ``--validate=strict`` (the API server's strict field validation).
 
 CEL rules (``x-kubernetes-validations``) are not evaluated: there is no CEL library here. The
 schemas still carry them, so a future evaluator can use them. ``metadata`` is checked by
@@ -24,9 +25,11 @@ from typing import Any
 
 import jsonschema
 
-__all__ = ["available", "schema_problems"]
+__all__ = ["UNKNOWN_FIELD", "available", "schema_problems"]
 
 _SKIP_KEYS = {"x-kubernetes-validations", "description"}
+_STRICT = "x-nodemesh-strict"
+UNKNOWN_FIELD = "unknown field"
 
 
 def _prepare(node: Any) -> Any:
@@ -50,6 +53,7 @@ def _prepare(node: Any) -> Any:
     preserve = out.get("x-kubernetes-preserve-unknown-fields", False)
     if "properties" in out and "additionalProperties" not in out and not preserve:
         out["additionalProperties"] = False
+        out[_STRICT] = True  # marks the rule as ours: an unknown field, reported separately
     return out
 
 
@@ -90,7 +94,7 @@ def _explain(err: jsonschema.ValidationError) -> list[tuple[str, str]]:
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
         known = set((err.schema.get("properties") or {}).keys())
         extra = sorted(k for k in err.instance if k not in known)
-        return [(_join(path, k), "unknown field") for k in extra] or [(path, _short(err.message))]
+        return [(_join(path, k), UNKNOWN_FIELD) for k in extra] or [(path, _short(err.message))]
     if (
         err.validator == "required"
         and isinstance(err.validator_value, list)

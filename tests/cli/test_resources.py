@@ -220,3 +220,28 @@ def test_get_nodes_table(api_cluster: Path, capsys: pytest.CaptureFixture[str]) 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["NAME", "STATUS", "POD-CIDR"]
     assert lines[1].split()[:3] == ["node-1", "Ready", "10.244.1.0/24"]
+
+
+UNKNOWN_FIELD = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: nodemesh
+  listenerz: []
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+"""
+
+
+def test_unknown_fields_warn_by_default_and_fail_when_strict(
+    api_cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write(tmp_path, "gw.yaml", UNKNOWN_FIELD)
+    assert nm(api_cluster, "apply", "-f", str(src), "--validate", "strict") == 1
+    assert f"error: {src}: document 0: spec.listenerz: unknown field (line 6)" in capsys.readouterr().err
+    assert names(api_cluster, capsys, "gateways", "default") == []
+    assert nm(api_cluster, "apply", "-f", str(src)) == 0
+    captured = capsys.readouterr()
+    assert f"warning: {src}: document 0: spec.listenerz: unknown field (line 6)" in captured.err
+    assert "gateways.gateway.networking.k8s.io/gw created" in captured.out
