@@ -1,11 +1,12 @@
 """Refresh a vendored schema: ``python -m nodemesh.schemas.vendor CRD.yaml [VERSION] [--source TEXT]``.
 
-Reads an upstream CustomResourceDefinition (e.g.
-``config/crd/standard/gateway.networking.k8s.io_httproutes.yaml`` from kubernetes-sigs/gateway-api, or ``pkg/k8s/apis/cilium.io/client/crds/v2/ciliumnetworkpolicies.yaml`` from
-cilium/cilium), takes the ``openAPIV3Schema`` of VERSION (default: the storage version), drops every
-``description`` (they are most of the bytes and nothing validates them) and writes
-``nodemesh/schemas/<Kind>.json`` with the source in ``$comment``. A file that is a bare schema (no
-``kind: CustomResourceDefinition``) is taken as it is; its ``kind`` must then be given with ``--kind``.
+Reads an upstream CustomResourceDefinition (e.g. gateway-api's
+``config/crd/standard/gateway.networking.k8s.io_httproutes.yaml`` or cilium's
+``pkg/k8s/apis/cilium.io/client/crds/v2/ciliumnetworkpolicies.yaml``), takes the ``openAPIV3Schema``
+of VERSION (default: the storage version), drops every ``description`` (most of the bytes; nothing
+validates them) and writes ``nodemesh/schemas/<Kind>.json`` with the source in ``$comment``. A file
+that is a bare schema (no ``kind: CustomResourceDefinition``) is taken as it is; its kind must then
+be given with ``--kind``.
 """
 
 from __future__ import annotations
