@@ -1,0 +1,45 @@
+"""``nodemesh exec`` runs a command inside a pod's network namespace, found by node + namespace + name."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from nodemesh.local.layout import ClusterInfo, NodeSpec
+from services.datapath.pods.netns import create_pod_netns, delete_pod_netns, host_ifname, netns_name
+
+pytestmark = pytest.mark.privileged
+
+
+def _nodemesh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nodemesh.cli.main", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_privileged_exec_runs_in_pod_netns(tmp_path: Path, subnet: str) -> None:
+    nodes = [f"x{secrets.token_hex(3)}", f"y{secrets.token_hex(3)}"]
+    (tmp_path / "run").mkdir()
+    info = ClusterInfo(
+        data_dir=str(tmp_path), nats_url="nats://127.0.0.1:1", api_url="http://127.0.0.1:1", xds_addr="127.0.0.1:1",
+        nodes=[NodeSpec(name=n, index=i + 1, address=f"127.0.50.{i + 1}", pod_cidr=subnet + "0/24") for i, n in enumerate(nodes)],
+    )  # fmt: skip
+    (tmp_path / "run" / "cluster.json").write_bytes(msgspec.json.encode(info))
+    ns, ifname = netns_name(nodes[1], "team", "web"), host_ifname(nodes[1], "team", "web")
+    create_pod_netns(ns, ifname, subnet + "9")
+    try:
+        out = _nodemesh(
+            "--data-dir", str(tmp_path), "exec", "web", "-n", "team", "--", "ip", "-4", "-o", "addr", "show"
+        )
+        assert out.returncode == 0, out.stderr
+        assert f"{subnet}9/32" in out.stdout and "eth0" in out.stdout
+        assert "127.0.50" not in out.stdout  # not the host's namespace
+        missing = _nodemesh("--data-dir", str(tmp_path), "exec", "nope", "--", "true")
+        assert missing.returncode == 1 and "no network namespace" in missing.stderr
+    finally:
+        delete_pod_netns(ns, ifname)
