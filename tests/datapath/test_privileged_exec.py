@@ -25,10 +25,12 @@ def _nodemesh(*args: str) -> subprocess.CompletedProcess[str]:
 def test_privileged_exec_runs_in_pod_netns(tmp_path: Path, subnet: str) -> None:
     nodes = [f"x{secrets.token_hex(3)}", f"y{secrets.token_hex(3)}"]
     (tmp_path / "run").mkdir()
-    info = ClusterInfo(
-        data_dir=str(tmp_path), nats_url="nats://127.0.0.1:1", api_url="http://127.0.0.1:1", xds_addr="127.0.0.1:1",
-        nodes=[NodeSpec(name=n, index=i + 1, address=f"127.0.50.{i + 1}", pod_cidr=subnet + "0/24") for i, n in enumerate(nodes)],
-    )  # fmt: skip
+    specs = [
+        NodeSpec(name=n, index=i + 1, address=f"127.0.50.{i + 1}", pod_cidr=subnet + "0/24")
+        for i, n in enumerate(nodes)
+    ]
+    url = "nats://127.0.0.1:1"
+    info = ClusterInfo(data_dir=str(tmp_path), nats_url=url, api_url=url, xds_addr="127.0.0.1:1", nodes=specs)
     (tmp_path / "run" / "cluster.json").write_bytes(msgspec.json.encode(info))
     ns, ifname = netns_name(nodes[1], "team", "web"), host_ifname(nodes[1], "team", "web")
     create_pod_netns(ns, ifname, subnet + "9")
