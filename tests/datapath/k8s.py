@@ -74,8 +74,8 @@ async def until(cond: Any, timeout: float = 30.0) -> Any:
 
 ECHO_SERVER = r"""
 import os, socket, threading, sys
-print("pod", os.environ.get("POD_NAME"), "ns", os.environ.get("POD_NAMESPACE"), "ip", os.environ.get("POD_IP"),
-      "node", os.environ.get("NODE_NAME"), flush=True)
+e = os.environ.get
+print("pod", e("POD_NAME"), "ns", e("POD_NAMESPACE"), "ip", e("POD_IP"), "node", e("NODE_NAME"), flush=True)
 def serve(port):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", port)); s.listen(64)
