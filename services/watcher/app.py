@@ -90,6 +90,8 @@ async def main(svc: Service) -> None:
                 await task
             except (asyncio.CancelledError, LostLeadership):
                 pass
+            except Exception as e:  # already logged above when it ended the active role
+                svc.log.debug("active role ended: %r", e)
             try:
                 await sub.unsubscribe()
             except Exception as e:
@@ -103,6 +105,9 @@ async def main(svc: Service) -> None:
                 metrics.lease_transitions.labels(to="active").inc()
                 try:
                     await run_active()
+                except Exception as e:  # e.g. NATS gone while subscribing: stand by, try again
+                    svc.log.error("active role failed: %r", e, exc_info=e)
+                    await asyncio.sleep(cfg.lease_renew_s)
                 finally:
                     metrics.leader.set(0)
                     metrics.lease_transitions.labels(to="standby").inc()

@@ -291,6 +291,12 @@ class ActiveWatcher:
         res = on_synced()
         if res is not None:
             await res
-        async with asyncio.TaskGroup() as tg:
-            for s, rv in zip(syncs, rvs, strict=True):
-                tg.create_task(s.run(rv), name=f"watch-{s.kind.plural}")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for s, rv in zip(syncs, rvs, strict=True):
+                    tg.create_task(s.run(rv), name=f"watch-{s.kind.plural}")
+        except BaseExceptionGroup as eg:
+            # One kind noticing the lost lease is the answer for all of them.
+            if eg.subgroup(LostLeadership) is not None:
+                raise LostLeadership() from eg
+            raise

@@ -267,3 +267,30 @@ async def test_kind_missing_from_the_api_is_skipped_then_picked_up(
     finally:
         await cache.stop()
         await w.stop()
+
+
+async def test_watcher_recovers_after_nats_restart(nats_server: NatsServer, api: LocalApi) -> None:
+    from nodemesh.bus import connect
+
+    api.store.create(CM, cm("a"))
+    w = await InProcessWatcher(nats_server.url, api.url, "w").start()
+    try:
+        nats_server.stop()
+        # Changes while the bus is down are published once it is back (relist after re-election).
+        api.store.create(CM, cm("while-down"))
+        api.store.delete(CM, "default", "a")
+        # Down longer than the lease grace (2.5 s): the watcher must step down, then win again.
+        await until(lambda: w.metric("nodemesh_watcher_leader") == 0, 30, "stepped down")
+        nats_server.start()
+        bus = await connect(nats_server.url, name="late", max_wait=20)
+        cache = K8sCache(bus)
+        await cache.start()
+        try:
+            await converged(api, cache, timeout=60)
+            await until(lambda: w.metric("nodemesh_watcher_leader") == 1, 30, "active again")
+            assert w.metric("nodemesh_watcher_lease_transitions_total", {"to": "active"}) == 2
+        finally:
+            await cache.stop()
+            await bus.nc.close()
+    finally:
+        await w.stop()
