@@ -62,7 +62,7 @@ async def main(svc: Service) -> None:
         await asyncio.gather(identities.synced.wait(), ipcache.synced.wait(), nodes.synced.wait())
         manager.synced = True
         while True:
-            await asyncio.sleep(0.01)  # coalesce a burst of changes into one recompute
+            await asyncio.sleep(0.002)  # coalesce a burst of changes into one recompute
             changed.clear()
             manager.update(
                 {i.id: i for i in identities.values.values()},

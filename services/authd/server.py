@@ -8,10 +8,10 @@ hands results back to the manager on the loop.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
 import ssl
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -39,7 +39,7 @@ class AuthServer:
         """Answer only for identities this node hosts, with that identity's SVID."""
         sni_state.asked = name
         ident = identity_from_sni(name, self.store.trust_domain)
-        svid = self.store.get(ident) if ident is not None else None
+        svid = self.store.wait_ready(ident, min(2.0, self.timeout / 2)) if ident is not None else None
         if svid is None or svid.server_ctx is None:
             sni_state.failure = AuthFailure("not-hosted", f"SNI {name!r} names no identity hosted here")
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
@@ -61,17 +61,48 @@ class AuthServer:
         log.info("authd listening on %s:%d", address, self.port)
 
     async def serve(self) -> None:
+        """Accept in a thread of its own (one hop less than accepting on the event loop) and hand
+        each connection to the responder pool; results go back to the loop."""
         assert self.sock is not None
+        sock = self.sock
         loop = asyncio.get_running_loop()
+        stop = threading.Event()
+
+        def accept_loop() -> None:
+            sock.settimeout(0.5)
+            while not stop.is_set():
+                try:
+                    conn, addr = sock.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    if stop.is_set():
+                        return
+                    time.sleep(0.05)  # EMFILE and friends: back off, keep serving
+                    continue
+                conn.settimeout(None)
+                try:
+                    self.pool.submit(self._handle_and_report, conn, addr[0], loop)
+                except RuntimeError:  # pool shut down
+                    conn.close()
+                    return
+
+        thread = threading.Thread(target=accept_loop, name="authd-accept", daemon=True)
+        thread.start()
         try:
-            while True:
-                conn, addr = await loop.sock_accept(self.sock)
-                conn.setblocking(True)
-                fut = loop.run_in_executor(self.pool, functools.partial(self._handle, conn))
-                fut.add_done_callback(functools.partial(self._done, addr[0]))
+            await asyncio.Event().wait()
         finally:
-            self.sock.close()
+            stop.set()
             self.pool.shutdown(wait=False, cancel_futures=True)
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, 2.0)
+            sock.close()
+
+    def _handle_and_report(self, conn: socket.socket, src_ip: str, loop: asyncio.AbstractEventLoop) -> None:
+        result = self._handle(conn)
+        try:
+            loop.call_soon_threadsafe(self._report, src_ip, result)
+        except RuntimeError:  # the loop is closed: we are shutting down
+            pass
 
     def _handle(self, conn: socket.socket) -> tuple[ResponderResult | AuthFailure, float, int]:
         t0 = time.perf_counter()
@@ -93,12 +124,8 @@ class AuthServer:
         asked = identity_from_sni(getattr(sni_state, "asked", None), self.store.trust_domain) or 0
         return res, time.perf_counter() - t0, asked
 
-    def _done(
-        self, src_ip: str, fut: asyncio.Future[tuple[ResponderResult | AuthFailure, float, int]]
-    ) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        res, latency, asked = fut.result()
+    def _report(self, src_ip: str, result: tuple[ResponderResult | AuthFailure, float, int]) -> None:
+        res, latency, asked = result
         if isinstance(res, AuthFailure):
             self.manager.on_responder_failure(res, asked, None, src_ip)
         else:

@@ -15,6 +15,7 @@ import functools
 import logging
 import random
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -100,6 +101,7 @@ class SvidStore:
         self._wake = asyncio.Event()
         self._failures: dict[tuple[int, Purpose], int] = {}
         self._by_server_ctx: dict[ssl.SSLContext, Svid] = {}
+        self._ready: dict[int, threading.Event] = {}  # hosted identity → set once its SVID is in
         self.base_server_ctx: ssl.SSLContext | None = None
         self.sni_callback: Callable[[ssl.SSLObject, str | None, ssl.SSLContext], int | None] | None = None
         self._m_svids = Gauge("nodemesh_auth_svids", "SVIDs held in memory", ["purpose"], registry=registry)
@@ -113,6 +115,19 @@ class SvidStore:
 
     def by_server_ctx(self, ctx: ssl.SSLContext) -> Svid | None:
         return self._by_server_ctx.get(ctx)
+
+    def wait_ready(self, identity: int, timeout: float) -> Svid | None:
+        """(Handshake thread.) The SVID of a hosted identity, waiting up to ``timeout`` if it is
+        still being issued — a peer that handshakes the moment a pod appears is held for the
+        milliseconds the CSR takes instead of being refused and retrying."""
+        svid = self.get(identity)
+        if svid is not None and svid.server_ctx is not None:
+            return svid
+        ev = self._ready.get(identity)
+        if ev is None or identity not in self.hosted:
+            return None
+        ev.wait(timeout)
+        return self.get(identity)
 
     # --- inputs ---------------------------------------------------------------------------------
     def set_bundle(self, bundle: TrustBundle) -> None:
@@ -137,6 +152,7 @@ class SvidStore:
             self._drop(ident, "workload")
         for ident in added:
             self._due[(ident, "authd")] = 0.0
+            self._ready.setdefault(ident, threading.Event())
         if added:
             self._wake.set()
 
@@ -203,6 +219,8 @@ class SvidStore:
             self._build_contexts(svid)
         old = self.svids.get(k)
         self.svids[k] = svid
+        if purpose == "authd" and svid.server_ctx is not None:
+            self._ready.setdefault(ident, threading.Event()).set()
         if old is not None and old.server_ctx is not None:
             self._by_server_ctx.pop(old.server_ctx, None)
         life = svid.not_after - max(svid.not_before, time.time() - 1)
@@ -246,6 +264,10 @@ class SvidStore:
     def _drop(self, ident: int, purpose: Purpose) -> None:
         k = (ident, purpose)
         self._due.pop(k, None)
+        if purpose == "authd":
+            ev = self._ready.pop(ident, None)
+            if ev is not None:
+                ev.set()  # release waiting handshakes: they will find no SVID and refuse
         svid = self.svids.pop(k, None)
         if svid is None:
             return
@@ -268,6 +290,7 @@ class SvidStore:
     def _rebuild_contexts(self) -> None:
         self.base_server_ctx = server_context(self.bundle_pem, sni_callback=self.sni_callback)
         self._by_server_ctx.clear()
-        for (_, purpose), svid in list(self.svids.items()):
+        for (ident, purpose), svid in list(self.svids.items()):
             if purpose == "authd":
                 self._build_contexts(svid)
+                self._ready.setdefault(ident, threading.Event()).set()
