@@ -109,6 +109,11 @@ class AckTracker:
             return ResourceState(applied)
         return ResourceState(applied, rej[0], rej[1])
 
+    def reset(self, node: str, type_url: str) -> None:
+        """The node's Envoy holds nothing of ``type_url`` any more (it restarted)."""
+        self._applied.get(node, {}).pop(type_url, None)
+        self._rejected.get(node, {}).pop(type_url, None)
+
     def forget(self, node: str) -> None:
         """Drop a node's state (its Envoy is gone for good)."""
         self._applied.pop(node, None)

@@ -69,7 +69,16 @@ class AckRelay:
         )
 
     def hooks(self) -> Hooks:
-        return Hooks(on_sent=self._sent, on_ack=self._ack, on_stream=self._stream, on_stale=self._stale)
+        return Hooks(
+            on_sent=self._sent,
+            on_ack=self._ack,
+            on_stream=self._stream,
+            on_stale=self._stale,
+            on_fresh=self._fresh,
+        )
+
+    def _fresh(self, node: str, type_url: str) -> None:
+        self.tracker.reset(node, type_url)
 
     def _sent(self, s: Sent) -> None:
         self.pushes.labels(type=_short(s.type_url), mode="delta" if s.delta else "sotw").inc()

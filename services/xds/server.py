@@ -57,6 +57,9 @@ class Hooks:
     on_ack: Callable[[AckEvent], None] = _noop
     on_stream: Callable[[str, bool, bool], None] = _noop  # (node, opened, delta)
     on_stale: Callable[[str, str], None] = _noop  # (node, type_url)
+    #: (node, type_url): a stream's first request for a type says the client holds none of it (a new
+    #: or restarted Envoy), so what that node had applied before is gone.
+    on_fresh: Callable[[str, str], None] = _noop
 
 
 @dataclass
@@ -172,6 +175,11 @@ class _SotwStream(_Stream):
         wildcard = "*" in names or (t in WILDCARD_TYPES and not names)
         if ts is None:
             ts = self.types[t] = _SotwType(wildcard, names - {"*"})
+            if req.version_info:
+                # A reconnecting Envoy (xds restarted) holds what it asks for at that version.
+                ts.sent_names = set(ts.names)
+            else:
+                self.server.hooks.on_fresh(self.node, t)
         else:
             ts.wildcard, ts.names = wildcard, names - {"*"}
         if ts.last_sent is not None and req.response_nonce == ts.last_nonce:
@@ -203,7 +211,7 @@ class _SotwStream(_Stream):
         res = snap.resources(type_url)
         selected = res if ts.wildcard else {n: res[n] for n in sorted(ts.names) if n in res}
         changed = v != (ts.sent_version or ts.client_version)
-        if not changed and not (selected.keys() - ts.sent_names):
+        if not changed and (ts.wildcard or not selected.keys() - ts.sent_names):
             return
         nonce = self.next_nonce()
         resp = DiscoveryResponse(
@@ -243,6 +251,8 @@ class _DeltaStream(_Stream):
             # Legacy wildcard: the first LDS/CDS request naming nothing subscribes to everything.
             wildcard = "*" in sub or (t in WILDCARD_TYPES and not sub)
             ts = self.types[t] = _DeltaType(wildcard, set(), dict(req.initial_resource_versions))
+            if not req.initial_resource_versions:
+                self.server.hooks.on_fresh(self.node, t)
         elif "*" in sub:
             ts.wildcard = True
         if "*" in unsub:

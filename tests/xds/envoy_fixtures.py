@@ -73,7 +73,13 @@ class Xds:
             self.events.append(e)
             base.on_ack(e)
 
-        hooks = Hooks(on_sent=on_sent, on_ack=on_ack, on_stream=base.on_stream, on_stale=base.on_stale)
+        hooks = Hooks(
+            on_sent=on_sent,
+            on_ack=on_ack,
+            on_stream=base.on_stream,
+            on_stale=base.on_stale,
+            on_fresh=base.on_fresh,
+        )
         self.server = AdsServer(self.cache, hooks)
         await self.server.start(f"127.0.0.1:{self.port}")
 

@@ -180,6 +180,25 @@ async def test_delta_sends_only_changes_and_resumes_from_initial_versions(env: E
         assert [r.name for r in resp.resources] == ["b"]
 
 
+async def test_a_restarted_envoy_has_applied_nothing(env: Env) -> None:
+    env.cache.set_default(SNAP)
+    async with AdsClient(env.server.port, "node-1") as c:
+        await c.request(LISTENER)
+        lds = await c.recv()
+        await c.ack(lds)
+        await env.next_ack()
+    assert env.relay.tracker.state("node-1", LISTENER, "web").applied is not None
+    # Reconnecting with the accepted version (an xds restart) keeps it; an empty one (Envoy restart) not.
+    async with AdsClient(env.server.port, "node-1") as c:
+        await c.request(LISTENER, version=lds.version_info)
+        await c.expect_silence(0.2)
+        assert env.relay.tracker.state("node-1", LISTENER, "web").applied is not None
+    async with AdsClient(env.server.port, "node-1", delta=True) as c:
+        await c.delta_request(LISTENER)
+        await c.recv()
+        assert env.relay.tracker.state("node-1", LISTENER, "web").applied is None
+
+
 async def test_bad_requests_get_errors_not_crashes(env: Env) -> None:
     env.cache.set_default(SNAP)
     async with AdsClient(env.server.port, "") as c:  # no node id
