@@ -114,7 +114,9 @@ def schema_problems(obj: dict[str, Any]) -> list[tuple[str, str]] | None:
     validator = _validator(str(obj.get("kind", "")))
     if validator is None:
         return None
-    body = {k: v for k, v in obj.items() if k != "metadata"}
+    # metadata is checked by core.py; status is written by controllers through the status
+    # subresource (and ignored on apply), so only what a user sends is validated here.
+    body = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
     problems: list[tuple[str, str]] = []
     for err in sorted(validator.iter_errors(body), key=lambda e: [str(p) for p in e.absolute_path]):
         problems.extend(_explain(err))
