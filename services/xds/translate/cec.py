@@ -32,7 +32,7 @@ from google.protobuf.message import Message
 
 from .envoy_cluster import load_assignment, slices_by_service
 from .envoy_common import ads
-from .index import Index, meta, selector_matches
+from .index import Index, as_dict, as_int, as_list, meta, selector_matches
 from .model import Backend, Model
 from .types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TranslateInput, Translation
 
@@ -137,13 +137,13 @@ def _one(idx: Index, inp: TranslateInput, cec: dict[str, Any], kind: str, out: T
     m = meta(cec)
     ns, name = m.get("namespace", ""), m.get("name", "")
     prefix = f"{ns}/{name}" if ns else name
-    spec = cec.get("spec") or {}
+    spec = as_dict(cec.get("spec"))
 
     def q(n: str) -> str:
         return qualify(prefix, n)
 
     resources: dict[str, dict[str, Message]] = {}
-    for i, item in enumerate(spec.get("resources") or []):
+    for i, item in enumerate(as_list(spec.get("resources"))):
         try:
             type_url, msg = _parse(item)
         except (ValueError, json_format.ParseError, TypeError) as e:
@@ -168,7 +168,7 @@ def _one(idx: Index, inp: TranslateInput, cec: dict[str, Any], kind: str, out: T
         key = msg.cluster_name if isinstance(msg, endpoint_pb2.ClusterLoadAssignment) else msg.name  # type: ignore[attr-defined]
         resources.setdefault(type_url, {})[key] = msg
     slices = slices_by_service(idx)
-    for bs in spec.get("backendServices") or []:
+    for bs in as_list(spec.get("backendServices")):
         if not isinstance(bs, dict):
             continue
         bns, bname = str(bs.get("namespace") or ns), str(bs.get("name", ""))
@@ -176,14 +176,14 @@ def _one(idx: Index, inp: TranslateInput, cec: dict[str, Any], kind: str, out: T
         if svc is None:
             out.errors.append(f"{kind} {prefix}: backendService {bns}/{bname} not found")
             continue
-        wanted = {str(p) for p in bs.get("number") or []}
-        for p in (svc.get("spec") or {}).get("ports") or []:
+        wanted = {str(p) for p in as_list(bs.get("number"))}
+        for p in as_list((as_dict(svc.get("spec"))).get("ports")):
             if (
                 isinstance(p, dict)
                 and isinstance(p.get("port"), int)
                 and (not wanted or str(p["port"]) in wanted)
             ):
-                b = Backend(bns, bname, int(p["port"]))
+                b = Backend(bns, bname, as_int(p["port"]))
                 resources.setdefault(ENDPOINT, {})[b.eds_name] = load_assignment(
                     idx, b, slices.get(f"{bns}/{bname}", [])
                 )
@@ -194,7 +194,7 @@ def _one(idx: Index, inp: TranslateInput, cec: dict[str, Any], kind: str, out: T
         return
     for node in inp.nodes:
         nobj = idx.get("Node", "", node)
-        labels = dict(meta(nobj).get("labels") or {}) if nobj else {}
+        labels = dict(as_dict(meta(nobj).get("labels"))) if nobj else {}
         labels.setdefault("kubernetes.io/hostname", node)
         if selector_matches(selector, labels):
             dest = out.node_resources.setdefault(node, {})

@@ -19,7 +19,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from google.protobuf import duration_pb2
 
 from .envoy_common import ads
-from .index import Index, meta
+from .index import Index, as_dict, as_list, meta
 from .model import Backend
 
 __all__ = ["BLACKHOLE", "blackhole_cluster", "cluster", "load_assignment", "sds_secret", "service_port_name"]
@@ -57,7 +57,7 @@ def blackhole_cluster() -> cluster_pb2.Cluster:
 
 def service_port_name(idx: Index, ns: str, svc: str, port: int) -> str | None:
     s = idx.get("Service", ns, svc)
-    for p in ((s or {}).get("spec") or {}).get("ports") or []:
+    for p in as_list((as_dict((as_dict(s)).get("spec"))).get("ports")):
         if isinstance(p, dict) and p.get("port") == port:
             return str(p.get("name") or "")
     return None
@@ -72,18 +72,18 @@ def load_assignment(
     lbe: list[endpoint_components_pb2.LbEndpoint] = []
     for sl in slices:
         port = None
-        for p in sl.get("ports") or []:
+        for p in as_list(sl.get("ports")):
             if isinstance(p, dict) and (p.get("name") or "") == (pname or ""):
                 port = p.get("port")
-        if not isinstance(port, int):
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             continue
-        for ep in sl.get("endpoints") or []:
+        for ep in as_list(sl.get("endpoints")):
             if not isinstance(ep, dict):
                 continue
-            if (ep.get("conditions") or {}).get("ready") is False:
+            if (as_dict(ep.get("conditions"))).get("ready") is False:
                 continue
-            for addr in ep.get("addresses") or []:
-                if (addr, port) in seen:
+            for addr in as_list(ep.get("addresses")):
+                if not isinstance(addr, str) or (addr, port) in seen:
                     continue
                 seen.add((addr, port))
                 lbe.append(
@@ -110,7 +110,7 @@ def slices_by_service(idx: Index) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for sl in idx.all("EndpointSlice"):
         m = meta(sl)
-        svc = (m.get("labels") or {}).get("kubernetes.io/service-name")
+        svc = (as_dict(m.get("labels"))).get("kubernetes.io/service-name")
         if svc:
             out.setdefault(f"{m.get('namespace', '')}/{svc}", []).append(sl)
     return out
@@ -125,7 +125,7 @@ def _b64(data: dict[str, Any], key: str) -> bytes:
 
 def sds_secret(name: str, secret: dict[str, Any]) -> secret_pb2.Secret | None:
     """A Kubernetes TLS Secret (or a CA bundle) → an Envoy SDS Secret; None when it holds neither."""
-    data = secret.get("data") or {}
+    data = as_dict(secret.get("data"))
     crt, key, ca = _b64(data, "tls.crt"), _b64(data, "tls.key"), _b64(data, "ca.crt")
     out = secret_pb2.Secret(name=name)
     if crt and key:

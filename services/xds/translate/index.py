@@ -6,9 +6,33 @@ from typing import Any
 
 from .types import Obj, TranslateInput
 
-__all__ = ["Index", "hostname_matches", "intersect_hostnames", "meta", "more_specific", "selector_matches"]
+__all__ = [
+    "Index",
+    "as_dict",
+    "as_list",
+    "hostname_matches",
+    "intersect_hostnames",
+    "meta",
+    "more_specific",
+    "selector_matches",
+]
 
 GW_GROUP = "gateway.networking.k8s.io"
+
+
+def as_dict(x: Any) -> dict[str, Any]:
+    """``x`` if it is a mapping, else ``{}``: objects are untrusted, a wrong type must not crash."""
+    return x if isinstance(x, dict) else {}
+
+
+def as_list(x: Any) -> list[Any]:
+    """``x`` if it is a list, else ``[]``."""
+    return x if isinstance(x, list) else []
+
+
+def as_int(x: Any, default: int = 0) -> int:
+    """``x`` if it is an integer (not a bool), else ``default``."""
+    return x if isinstance(x, int) and not isinstance(x, bool) else default
 
 
 def meta(obj: Obj) -> dict[str, Any]:
@@ -20,13 +44,13 @@ def selector_matches(selector: Any, labels: dict[str, str]) -> bool:
     """A metav1.LabelSelector (matchLabels + matchExpressions) against labels; bad selector → False."""
     if not isinstance(selector, dict):
         return False
-    for k, v in (selector.get("matchLabels") or {}).items():
+    for k, v in (as_dict(selector.get("matchLabels"))).items():
         if labels.get(k) != v:
             return False
-    for expr in selector.get("matchExpressions") or []:
+    for expr in as_list(selector.get("matchExpressions")):
         if not isinstance(expr, dict):
             return False
-        key, op, values = expr.get("key", ""), expr.get("operator", ""), expr.get("values") or []
+        key, op, values = expr.get("key", ""), expr.get("operator", ""), as_list(expr.get("values"))
         if op == "In" and labels.get(key) not in values:
             return False
         if op == "NotIn" and labels.get(key) in values:
@@ -90,14 +114,16 @@ class Index:
         for kind, objs in inp.objects.items():
             d: dict[str, Obj] = {}
             for o in objs:
-                if isinstance(o, dict) and isinstance(o.get("metadata"), dict):
-                    m = o["metadata"]
-                    d[f"{m.get('namespace', '')}/{m.get('name', '')}"] = o
+                m = o.get("metadata") if isinstance(o, dict) else None
+                # An object without a usable name cannot be referenced or patched: skip it.
+                if isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"]:
+                    if isinstance(m.get("namespace", ""), str):
+                        d[f"{m.get('namespace', '')}/{m['name']}"] = o
             self._by[kind] = d
         self.ns_labels: dict[str, dict[str, str]] = {}
         for ns in self._by.get("Namespace", {}).values():
             name = meta(ns).get("name", "")
-            labels = dict(meta(ns).get("labels") or {})
+            labels = dict(as_dict(meta(ns).get("labels")))
             labels.setdefault("kubernetes.io/metadata.name", name)
             self.ns_labels[name] = labels
 
@@ -127,9 +153,9 @@ class Index:
         for g in self._by.get("ReferenceGrant", {}).values():
             if meta(g).get("namespace") != to_ns:
                 continue
-            spec = g.get("spec") or {}
-            froms = spec.get("from") or []
-            tos = spec.get("to") or []
+            spec = as_dict(g.get("spec"))
+            froms = as_list(spec.get("from"))
+            tos = as_list(spec.get("to"))
             ok_from = any(
                 isinstance(f, dict)
                 and f.get("group", "") == from_group
@@ -155,7 +181,7 @@ class Index:
         svc = self.get("Service", namespace, service)
         if svc is None:
             return ""
-        ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        ingress = as_list((as_dict((as_dict(svc.get("status"))).get("loadBalancer"))).get("ingress"))
         for ing in ingress:
             if isinstance(ing, dict) and (ing.get("ip") or ing.get("hostname")):
                 return str(ing.get("ip") or ing.get("hostname"))
@@ -167,7 +193,7 @@ def valid_tls_secret(secret: Obj) -> bool:
     import base64
     import binascii
 
-    data = secret.get("data") or {}
+    data = as_dict(secret.get("data"))
     if not isinstance(data, dict):
         return False
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 from nodemesh.messages.k8s import StatusPatch
 
-from .index import GW_GROUP, Index, meta, valid_tls_secret
+from .index import GW_GROUP, Index, as_dict, as_int, as_list, meta, valid_tls_secret
 from .status import condition, keep_transition_times
 from .types import GatewayInfo, Obj, TranslateInput, Translation
 
@@ -70,13 +70,13 @@ class GatewayState:
 def _our_classes(idx: Index, inp: TranslateInput, out: Translation) -> set[str]:
     ours: set[str] = set()
     for gc in idx.all("GatewayClass"):
-        spec = gc.get("spec") or {}
+        spec = as_dict(gc.get("spec"))
         if spec.get("controllerName") not in inp.controller_names:
             continue
         m = meta(gc)
         ours.add(m.get("name", ""))
-        gen = int(m.get("generation") or 1)
-        old = (gc.get("status") or {}).get("conditions")
+        gen = as_int(m.get("generation"), 1)
+        old = (as_dict(gc.get("status"))).get("conditions")
         conds = [condition("Accepted", True, "Accepted", "Valid GatewayClass", gen, inp.now)]
         out.statuses.append(
             StatusPatch(
@@ -97,14 +97,18 @@ def _listener(idx: Index, gw_ns: str, raw: Any) -> GatewayListener:
     proto = str(raw.get("protocol", ""))
     lst = GatewayListener(
         name=str(raw.get("name", "")),
-        port=int(raw.get("port") or 0),
+        port=as_int(raw.get("port")),
         protocol=proto,
         hostname=str(raw.get("hostname") or ""),
     )
-    allowed = raw.get("allowedRoutes") or {}
-    ns_sel = allowed.get("namespaces") or {}
+    allowed = as_dict(raw.get("allowedRoutes"))
+    ns_sel = as_dict(allowed.get("namespaces"))
     lst.allowed_from = str(ns_sel.get("from") or "Same")
     lst.allowed_selector = ns_sel.get("selector")
+    if not 0 < lst.port < 65536:
+        lst.accepted, lst.accepted_reason = False, "PortUnavailable"
+        lst.accepted_message = f"Port {raw.get('port')!r} is not a valid port"
+        return lst
     if proto not in _KINDS_FOR:
         lst.accepted, lst.accepted_reason = False, "UnsupportedProtocol"
         lst.accepted_message = f"Protocol {proto!r} is not supported"
@@ -125,10 +129,10 @@ def _listener(idx: Index, gw_ns: str, raw: Any) -> GatewayListener:
             lst.resolved_message = "Invalid route kinds in allowedRoutes"
     else:
         lst.kinds = list(valid_kinds)
-    tls = raw.get("tls") or {}
+    tls = as_dict(raw.get("tls"))
     lst.tls_mode = str(tls.get("mode") or "Terminate")
     if proto == "HTTPS" or (proto == "TLS" and lst.tls_mode == "Terminate"):
-        refs = tls.get("certificateRefs") or []
+        refs = as_list(tls.get("certificateRefs"))
         if not refs:
             lst.resolved, lst.resolved_reason = False, "InvalidCertificateRef"
             lst.resolved_message = "No certificateRefs"
@@ -185,19 +189,19 @@ def ingest_gateways(idx: Index, inp: TranslateInput, out: Translation) -> list[G
     ours = _our_classes(idx, inp, out)
     states: list[GatewayState] = []
     for gw in idx.all("Gateway"):
-        spec = gw.get("spec") or {}
-        if spec.get("gatewayClassName") not in ours:
+        spec = as_dict(gw.get("spec"))
+        if str(spec.get("gatewayClassName")) not in ours:
             continue
         m = meta(gw)
         ns, name = m.get("namespace", ""), m.get("name", "")
-        listeners = [_listener(idx, ns, raw) for raw in spec.get("listeners") or []]
+        listeners = [_listener(idx, ns, raw) for raw in as_list(spec.get("listeners"))]
         _conflicts(listeners)
         states.append(
             GatewayState(
                 obj=gw,
                 namespace=ns,
                 name=name,
-                generation=int(m.get("generation") or 1),
+                generation=as_int(m.get("generation"), 1),
                 address=idx.lb_address(ns, f"cilium-gateway-{name}"),
                 listeners=listeners,
             )
@@ -212,9 +216,11 @@ def usable(lst: GatewayListener) -> bool:
 
 def gateway_status(st: GatewayState, inp: TranslateInput, out: Translation) -> None:
     gen, now = st.generation, inp.now
-    old_status = st.obj.get("status") or {}
+    old_status = as_dict(st.obj.get("status"))
     old_listeners = {
-        x.get("name"): x.get("conditions") for x in old_status.get("listeners") or [] if isinstance(x, dict)
+        x.get("name"): x.get("conditions")
+        for x in as_list(old_status.get("listeners"))
+        if isinstance(x, dict)
     }
     lstatus = []
     for lst in st.listeners:

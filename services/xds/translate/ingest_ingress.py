@@ -15,7 +15,7 @@ from typing import Any
 
 from nodemesh.messages.k8s import StatusPatch
 
-from .index import Index, meta, valid_tls_secret
+from .index import Index, as_dict, as_int, as_list, meta, valid_tls_secret
 from .ingest_gateway import FIELD_MANAGER
 from .model import Backend, Match, Model, Redirect, Route, RouteTable, TLSChain
 from .types import TranslateInput, Translation
@@ -28,34 +28,36 @@ _CONTROLLERS = ("nodemesh.io/ingress-controller", "cilium.io/ingress-controller"
 
 
 def _ours(idx: Index, inp: TranslateInput, ing: dict[str, Any]) -> bool:
-    cls = (ing.get("spec") or {}).get("ingressClassName") or (meta(ing).get("annotations") or {}).get(
+    cls = (as_dict(ing.get("spec"))).get("ingressClassName") or (as_dict(meta(ing).get("annotations"))).get(
         "kubernetes.io/ingress.class"
     )
     if cls:
         return cls in inp.ingress_classes
     for ic in idx.all("IngressClass"):
-        default = (meta(ic).get("annotations") or {}).get(
+        default = (as_dict(meta(ic).get("annotations"))).get(
             "ingressclass.kubernetes.io/is-default-class"
         ) == "true"
-        if default and (ic.get("spec") or {}).get("controller") in _CONTROLLERS:
+        if default and (as_dict(ic.get("spec"))).get("controller") in _CONTROLLERS:
             return True
     return False
 
 
 def _backend(idx: Index, ns: str, raw: Any) -> Backend | None:
-    svc = (raw or {}).get("service") if isinstance(raw, dict) else None
+    svc = (as_dict(raw)).get("service") if isinstance(raw, dict) else None
     if not isinstance(svc, dict):
         return None
     name = str(svc.get("name", ""))
-    port = svc.get("port") or {}
+    port = as_dict(svc.get("port"))
     obj = idx.get("Service", ns, name)
     if obj is None:
         return None
-    for p in (obj.get("spec") or {}).get("ports") or []:
+    for p in as_list((as_dict(obj.get("spec"))).get("ports")):
         if not isinstance(p, dict):
             continue
         if p.get("port") == port.get("number") or (port.get("name") and p.get("name") == port.get("name")):
-            return Backend(ns, name, int(p["port"]), h2=p.get("appProtocol") in ("kubernetes.io/h2c", "grpc"))
+            return Backend(
+                ns, name, as_int(p["port"]), h2=p.get("appProtocol") in ("kubernetes.io/h2c", "grpc")
+            )
     return None
 
 
@@ -74,15 +76,15 @@ def _match(path_type: str, path: str, host: str) -> Match:
 def _routes(idx: Index, ing: dict[str, Any]) -> dict[str, list[Route]]:
     m = meta(ing)
     ns = m.get("namespace", "")
-    spec = ing.get("spec") or {}
+    spec = as_dict(ing.get("spec"))
     src = f"{ns}/{m.get('name', '')}"
     created = str(m.get("creationTimestamp", ""))
     vhosts: dict[str, list[Route]] = {}
-    for ri, rule in enumerate(spec.get("rules") or []):
+    for ri, rule in enumerate(as_list(spec.get("rules"))):
         if not isinstance(rule, dict):
             continue
         host = str(rule.get("host") or "*")
-        for pi, p in enumerate(((rule.get("http") or {}).get("paths")) or []):
+        for pi, p in enumerate(as_list((as_dict(rule.get("http"))).get("paths"))):
             if not isinstance(p, dict):
                 continue
             b = _backend(idx, ns, p.get("backend"))
@@ -119,7 +121,7 @@ def ingest(idx: Index, inp: TranslateInput, model: Model, out: Translation) -> N
             continue
         m = meta(ing)
         ns, name = m.get("namespace", ""), m.get("name", "")
-        ann = m.get("annotations") or {}
+        ann = as_dict(m.get("annotations"))
         mode = ann.get(MODE_ANNOTATION, inp.default_ingress_mode)
         if mode == "shared":
             svc_ns, svc_name = inp.shared_ingress_namespace, "cilium-ingress"
@@ -142,7 +144,7 @@ def ingest(idx: Index, inp: TranslateInput, model: Model, out: Translation) -> N
         prefix = f"{svc_ns}/{svc_name}"
         vhosts = _routes(idx, ing)
         tls_hosts: set[str] = set()
-        tls_entries = [t for t in (ing.get("spec") or {}).get("tls") or [] if isinstance(t, dict)]
+        tls_entries = [t for t in as_list((as_dict(ing.get("spec"))).get("tls")) if isinstance(t, dict)]
         secure = model.listener(f"{prefix}/listener-443", address, 443) if tls_entries else None
         for ti, t in enumerate(tls_entries):
             secret = idx.get("Secret", ns, str(t.get("secretName", "")))
@@ -151,7 +153,7 @@ def ingest(idx: Index, inp: TranslateInput, model: Model, out: Translation) -> N
                     f"Ingress {ns}/{name}: TLS secret {t.get('secretName')!r} is missing or invalid"
                 )
                 continue
-            hosts = sorted({str(h) for h in t.get("hosts") or []})
+            hosts = sorted({str(h) for h in as_list(t.get("hosts"))})
             assert secure is not None
             if any(sorted(c.server_names) == hosts for c in secure.tls):
                 continue

@@ -14,6 +14,9 @@ from nodemesh.messages.k8s import StatusPatch
 from .index import (
     GW_GROUP,
     Index,
+    as_dict,
+    as_int,
+    as_list,
     hostname_matches,
     intersect_hostnames,
     meta,
@@ -173,10 +176,10 @@ def _route(
 ) -> None:
     m = meta(route)
     ns, name = m.get("namespace", ""), m.get("name", "")
-    gen = int(m.get("generation") or 1)
-    spec = route.get("spec") or {}
-    hostnames = [str(h) for h in spec.get("hostnames") or []]
-    old_parents = (route.get("status") or {}).get("parents") or []
+    gen = as_int(m.get("generation"), 1)
+    spec = as_dict(route.get("spec"))
+    hostnames = [str(h) for h in as_list(spec.get("hostnames"))]
+    old_parents = as_list((as_dict(route.get("status"))).get("parents"))
     parents: list[dict[str, Any]] = []
     http_like = kind in ("HTTPRoute", "GRPCRoute")
     # Rules are translated once; the same model routes go to every attached listener.
@@ -185,14 +188,14 @@ def _route(
     invalid = ""
     backends_l4: list[Backend] = []
     if http_like:
-        for i, rule in enumerate(spec.get("rules") or []):
+        for i, rule in enumerate(as_list(spec.get("rules"))):
             rr = translate_rule(idx, kind, ns, rule, i, m)
             unresolved = unresolved or rr.unresolved
             invalid = invalid or rr.invalid
             rules_out.append(rr)
     else:
-        for rule in spec.get("rules") or []:
-            for ref in (rule or {}).get("backendRefs") or []:
+        for rule in as_list(spec.get("rules")):
+            for ref in as_list((as_dict(rule)).get("backendRefs")):
                 b, reason, msg = resolve_backend(idx, ref, kind, ns)
                 if b is None:
                     unresolved = unresolved or (reason, msg)
@@ -201,7 +204,7 @@ def _route(
     resolved = (
         (False, unresolved[0], unresolved[1]) if unresolved else (True, "ResolvedRefs", "Resolved Refs")
     )
-    for ref in spec.get("parentRefs") or []:
+    for ref in as_list(spec.get("parentRefs")):
         if not isinstance(ref, dict):
             continue
         if ref.get("group", GW_GROUP) != GW_GROUP or ref.get("kind", "Gateway") != "Gateway":
@@ -214,7 +217,7 @@ def _route(
             (
                 p.get("conditions")
                 for p in old_parents
-                if isinstance(p, dict) and (p.get("parentRef") or {}).get("name") == st.name
+                if isinstance(p, dict) and (as_dict(p.get("parentRef"))).get("name") == st.name
             ),
             None,
         )

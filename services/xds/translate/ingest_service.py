@@ -9,7 +9,7 @@ everything to the Service's cluster with the algorithm of ``service.cilium.io/lb
 
 from __future__ import annotations
 
-from .index import Index, meta
+from .index import Index, as_dict, as_int, as_list, meta
 from .model import Backend, Match, Model, Route, RouteTable
 from .types import TranslateInput, Translation
 
@@ -22,11 +22,11 @@ ALGORITHM = "service.cilium.io/lb-l7-algorithm"
 def ingest(idx: Index, inp: TranslateInput, model: Model, out: Translation) -> None:
     for svc in idx.all("Service"):
         m = meta(svc)
-        ann = m.get("annotations") or {}
+        ann = as_dict(m.get("annotations"))
         if str(ann.get(ANNOTATION, "")).lower() != "enabled":
             continue
         ns, name = m.get("namespace", ""), m.get("name", "")
-        spec = svc.get("spec") or {}
+        spec = as_dict(svc.get("spec"))
         address = idx.lb_address(ns, name)
         freebind = False
         if not address:
@@ -36,14 +36,16 @@ def ingest(idx: Index, inp: TranslateInput, model: Model, out: Translation) -> N
             out.errors.append(f"Service {ns}/{name}: lb-l7 needs a ClusterIP or LoadBalancer address")
             continue
         algo = str(ann.get(ALGORITHM, "round_robin"))
-        for p in spec.get("ports") or []:
+        for p in as_list(spec.get("ports")):
             if (
                 not isinstance(p, dict)
                 or p.get("protocol", "TCP") != "TCP"
                 or not isinstance(p.get("port"), int)
             ):
                 continue
-            port = int(p["port"])
+            port = as_int(p["port"])
+            if not 0 < port < 65536:
+                continue
             lm = model.listener(f"{ns}/{name}/lb-l7-{port}", address, port)
             lm.freebind = freebind
             lm.sources.append(f"Service/{ns}/{name}")

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .index import GW_GROUP, Index
+from .index import GW_GROUP, Index, as_dict, as_int, as_list
 from .model import Backend, HeaderFilter, Match, Mirror, Redirect, Rewrite, Route
 
 __all__ = ["RuleResult", "duration_s", "resolve_backend", "translate_rule"]
@@ -45,7 +45,7 @@ def resolve_backend(
         return None, "BackendNotFound", f"Service {ns}/{name} not found"
     port = ref.get("port")
     sport = None
-    for p in (svc.get("spec") or {}).get("ports") or []:
+    for p in as_list((as_dict(svc.get("spec"))).get("ports")):
         if isinstance(p, dict) and p.get("port") == port:
             sport = p
     if sport is None:
@@ -54,7 +54,7 @@ def resolve_backend(
     if not isinstance(weight, int) or weight < 0:
         weight = 1
     h2 = h2 or sport.get("appProtocol") in ("kubernetes.io/h2c", "h2c", "grpc")
-    return Backend(ns, name, int(sport["port"]), weight=weight, h2=h2), "", ""
+    return Backend(ns, name, as_int(sport["port"]), weight=weight, h2=h2), "", ""
 
 
 def _headers_filter(raw: Any) -> HeaderFilter:
@@ -62,15 +62,15 @@ def _headers_filter(raw: Any) -> HeaderFilter:
     return HeaderFilter(
         add=[
             (str(h.get("name", "")), str(h.get("value", "")))
-            for h in raw.get("add") or []
+            for h in as_list(raw.get("add"))
             if isinstance(h, dict)
         ],
         set=[
             (str(h.get("name", "")), str(h.get("value", "")))
-            for h in raw.get("set") or []
+            for h in as_list(raw.get("set"))
             if isinstance(h, dict)
         ],
-        remove=[str(x) for x in raw.get("remove") or []],
+        remove=[str(x) for x in as_list(raw.get("remove"))],
     )
 
 
@@ -87,7 +87,7 @@ def _path_modifier(raw: Any) -> tuple[str, str]:
 def _header_matches(raw: Any) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     seen: set[str] = set()
-    for h in raw or []:
+    for h in as_list(raw):
         if not isinstance(h, dict):
             continue
         name = str(h.get("name", ""))
@@ -102,12 +102,12 @@ def _header_matches(raw: Any) -> list[tuple[str, str, str]]:
 
 def _http_match(raw: Any) -> Match:
     raw = raw if isinstance(raw, dict) else {}
-    path = raw.get("path") or {}
+    path = as_dict(raw.get("path"))
     ptype = {"Exact": "exact", "RegularExpression": "regex"}.get(path.get("type", "PathPrefix"), "prefix")
     m = Match(path_type=ptype, path=str(path.get("value", "/")))
     m.headers = _header_matches(raw.get("headers"))
     q: list[tuple[str, str, str]] = []
-    for h in raw.get("queryParams") or []:
+    for h in as_list(raw.get("queryParams")):
         if isinstance(h, dict):
             kind = "regex" if h.get("type") == "RegularExpression" else "exact"
             q.append((str(h.get("name", "")), kind, str(h.get("value", ""))))
@@ -118,7 +118,7 @@ def _http_match(raw: Any) -> Match:
 
 def _grpc_match(raw: Any) -> Match:
     raw = raw if isinstance(raw, dict) else {}
-    meth = raw.get("method") or {}
+    meth = as_dict(raw.get("method"))
     svc, name = str(meth.get("service") or ""), str(meth.get("method") or "")
     regex = meth.get("type") == "RegularExpression"
     if svc and name:
@@ -155,7 +155,7 @@ def translate_rule(
     res = RuleResult()
     rule = rule if isinstance(rule, dict) else {}
     grpc = kind == "GRPCRoute"
-    raw_matches = rule.get("matches") or [{}]
+    raw_matches = as_list(rule.get("matches")) or [{}]
     matches = [_grpc_match(x) if grpc else _http_match(x) for x in raw_matches]
     for m in matches:
         regexes = [v for _, t, v in m.headers + m.query if t == "regex"]
@@ -168,7 +168,7 @@ def translate_rule(
             return res
     base = Route(match=Match())
     status = 0
-    for f in rule.get("filters") or []:
+    for f in as_list(rule.get("filters")):
         if not isinstance(f, dict):
             continue
         t = f.get("type")
@@ -177,7 +177,7 @@ def translate_rule(
         elif t == "ResponseHeaderModifier":
             base.response_headers = _headers_filter(f.get("responseHeaderModifier"))
         elif t == "RequestRedirect" and not grpc:
-            r = f.get("requestRedirect") or {}
+            r = as_dict(f.get("requestRedirect"))
             ptype, pval = _path_modifier(r.get("path"))
             base.redirect = Redirect(
                 scheme=str(r.get("scheme") or ""),
@@ -185,14 +185,14 @@ def translate_rule(
                 port=int(r["port"]) if isinstance(r.get("port"), int) else None,
                 path_type=ptype,
                 path=pval,
-                status_code=int(r.get("statusCode") or 302),
+                status_code=as_int(r.get("statusCode"), 302),
             )
         elif t == "URLRewrite" and not grpc:
-            r = f.get("urlRewrite") or {}
+            r = as_dict(f.get("urlRewrite"))
             ptype, pval = _path_modifier(r.get("path"))
             base.rewrite = Rewrite(hostname=str(r.get("hostname") or ""), path_type=ptype, path=pval)
         elif t == "RequestMirror":
-            r = f.get("requestMirror") or {}
+            r = as_dict(f.get("requestMirror"))
             b, reason, msg = resolve_backend(idx, r.get("backendRef"), kind, ns, h2=grpc)
             if b is None:
                 res.unresolved = res.unresolved or (reason, msg)
@@ -202,24 +202,24 @@ def translate_rule(
                 per_million = r["percent"] * 10_000
             elif isinstance(r.get("fraction"), dict):
                 fr = r["fraction"]
-                num, den = int(fr.get("numerator") or 0), int(fr.get("denominator") or 100)
+                num, den = as_int(fr.get("numerator")), as_int(fr.get("denominator"), 100)
                 per_million = num * 1_000_000 // max(den, 1)
             base.mirrors.append(Mirror(b, per_million))
         else:
             # ExtensionRef and anything unknown: the rule must not forward (spec: 500).
             status = 500
-    timeouts = rule.get("timeouts") or {}
+    timeouts = as_dict(rule.get("timeouts"))
     req_t, be_t = duration_s(timeouts.get("request")), duration_s(timeouts.get("backendRequest"))
     ts = [t for t in (req_t, be_t) if t is not None]
     base.timeout_s = min(ts) if ts else None
     backends: list[Backend] = []
-    refs = rule.get("backendRefs") or []
+    refs = as_list(rule.get("backendRefs"))
     for ref in refs:
         b, reason, msg = resolve_backend(idx, ref, kind, ns, h2=grpc)
         if b is None:
             res.unresolved = res.unresolved or (reason, msg)
             continue
-        for bf in (ref.get("filters") or []) if isinstance(ref, dict) else []:
+        for bf in (as_list(ref.get("filters"))) if isinstance(ref, dict) else []:
             if isinstance(bf, dict) and bf.get("type") == "RequestHeaderModifier":
                 b.request_headers = _headers_filter(bf.get("requestHeaderModifier"))
             elif isinstance(bf, dict) and bf.get("type") == "ResponseHeaderModifier":
