@@ -229,7 +229,7 @@ def translate_rule(
     if base.redirect is None and not backends:
         status = 500  # no backendRefs, all unresolvable, or all weight 0
     for mi, m in enumerate(matches):
-        r = Route(
+        route = Route(
             match=m,
             backends=backends if not status else [],
             direct_status=status if base.redirect is None else 0,
@@ -244,5 +244,5 @@ def translate_rule(
             rule_index=rule_index,
             match_index=mi,
         )
-        res.routes.append(r)
+        res.routes.append(route)
     return res
