@@ -126,7 +126,7 @@ def endpoint_slice(
 
 def secret(ns: str, name: str, pair: KeyPair) -> Obj:
     s = tls_secret(ns, name, pair)
-    s["metadata"].update(generation=1, uid=f"uid-{ns}-{name}")
+    s["metadata"] = {"namespace": ns, "name": name, "generation": 1, "uid": f"uid-{ns}-{name}"}
     return s
 
 
