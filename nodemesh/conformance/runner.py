@@ -23,7 +23,7 @@ from .cases import Case, Generated
 from .checks import compare_grpc, compare_http, status_check
 from .client import grpc_call, http_request, tls_exchange
 
-__all__ = ["CaseResult", "Cluster", "run_case"]
+__all__ = ["CaseFailed", "CaseResult", "Cluster", "expect_eventually", "run_case"]
 
 T = TypeVar("T")
 
@@ -57,8 +57,8 @@ class CaseResult:
     provisional: bool = False
 
 
-class CaseFailed(Exception):
-    pass
+class CaseFailed(AssertionError):
+    """A case's expectation did not hold (an AssertionError, so tests can use the runner directly)."""
 
 
 def _target(c: Cluster, target: dict[str, Any]) -> tuple[str, int]:
@@ -161,6 +161,18 @@ async def _request_item(c: Cluster, item: dict[str, Any], gen: Generated, scale:
                     f"request {item.get('id')}: no mirror of {m['request_uri']} reached {m['backend']}"
                 )
             await asyncio.sleep(0.2)
+
+
+async def expect_eventually(
+    c: Cluster, target: dict[str, Any], request: dict[str, Any], expect: dict[str, Any],
+    gen: Generated | None = None, scale: float = 1.0,
+) -> None:
+    """Upstream's MakeRequestAndExpectEventuallyConsistentResponse: 3 consecutive passes within 30 s.
+
+    ``request`` and ``expect`` use the corpus format (README §3); raises :class:`CaseFailed`.
+    """
+    item = {"id": "-", "target": target, "request": request, "expect": expect}
+    await _request_item(c, item, gen or Generated(), scale)
 
 
 def _mirror_log(c: Cluster, backend: str) -> str:
