@@ -1,7 +1,7 @@
 """Watcher wiring: replay the stream, elect a leader, and run the active role while holding the lease.
 
-Every instance keeps a :class:`K8sCache` of the stream (so a takeover starts from the current
-state) and runs the lease loop. The holder runs :class:`ActiveWatcher` and applies status patches;
+Every instance runs the lease loop; a new holder first replays stream K8S (so it starts from
+exactly what the previous holder left). The holder runs :class:`ActiveWatcher` and applies status patches;
 when it cannot renew (lost to another, or NATS unreachable past the grace period) it cancels that
 work and becomes a standby again. On a graceful stop the lease is released at once.
 """
@@ -14,7 +14,6 @@ import secrets
 from typing import Any
 
 from nodemesh import subjects
-from nodemesh.k8scache import K8sCache
 from nodemesh.kinds import KINDS, Kind, by_kind
 from nodemesh.messages.k8s import StatusPatch
 from nodemesh.runtime import Service
@@ -44,15 +43,18 @@ async def main(svc: Service) -> None:
     kinds = select_kinds(cfg.kinds)
     kube = KubeClient.from_settings(cfg.api_url, cfg.kubeconfig, cfg.in_cluster, cfg.list_page_size)
     metrics = WatcherMetrics(svc.registry)
-    cache = K8sCache(svc.bus)
-    await cache.start()
-    lease = Lease(await svc.bus.kv(BUCKET_LEASES.name), LEASE_KEY, watcher_id, grace=cfg.lease_grace_s)
+    lease = Lease(
+        await svc.bus.kv(BUCKET_LEASES.name),
+        LEASE_KEY,
+        watcher_id,
+        grace=cfg.lease_grace_s,
+        timeout=min(cfg.lease_renew_s, cfg.lease_grace_s / 2),
+    )
     applier = StatusApplier(kube, metrics)
     gate = svc.gate("synced")
 
     async def cleanup() -> None:
         await lease.release()
-        await cache.stop()
         kube.close()
 
     svc.on_stop(cleanup)
@@ -61,7 +63,6 @@ async def main(svc: Service) -> None:
         active = ActiveWatcher(
             svc.bus,
             kube,
-            cache,
             kinds,
             watcher_id,
             metrics,

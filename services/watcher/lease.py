@@ -8,6 +8,7 @@ must stop publishing before anyone else can acquire, so two watchers never publi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -20,7 +21,10 @@ log = logging.getLogger("nodemesh.watcher.lease")
 
 
 class Lease:
-    def __init__(self, kv: KeyValue, key: str, holder: str, *, grace: float = 2.5) -> None:
+    def __init__(
+        self, kv: KeyValue, key: str, holder: str, *, grace: float = 2.5, timeout: float = 1.0
+    ) -> None:
+        self.timeout = timeout  # per KV call: a hung call must not outlast the grace period
         self.kv = kv
         self.key = key
         self.holder = holder
@@ -35,7 +39,9 @@ class Lease:
 
     async def try_acquire(self) -> bool:
         try:
-            self.revision = await self.kv.create(self.key, self.holder.encode())
+            self.revision = await asyncio.wait_for(
+                self.kv.create(self.key, self.holder.encode()), self.timeout
+            )
         except (KeyWrongLastSequenceError, APIError):
             return False
         except Exception as e:  # NATS unreachable: stay standby, try again
@@ -47,7 +53,9 @@ class Lease:
     async def renew(self) -> bool:
         """Extend the lease; False when another holder has it (lost for good)."""
         try:
-            self.revision = await self.kv.update(self.key, self.holder.encode(), last=self.revision)
+            self.revision = await asyncio.wait_for(
+                self.kv.update(self.key, self.holder.encode(), last=self.revision), self.timeout
+            )
         except KeyWrongLastSequenceError:
             self.revision = 0
             return False
@@ -63,6 +71,6 @@ class Lease:
             return
         rev, self.revision = self.revision, 0
         try:
-            await self.kv.delete(self.key, last=rev)
+            await asyncio.wait_for(self.kv.delete(self.key, last=rev), self.timeout)
         except Exception as e:
             log.debug("lease release: %r", e)

@@ -221,7 +221,6 @@ class ActiveWatcher:
         self,
         bus: Bus,
         kube: KubeClient,
-        cache: K8sCache,
         kinds: Iterable[Kind],
         watcher: str,
         metrics: WatcherMetrics,
@@ -232,7 +231,6 @@ class ActiveWatcher:
     ) -> None:
         self.bus = bus
         self.kube = kube
-        self.cache = cache
         self.kinds = list(kinds)
         self.watcher = watcher
         self.metrics = metrics
@@ -240,32 +238,36 @@ class ActiveWatcher:
         self.watch_timeout_s = watch_timeout_s
         self.missing_retry_s = missing_retry_s
 
-    async def _catch_up(self, timeout: float = 30.0) -> None:
-        """Wait until the cache applied everything in the stream (the previous leader's last events)."""
+    async def _replay(self, timeout: float = 60.0) -> tuple[Known, int]:
+        """What the stream holds now, by a fresh replay (K8sCache) up to its last sequence.
+
+        A fresh consumer at takeover, rather than one kept running since start-up, cannot be
+        stale after a NATS restart, and it includes the previous leader's last messages.
+        """
         info = await self.bus.js.stream_info(STREAM_K8S.name)
         target = int(info.state.last_seq)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.cache.applied_seq < target and loop.time() < deadline:
-            await asyncio.sleep(0.02)
-        if self.cache.applied_seq < target:
-            log.warning(
-                "stream replay incomplete (%d of %d) after %.0fs", self.cache.applied_seq, target, timeout
-            )
-
-    def _known_from_cache(self) -> Known:
-        known: Known = {}
-        for kind, objs in self.cache.store.items():
-            for (ns, name), obj in objs.items():
-                meta = obj.get("metadata") or {}
-                known[(kind, ns, name)] = (str(meta.get("uid", "")), str(meta.get("resourceVersion", "")))
-        return known
+        cache = K8sCache(self.bus)
+        await cache.start()
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while cache.applied_seq < target:
+                if loop.time() > deadline:
+                    raise TimeoutError(f"stream K8S replay reached {cache.applied_seq} of {target}")
+                await asyncio.sleep(0.01)
+            marker = await cache.latest_marker()
+            known: Known = {}
+            for kind, objs in cache.store.items():
+                for (ns, name), obj in objs.items():
+                    meta = obj.get("metadata") or {}
+                    known[(kind, ns, name)] = (str(meta.get("uid", "")), str(meta.get("resourceVersion", "")))
+            return known, (marker.epoch if marker else 0)
+        finally:
+            await cache.stop()
 
     async def run(self, on_synced: Callable[[], Awaitable[None] | None]) -> None:
-        await self._catch_up()
-        known = self._known_from_cache()
-        marker = await self.cache.latest_marker()
-        epoch = (marker.epoch if marker else 0) + 1
+        known, last_epoch = await self._replay()
+        epoch = last_epoch + 1
         pub = Publisher(self.bus, self.watcher, known, self.metrics, self.is_leader)
         syncs = [
             KindSync(

@@ -275,6 +275,7 @@ async def test_watcher_recovers_after_nats_restart(nats_server: NatsServer, api:
     api.store.create(CM, cm("a"))
     w = await InProcessWatcher(nats_server.url, api.url, "w").start()
     try:
+        await until(lambda: w.metric("nodemesh_watcher_leader") == 1, 30, "active")
         nats_server.stop()
         # Changes while the bus is down are published once it is back (relist after re-election).
         api.store.create(CM, cm("while-down"))
