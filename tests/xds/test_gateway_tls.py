@@ -1,4 +1,4 @@
-"""TLS through a real Envoy: termination with a Secret's certificate (SDS), passthrough by SNI, Ingress, CEC."""
+"""TLS through a real Envoy: termination with a Secret's certificate (SDS), passthrough by SNI, Ingress."""
 
 from __future__ import annotations
 
