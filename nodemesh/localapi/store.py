@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from nodemesh.kinds import KINDS, Kind
+from nodemesh.localapi.admission import admit
 from nodemesh.localapi.errors import ApiError, already_exists, conflict, expired, invalid, not_found
 
 __all__ = ["Store", "WatchEvent", "clone", "now", "random_suffix"]
@@ -188,7 +189,7 @@ class Store:
         meta["generation"] = 1
         if kind.has_status and not keep_status:
             obj.pop("status", None)
-        self._defaults(kind, obj)
+        admit(kind, obj, None, self.objects("Service"))
         if validate:
             self._validate(kind, obj)
         return self._commit(kind, "ADDED", obj, None)
@@ -245,7 +246,7 @@ class Store:
                     new.pop("status", None)
             if _spec_part(new) != _spec_part(old):
                 new["metadata"]["generation"] = int(om.get("generation", 1)) + 1
-        self._defaults(kind, new)
+        admit(kind, new, old, self.objects("Service"))
         if validate and not status_only:
             self._validate(kind, new)
         new["metadata"]["resourceVersion"] = om["resourceVersion"]
@@ -308,15 +309,6 @@ class Store:
                     f'namespaces "{ns}" not found',
                     {"name": ns, "kind": "namespaces"},
                 )
-
-    @staticmethod
-    def _defaults(kind: Kind, obj: dict[str, Any]) -> None:
-        meta = obj["metadata"]
-        if kind.kind == "Namespace":
-            # The NamespaceDefaultLabelName admission: every namespace carries its own name as a label.
-            meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
-            obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
-            obj.setdefault("status", {}).setdefault("phase", "Active")
 
     @staticmethod
     def _validate(kind: Kind, obj: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -288,3 +289,27 @@ async def test_paginated_list_is_a_consistent_snapshot(client: Client, api: Loca
     assert names == ["p2", "p3", "p4"]
     st, err = await client.get(f"{cms}?limit=2&continue=bogus")
     assert st == 410 and err["reason"] == "Expired"
+
+
+async def test_service_defaults_and_cluster_ip_allocation(client: Client) -> None:
+    svcs = "/api/v1/namespaces/default/services"
+
+    def svc(name: str, **spec: Any) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80}], **spec},
+        }
+
+    _, a = await client.post(svcs, svc("a"))
+    _, b = await client.post(svcs, svc("b"))
+    _, h = await client.post(svcs, svc("h", clusterIP="None"))
+    assert a["spec"]["type"] == "ClusterIP" and a["spec"]["ports"] == [
+        {"port": 80, "protocol": "TCP", "targetPort": 80}
+    ]
+    assert a["spec"]["clusterIP"] == "10.96.0.2" and a["spec"]["clusterIPs"] == ["10.96.0.2"]
+    assert b["spec"]["clusterIP"] == "10.96.0.3" and h["spec"]["clusterIP"] == "None"
+    # A replace that omits clusterIP keeps the allocated one.
+    st, a2 = await client.put(f"{svcs}/a", svc("a"))
+    assert st == 200 and a2["spec"]["clusterIP"] == "10.96.0.2"

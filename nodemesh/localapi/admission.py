@@ -1,0 +1,77 @@
+"""Defaults kube-apiserver fills in on write (its registry strategies and default admission).
+
+- Namespace: the label ``kubernetes.io/metadata.name`` (NamespaceDefaultLabelName), phase Active.
+- Service: ``type: ClusterIP``, port ``protocol: TCP`` and ``targetPort`` = ``port``, and a
+  ``spec.clusterIP``/``clusterIPs`` allocated from the service CIDR (``10.96.0.0/16`` by default,
+  ``.1`` reserved as Kubernetes reserves it for the ``kubernetes`` Service). ``clusterIP: None``
+  (headless) is kept; on update an omitted clusterIP keeps the allocated one, as kube-apiserver does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+from nodemesh.kinds import Kind
+
+__all__ = ["SERVICE_CIDR", "admit"]
+
+SERVICE_CIDR = "10.96.0.0/16"
+
+
+def admit(
+    kind: Kind,
+    obj: dict[str, Any],
+    old: dict[str, Any] | None,
+    services: Iterable[dict[str, Any]],
+    service_cidr: str = SERVICE_CIDR,
+) -> None:
+    """Fill in defaults on ``obj`` (being created when ``old`` is None) in place."""
+    if kind.kind == "Namespace":
+        obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
+        obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+        obj.setdefault("status", {}).setdefault("phase", "Active")
+    elif kind.kind == "Service":
+        _service(obj, old, services, service_cidr)
+
+
+def _service(
+    obj: dict[str, Any], old: dict[str, Any] | None, services: Iterable[dict[str, Any]], cidr: str
+) -> None:
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("type", "ClusterIP")
+    for p in spec.get("ports") or []:
+        if isinstance(p, dict):
+            p.setdefault("protocol", "TCP")
+            if "port" in p:
+                p.setdefault("targetPort", p["port"])
+    if spec["type"] == "ExternalName":
+        return
+    old_ip = ((old or {}).get("spec") or {}).get("clusterIP")
+    if not spec.get("clusterIP") and old_ip:
+        spec["clusterIP"] = old_ip
+    if not spec.get("clusterIP"):
+        spec["clusterIP"] = _allocate(services, cidr, obj["metadata"])
+    if spec["clusterIP"] and not spec.get("clusterIPs"):
+        spec["clusterIPs"] = [spec["clusterIP"]]
+
+
+def _allocate(services: Iterable[dict[str, Any]], cidr: str, meta: dict[str, Any]) -> str:
+    used = set()
+    for s in services:
+        sm = s["metadata"]
+        if (sm.get("namespace"), sm["name"]) == (meta.get("namespace"), meta["name"]):
+            continue
+        ip = (s.get("spec") or {}).get("clusterIP")
+        if ip:
+            used.add(ip)
+    net = ipaddress.ip_network(cidr, strict=False)
+    hosts = net.hosts()
+    next(hosts, None)  # .1 belongs to the `kubernetes` Service
+    for a in hosts:
+        if str(a) not in used:
+            return str(a)
+    return ""  # range exhausted: leave it unset rather than fail the write
