@@ -3,7 +3,7 @@
 Runs the corpus cases one at a time (each in isolation: applied, checked, deleted) and prints one
 line per case; ``--report`` writes the per-feature Markdown report. ``--mode standalone`` (the
 default) uses translate + a real Envoy + echo processes; ``--mode cluster`` is for a cluster started
-with ``nodemesh up`` (not wired yet: see docs/conformance.md).
+with ``nodemesh up`` (``--data-dir`` or ``$NODEMESH_DATA_DIR``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import sys
 import time
+from typing import Any
 
 from .cases import Generated, corpus_dir, load_case, load_index
 from .report import write_report
@@ -30,15 +31,27 @@ async def _main(args: argparse.Namespace) -> int:
             print(f"unknown case(s): {', '.join(unknown)}", file=sys.stderr)
             return 2
         names = [n for n in names if n in args.case]
-    if args.mode != "standalone":
-        print("--mode cluster is not wired yet; use --mode standalone", file=sys.stderr)
-        return 2
-    from .standalone import Standalone
+    cluster: Any
+    if args.mode == "cluster":
+        from nodemesh.errors import NodemeshError
 
+        from .cluster import LocalCluster
+
+        try:
+            cluster = LocalCluster(args.data_dir)
+        except (NodemeshError, OSError) as e:
+            print(f"conformance: {e}", file=sys.stderr)
+            return 2
+        mode = f"cluster (nodemesh up, {cluster.info.data_dir})"
+    else:
+        from .standalone import Standalone
+
+        cluster = Standalone(CLASS, CONTROLLER)
+        mode = "standalone (translate + Envoy 1.40 + echo processes)"
     gen = Generated()
     results: list[CaseResult] = []
     t0 = time.monotonic()
-    async with Standalone(CLASS, CONTROLLER) as cluster:
+    async with cluster:
         for name in names:
             case = load_case(root, name, CLASS, CONTROLLER)
             r = await run_case(cluster, case, gen, CONTROLLER, args.scale)
@@ -51,7 +64,7 @@ async def _main(args: argparse.Namespace) -> int:
     passed = sum(r.passed for r in results)
     print(f"{passed}/{len(results)} passed in {time.monotonic() - t0:.0f}s")
     if args.report:
-        write_report(args.report, results, index, "standalone (translate + Envoy 1.40 + echo processes)")
+        write_report(args.report, results, index, mode)
     return 0 if passed == len(results) else 1
 
 
@@ -61,6 +74,7 @@ def main() -> None:
     p.add_argument("--report", help="write the Markdown report here")
     p.add_argument("--dir", help="corpus directory (default $NODEMESH_CONFORMANCE_DIR or ../shared/...)")
     p.add_argument("--mode", choices=("standalone", "cluster"), default="standalone")
+    p.add_argument("--data-dir", help="local cluster data directory (--mode cluster)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every timeout")
     sys.exit(asyncio.run(_main(p.parse_args())))
 

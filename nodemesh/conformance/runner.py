@@ -164,8 +164,12 @@ async def _request_item(c: Cluster, item: dict[str, Any], gen: Generated, scale:
 
 
 async def expect_eventually(
-    c: Cluster, target: dict[str, Any], request: dict[str, Any], expect: dict[str, Any],
-    gen: Generated | None = None, scale: float = 1.0,
+    c: Cluster,
+    target: dict[str, Any],
+    request: dict[str, Any],
+    expect: dict[str, Any],
+    gen: Generated | None = None,
+    scale: float = 1.0,
 ) -> None:
     """Upstream's MakeRequestAndExpectEventuallyConsistentResponse: 3 consecutive passes within 30 s.
 
