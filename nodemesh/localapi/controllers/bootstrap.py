@@ -7,8 +7,10 @@ only on the first start, so a user who deletes one keeps it deleted.
 
 from __future__ import annotations
 
+import platform
 from typing import Any
 
+from nodemesh import __version__
 from nodemesh.kinds import by_kind
 from nodemesh.localapi.controllers.util import set_status
 from nodemesh.localapi.store import Store
@@ -45,7 +47,19 @@ def _node_status(i: int) -> dict[str, Any]:
                 "message": "nodemesh local node is ready",
             }
         ],
-        "nodeInfo": {"operatingSystem": "linux", "architecture": "amd64", "kubeletVersion": "nodemesh-local"},
+        # Every field NodeSystemInfo requires, so typed clients can decode the Node.
+        "nodeInfo": {
+            "architecture": platform.machine().replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            "bootID": "",
+            "containerRuntimeVersion": "nodemesh://netns",
+            "kernelVersion": platform.release(),
+            "kubeProxyVersion": "",
+            "kubeletVersion": f"v1.33.0-nodemesh-{__version__}",
+            "machineID": "",
+            "operatingSystem": "linux",
+            "osImage": "nodemesh local node",
+            "systemUUID": "",
+        },
     }
 
 
