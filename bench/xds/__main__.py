@@ -34,6 +34,7 @@ from services.xds.server import AdsServer, Hooks
 from services.xds.snapshot import CLUSTER, ENDPOINT, ROUTE, Snapshot
 
 from . import scenario as sc
+from .e2e import part_c
 
 
 class Harness:
@@ -280,7 +281,7 @@ async def part_b(n: int, seconds: int, rounds: int) -> dict[str, Any]:
         await h.server.stop(0)
 
 
-def report(a: dict[str, Any] | None, b: dict[str, Any] | None) -> None:
+def report(a: dict[str, Any] | None, b: dict[str, Any] | None, c: dict[str, Any] | None = None) -> None:
     if a is not None:
         r = a["results"]
         print("\n## Part A — change → Envoy ACK (1,000 routes, 1,000 clusters, 10,000 endpoints)\n")
@@ -323,18 +324,34 @@ def report(a: dict[str, Any] | None, b: dict[str, Any] | None) -> None:
         pn, sp = lat["per-node"], lat["sidecar-pair"]
         add = [(pn[m] - d[m]) / max(1e-9, sp[m] - d[m]) for m in ("p50", "p99")]
         print(f"\nadded latency per-node / sidecar pair: p50 {add[0]:.2f}, p99 {add[1]:.2f}")
+    if c is not None:
+        print(
+            "\n## Part C — HTTPRoute change → Envoy ACK through the whole service (Delta, real translator)\n"
+        )
+        print(
+            "1,000 HTTPRoutes / 1,000 Services / 10,000 endpoints; "
+            f"initial load to LIVE {c['initial_to_live_s']:.2f} s"
+        )
+        print(
+            f"p50 {c['p50_ms']:.0f} ms, p99 {c['p99_ms']:.0f} ms (n={c['n']}); of which translate + snapshot "
+            f"build (median) {c['translate_ms_median']:.0f} ms"
+        )
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     a = await part_a(args.changes) if args.part in ("a", "all") else None
     b = await part_b(args.services, args.hey_seconds, args.rounds) if args.part in ("b", "all") else None
-    report(a, b)
-    return {"a": a, "b": b}
+    c = await part_c(changes=args.e2e_changes) if args.part in ("c", "all") else None
+    report(a, b, c)
+    return {"a": a, "b": b, "c": c}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.xds")
-    p.add_argument("--part", choices=("a", "b", "all"), default="all")
+    p.add_argument("--part", choices=("a", "b", "c", "all"), default="all")
+    p.add_argument(
+        "--e2e-changes", type=int, default=20, help="HTTPRoute changes through the service (part C)"
+    )
     p.add_argument("--changes", type=int, default=40, help="changes per mode and kind (part A)")
     p.add_argument("--services", type=int, default=20, help="pods/services (part B)")
     p.add_argument("--hey-seconds", type=int, default=5)

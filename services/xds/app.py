@@ -136,12 +136,18 @@ class XdsApp:
         await self.retranslate()
         self.svc.gate("synced").set()
         self.log.info("initial sync done; serving snapshots")
+        quiet = self.cfg.debounce_ms / 1000
+        last = 0.0
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(self.cfg.debounce_ms / 1000)
+            # Leading edge: a change after a quiet period is translated at once; changes that keep
+            # coming (a burst, or during a translation) are coalesced by the debounce.
             if self._dirty.is_set():
+                if time.monotonic() - last < quiet:
+                    await asyncio.sleep(quiet)
                 await self.retranslate()
+                last = time.monotonic()
             elif self._status_dirty.is_set():
                 await self.publish_statuses()
 
@@ -185,6 +191,7 @@ class XdsApp:
                 self.cache.clear(node)
         for node, snap in snaps.per_node.items():
             self.cache.set_snapshot(node, snap)
+        await asyncio.sleep(0)  # let the streams push before status work
         await self.publish_statuses()
 
     async def publish_statuses(self) -> None:

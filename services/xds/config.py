@@ -15,7 +15,8 @@ class XdsConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     grpc_addr: str = "127.0.0.1:18000"
     """host:port of the ADS gRPC server Envoys connect to (port 0 picks one)."""
     debounce_ms: int = 50
-    """Quiet period after a Kubernetes change before re-translating (coalesces bursts)."""
+    """Changes within this long of the last translation wait this long and are coalesced (a change
+    after a quiet period is translated at once)."""
     programmed_nodes: Literal["all", "any"] = "all"
     """A Gateway is Programmed when every Node's Envoy (``all``, local mode) or at least one
     (``any``) applied the listener versions serving it."""
