@@ -30,6 +30,32 @@ CILIUM_116_EXTENDED = {
 }
 
 
+NOTES = """## How it runs
+
+- `make conformance` (= `python -m nodemesh.conformance --report docs/conformance.md`) runs every case;
+  `--case NAME` (repeatable) runs some; `--dir` or `$NODEMESH_CONFORMANCE_DIR` points at another corpus;
+  `--scale` multiplies every timeout.
+- `--mode standalone` (default): the translator (`services/xds/translate`) + one real Envoy 1.40 fed
+  through xDS files + echo servers (`nodemesh/echo.py`) started as processes named like pods
+  (`<deployment>-<hash>-<hash>`) on their own loopback addresses. The harness plays API server
+  (generation, uid, creation order), LB-IPAM (a loopback address per Gateway), EndpointSlice controller,
+  watcher (status patches merged into the objects) and xds (Gateways become Programmed once Envoy runs the
+  version). Every expectation is checked exactly as the corpus README says: status polling with upstream
+  timeouts, 3 consecutive successful requests within 30 s, 500-request weighted distributions within
+  5 points, mirror percentages within 3 sigma, the mirror log line of the echo server.
+- `--mode cluster [--data-dir D]`: the same cases against `nodemesh up` (local API server, watcher, xds,
+  datapath pods, per-node Envoys). Backends become Deployments of the upstream echo-basic image, which
+  local mode maps to `nodemesh.echo`.
+
+## Known gaps
+
+- The echo server has no h2c port (3001), `/ws` or `/retry` (no case here uses them).
+- The gRPC echo's message field numbers are nodemesh's (the upstream `.proto` was not available offline);
+  the runner's gRPC client uses the same definition, and upstream only compares fields this covers.
+- Invalid backendRefs mixed with valid ones are dropped (as Cilium does) instead of answering 500 for
+  their share of the weight."""
+
+
 def write_report(path: str, results: list[CaseResult], index: list[dict[str, Any]], mode: str) -> None:
     by_feature: dict[str, list[CaseResult]] = {}
     for r in results:
@@ -66,6 +92,7 @@ def write_report(path: str, results: list[CaseResult], index: list[dict[str, Any
     for r in fails:
         prov = " (provisional upstream)" if r.provisional else ""
         lines.append(f"- **{r.name}**{prov} (`{r.feature}`): {r.reason}")
+    lines += ["", *NOTES.splitlines()]
     lines += ["", "## Per case", "", "| case | feature | result | seconds |", "|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.name} | `{r.feature}` | {'pass' if r.passed else 'FAIL'} | {r.seconds} |")
