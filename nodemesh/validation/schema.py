@@ -32,9 +32,12 @@ _STRICT = "x-nodemesh-strict"
 UNKNOWN_FIELD = "unknown field"
 
 
-def _prepare(node: Any) -> Any:
+def _prepare(node: Any, structural: bool = True) -> Any:
+    """Translate the Kubernetes extensions; ``structural`` is False inside oneOf/anyOf/allOf/not,
+    whose ``properties`` only constrain values (Kubernetes' structural-schema rule), so unknown
+    fields are never judged there."""
     if isinstance(node, list):
-        return [_prepare(n) for n in node]
+        return [_prepare(n, structural) for n in node]
     if not isinstance(node, dict):
         return node
     out: dict[str, Any] = {}
@@ -42,16 +45,16 @@ def _prepare(node: Any) -> Any:
         if key in _SKIP_KEYS:
             continue
         if key in ("properties", "patternProperties", "definitions", "$defs"):
-            out[key] = {k: _prepare(v) for k, v in value.items()}
+            out[key] = {k: _prepare(v, structural) for k, v in value.items()}
         else:
-            out[key] = _prepare(value)
+            out[key] = _prepare(value, structural and key not in ("oneOf", "anyOf", "allOf", "not"))
     if out.pop("x-kubernetes-int-or-string", False):
         out.pop("type", None)
         out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
     if out.pop("nullable", False) and isinstance(out.get("type"), str):
         out["type"] = [out["type"], "null"]
     preserve = out.get("x-kubernetes-preserve-unknown-fields", False)
-    if "properties" in out and "additionalProperties" not in out and not preserve:
+    if structural and "properties" in out and "additionalProperties" not in out and not preserve:
         out["additionalProperties"] = False
         out[_STRICT] = True  # marks the rule as ours: an unknown field, reported separately
     return out
@@ -65,6 +68,11 @@ def _validator(kind: str) -> jsonschema.protocols.Validator | None:
         return None
     schema = _prepare(json.loads(text))
     schema.pop("$comment", None)
+    # metadata is validated separately (core.py) and removed from what the schema sees.
+    if "required" in schema:
+        schema["required"] = [r for r in schema["required"] if r != "metadata"] or None
+        if schema["required"] is None:
+            del schema["required"]
     cls = jsonschema.Draft4Validator
     return cls(schema)
 
