@@ -7,11 +7,14 @@ import asyncio
 import os
 from typing import Any
 
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.micro.request import Request
 
 from nodemesh import subjects
+from nodemesh.codec import decode
+from nodemesh.errors import DecodeError
 from nodemesh.k8scache import K8sCache
-from nodemesh.messages.auth import AuthListReply, AuthListRequest, AuthRequired
+from nodemesh.messages.auth import AuthEntry, AuthListReply, AuthListRequest, AuthRequired
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo, TrustBundle
 from nodemesh.runtime import Service
 from services.authd.config import AuthdConfig
@@ -60,7 +63,10 @@ async def main(svc: Service) -> None:
 
     async def recompute() -> None:
         await asyncio.gather(identities.synced.wait(), ipcache.synced.wait(), nodes.synced.wait())
-        manager.synced = True
+        restored = manager.restore(await _stored_entries(svc, cfg.node))
+        if restored:
+            svc.log.info("restored %d auth entries from KV auth", restored)
+        first = True
         while True:
             await asyncio.sleep(0.002)  # coalesce a burst of changes into one recompute
             changed.clear()
@@ -70,12 +76,16 @@ async def main(svc: Service) -> None:
                 nodes.values,
                 [o for kind in POLICY_KINDS for o in policies.list(kind)],
             )
+            if first:
+                first = False
+                initial.set()
             await changed.wait()
 
+    initial = asyncio.Event()  # restored and computed once: `auth list` is complete from here on
+    registered = asyncio.Event()  # subscriptions and the list endpoint are known to the server
+
     async def ready() -> None:
-        await asyncio.gather(
-            identities.synced.wait(), ipcache.synced.wait(), nodes.synced.wait(), policies.synced.wait()
-        )
+        await asyncio.gather(initial.wait(), policies.synced.wait())
         while server.sock is None:
             await asyncio.sleep(0.05)
         svc.gate("synced").set()
@@ -131,8 +141,31 @@ async def main(svc: Service) -> None:
         await api.start()
         svc.on_stop(api.stop)
 
+    await bus.nc.flush()
+    registered.set()
+
     async def shutdown() -> None:
         manager.pool.shutdown(wait=False, cancel_futures=True)
         server.pool.shutdown(wait=False, cancel_futures=True)
 
     svc.on_stop(shutdown)
+
+
+async def _stored_entries(svc: Service, node: str) -> list[AuthEntry]:
+    """What a previous run of this node's authd left in KV ``auth`` (undecodable values skipped)."""
+    kv = await svc.bus.kv("auth")
+    out: list[AuthEntry] = []
+    try:
+        keys = await kv.keys(filters=[f"{subjects.token(node)}."])
+    except NoKeysError:
+        return out
+    for k in keys:
+        if not k.startswith(f"{subjects.token(node)}."):
+            continue
+        try:
+            entry = await kv.get(k)
+            if entry.value:
+                out.append(decode(entry.value, AuthEntry))
+        except (DecodeError, KeyNotFoundError) as e:
+            svc.log.warning("ignoring KV auth %s: %s", k, e)
+    return out

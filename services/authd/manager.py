@@ -17,9 +17,11 @@ from typing import Any
 
 from nodemesh import subjects
 from nodemesh.bus import Bus
+from nodemesh.codec import encode
 from nodemesh.messages.auth import (
     AUTH_TYPE_ALWAYS_FAIL,
     AUTH_TYPE_SPIRE,
+    AuthEntry,
     AuthEvent,
     AuthKey,
     AuthRequired,
@@ -42,10 +44,22 @@ from services.authd.table import (
     renew_at,
 )
 
-__all__ = ["AuthManager"]
+__all__ = ["AuthManager", "kv_key"]
 
 log = logging.getLogger("nodemesh.authd.manager")
 VALID_MARGIN = 1.0  # a verdict with less left than this is renewed rather than re-announced
+KV_PUT, KV_DEL = "\x00kv-put", "\x00kv-del"  # markers in the publisher queue (never subjects)
+
+
+def kv_key(node: str, key: AuthKey) -> str:
+    """Key of an entry in KV ``auth``: ``<node>.<local>.<remote>.<remote node>.<type>`` (NATS
+    permissions let only this node's authd write under ``<node>.``)."""
+    return (
+        f"{subjects.token(node)}.{key.local_identity}.{key.remote_identity}."
+        f"{subjects.token(key.remote_node)}.{key.auth_type}"
+    )
+
+
 TRANSIENT = frozenset({"not-hosted", "no-svid", "no-bundle"})  # reasons that clear up by themselves
 
 
@@ -69,7 +83,6 @@ class AuthManager:
         self.policy_errors: list[str] = []
         self._policy = PolicyPairs()
         self.source_address = ""
-        self.synced = False
         self.pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="authd-init")
         self._sem = asyncio.Semaphore(cfg.workers)
         self._wake = asyncio.Event()
@@ -193,12 +206,42 @@ class AuthManager:
 
     # --- loops -------------------------------------------------------------------------------------
     async def publisher(self) -> None:
+        """Publish verdicts and events in order; mirror granted entries into KV ``auth`` (the
+        datapath re-seeds its map from there after a restart, and authd restores from it)."""
+        kv = await self.bus.kv("auth")
         while True:
             subject, msg = await self._out.get()
             try:
-                await self.bus.publish(subject, msg)
-            except Exception as e:  # NATS down: the entry state stays right; auth list re-seeds
+                if subject == KV_PUT:
+                    await kv.put(kv_key(self.me, msg.key), encode(msg))
+                elif subject == KV_DEL:
+                    await kv.delete(kv_key(self.me, msg))
+                else:
+                    await self.bus.publish(subject, msg)
+            except Exception as e:  # NATS down: the entry state stays right; the next change re-sends
                 log.warning("publish on %s failed: %s", subject, e)
+
+    def restore(self, stored: Iterable[AuthEntry]) -> int:
+        """Adopt the granted entries a previous run of this authd left in KV ``auth`` (as Cilium
+        restores its auth map cache): they stay valid, are renewed, and are revoked if they no
+        longer stand — instead of lingering unknown in the datapath's map until they expire."""
+        now, n = time.time(), 0
+        for s in stored:
+            if s.key in self.entries:
+                continue
+            e = self.entries[s.key] = Entry(s.key)
+            e.published = True
+            e.required, e.reactive, e.via = s.proactive, s.reactive, s.via or "restored"
+            e.last_success = e.granted = s.last_success or now
+            e.expires = s.expires
+            if s.expires > now:
+                e.state = "authenticated"
+                e.due = renew_at(e.granted, s.expires, is_primary(self.me, s.key), self.cfg.renew_fraction)
+            else:
+                e.state, e.due = "expired", now
+            n += 1
+        self._wake.set()
+        return n
 
     async def reactive_loop(self) -> None:
         while True:
@@ -336,12 +379,14 @@ class AuthManager:
         e.published = True
         self.m.verdicts.labels(kind="granted").inc()
         self._out.put_nowait((subjects.auth_granted(self.me), AuthVerdict(key=e.key, expires=e.expires)))
+        self._out.put_nowait((KV_PUT, e.view(self.me)))
 
     def _revoke(self, e: Entry) -> None:
         if e.published:
             e.published = False
             self.m.verdicts.labels(kind="revoked").inc()
             self._out.put_nowait((subjects.auth_revoked(self.me), AuthVerdict(key=e.key, expires=e.expires)))
+            self._out.put_nowait((KV_DEL, e.key))
 
     def _event(self, type_: str, key: AuthKey, **kw: Any) -> None:
         ev = AuthEvent(type=type_, key=key, node=self.me, ts=time.time(), **kw)  # type: ignore[arg-type]

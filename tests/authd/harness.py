@@ -183,6 +183,11 @@ class Cluster:
         m: AuthManager = self.services[node].authd  # type: ignore[attr-defined]
         return m
 
+    async def stop_authd(self, node: str) -> None:
+        self._stops.pop(node).set()
+        await asyncio.wait_for(self._tasks.pop(node), 15)
+        del self.services[node]
+
     async def stop_all(self) -> None:
         for stop in self._stops.values():
             stop.set()

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
+
+from nats.js.errors import KeyNotFoundError
 
 from nodemesh import subjects
-from nodemesh.messages.auth import AuthRequired
+from nodemesh.codec import decode
+from nodemesh.messages.auth import AuthEntry, AuthListReply, AuthListRequest, AuthRequired
+from services.authd.manager import kv_key
 from tests.authd.harness import Cluster, key, poll
 from tests.authd.test_paths import CLIENT, EGRESS_AUTH, INGRESS_AUTH, SERVER, _pods
 
@@ -116,3 +121,39 @@ async def test_always_fail_mode_and_reserved_identities(cluster: Cluster) -> Non
         reason="test-always-fail",
     )
     assert n >= 1
+
+
+async def test_restart_restores_entries_from_kv_and_still_revokes(cluster: Cluster) -> None:
+    c = cluster
+    await _pods(c)
+    await c.put_policy("server-in", INGRESS_AUTH)
+    await c.start_authd("node-1")
+    await c.start_authd("node-2")
+    k = key(SERVER, CLIENT, "node-1")
+    await poll(lambda: c.seen.grants("node-2", k), 30, "a verdict")
+    (_, first), *_ = c.seen.grants("node-2", k)
+    kv = await c.bus.kv("auth")
+    stored = decode((await kv.get(kv_key("node-2", k))).value, AuthEntry)
+    assert stored.state == "authenticated" and stored.expires == first.expires
+
+    await c.stop_authd("node-2")
+    await c.start_authd("node-2")
+    # The new run knows the entry at once (no handshake needed for it to be listed and renewed).
+    listed = await c.bus.request(subjects.auth_list("node-2"), AuthListRequest(), AuthListReply)
+    assert [(e.key, e.state) for e in listed.entries] == [(k, "authenticated")]
+    # ...so it revokes it when the policy goes, although this run never handshook for it.
+    await c.delete_policy("server-in")
+    await poll(lambda: c.seen.revokes("node-2", k), 30, "revocation by the restarted authd")
+    for _ in range(200):
+        if not await _kv_has(kv, kv_key("node-2", k)):
+            break
+        await asyncio.sleep(0.05)
+    assert not await _kv_has(kv, kv_key("node-2", k)), "the KV entry is deleted with the revocation"
+
+
+async def _kv_has(kv: Any, k: str) -> bool:
+    try:
+        entry = await kv.get(k)
+    except KeyNotFoundError:
+        return False
+    return bool(entry.value)
