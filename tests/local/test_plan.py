@@ -1,0 +1,77 @@
+"""The supervisor's plan: ports, run files, per-process argv/env, skipped modules, one user per process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nodemesh.local import supervisor as sup
+from nodemesh.local.layout import ClusterInfo
+from nodemesh.local.processes import PROCESSES
+
+
+def test_plan_writes_run_files_and_wires_every_process(tmp_path: Path) -> None:
+    s = sup.Supervisor(
+        sup.Options(data_dir=str(tmp_path), nodes=2, manifests=str(tmp_path)), progress=lambda _m: None
+    )
+    procs = {p.state.name: p for p in s.plan()}
+    expected = {"nats", "apiserver", "watcher-0", "watcher-1", "identity", "xds"}
+    expected |= {f"{svc}@node-{i}" for svc in ("datapath", "authd", "envoy") for i in (1, 2)}
+    assert set(procs) == expected
+
+    import msgspec
+
+    cluster = msgspec.json.decode((tmp_path / "run" / "cluster.json").read_bytes(), type=ClusterInfo)
+    assert [(n.name, n.pod_cidr, n.address) for n in cluster.nodes] == [
+        ("node-1", "10.244.1.0/24", "127.0.50.1"),
+        ("node-2", "10.244.2.0/24", "127.0.50.2"),
+    ]
+    creds_path = tmp_path / "run" / "credentials.json"
+    assert creds_path.stat().st_mode & 0o777 == 0o600
+    creds = json.loads(creds_path.read_text())
+    conf = (tmp_path / "nats" / "nats.conf").read_text()
+    assert f"listen: {cluster.nats_url.removeprefix('nats://')}" in conf and "jetstream" in conf
+
+    ports = [p.state.health_port for p in procs.values() if p.state.health_port]
+    assert len(ports) == len(set(ports))
+    for name, p in procs.items():
+        assert p.env["NODEMESH_CLUSTER_DATA_DIR"] == str(tmp_path)
+        if p.state.skipped or p.spec.service in ("nats", "apiserver", "envoy"):
+            continue
+        argv = p.argv
+        assert argv[1:3] == ["-m", p.spec.module]
+        assert argv[argv.index("--nats-url") + 1] == cluster.nats_url
+        assert argv[argv.index("--health-addr") + 1] == f"127.0.0.1:{p.state.health_port}"
+        if creds:  # nodemesh.natsauth present: every NATS client has its own user
+            user = p.spec.nats_user.format(node=p.state.node or "node-1")
+            assert p.env["NODEMESH_NATS_USER"] == user, name
+            assert p.env["NODEMESH_NATS_PASSWORD"] == creds[user]["password"]
+    api = procs["apiserver"]
+    if not api.state.skipped:
+        assert api.argv[api.argv.index("--manifests") + 1] == str(tmp_path)
+    assert procs["watcher-0"].env.get("NODEMESH_WATCHER_ID") == "watcher-0"
+    assert procs["watcher-1"].env.get("NODEMESH_API_URL") == cluster.api_url
+
+
+def test_missing_module_is_skipped_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sup, "module_available", lambda module: module != "services.identity")
+    s = sup.Supervisor(sup.Options(data_dir=str(tmp_path), nodes=1), progress=lambda _m: None)
+    procs = {p.state.name: p for p in s.plan()}
+    assert "not found" in procs["identity"].state.skipped and procs["identity"].argv == []
+    assert not procs["watcher-0"].state.skipped
+    assert s.snapshot().pending  # skipped ones are not pending, the others are (not started)
+    assert all(p.name != "identity" for p in s.snapshot().pending)
+
+
+def test_user_environment_does_not_leak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODEMESH_NATS_URL", "nats://elsewhere:1")
+    s = sup.Supervisor(sup.Options(data_dir=str(tmp_path), nodes=1), progress=lambda _m: None)
+    for p in s.plan():
+        assert p.env.get("NODEMESH_NATS_URL") is None
+
+
+def test_every_table_entry_has_a_probe_and_script() -> None:
+    for spec in PROCESSES:
+        assert spec.script and spec.probe in ("readyz", "apiserver", "nats", "envoy")
