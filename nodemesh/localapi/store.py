@@ -98,8 +98,15 @@ class Store:
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         self._objs: dict[str, dict[tuple[str, str], dict[str, Any]]] = {k.kind: {} for k in KINDS}
         for kind, ns, name, body in self._db.execute("SELECT kind, namespace, name, body FROM objects"):
-            if kind in self._objs:
-                self._objs[kind][(ns, name)] = msgspec.json.decode(body)
+            if kind not in self._objs:
+                continue  # a kind this version no longer serves
+            try:
+                obj = msgspec.json.decode(body)
+                _ = obj["metadata"]["uid"]  # a row without metadata is corrupt
+            except (msgspec.DecodeError, KeyError, TypeError):
+                log.error("skipping corrupt stored %s %s/%s", kind, ns, name)
+                continue
+            self._objs[kind][(ns, name)] = obj
         self.rv = int(self.get_meta("rv") or "0")
         self._history: collections.deque[WatchEvent] = collections.deque(maxlen=max(1, history))
         # Every event with rv > floor is in the history (after a restart: none older than now).

@@ -313,3 +313,29 @@ async def test_service_defaults_and_cluster_ip_allocation(client: Client) -> Non
     # A replace that omits clusterIP keeps the allocated one.
     st, a2 = await client.put(f"{svcs}/a", svc("a"))
     assert st == 200 and a2["spec"]["clusterIP"] == "10.96.0.2"
+
+
+async def test_corrupt_stored_row_is_skipped_not_fatal(tmp_path: Path) -> None:
+    import sqlite3
+
+    a = LocalApi(tmp_path, nodes=1)
+    await a.start()
+    await a.stop()
+    db = sqlite3.connect(tmp_path / "api" / "store.db")
+    db.execute("INSERT INTO objects VALUES ('ConfigMap', 'default', 'bad', ?)", (b"{not json",))
+    db.commit()
+    db.close()
+    b = LocalApi(tmp_path, nodes=1)
+    await b.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            c = Client(b.url, s)
+            st, _ = await c.get("/api/v1/namespaces/default/configmaps/bad")
+            assert st == 404
+            st, _ = await c.post(
+                "/api/v1/namespaces/default/configmaps",
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bad"}},
+            )
+            assert st == 201  # the corrupt row is replaced by a good object
+    finally:
+        await b.stop()
