@@ -73,6 +73,7 @@ class _SotwType:
     last_sent: Sent | None = None
     parked: str = ""
     pending: bool = True
+    answered: str = ""  # the nonce whose ACK/NACK was recorded
 
 
 @dataclass
@@ -182,7 +183,11 @@ class _SotwStream(_Stream):
                 self.server.hooks.on_fresh(self.node, t)
         else:
             ts.wildcard, ts.names = wildcard, names - {"*"}
-        if ts.last_sent is not None and req.response_nonce == ts.last_nonce:
+            # A name the client dropped must be sent again if it comes back (a re-added cluster's
+            # endpoints), even at an unchanged version.
+            ts.sent_names &= ts.names
+        if ts.last_sent is not None and req.response_nonce == ts.last_nonce and ts.answered != ts.last_nonce:
+            ts.answered = ts.last_nonce  # later requests with this nonce only change subscriptions
             nack = req.HasField("error_detail")
             ev = AckEvent(ts.last_sent, ack=not nack, error=req.error_detail.message if nack else "")
             if nack:

@@ -93,6 +93,16 @@ async def test_sotw_wildcard_named_ack_and_no_push_for_identical_state(env: Env)
         assert len(eds2.resources) == 2 and int(eds2.nonce) > int(eds.nonce)
         await c.ack(eds2, ["a", "b"])
         await env.next_ack()
+        # A name dropped and asked for again (a cluster removed and re-added) is sent again.
+        await c.request(ENDPOINT, ["a"], version=eds2.version_info, nonce=eds2.nonce)
+        await c.expect_silence(0.2)
+        assert env.acks.empty()  # a subscription change is not another ACK
+        await c.request(ENDPOINT, ["a", "b"], version=eds2.version_info, nonce=eds2.nonce)
+        again = await c.recv()
+        assert len(again.resources) == 2
+        await c.ack(again, ["a", "b"])
+        await env.next_ack()
+        eds2 = again
         # An endpoint change pushes EDS (after its ACK), nothing else.
         env.cache.set_default(
             SNAP.replace(
