@@ -1,6 +1,6 @@
 """bench/auth: authd's handshake rate against raw Python TLS 1.3, and time-to-verdict.
 
-Run: ``.venv/bin/python -m bench.auth [--rounds 3] [--handshakes 300] [--pairs 60]``
+Run: ``.venv/bin/python -m bench.auth [--rounds 9] [--handshakes 150] [--pairs 60]``
 
 1. Mutual handshakes per second, one at a time, interleaved A/B in rounds with the same P-256 keys
    and certificates: (A) raw Python ``ssl`` TLS 1.3 mutual handshake over loopback TCP; (B) authd's
@@ -201,8 +201,8 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="bench.auth")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--handshakes", type=int, default=300)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--handshakes", type=int, default=150)
     p.add_argument("--pairs", type=int, default=60)
     args = p.parse_args()
     asyncio.run(run(args))
