@@ -21,6 +21,12 @@ class WatcherMetrics:
             ["kind"],
             registry=registry,
         )
+        self.publish_errors = Counter(
+            "nodemesh_watcher_publish_errors",
+            "Object versions that could not be published",
+            ["kind", "reason"],
+            registry=registry,
+        )
         self.relists = Counter(
             "nodemesh_watcher_relists",
             "Lists of a kind after the first (410 Expired, missing kind retry)",

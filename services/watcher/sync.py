@@ -14,6 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from nats.errors import MaxPayloadError
+
 from nodemesh import subjects
 from nodemesh.bus import Bus
 from nodemesh.k8scache import K8sCache
@@ -82,11 +84,24 @@ class Publisher:
     async def _publish(self, ev: ObjectEvent) -> None:
         if not self.is_leader():
             raise LostLeadership()
-        await self.bus.js_publish(
-            subjects.k8s_object(ev.kind, ev.namespace, ev.name),
-            ev,
-            msg_id=f"{ev.uid}:{ev.resource_version}:{ev.type}",
-        )
+        try:
+            await self.bus.js_publish(
+                subjects.k8s_object(ev.kind, ev.namespace, ev.name),
+                ev,
+                msg_id=f"{ev.uid}:{ev.resource_version}:{ev.type}",
+            )
+        except MaxPayloadError:
+            # Retrying cannot help: skip this version (the stream keeps the previous one) rather
+            # than block the kind's list/watch forever. Raise NATS' max_payload to carry it.
+            log.error(
+                "%s %s/%s (resourceVersion %s) exceeds NATS max_payload: not published",
+                ev.kind,
+                ev.namespace,
+                ev.name,
+                ev.resource_version,
+            )
+            self.metrics.publish_errors.labels(kind=ev.kind, reason="too_large").inc()
+            return
         self.metrics.published.labels(kind=ev.kind, type=ev.type).inc()
 
 

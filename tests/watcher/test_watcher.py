@@ -295,3 +295,29 @@ async def test_watcher_recovers_after_nats_restart(nats_server: NatsServer, api:
             await bus.nc.close()
     finally:
         await w.stop()
+
+
+async def test_object_over_nats_max_payload_is_skipped_not_blocking(
+    nats_server: NatsServer, api: LocalApi, bus: Bus
+) -> None:
+    api.store.create(CM, cm("small"))
+    api.store.create(
+        CM, {"metadata": {"name": "huge", "namespace": "default"}, "data": {"v": "x" * (2 << 20)}}
+    )
+    w = await InProcessWatcher(nats_server.url, api.url, "w").start()
+    cache = K8sCache(bus)
+    await cache.start()
+    try:
+        await cache.wait_synced(30)  # the initial sync completes despite the oversized object
+        assert cache.get("ConfigMap", "default", "small") is not None
+        assert cache.get("ConfigMap", "default", "huge") is None
+        assert (
+            w.metric("nodemesh_watcher_publish_errors_total", {"kind": "ConfigMap", "reason": "too_large"})
+            == 1
+        )
+        # Shrunk below the limit, it is published like any change.
+        touch(api, "huge", "small now")
+        await converged(api, cache)
+    finally:
+        await cache.stop()
+        await w.stop()
