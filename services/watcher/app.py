@@ -14,7 +14,8 @@ import secrets
 from typing import Any
 
 from nodemesh import subjects
-from nodemesh.kinds import KINDS, Kind, by_kind
+from nodemesh.errors import ConfigError
+from nodemesh.kinds import KINDS, Kind, lookup
 from nodemesh.messages.k8s import StatusPatch
 from nodemesh.runtime import Service
 from nodemesh.streams import BUCKET_LEASES
@@ -33,7 +34,15 @@ LEASE_KEY = "watcher"
 def select_kinds(spec: str) -> list[Kind]:
     if not spec.strip():
         return list(KINDS)
-    return [by_kind(k.strip()) for k in spec.split(",") if k.strip()]
+    out = []
+    for name in (k.strip() for k in spec.split(",")):
+        if not name:
+            continue
+        kind = lookup(name)
+        if kind is None:
+            raise ConfigError(f"kinds: unknown kind {name!r}")
+        out.append(kind)
+    return out
 
 
 async def main(svc: Service) -> None:
