@@ -9,11 +9,13 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError
 
 from nodemesh import subjects
-from nodemesh.codec import decode
+from nodemesh.codec import decode, encode
 from nodemesh.messages.auth import AuthEntry, AuthListReply, AuthListRequest, AuthRequired
+from nodemesh.messages.identity import TrustBundle
 from services.authd.manager import kv_key
+from tests.authd.ca import SpiffeCA
 from tests.authd.harness import Cluster, key, poll
-from tests.authd.test_paths import CLIENT, EGRESS_AUTH, INGRESS_AUTH, SERVER, _pods
+from tests.authd.test_paths import CLIENT, CLIENT2, EGRESS_AUTH, INGRESS_AUTH, SERVER, _pods
 
 TTL = 6.0
 
@@ -157,3 +159,35 @@ async def _kv_has(kv: Any, k: str) -> bool:
     except KeyNotFoundError:
         return False
     return bool(entry.value)
+
+
+async def test_trust_bundle_updates_are_followed(cluster: Cluster) -> None:
+    c = cluster
+    await _pods(c)
+    await c.put_policy("server-in", INGRESS_AUTH)
+    await c.start_authd("node-1")
+    await c.start_authd("node-2")
+    await poll(lambda: c.seen.grants("node-2", key(SERVER, CLIENT, "node-1")), 30, "a verdict")
+    # The bundle is replaced by a foreign root only: SVIDs of our CA stop verifying.
+    foreign = SpiffeCA(c.ca.trust_domain)
+    trust = await c.bus.kv("trust")
+    td = c.ca.trust_domain
+    await trust.put(
+        "bundle", encode(TrustBundle(trust_domain=td, roots_pem=[foreign.bundle_pem], revision=2))
+    )
+    await poll(
+        lambda: all(c.manager(n).store.bundle_pem == foreign.bundle_pem for n in ("node-1", "node-2")),
+        30,
+        "both authds to follow the new bundle",
+    )
+    await c.add_identity(CLIENT2, "client", extra=("k8s:version=v2",))
+    await c.add_pod("10.244.1.11", CLIENT2, "node-1")
+    k2 = key(SERVER, CLIENT2, "node-1")
+    await poll(
+        lambda: [e for e in c.seen.of_type("node-2", "failed") if e.key == k2], 30, "a refused handshake"
+    )
+    assert not c.seen.grants("node-2", k2)
+    # Both roots trusted (a CA rotation's overlap): the retry succeeds.
+    both = TrustBundle(trust_domain=td, roots_pem=[c.ca.bundle_pem, foreign.bundle_pem], revision=3)
+    await trust.put("bundle", encode(both))
+    await poll(lambda: c.seen.grants("node-2", k2), 60, "a verdict once our root is back in the bundle")
