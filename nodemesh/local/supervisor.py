@@ -282,7 +282,7 @@ class Supervisor:
             await asyncio.sleep(0.5)
 
     async def _probe_one(self, session: aiohttp.ClientSession, p: Proc) -> None:
-        if not p.state.running or not p.state.health_port:
+        if not p.state.running or not p.state.health_port or self.phase == "stopping":
             return
         ready, version = await probe(session, p.spec.probe, p.state.health_port, not p.state.version)
         if not p.state.running:
