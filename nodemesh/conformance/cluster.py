@@ -157,11 +157,26 @@ class LocalCluster:
             deps.append(self._deployment(pods, tls))
             self._deployments.add(key)
         await self.apply(deps)
-        namespaces = {d["metadata"]["namespace"] for d in deps}
+        # Wait until every Deployment has its replicas, all Ready (an empty namespace is not "ready" here:
+        # the Deployment controller may not have created the pods yet).
+        pending = {(d["metadata"]["namespace"], d["metadata"]["name"]): d["spec"]["replicas"] for d in deps}
         deadline = time.monotonic() + 300
-        while namespaces and time.monotonic() < deadline:
-            namespaces = {ns for ns in namespaces if not self.pods_ready(ns)}
+        while pending and time.monotonic() < deadline:
+            pending = {k: n for k, n in pending.items() if self._ready_count(*k) < n}
             await asyncio.sleep(0.5)
+        if pending:
+            raise RuntimeError(f"backend pods not ready after 300 s: {sorted(pending)}")
+
+    def _ready_count(self, namespace: str, deployment: str) -> int:
+        n = 0
+        for p in self._pods(namespace):
+            labels = (p.get("metadata") or {}).get("labels") or {}
+            conds = (p.get("status") or {}).get("conditions") or []
+            if labels.get("app") == deployment and any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in conds
+            ):
+                n += 1
+        return n
 
     def _pods(self, namespace: str) -> list[dict[str, Any]]:
         return self.list_objects("Pod", namespace)
