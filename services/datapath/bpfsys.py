@@ -112,6 +112,14 @@ class MapFd:
         self.max_entries = int(info.max_entries)
         self.map_type = int(info.type)
         self.name = info.name.decode(errors="replace")
+        self._kbuf = ctypes.create_string_buffer(self.key_size)
+        self._vbuf = ctypes.create_string_buffer(self.value_size)
+        self._uattr = _ElemAttr(
+            map_fd=fd, key=ctypes.addressof(self._kbuf), value=ctypes.addressof(self._vbuf)
+        )
+        self._dattr = _ElemAttr(map_fd=fd, key=ctypes.addressof(self._kbuf), value=0)
+        self._uattr_ref = ctypes.byref(self._uattr)
+        self._dattr_ref = ctypes.byref(self._dattr)
 
     @classmethod
     def pinned(cls, path: str) -> MapFd:
@@ -139,13 +147,27 @@ class MapFd:
         return v.raw
 
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
-        k = ctypes.create_string_buffer(key, self.key_size)
-        v = ctypes.create_string_buffer(value, self.value_size)
-        _call(_MAP_UPDATE_ELEM, self._attr(k, v, flags), f"update {self.name}")
+        # The hot path of bulk applies: reuse one attr and two buffers (callers hold the GIL, so
+        # no other thread writes them between memmove and the syscall returning).
+        if len(key) != self.key_size or len(value) != self.value_size:
+            raise ValueError(f"{self.name}: key/value must be {self.key_size}/{self.value_size} bytes")
+        ctypes.memmove(self._kbuf, key, self.key_size)
+        ctypes.memmove(self._vbuf, value, self.value_size)
+        self._uattr.flags = flags
+        rc = int(_libc.syscall(_SYS_BPF, _MAP_UPDATE_ELEM, self._uattr_ref, ctypes.sizeof(_ElemAttr)))
+        if rc < 0:
+            err = ctypes.get_errno()
+            raise BpfError(err, f"bpf(update {self.name}): {os.strerror(err)}")
 
     def delete(self, key: bytes) -> None:
-        k = ctypes.create_string_buffer(key, self.key_size)
-        _call(_MAP_DELETE_ELEM, self._attr(k, None), f"delete {self.name}")
+        if len(key) != self.key_size:
+            raise ValueError(f"{self.name}: key must be {self.key_size} bytes")
+        ctypes.memmove(self._kbuf, key, self.key_size)
+        rc = int(_libc.syscall(_SYS_BPF, _MAP_DELETE_ELEM, self._dattr_ref, ctypes.sizeof(_ElemAttr)))
+        if rc < 0:
+            err = ctypes.get_errno()
+            cls = KeyNotFound if err == errno.ENOENT else BpfError
+            raise cls(err, f"bpf(delete {self.name}): {os.strerror(err)}")
 
     def keys(self) -> Iterator[bytes]:
         """Every key (a snapshot walk; entries changed meanwhile may be missed or repeated)."""

@@ -94,6 +94,7 @@ class Loader:
         self.to_fd = -1
         self.maps: NodeMaps | None = None
         self.reused_pins = False
+        self._event_cb: Callable[[Event], None] | None = None
 
     def load(self) -> NodeMaps:
         from bcc import BPF  # imported here: only the privileged agent needs BCC
@@ -113,10 +114,17 @@ class Loader:
         attach_tc(ifindex, self.from_fd, self.to_fd, ipr)
 
     def open_events(self, callback: Callable[[Event], None]) -> None:
-        """Call ``callback`` with a copy of every ring-buffer event (from :meth:`poll`'s thread)."""
+        """Call ``callback`` with a copy of every ring-buffer event (from :meth:`poll`'s thread).
+
+        The ring buffer is opened once; a later call only replaces the callback."""
+        first = self._event_cb is None
+        self._event_cb = callback
+        if not first:
+            return
 
         def cb(_ctx: Any, data: Any, _size: int) -> None:
-            callback(Event.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(Event))))
+            if self._event_cb is not None:
+                self._event_cb(Event.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(Event))))
 
         self.bpf["nm_events"].open_ring_buffer(cb)
 
@@ -147,3 +155,4 @@ class Loader:
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
+            self._event_cb = None

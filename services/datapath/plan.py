@@ -11,6 +11,7 @@ map correct for hand-made entries).
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Mapping
 
 import msgspec
@@ -23,7 +24,17 @@ from services.datapath.maps import (
 )
 from services.datapath.policy.model import PolicyKey, PolicyValue
 
-__all__ = ["PolicyDiff", "decode_key", "diff", "encode_key", "encode_policy", "encode_value", "fold_deny"]
+__all__ = [
+    "PolicyDiff",
+    "decode_key",
+    "diff",
+    "encode_key",
+    "encode_key_ctypes",
+    "encode_policy",
+    "encode_value",
+    "encode_value_ctypes",
+    "fold_deny",
+]
 
 
 class PolicyDiff(msgspec.Struct, kw_only=True):
@@ -34,8 +45,17 @@ class PolicyDiff(msgspec.Struct, kw_only=True):
         return bool(self.upsert or self.delete)
 
 
+_KEY = struct.Struct("<IIIBB")  # prefixlen, ep_id, identity, egress, protocol (+ port, big-endian)
+_PORT = struct.Struct(">H")
+_VALUE = struct.Struct("<HBBBBH")  # proxy_port (big-endian, packed separately), flags, auth, prefixes, pad
+
+
 def encode_key(ep_id: int, key: PolicyKey) -> bytes:
-    """The LPM key: 72 static bits, then 8 of protocol and ``port_prefix_len`` of port if any."""
+    """The LPM key: 72 static bits, then 8 of protocol and ``port_prefix_len`` of port if any.
+
+    Packed with ``struct`` (not the ctypes mirror) because bulk applies encode tens of thousands of
+    keys; ``tests/datapath/test_plan.py`` checks both encodings agree byte for byte.
+    """
     if key.proto:
         plen = key.port_prefix_len if key.dport or key.port_prefix_len else 0
         mask = ((0xFFFF << (16 - plen)) & 0xFFFF) if plen else 0
@@ -44,13 +64,20 @@ def encode_key(ep_id: int, key: PolicyKey) -> bytes:
         proto = key.proto
     else:
         port, prefix, proto = 0, POLICY_STATIC_PREFIX, 0
+    return _KEY.pack(prefix, ep_id, key.identity, key.direction, proto) + _PORT.pack(port)
+
+
+def encode_key_ctypes(ep_id: int, key: PolicyKey) -> bytes:
+    """The same key through the ctypes mirror (the reference :func:`encode_key` must match)."""
+    plen = (key.port_prefix_len if key.dport or key.port_prefix_len else 0) if key.proto else 0
+    mask = ((0xFFFF << (16 - plen)) & 0xFFFF) if plen else 0
     return PolicyKeyC(
-        prefixlen=prefix,
+        prefixlen=POLICY_STATIC_PREFIX + (8 + plen if key.proto else 0),
         ep_id=ep_id,
         identity=key.identity,
         egress=key.direction,
-        protocol=proto,
-        dport=socket.htons(port),
+        protocol=key.proto,
+        dport=socket.htons(key.dport & mask if key.proto else 0),
     ).to_bytes()
 
 
@@ -70,6 +97,12 @@ def decode_key(raw: bytes) -> tuple[int, PolicyKey]:
 
 def encode_value(key: PolicyKey, value: PolicyValue) -> bytes:
     plen = key.port_prefix_len if key.proto else 0
+    raw = _VALUE.pack(0, POLICY_DENY if value.deny else 0, value.auth_type, 8 if key.proto else 0, plen, 0)
+    return _PORT.pack(value.proxy_port) + raw[2:]
+
+
+def encode_value_ctypes(key: PolicyKey, value: PolicyValue) -> bytes:
+    plen = key.port_prefix_len if key.proto else 0
     return PolicyValueC(
         proxy_port=socket.htons(value.proxy_port),
         flags=POLICY_DENY if value.deny else 0,
@@ -81,12 +114,15 @@ def encode_value(key: PolicyKey, value: PolicyValue) -> bytes:
 
 def fold_deny(entries: Mapping[PolicyKey, PolicyValue]) -> dict[PolicyKey, PolicyValue]:
     """Turn every allow entry covered by a same-identity deny entry into a deny (deny wins)."""
-    denies = [k for k, v in entries.items() if v.deny]
+    denies: dict[tuple[int, int], list[PolicyKey]] = {}
+    for k, v in entries.items():
+        if v.deny:
+            denies.setdefault((k.identity, k.direction), []).append(k)
     if not denies:
         return dict(entries)
     out: dict[PolicyKey, PolicyValue] = {}
     for k, v in entries.items():
-        if not v.deny and any(d.identity == k.identity and d.covers(k) for d in denies):
+        if not v.deny and any(d.covers(k) for d in denies.get((k.identity, k.direction), ())):
             v = PolicyValue(deny=True)
         out[k] = v
     return out

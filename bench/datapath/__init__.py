@@ -1,0 +1,1 @@
+"""Datapath benchmark: tc eBPF policy vs no programs vs iptables; map apply time; flow events/s."""
