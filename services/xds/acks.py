@@ -5,14 +5,15 @@ The server reports every response it sent (:class:`Sent`) and the ACK or NACK th
 every resource Envoy *applied* and of every resource it *rejected* (with the reason). Status uses it:
 a Gateway is Programmed only when its listeners' current versions are applied.
 
-Envoy applies listener and cluster updates resource by resource: on a NACK of LDS/CDS the resources
-the error names are rejected and the others are in effect (``LdsApiImpl::onConfigUpdate``; the error
-reads ``Error adding/updating listener(s) <name>: <reason>``, one line per resource). For the other
-types a NACK rejects the whole response.
+Envoy applies listener and cluster updates resource by resource: on a NACK of LDS/CDS that reads
+``Error adding/updating listener(s)|cluster(s) <name>: <reason>…`` the named resources are rejected
+and the others are in effect (``LdsApiImpl::onConfigUpdate``, ``CdsApiHelper``). Any other NACK (a
+proto validation failure, or any NACK of the other types) rejects the whole response.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -57,12 +58,21 @@ class ResourceState:
     error: str = ""
 
 
-def _named_in(error: str, names: dict[str, str]) -> set[str]:
-    """Resources an LDS/CDS error names: lines read ``<name>: <reason>`` after the fixed prefix."""
-    lines = [
-        ln.split(")", 1)[1].lstrip() if ln.startswith("Error adding") else ln for ln in error.splitlines()
-    ]
-    return {n for n in names if any(ln.startswith(n + ": ") for ln in lines)}
+_PER_RESOURCE_ERROR = re.compile(r"^Error adding/updating (?:listener|cluster)\(s\) ")
+
+
+def _named_in(error: str, names: dict[str, str]) -> set[str] | None:
+    """The resources an LDS/CDS error names, or None if Envoy rejected the response as a whole.
+
+    Envoy applies LDS/CDS resource by resource and then reports ``Error adding/updating listener(s)
+    <name>: <reason>`` (one per line; clusters joined by ``, ``). Any other error — e.g. a proto
+    validation failure — comes before that and rejects the whole response.
+    """
+    m = _PER_RESOURCE_ERROR.match(error)
+    if m is None:
+        return None
+    body = error[m.end() :]
+    return {n for n in names if re.search(r"(?:^|\n|, )" + re.escape(n) + ": ", body)}
 
 
 class AckTracker:
@@ -78,16 +88,14 @@ class AckTracker:
         applied = self._applied.setdefault(s.node, {}).setdefault(s.type_url, {})
         rejected = self._rejected.setdefault(s.node, {}).setdefault(s.type_url, {})
         self.last[(s.node, s.type_url)] = ev
-        if ev.ack:
-            refused: set[str] = set()
-        elif s.type_url in _PER_RESOURCE:
-            refused = _named_in(ev.error, s.resources)
-        else:
-            refused = set(s.resources)
-        if not ev.ack and s.type_url not in _PER_RESOURCE:
-            for n in refused:
-                rejected[n] = (s.resources[n], ev.error)
+        named: set[str] | None = set()
+        if not ev.ack:
+            named = _named_in(ev.error, s.resources) if s.type_url in _PER_RESOURCE else None
+        if named is None:  # the whole response was rejected: nothing of it applies
+            for n, v in s.resources.items():
+                rejected[n] = (v, ev.error)
             return
+        refused = named or set()
         if s.full_state:
             for n in list(applied):
                 if n not in s.resources:

@@ -114,6 +114,17 @@ def test_tracker_applies_acks_and_partial_lds_nacks() -> None:
     s3 = Sent("n", LISTENER, "v3", "3", {"a": "a2"}, full_state=True)
     t.record(AckEvent(s3, ack=True))
     assert t.state("n", LISTENER, "b").applied is None  # SotW full state: b removed
+    # CDS errors join resources with ", " and cluster names contain ":".
+    c = Sent("n", CLUSTER, "c1", "6", {"ns:a:1": "a1", "ns:b:1": "b1", "ns:ok:1": "k1"}, full_state=True)
+    t.record(AckEvent(c, ack=False, error="Error adding/updating cluster(s) ns:a:1: bad x, ns:b:1: bad y"))
+    assert (
+        t.state("n", CLUSTER, "ns:a:1").rejected == "a1" and t.state("n", CLUSTER, "ns:b:1").rejected == "b1"
+    )
+    assert t.state("n", CLUSTER, "ns:ok:1").applied == "k1"
+    # A validation error rejects the whole response, even for LDS/CDS.
+    v = Sent("n", LISTENER, "v4", "7", {"a": "a9"}, full_state=True)
+    t.record(AckEvent(v, ack=False, error="Proto constraint validation failed: ..."))
+    assert t.state("n", LISTENER, "a").applied == "a2" and t.state("n", LISTENER, "a").rejected == "a9"
     r = Sent("n", ROUTE, "r1", "4", {"x": "x1"})
     t.record(AckEvent(r, ack=False, error="whatever"))
     assert t.state("n", ROUTE, "x").rejected == "x1"  # other types: the whole response is rejected
