@@ -310,3 +310,12 @@ def test_transition_time_kept_when_status_unchanged() -> None:
     t = _base(gw, o.lb_service(NS, "cilium-gateway-gw", "127.0.100.7"))
     (acc,) = [c for c in _status(t, "Gateway", "gw")["conditions"] if c["type"] == "Accepted"]
     assert acc["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+
+
+def test_key_not_matching_the_certificate_is_invalid() -> None:
+    other = self_signed(["x.org"])
+    bad = o.secret(NS, "cert", (PAIR[0], other[1]))
+    listener = {"name": "x", "port": 443, "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "cert"}]}}
+    t = _base(*_gw([listener]), bad)
+    (lst,) = _status(t, "Gateway", "gw")["listeners"]
+    assert _cond(lst["conditions"], "ResolvedRefs") == ("False", "InvalidCertificateRef")

@@ -207,8 +207,12 @@ def valid_tls_secret(secret: Obj) -> bool:
         from cryptography import x509
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-        x509.load_pem_x509_certificate(crt)
-        load_pem_private_key(key, password=None)
+        cert = x509.load_pem_x509_certificate(crt)
+        pkey = load_pem_private_key(key, password=None)
     except (ValueError, TypeError):
         return False
-    return True
+    # A key that does not belong to the certificate would make Envoy NACK the whole listener.
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    fmt = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return bool(cert.public_key().public_bytes(*fmt) == pkey.public_key().public_bytes(*fmt))

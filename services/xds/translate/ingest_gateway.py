@@ -209,6 +209,16 @@ def ingest_gateways(idx: Index, inp: TranslateInput, out: Translation) -> list[G
     return states
 
 
+def _address_type(address: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return "Hostname"
+    return "IPAddress"
+
+
 def usable(lst: GatewayListener) -> bool:
     """Whether a listener gets Envoy config (accepted, not conflicted)."""
     return lst.accepted and not lst.conflicted
@@ -254,7 +264,7 @@ def gateway_status(st: GatewayState, inp: TranslateInput, out: Translation) -> N
     status: dict[str, Any] = {
         "conditions": keep_transition_times([acc], old_status.get("conditions")),
         "listeners": lstatus,
-        "addresses": [{"type": "IPAddress", "value": st.address}] if st.address else [],
+        "addresses": [{"type": _address_type(st.address), "value": st.address}] if st.address else [],
     }
     m = meta(st.obj)
     out.statuses.append(
