@@ -38,7 +38,7 @@ from tests.authd.harness import Cluster, key, poll
 ADDRS = ("127.0.50.1", "127.0.50.2", "127.0.50.3", "127.0.50.4")
 
 
-def raw_rate(ca: SpiffeCA, n: int, confirm: bool = False) -> float:
+def raw_rate(ca: SpiffeCA, n: int, confirm: bool = False) -> None:
     """Plain TLS 1.3 mutual handshakes (chain verification only), one at a time, loopback TCP.
     ``confirm``: both sides also exchange close_notify before counting (authd's confirmation)."""
     (cc, ck), (sc, sk) = ca.svid(1001), ca.svid(1002)
@@ -60,7 +60,6 @@ def raw_rate(ca: SpiffeCA, n: int, confirm: bool = False) -> float:
 
     t = threading.Thread(target=serve)
     t.start()
-    t0 = time.perf_counter()
     for _ in range(n):
         raw = socket.create_connection((ADDRS[1], port), source_address=(ADDRS[0], 0))
         with cctx.wrap_socket(raw, server_hostname="1002.cluster.local") as tls:
@@ -69,12 +68,10 @@ def raw_rate(ca: SpiffeCA, n: int, confirm: bool = False) -> float:
                 tls.recv(1)
                 tls.unwrap()
     t.join()
-    dt = time.perf_counter() - t0
     ls.close()
-    return n / dt
 
 
-async def authd_rate(c: Cluster, k_list: list[object], n: int, parallel: int) -> float:
+async def authd_rate(c: Cluster, k_list: list[object], n: int, parallel: int) -> None:
     m = c.manager("node-1")
     sem = asyncio.Semaphore(parallel)
 
@@ -82,9 +79,7 @@ async def authd_rate(c: Cluster, k_list: list[object], n: int, parallel: int) ->
         async with sem:
             await m._initiate(k_list[i % len(k_list)])  # type: ignore[arg-type]
 
-    t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
-    return n / (time.perf_counter() - t0)
 
 
 async def time_to_verdict(c: Cluster, trials: int) -> tuple[list[float], list[float]]:
@@ -157,24 +152,31 @@ async def run(args: argparse.Namespace) -> None:
         )
         keys = [key(i, i + 100, "node-2") for i in ids]
         loop = asyncio.get_running_loop()
-        raw, rawc, seq, par = [], [], [], []
-        for _ in range(args.rounds):
-            raw.append(await loop.run_in_executor(None, raw_rate, ca, args.handshakes))
-            rawc.append(await loop.run_in_executor(None, raw_rate, ca, args.handshakes, True))
-            seq.append(await authd_rate(c, keys, args.handshakes, 1))
-            par.append(await authd_rate(c, keys, args.handshakes, 8))
-        print(
-            f"cpus={os.cpu_count()} rounds={args.rounds} handshakes/round={args.handshakes} (median, rounds)"
-        )
-        base = statistics.median(raw)
-        for label, xs in (
-            ("(A)  raw Python TLS 1.3 mutual, 1 in flight", raw),
-            ("(A2) raw + close_notify confirmation", rawc),
-            ("(B)  authd handshake, 1 in flight", seq),
-            ("(C)  authd handshake, 8 in flight", par),
-        ):
-            med = statistics.median(xs)
-            print(f"{label:44s} {med:6.0f}/s  x{med / base:.2f} of (A)  {[round(x) for x in xs]}")
+        n = args.handshakes
+        runs = {
+            "(A)  raw Python TLS 1.3 mutual, 1 in flight": lambda: loop.run_in_executor(
+                None, raw_rate, ca, n
+            ),
+            "(A2) raw + close_notify confirmation": lambda: loop.run_in_executor(None, raw_rate, ca, n, True),
+            "(B)  authd handshake, 1 in flight": lambda: authd_rate(c, keys, n, 1),
+            "(C)  authd handshake, 8 in flight": lambda: authd_rate(c, keys, n, 8),
+        }
+        wall: dict[str, list[float]] = {k: [] for k in runs}
+        cpu: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(args.rounds):  # interleaved: A, A2, B, C, A, A2, ...
+            for label, fn in runs.items():
+                c0, w0 = time.process_time(), time.perf_counter()
+                await fn()
+                wall[label].append(n / (time.perf_counter() - w0))
+                cpu[label].append(n / (time.process_time() - c0))
+        load = os.getloadavg()[0]
+        print(f"cpus={os.cpu_count()} load={load:.1f} rounds={args.rounds} handshakes/round={n}")
+        print("  handshakes per wall second (both ends in this process) and per CPU second of this process")
+        a = next(iter(runs))
+        bw, bc = statistics.median(wall[a]), statistics.median(cpu[a])
+        for label in runs:
+            mw, mc = statistics.median(wall[label]), statistics.median(cpu[label])
+            print(f"  {label:44s} {mw:5.0f}/s x{mw / bw:.2f}   {mc:5.0f}/cpu-s x{mc / bc:.2f}")
         await c.stop_all()
 
         c2 = Cluster(bus, ns.url, ca, tmp)
