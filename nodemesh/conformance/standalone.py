@@ -30,6 +30,7 @@ from typing import Any
 
 from nodemesh.testing.envoy import Envoy
 from services.xds.translate import TranslateInput, Translation, translate, with_programmed
+from services.xds.translate.ingest_gateway import gateway_service_name
 
 from .envoyfs import FileXds, bootstrap
 
@@ -178,7 +179,7 @@ class Standalone:
 
     def _allocate_gateway_address(self, gw: dict[str, Any]) -> None:
         m = gw["metadata"]
-        svc_key = ("Service", m.get("namespace", ""), f"cilium-gateway-{m['name']}")
+        svc_key = ("Service", m.get("namespace", ""), gateway_service_name(m["name"]))
         if svc_key in self.store:
             return
         ip = f"{self.gw_net}.{self._next_gw}"
@@ -213,7 +214,7 @@ class Standalone:
             k = _key(o)
             self.store.pop(k, None)
             if k[0] == "Gateway":
-                self.store.pop(("Service", k[1], f"cilium-gateway-{k[2]}"), None)
+                self.store.pop(("Service", k[1], gateway_service_name(k[2])), None)
         await self.sync()
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

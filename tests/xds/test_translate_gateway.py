@@ -319,3 +319,13 @@ def test_key_not_matching_the_certificate_is_invalid() -> None:
     t = _base(*_gw([listener]), bad)
     (lst,) = _status(t, "Gateway", "gw")["listeners"]
     assert _cond(lst["conditions"], "ResolvedRefs") == ("False", "InvalidCertificateRef")
+
+
+def test_long_gateway_names_use_the_shortened_service_name() -> None:
+    from nodemesh.localapi.controllers.gateway import gateway_service_name as api_side
+    from services.xds.translate.ingest_gateway import gateway_service_name
+
+    name = "g" * 60
+    assert gateway_service_name(name) == api_side(name) != f"cilium-gateway-{name}"
+    t = _base(o.gateway(name, NS, [HTTP]), o.lb_service(NS, gateway_service_name(name), "127.0.100.8"))
+    assert _status(t, "Gateway", name)["addresses"] == [{"type": "IPAddress", "value": "127.0.100.8"}]

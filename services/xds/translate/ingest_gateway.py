@@ -6,6 +6,7 @@ Routes attach afterwards (:mod:`.ingest_routes`); the Gateway's status is writte
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ from .index import GW_GROUP, Index, as_dict, as_int, as_list, meta, valid_tls_se
 from .status import condition, keep_transition_times
 from .types import GatewayInfo, Obj, TranslateInput, Translation
 
-__all__ = ["GatewayListener", "GatewayState", "gateway_status", "ingest_gateways"]
+__all__ = ["GatewayListener", "GatewayState", "gateway_service_name", "gateway_status", "ingest_gateways"]
 
 FIELD_MANAGER = "nodemesh-xds"
 
@@ -65,6 +66,14 @@ class GatewayState:
     @property
     def prefix(self) -> str:
         return f"{self.namespace}/cilium-gateway-{self.name}"
+
+
+def gateway_service_name(gateway: str) -> str:
+    """The Gateway's LoadBalancer Service: ``cilium-gateway-<name>``, cut like Cilium's ``model.Shorten``."""
+    name = f"cilium-gateway-{gateway}"
+    if len(name) <= 63:
+        return name
+    return f"{name[:52]}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
 
 
 def _our_classes(idx: Index, inp: TranslateInput, out: Translation) -> set[str]:
@@ -202,7 +211,7 @@ def ingest_gateways(idx: Index, inp: TranslateInput, out: Translation) -> list[G
                 namespace=ns,
                 name=name,
                 generation=as_int(m.get("generation"), 1),
-                address=idx.lb_address(ns, f"cilium-gateway-{name}"),
+                address=idx.lb_address(ns, gateway_service_name(name)),
                 listeners=listeners,
             )
         )
