@@ -8,13 +8,18 @@ backends on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from nodemesh.bus import Bus
+from nodemesh.testing.envoy import envoy_binary
 from nodemesh.testing.natsserver import free_port
+from services.xds.bootstrap import render_bootstrap
 from services.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
 from tests.xds.ads_resources import (
     cluster,
@@ -260,3 +265,22 @@ async def test_envoy_terminates_tls_with_sds_secret_and_rotates_it(xds: Xds, bac
             await tls_get(lport, host, crt1)  # the old certificate is gone
     finally:
         envoy.stop()
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_bootstrap_is_valid_for_envoy(tmp_path: Path, delta: bool) -> None:
+    boot = render_bootstrap(
+        "node-1", "127.0.0.1", 18000, 0, delta=delta, access_log_path=str(tmp_path / "a.log")
+    )
+    assert boot["node"]["id"] == "node-1"
+    assert boot["dynamic_resources"]["ads_config"]["api_type"] == ("DELTA_GRPC" if delta else "GRPC")
+    cfg = tmp_path / "b.json"
+    cfg.write_text(json.dumps(boot))
+    res = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(cfg), "--disable-hot-restart"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    for bad in (("", 1, 0), ("n", 0, 0), ("n", 1, 70000)):
+        with pytest.raises(ValueError):
+            render_bootstrap(bad[0], "127.0.0.1", bad[1], bad[2])
