@@ -147,6 +147,12 @@ def test_missing_backend_answers_503() -> None:
 def test_ingress_without_address_has_empty_status_and_no_listener() -> None:
     t = _t(ingress("x", [{"http": {"paths": [path("/")]}}]))
     assert not t.resources[LISTENER]
+    (svc,) = t.lb_services  # the LoadBalancer Service it needs, for whoever creates Services
+    assert (svc["metadata"]["namespace"], svc["metadata"]["name"], svc["spec"]["type"]) == (
+        NS,
+        "cilium-ingress-x",
+        "LoadBalancer",
+    )
     (st,) = [s for s in t.statuses if s.kind == "Ingress"]
     assert st.status == {"loadBalancer": {"ingress": []}}
 

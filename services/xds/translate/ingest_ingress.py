@@ -115,6 +115,28 @@ def _routes(idx: Index, ing: dict[str, Any]) -> dict[str, list[Route]]:
     return vhosts
 
 
+def _want_lb_service(out: Translation, ns: str, name: str, owner_ns: str, owner: str) -> None:
+    if any(s["metadata"]["namespace"] == ns and s["metadata"]["name"] == name for s in out.lb_services):
+        return
+    labels = {"cilium.io/ingress": "true"}
+    if owner:
+        labels["ingress.cilium.io/owning-ingress"] = owner
+    out.lb_services.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"namespace": ns, "name": name, "labels": labels},
+            "spec": {
+                "type": "LoadBalancer",
+                "ports": [
+                    {"name": "http", "port": 80, "protocol": "TCP"},
+                    {"name": "https", "port": 443, "protocol": "TCP"},
+                ],
+            },
+        }
+    )
+
+
 def ingest(idx: Index, inp: TranslateInput, model: Model, out: Translation) -> None:
     for ing in idx.all("Ingress"):
         if not _ours(idx, inp, ing):
@@ -128,6 +150,9 @@ def ingest(idx: Index, inp: TranslateInput, model: Model, out: Translation) -> N
         else:
             svc_ns, svc_name = ns, f"cilium-ingress-{name}"
         address = idx.lb_address(svc_ns, svc_name)
+        _want_lb_service(
+            out, svc_ns, svc_name, ns if mode != "shared" else "", name if mode != "shared" else ""
+        )
         out.statuses.append(
             StatusPatch(
                 kind="Ingress",

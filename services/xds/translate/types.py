@@ -99,6 +99,9 @@ class Translation:
     statuses: list[StatusPatch] = field(default_factory=list)
     gateways: dict[str, GatewayInfo] = field(default_factory=dict)  # key "<ns>/<name>"
     errors: list[str] = field(default_factory=list)
+    # LoadBalancer Services the translated objects need to get an address (Ingress: dedicated
+    # ``cilium-ingress-<name>``, shared ``cilium-ingress``), for whoever owns Service creation.
+    lb_services: list[dict[str, Any]] = field(default_factory=list)
 
     def for_node(self, node: str) -> dict[str, dict[str, Message]]:
         """The complete resource set of one node."""
