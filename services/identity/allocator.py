@@ -75,6 +75,9 @@ class Allocator:
         self.clock = clock
         self.rng = rng or random.Random()
         self._exhausted = 0
+        # First attempt on a mirror miss goes straight to create: labels.<hash> create-if-absent is
+        # the lock anyway, and a lagging mirror only costs a loser's create + delete (bench: +x%).
+        self.trust_mirror_miss = True
         self.on_created: Callable[[Identity], Any] | None = None
         self.on_deleted: Callable[[Identity], Any] | None = None
         # (namespace, pod) → {(identity, endpoint ref)}, kept from the mirror for O(1) lookups
@@ -142,9 +145,13 @@ class Allocator:
         labels = sorted(set(labels))
         h = label_hash(labels)
         hkey = labels_key(h)
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             held = self.m.get(hkey)
-            if held is None:
+            if held is None and hkey in self.m.bad:
+                _, rev = await self.m.fetch(hkey)
+                await self._repair_index(hkey, labels, rev)
+                continue
+            if held is None and (attempt > 0 or not self.trust_mirror_miss):
                 value, rev = await self.m.fetch(hkey)
                 held = (value, rev) if value is not None else None
                 if held is None and hkey in self.m.bad:
