@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from nodemesh.conformance.cases import Generated, corpus_dir, load_case, load_in
 from nodemesh.conformance.runner import run_case
 from nodemesh.conformance.standalone import Standalone
 
-pytestmark = [pytest.mark.envoy]
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="Gateways bind ports 80/443 on loopback addresses")
+pytestmark = [ROOT_ONLY, pytest.mark.envoy]
 
 ROOT = corpus_dir()
 CONTROLLER = "nodemesh.io/gateway-controller"

@@ -7,6 +7,7 @@ that must meet their expectation 3 times in a row within 30 s (upstream's eventu
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,8 @@ from nodemesh.conformance.checks import status_check
 from nodemesh.conformance.runner import expect_eventually
 from nodemesh.conformance.standalone import Standalone
 
-pytestmark = [pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="Gateways bind ports 80/443 on loopback addresses")
+pytestmark = [ROOT_ONLY, pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]
 
 NS, WEB = "gw-infra", "gw-web"
 CONTROLLER = "nodemesh.io/gateway-controller"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,8 @@ from nodemesh.conformance.client import http_request, tls_exchange
 from nodemesh.conformance.runner import expect_eventually
 from nodemesh.conformance.standalone import Standalone
 
-pytestmark = [pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="Gateways bind ports 80/443 on loopback addresses")
+pytestmark = [ROOT_ONLY, pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]
 
 NS, CERTS = "tls-infra", "tls-certs"
 GEN = Generated()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -16,7 +17,8 @@ from nodemesh.conformance.client import http_request
 from nodemesh.conformance.runner import expect_eventually
 from nodemesh.conformance.standalone import Standalone
 
-pytestmark = [pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="Gateways bind ports 80/443 on loopback addresses")
+pytestmark = [ROOT_ONLY, pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]
 
 NS = "traffic"
 T = {"gateway": f"{NS}/gw", "port": 80}
