@@ -39,6 +39,8 @@ def admit(
 def _service(
     obj: dict[str, Any], old: dict[str, Any] | None, services: Iterable[dict[str, Any]], cidr: str
 ) -> None:
+    if old is None:
+        obj.setdefault("status", {"loadBalancer": {}})  # what ServiceStatus{} serializes to
     spec = obj.setdefault("spec", {})
     if not isinstance(spec, dict):
         return

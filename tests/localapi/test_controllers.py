@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from nodemesh.kinds import by_kind
 from nodemesh.localapi.app import LocalApi
 from nodemesh.localapi.controllers.hashing import compute_hash
 from tests.localapi.helpers import Client, pod, until
@@ -413,3 +414,42 @@ async def test_deleting_a_namespace_deletes_its_objects(client: Client) -> None:
 
 async def _has_items(client: Client, path: str) -> bool:
     return bool(await _items(client, path))
+
+
+async def test_endpointslices_hold_at_most_100_endpoints(client: Client, api: LocalApi) -> None:
+    pod_kind = by_kind("Pod")
+    await client.post(
+        f"{NS}/services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "big"},
+            "spec": {"selector": {"app": "big"}, "ports": [{"port": 80}]},
+        },
+    )
+    for i in range(150):
+        body = pod(f"big-{i:03d}", {"app": "big"}, node="node-1")
+        body["metadata"]["namespace"] = "default"
+        p = api.store.create(pod_kind, body)
+        p["status"] = {
+            "podIP": f"10.244.1.{i + 2}",
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }
+        api.store.update(pod_kind, p, status_only=True)
+
+    async def sizes() -> list[int]:
+        slices = await _items(client, f"{SLICES}?labelSelector=kubernetes.io%2Fservice-name%3Dbig")
+        return sorted(len(s["endpoints"]) for s in slices)
+
+    async def split() -> bool:
+        return await sizes() == [50, 100]
+
+    await until(split, what="150 endpoints in slices of 100 + 50")
+    for i in range(60):
+        api.store.delete(pod_kind, "default", f"big-{i:03d}")
+
+    async def shrunk() -> bool:
+        return await sizes() == [90]
+
+    await until(shrunk, what="one slice of 90 after deletes")

@@ -3,9 +3,9 @@
 Endpoints are pods in the Service's namespace that match its selector, are not terminal and have a
 ``status.podIP``. ``ready``/``serving`` follow the pod's Ready condition (set by the datapath through
 the status subresource). Named targetPorts are resolved per pod from its container ports; pods
-that resolve to the same ports share a slice, as Kubernetes groups them. Slices carry
-``kubernetes.io/service-name`` and ``endpointslice.kubernetes.io/managed-by`` and are owned by the
-Service. A Service with no endpoints keeps one empty placeholder slice.
+that resolve to the same ports share slices of at most 100 endpoints, as Kubernetes groups them.
+Slices carry ``kubernetes.io/service-name`` and ``endpointslice.kubernetes.io/managed-by`` and are
+owned by the Service. A Service with no endpoints keeps one empty placeholder slice.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = ["MANAGED_BY", "SERVICE_NAME", "desired_slices", "reconcile_endpointsl
 SERVICE_NAME = "kubernetes.io/service-name"
 MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 CONTROLLER = "endpointslice-controller.k8s.io"
+MAX_ENDPOINTS = 100  # kube-controller-manager's --max-endpoints-per-slice default
 
 PortKey = tuple[tuple[str, int, str, str], ...]  # (name, port, protocol, appProtocol)
 
@@ -116,32 +117,40 @@ def reconcile_endpointslices(store: Store) -> int:
         ]
         want = desired_slices(svc, pods) or {("IPv4", ()): []}
         labels = {**(meta.get("labels") or {}), SERVICE_NAME: meta["name"], MANAGED_BY: CONTROLLER}
-        by_key: dict[tuple[str, PortKey], dict[str, Any]] = {}
-        for es in existing:
-            by_key.setdefault(_key_of(es), es)
+        by_key: dict[tuple[str, PortKey], list[dict[str, Any]]] = {}
+        for es in sorted(existing, key=lambda e: e["metadata"]["name"]):
+            by_key.setdefault(_key_of(es), []).append(es)
         for key, endpoints in want.items():
-            body = {"addressType": key[0], "ports": _ports_json(key[1]), "endpoints": endpoints}
-            cur = by_key.pop(key, None)
-            if cur is None:
-                obj = {
-                    "metadata": {
-                        "generateName": f"{meta['name']}-",
-                        "namespace": ns,
-                        "labels": labels,
-                        "ownerReferences": [owner_ref(svc)],
-                    },
-                    **body,
-                }
-                store.create(kind, obj, validate=False)
+            # At most MAX_ENDPOINTS per slice (the controller's maxEndpointsPerSlice).
+            chunks = [endpoints[i : i + MAX_ENDPOINTS] for i in range(0, len(endpoints), MAX_ENDPOINTS)] or [
+                []
+            ]
+            have = by_key.pop(key, [])
+            for i, chunk in enumerate(chunks):
+                body = {"addressType": key[0], "ports": _ports_json(key[1]), "endpoints": chunk}
+                cur = have[i] if i < len(have) else None
+                if cur is None:
+                    obj = {
+                        "metadata": {
+                            "generateName": f"{meta['name']}-",
+                            "namespace": ns,
+                            "labels": labels,
+                            "ownerReferences": [owner_ref(svc)],
+                        },
+                        **body,
+                    }
+                    store.create(kind, obj, validate=False)
+                    writes += 1
+                elif any(cur.get(k) != v for k, v in body.items()) or cur["metadata"].get("labels") != labels:
+                    new = clone(cur)
+                    new.update(body)
+                    new["metadata"]["labels"] = labels
+                    before = store.rv
+                    store.update(kind, new, validate=False)
+                    writes += int(store.rv != before)
+            by_key.setdefault(key, []).extend(have[len(chunks) :])  # surplus slices of this key
+        for slices in by_key.values():
+            for es in slices:
+                store.delete(kind, ns, es["metadata"]["name"])
                 writes += 1
-            elif any(cur.get(k) != v for k, v in body.items()) or cur["metadata"].get("labels") != labels:
-                new = clone(cur)
-                new.update(body)
-                new["metadata"]["labels"] = labels
-                before = store.rv
-                store.update(kind, new, validate=False)
-                writes += int(store.rv != before)
-        for es in by_key.values():
-            store.delete(kind, ns, es["metadata"]["name"])
-            writes += 1
     return writes
