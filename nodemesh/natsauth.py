@@ -154,6 +154,7 @@ def user_permissions(nodes: Iterable[str]) -> dict[str, Permissions]:
                 subjects.TRUST_BUNDLE,
                 *(kv_subject(b) for b in ("identities", "ipcache", "nodes", "trust")),
                 kv_subject("leases", "identity"),  # the replicas' leader lease
+                f"{JS_API}.STREAM.UPDATE.{kv_stream('identities')}",  # turns on atomic batches
                 *k8s,
                 *events,
                 *_read_kv("identities", "ipcache", "nodes", "trust", "leases"),
@@ -172,7 +173,7 @@ def user_permissions(nodes: Iterable[str]) -> dict[str, Permissions]:
                 *k8s,
                 *_read_kv("nodes", "identities", "ipcache"),
             ],
-            [subjects.xds_ack("*")],
+            [subjects.xds_ack("*"), subjects.XDS_STATUS],
         ),
     }
     for node in nodes:

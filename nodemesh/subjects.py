@@ -20,6 +20,7 @@ subject                                         carried by                 paylo
 ``auth.list.<node>``                            request/reply              auth.*
 ``flows.<node>``                                core NATS                  flow.Flow
 ``xds.ack.<node>``                              core NATS                  xds.XdsAck
+``xds.status``                                  request/reply, queue       xds.XdsStatusRequest/Reply
 ``local.pods.<node>``                           core NATS                  (local mode) pod plumbing
 ==============================================  =========================  =================================
 
@@ -42,6 +43,7 @@ __all__ = [
     "K8S_SYNCED",
     "SVID_SIGN_ALL",
     "TRUST_BUNDLE",
+    "XDS_STATUS",
     "auth_events",
     "auth_granted",
     "auth_list",
@@ -144,6 +146,9 @@ def flows(node: str) -> str:
 
 
 # --- xds -----------------------------------------------------------------------------------------
+XDS_STATUS = "xds.status"
+
+
 def xds_ack(node: str) -> str:
     return f"xds.ack.{token(node)}"
 

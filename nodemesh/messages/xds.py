@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["XdsAck"]
+__all__ = ["NodeXdsStatus", "ResourceXdsStatus", "XdsAck", "XdsStatusReply", "XdsStatusRequest"]
 
 
 class XdsAck(msgspec.Struct, kw_only=True):
@@ -25,3 +25,34 @@ class XdsAck(msgspec.Struct, kw_only=True):
     removed: list[str] = msgspec.field(default_factory=list)  # names the response removed (Delta)
     full_state: bool = False  # SotW LDS/CDS: names absent from ``resources`` were removed
     delta: bool = False
+
+
+class XdsStatusRequest(msgspec.Struct, kw_only=True):
+    """Ask xds (``xds.status``) what each node's Envoy runs: applied, pending or rejected resources."""
+
+    node: str = ""  # "" = every node
+    problems_only: bool = True  # only pending and rejected resources
+
+
+class ResourceXdsStatus(msgspec.Struct, kw_only=True):
+    type_url: str
+    name: str
+    state: str  # applied | pending | rejected
+    version: str = ""  # the content version xds serves now
+    applied: str = ""  # the content version Envoy runs ("" = none)
+    error: str = ""  # Envoy's NACK reason when rejected
+
+
+class NodeXdsStatus(msgspec.Struct, kw_only=True):
+    node: str
+    streams: int = 0  # open ADS streams of this node's Envoy on the answering replica
+    resources: list[ResourceXdsStatus] = msgspec.field(default_factory=list)
+    counts: dict[str, int] = msgspec.field(default_factory=dict)  # state → number of resources
+
+
+class XdsStatusReply(msgspec.Struct, kw_only=True):
+    """The answering replica's view (listener state is shared between replicas; other types are
+    known for the Envoys it serves)."""
+
+    replica: str
+    nodes: list[NodeXdsStatus] = msgspec.field(default_factory=list)

@@ -20,14 +20,14 @@ from prometheus_client import Counter, Histogram
 from nodemesh import subjects
 from nodemesh.k8scache import K8sCache
 from nodemesh.messages.k8s import ObjectEvent
-from nodemesh.messages.xds import XdsAck
+from nodemesh.messages.xds import XdsAck, XdsStatusReply, XdsStatusRequest
 from nodemesh.runtime import Service
 from services.xds.acks import AckEvent
 from services.xds.cache import SnapshotCache
 from services.xds.config import XdsConfig
 from services.xds.isolate import ObjRef, translate_isolating
 from services.xds.publish import AckRelay
-from services.xds.reconcile import Snapshots, StatusBook, build_snapshots, gateway_patches
+from services.xds.reconcile import Snapshots, StatusBook, build_snapshots, gateway_patches, node_status
 from services.xds.server import AdsServer
 from services.xds.translate import TranslateInput, Translation, translate
 
@@ -122,6 +122,16 @@ class XdsApp:
     def published(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The status this replica last published for an object (None if none)."""
         return self.book.published(kind, namespace, name)
+
+    async def status(self, req: XdsStatusRequest, _: object) -> XdsStatusReply:
+        """``xds.status``: what each node's Envoy applied, has pending, or rejected (and why)."""
+        names = [req.node] if req.node else sorted({*self.nodes(), *self.relay.tracker.nodes()})
+        reply = XdsStatusReply(replica=self.relay.replica)
+        for node in names:
+            st = node_status(node, self.cache.get(node), self.relay.tracker, req.problems_only)
+            st.streams = self.relay.node_streams.get(node, 0)
+            reply.nodes.append(st)
+        return reply
 
     def nodes(self) -> list[str]:
         """Nodes whose Envoys count for Programmed."""
@@ -232,6 +242,7 @@ async def start(svc: Service) -> XdsApp:
 
     # Other replicas' listener ACKs: Programmed must not depend on which replica an Envoy talks to.
     await svc.bus.subscribe(subjects.xds_ack("*"), XdsAck, on_remote_ack)
+    await svc.endpoint("status", subjects.XDS_STATUS, XdsStatusRequest, app.status)
     await app.k8s.start()
     svc.on_stop(app.k8s.stop)
     svc.spawn(app.run(), "reconcile")

@@ -50,6 +50,7 @@ class AckRelay:
         self.tracker = tracker or AckTracker()
         self.on_change = on_change
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.node_streams: dict[str, int] = {}
         self.pushes = Counter(
             "nodemesh_xds_pushes", "xDS responses sent", ["type", "mode"], registry=registry
         )
@@ -86,6 +87,7 @@ class AckRelay:
 
     def _stream(self, node: str, opened: bool, delta: bool) -> None:
         self.streams.inc() if opened else self.streams.dec()
+        self.node_streams[node] = max(0, self.node_streams.get(node, 0) + (1 if opened else -1))
         log.info(
             "ADS stream %s for %s (%s)", "opened" if opened else "closed", node, "delta" if delta else "sotw"
         )

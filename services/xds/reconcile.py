@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodemesh.messages.k8s import StatusPatch
+from nodemesh.messages.xds import NodeXdsStatus, ResourceXdsStatus
 from services.xds.acks import AckTracker
-from services.xds.snapshot import LISTENER, Snapshot
+from services.xds.snapshot import LISTENER, ORDER, Snapshot
 from services.xds.translate import GatewayInfo, Translation, with_programmed
 from services.xds.translate.status import keep_transition_times
 
-__all__ = ["Snapshots", "StatusBook", "build_snapshots", "gateway_patches", "programmed"]
+__all__ = ["Snapshots", "StatusBook", "build_snapshots", "gateway_patches", "node_status", "programmed"]
 
 
 @dataclass
@@ -106,6 +107,36 @@ def gateway_patches(
             continue
         p = programmed(info, snaps, tracker, nodes, mode)
         out[i] = with_programmed(out[i], info, p.ok, p.reason, p.message, now)
+    return out
+
+
+def node_status(node: str, snap: Snapshot | None, tracker: AckTracker, problems_only: bool) -> NodeXdsStatus:
+    """Per resource xds serves ``node``: applied (Envoy runs this version), rejected (with Envoy's
+    reason) or pending (sent or about to be, not ACKed yet)."""
+    out = NodeXdsStatus(node=node)
+    if snap is None:
+        return out
+    for t in ORDER:
+        for name, res in snap.resources(t).items():
+            st = tracker.state(node, t, name)
+            state = "pending"
+            if st.applied == res.version:
+                state = "applied"
+            elif st.rejected == res.version:
+                state = "rejected"
+            out.counts[state] = out.counts.get(state, 0) + 1
+            if problems_only and state == "applied":
+                continue
+            out.resources.append(
+                ResourceXdsStatus(
+                    type_url=t,
+                    name=name,
+                    state=state,
+                    version=res.version,
+                    applied=st.applied or "",
+                    error=st.error if state == "rejected" else "",
+                )
+            )
     return out
 
 

@@ -18,8 +18,10 @@ import pytest
 
 from nodemesh import subjects
 from nodemesh.bus import Bus
+from nodemesh.cli.main import main as cli_main
 from nodemesh.kinds import by_kind
 from nodemesh.messages.k8s import ObjectEvent, StatusPatch, Synced
+from nodemesh.messages.xds import XdsStatusReply, XdsStatusRequest
 from nodemesh.runtime import Service, run_service
 from nodemesh.testing.envoy import Envoy
 from nodemesh.testing.natsserver import NatsServer, free_port
@@ -27,6 +29,7 @@ from services.xds.app import XdsApp
 from services.xds.app import start as xds_start
 from services.xds.bootstrap import render_bootstrap
 from services.xds.config import XdsConfig
+from services.xds.snapshot import LISTENER
 from tests.xds.envoy_fixtures import Backends, eventually, serves
 
 pytestmark = pytest.mark.envoy
@@ -206,7 +209,9 @@ async def test_gateway_served_by_node_envoy_and_programmed_after_ack(xds_service
         await backends.close()
 
 
-async def test_nacked_gateway_listener_reports_the_reason(xds_service: Running, bus: Bus) -> None:
+async def test_nacked_gateway_listener_reports_the_reason(
+    xds_service: Running, bus: Bus, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A Gateway whose address:port Envoy cannot bind: Programmed=False with Envoy's error."""
     backends = Backends()
     backend_port = await backends.add("echo")
@@ -230,6 +235,17 @@ async def test_nacked_gateway_listener_reports_the_reason(xds_service: Running, 
         c = xds_service.programmed()
         assert c is not None and c["reason"] == "Invalid" and "node-1" in c["message"]
         assert "address already in use" in c["message"].lower() or "cannot bind" in c["message"].lower()
+        # The same reason, per resource, from `xds.status` and `nodemesh xds status`.
+        reply = await bus.request(subjects.XDS_STATUS, XdsStatusRequest(node="node-1"), XdsStatusReply)
+        [node] = reply.nodes
+        rejected = [r for r in node.resources if r.state == "rejected"]
+        assert [r.type_url for r in rejected] == [LISTENER] and "already in use" in rejected[0].error.lower()
+        # cluster and endpoints are applied; the route stays pending: only the refused listener asks for it
+        assert node.streams == 1 and node.counts == {"applied": 2, "rejected": 1, "pending": 1}
+        capsys.readouterr()
+        code = await asyncio.to_thread(cli_main, ["xds", "status", "--nats-url", nats_server.url])
+        out = capsys.readouterr().out
+        assert code == 1 and "rejected" in out and rejected[0].name in out
     finally:
         blocker.close()
         envoy.stop()
