@@ -199,10 +199,15 @@ class Bench:
 def apply_times(b: Bench) -> dict[str, Any]:
     """G2: bulk apply of 10k entries and single changes at 1k and 60k entries."""
     out: dict[str, Any] = {}
-    b.writer.apply(1, EndpointPolicy(ingress_enforced=True))
-    t0 = time.perf_counter()
-    b.writer.apply(1, b.policy(10_000))
-    out["bpf_apply_10k_ms"] = (time.perf_counter() - t0) * 1e3
+    bulk = []
+    for _ in range(5):
+        b.writer.apply(1, EndpointPolicy(ingress_enforced=True))
+        pol = b.policy(10_000)
+        t0 = time.perf_counter()
+        b.writer.apply(1, pol)  # encode + diff + 10k map writes + revision bump
+        bulk.append((time.perf_counter() - t0) * 1e3)
+    out["bpf_apply_10k_ms_min"] = min(bulk)
+    out["bpf_apply_10k_ms_median"] = statistics.median(bulk)
     for n in (1_000, 60_000):
         b.writer.apply(1, b.policy(n))
         lat = []
@@ -248,7 +253,10 @@ def apply_times(b: Bench) -> dict[str, Any]:
 
 
 async def flow_rate(b: Bench, pps: int, seconds: float) -> dict[str, float]:
-    """G7: drop events at ``pps`` → ring buffer → EventPump → NATS → subscriber; exact accounting."""
+    """G7: drop events at ``pps`` → ring buffer → EventPump → NATS → subscriber; exact accounting.
+
+    ``delivered_per_s`` is delivered events over the time from the first packet sent to the last
+    event received (sending plus draining), so it is the sustained end-to-end rate."""
     from prometheus_client import CollectorRegistry
 
     from nodemesh import subjects
@@ -259,6 +267,7 @@ async def flow_rate(b: Bench, pps: int, seconds: float) -> dict[str, float]:
 
     class Dir:
         node = b.node
+        version = 0
 
         def pod_of(self, ip: str) -> tuple[str, str]:
             return ("default", "a" if ip == A_IP else "b")
@@ -295,8 +304,14 @@ async def flow_rate(b: Bench, pps: int, seconds: float) -> dict[str, float]:
         ev0, lost0, q0 = b.loader.stat(STAT_EVENTS), b.loader.stat(STAT_LOST_EVENTS), pump.lost_queue
         # UDP to a denied port from a paced sender: every packet is one drop event
         t0 = time.perf_counter()
-        await asyncio.to_thread(
-            sh, sys.executable, "-c", BLASTER, A_IP, str(pps), str(seconds), ns=b.b.netns, check=False
+        senders = 2  # two paced sender processes: one Python sender tops out near 45k pps here
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    sh, sys.executable, "-c", BLASTER, A_IP, str(pps // senders), str(seconds), ns=b.b.netns
+                )
+                for _ in range(senders)
+            )
         )
         emitted = b.loader.stat(STAT_EVENTS) - ev0
         lost_k = b.loader.stat(STAT_LOST_EVENTS) - lost0

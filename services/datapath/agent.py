@@ -75,6 +75,7 @@ class Agent:
         self._policy_status: dict[PolicyRef, tuple[str, ...]] = {}
         self._dirty = asyncio.Event()
         self.apply_seconds: list[float] = []
+        self.version = 0  # bumped when ipcache or identity labels change (flow enrichment cache)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def load(self) -> None:
@@ -237,6 +238,7 @@ class Agent:
             n = int(key[3:])
         except ValueError:
             return
+        self.version += 1
         if ident is None:
             self.labels.pop(n, None)
             self._apply(self.engine.delete_identity(n))
@@ -246,6 +248,7 @@ class Agent:
 
     def on_ipcache(self, key: str, entry: IPCacheEntry | None, old: IPCacheEntry | None) -> None:
         assert self.maps is not None
+        self.version += 1
         if old is not None and (entry is None or entry.ip != old.ip):
             self.ipcache.pop(old.ip, None)
             self.maps.del_ipcache(f"{old.ip}/{old.prefix_len}")

@@ -12,6 +12,7 @@ import collections
 import logging
 import threading
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily
@@ -58,6 +59,7 @@ class EventPump:
         self.drops = Counter(
             "hubble_drop", "Dropped flows by reason", ["reason", "protocol"], registry=registry
         )
+        self._children: dict[tuple[str, int, int], list[Any]] = {}
         registry.register(_BpfCollector(self))
 
     # --- thread side --------------------------------------------------------------------------
@@ -118,14 +120,22 @@ class EventPump:
                         continue
                     flow = event_to_flow(ev, self.dir, offset)
                     await nc.publish(flow_subject, encode(flow))
-                    proto = _PROTO.get(ev.proto, str(ev.proto))
-                    self.flows.labels(type="L3_L4", verdict=flow.verdict, protocol=proto).inc()
-                    if flow.verdict == "DROPPED":
-                        self.drops.labels(
-                            reason=DROP_REASONS.get(ev.drop_reason, str(ev.drop_reason)), protocol=proto
-                        ).inc()
+                    self._count(flow.verdict, int(ev.proto), int(ev.drop_reason))
                 self.delivered += len(batch)
                 await asyncio.sleep(0)
+
+
+    def _count(self, verdict: str, proto: int, reason: int) -> None:
+        key = (verdict, proto, reason)
+        children = self._children.get(key)
+        if children is None:
+            p = _PROTO.get(proto, str(proto))
+            children = [self.flows.labels(type="L3_L4", verdict=verdict, protocol=p)]
+            if verdict == "DROPPED":
+                children.append(self.drops.labels(reason=DROP_REASONS.get(reason, str(reason)), protocol=p))
+            self._children[key] = children
+        for c in children:
+            c.inc()
 
 
 class _BpfCollector(Collector):

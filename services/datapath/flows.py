@@ -30,6 +30,7 @@ _PROTO = {6: "TCP", 17: "UDP", 1: "ICMPv4", 132: "SCTP"}
 
 class Directory(Protocol):
     node: str
+    version: int  # changes whenever an answer below may change (endpoint cache key)
 
     def pod_of(self, ip: str) -> tuple[str, str]: ...  # (namespace, pod) or ("", "")
 
@@ -54,9 +55,20 @@ def _flag_names(bits: int) -> str:
     return ", ".join(n for i, n in enumerate(names) if bits & (1 << i))
 
 
+_cache: dict[tuple[int, str, int, int], Endpoint] = {}
+
+
 def _endpoint(d: Directory, ip: str, identity: int, ep_id: int) -> Endpoint:
-    ns, pod = d.pod_of(ip)
-    return Endpoint(ID=ep_id, identity=identity, namespace=ns, pod_name=pod, labels=d.labels_of(identity))
+    # Flows of one connection repeat the same endpoints: memoize per directory version (bounded).
+    key = (d.version, ip, identity, ep_id)
+    ep = _cache.get(key)
+    if ep is None:
+        if len(_cache) > 4096:
+            _cache.clear()
+        ns, pod = d.pod_of(ip)
+        ep = Endpoint(ID=ep_id, identity=identity, namespace=ns, pod_name=pod, labels=d.labels_of(identity))
+        _cache[key] = ep
+    return ep
 
 
 def _time(ts_ns: int, mono_to_wall_ns: int) -> str:
