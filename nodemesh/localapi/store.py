@@ -185,6 +185,7 @@ class Store:
         name = str(meta.get("name") or "")
         ns = str(meta.get("namespace") or "") if kind.namespaced else ""
         self._check_names(kind, ns, name)
+        self._check_meta(kind, meta)
         if not kind.namespaced:
             meta.pop("namespace", None)
         if self.peek(kind.kind, ns, name) is not None:
@@ -215,6 +216,7 @@ class Store:
         if old is None:
             raise not_found(kind.plural, kind.group, name)
         om = old["metadata"]
+        self._check_meta(kind, meta)
         rv = meta.get("resourceVersion")
         if rv and str(rv) != om["resourceVersion"]:
             raise conflict(
@@ -284,6 +286,22 @@ class Store:
         return self.update(kind, new, validate=validate)
 
     # --- internals ----------------------------------------------------------------------------
+    @staticmethod
+    def _check_meta(kind: Kind, meta: dict[str, Any]) -> None:
+        """The metadata shapes every reader relies on (selectors, controllers, GC)."""
+        problems = []
+        for field in ("labels", "annotations"):
+            value = meta.get(field)
+            if value is not None and (
+                not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values())
+            ):
+                problems.append((f"metadata.{field}", "Invalid value: must be a map of string to string"))
+        refs = meta.get("ownerReferences")
+        if refs is not None and (not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs)):
+            problems.append(("metadata.ownerReferences", "Invalid value: must be a list of objects"))
+        if problems:
+            raise invalid(kind.kind, kind.group, str(meta.get("name", "")), problems)
+
     def _check_names(self, kind: Kind, ns: str, name: str) -> None:
         if not name:
             raise invalid(

@@ -453,3 +453,26 @@ async def test_endpointslices_hold_at_most_100_endpoints(client: Client, api: Lo
         return await sizes() == [90]
 
     await until(shrunk, what="one slice of 90 after deletes")
+
+
+async def test_a_malformed_object_does_not_stall_its_controller(client: Client, api: LocalApi) -> None:
+    # Stored without validation (as if written by an older version): its controller skips it.
+    bad = {"metadata": {"name": "bad", "namespace": "default"}, "spec": {"template": "oops", "replicas": 2}}
+    api.store.create(by_kind("Deployment"), bad, validate=False)
+    api.store.create(
+        by_kind("Service"),
+        {"metadata": {"name": "badsvc", "namespace": "default"}, "spec": {"selector": ["not", "a", "map"]}},
+        validate=False,
+    )
+    st, _ = await client.post(DEPLOY, deployment(2))
+    assert st == 201
+
+    async def good_expanded() -> bool:
+        return len(await _items(client, f"{NS}/pods?labelSelector=app%3Dweb")) == 2
+
+    await until(good_expanded, what="the good Deployment expands despite the bad one")
+    st, err = await client.post(
+        f"{NS}/configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "l", "labels": {"a": 1}}},
+    )
+    assert st == 422 and "metadata.labels" in err["message"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from nodemesh.kinds import by_kind
-from nodemesh.localapi.controllers.util import condition_true, owner_ref
+from nodemesh.localapi.controllers.util import condition_true, guarded, owner_ref
 from nodemesh.localapi.selectors import match_labels_selector
 from nodemesh.localapi.store import Store, clone
 
@@ -97,60 +97,64 @@ def _key_of(es: dict[str, Any]) -> tuple[str, PortKey]:
 
 def reconcile_endpointslices(store: Store) -> int:
     writes = 0
-    kind = by_kind("EndpointSlice")
     for svc in list(store.objects("Service")):
-        meta, spec = svc["metadata"], svc.get("spec") or {}
-        ns = meta["namespace"]
-        existing = [
-            es
-            for es in store.objects("EndpointSlice", ns)
-            if (es["metadata"].get("labels") or {}).get(SERVICE_NAME) == meta["name"]
-            and (es["metadata"].get("labels") or {}).get(MANAGED_BY) == CONTROLLER
-        ]
-        selector = spec.get("selector")
-        if not selector:
-            continue  # selector-less Services have user-managed endpoints
-        pods = [
-            p
-            for p in store.objects("Pod", ns)
-            if match_labels_selector({"matchLabels": selector}, p["metadata"].get("labels") or {})
-        ]
-        want = desired_slices(svc, pods) or {("IPv4", ()): []}
-        labels = {**(meta.get("labels") or {}), SERVICE_NAME: meta["name"], MANAGED_BY: CONTROLLER}
-        by_key: dict[tuple[str, PortKey], list[dict[str, Any]]] = {}
-        for es in sorted(existing, key=lambda e: e["metadata"]["name"]):
-            by_key.setdefault(_key_of(es), []).append(es)
-        for key, endpoints in want.items():
-            # At most MAX_ENDPOINTS per slice (the controller's maxEndpointsPerSlice).
-            chunks = [endpoints[i : i + MAX_ENDPOINTS] for i in range(0, len(endpoints), MAX_ENDPOINTS)] or [
-                []
-            ]
-            have = by_key.pop(key, [])
-            for i, chunk in enumerate(chunks):
-                body = {"addressType": key[0], "ports": _ports_json(key[1]), "endpoints": chunk}
-                cur = have[i] if i < len(have) else None
-                if cur is None:
-                    obj = {
-                        "metadata": {
-                            "generateName": f"{meta['name']}-",
-                            "namespace": ns,
-                            "labels": labels,
-                            "ownerReferences": [owner_ref(svc)],
-                        },
-                        **body,
-                    }
-                    store.create(kind, obj, validate=False)
-                    writes += 1
-                elif any(cur.get(k) != v for k, v in body.items()) or cur["metadata"].get("labels") != labels:
-                    new = clone(cur)
-                    new.update(body)
-                    new["metadata"]["labels"] = labels
-                    before = store.rv
-                    store.update(kind, new, validate=False)
-                    writes += int(store.rv != before)
-            by_key.setdefault(key, []).extend(have[len(chunks) :])  # surplus slices of this key
-        for slices in by_key.values():
-            for es in slices:
-                store.delete(kind, ns, es["metadata"]["name"])
+        writes += guarded(_reconcile_endpointslices_one, store, svc)
+    return writes
+
+
+def _reconcile_endpointslices_one(store: Store, svc: dict[str, Any]) -> int:
+    writes = 0
+    kind = by_kind("EndpointSlice")
+    meta, spec = svc["metadata"], svc.get("spec") or {}
+    ns = meta["namespace"]
+    existing = [
+        es
+        for es in store.objects("EndpointSlice", ns)
+        if (es["metadata"].get("labels") or {}).get(SERVICE_NAME) == meta["name"]
+        and (es["metadata"].get("labels") or {}).get(MANAGED_BY) == CONTROLLER
+    ]
+    selector = spec.get("selector")
+    if not selector:
+        return writes  # selector-less Services have user-managed endpoints
+    pods = [
+        p
+        for p in store.objects("Pod", ns)
+        if match_labels_selector({"matchLabels": selector}, p["metadata"].get("labels") or {})
+    ]
+    want = desired_slices(svc, pods) or {("IPv4", ()): []}
+    labels = {**(meta.get("labels") or {}), SERVICE_NAME: meta["name"], MANAGED_BY: CONTROLLER}
+    by_key: dict[tuple[str, PortKey], list[dict[str, Any]]] = {}
+    for es in sorted(existing, key=lambda e: e["metadata"]["name"]):
+        by_key.setdefault(_key_of(es), []).append(es)
+    for key, endpoints in want.items():
+        # At most MAX_ENDPOINTS per slice (the controller's maxEndpointsPerSlice).
+        chunks = [endpoints[i : i + MAX_ENDPOINTS] for i in range(0, len(endpoints), MAX_ENDPOINTS)] or [[]]
+        have = by_key.pop(key, [])
+        for i, chunk in enumerate(chunks):
+            body = {"addressType": key[0], "ports": _ports_json(key[1]), "endpoints": chunk}
+            cur = have[i] if i < len(have) else None
+            if cur is None:
+                obj = {
+                    "metadata": {
+                        "generateName": f"{meta['name']}-",
+                        "namespace": ns,
+                        "labels": labels,
+                        "ownerReferences": [owner_ref(svc)],
+                    },
+                    **body,
+                }
+                store.create(kind, obj, validate=False)
                 writes += 1
+            elif any(cur.get(k) != v for k, v in body.items()) or cur["metadata"].get("labels") != labels:
+                new = clone(cur)
+                new.update(body)
+                new["metadata"]["labels"] = labels
+                before = store.rv
+                store.update(kind, new, validate=False)
+                writes += int(store.rv != before)
+        by_key.setdefault(key, []).extend(have[len(chunks) :])  # surplus slices of this key
+    for slices in by_key.values():
+        for es in slices:
+            store.delete(kind, ns, es["metadata"]["name"])
+            writes += 1
     return writes

@@ -14,7 +14,7 @@ from typing import Any
 
 from nodemesh.kinds import by_kind
 from nodemesh.localapi.controllers.lbipam import IPS_ANNOTATION
-from nodemesh.localapi.controllers.util import controlled_by, owner_ref
+from nodemesh.localapi.controllers.util import controlled_by, guarded, owner_ref
 from nodemesh.localapi.store import Store, clone
 
 __all__ = ["CONTROLLER_NAMES", "gateway_service_name", "reconcile_gateways"]
@@ -69,36 +69,42 @@ def _desired(gw: dict[str, Any]) -> dict[str, Any]:
 
 def reconcile_gateways(store: Store) -> int:
     writes = 0
-    svc_kind = by_kind("Service")
     ours = {
         c["metadata"]["name"]
         for c in store.objects("GatewayClass")
         if (c.get("spec") or {}).get("controllerName") in CONTROLLER_NAMES
     }
     for gw in list(store.objects("Gateway")):
-        meta = gw["metadata"]
-        ns = meta["namespace"]
-        owned = [s for s in store.objects("Service", ns) if controlled_by(s, gw)]
-        if (gw.get("spec") or {}).get("gatewayClassName") not in ours:
-            for s in owned:
-                store.delete(svc_kind, ns, s["metadata"]["name"])
-                writes += 1
-            continue
-        want = _desired(gw)
-        cur = store.peek("Service", ns, want["metadata"]["name"])
-        if cur is None:
-            store.create(svc_kind, want, validate=False)
+        writes += guarded(_reconcile_gateways_one, store, gw, ours)
+    return writes
+
+
+def _reconcile_gateways_one(store: Store, gw: dict[str, Any], ours: set[str]) -> int:
+    writes = 0
+    svc_kind = by_kind("Service")
+    meta = gw["metadata"]
+    ns = meta["namespace"]
+    owned = [s for s in store.objects("Service", ns) if controlled_by(s, gw)]
+    if (gw.get("spec") or {}).get("gatewayClassName") not in ours:
+        for s in owned:
+            store.delete(svc_kind, ns, s["metadata"]["name"])
             writes += 1
-            continue
-        if not controlled_by(cur, gw):
-            continue  # a user's Service of that name: leave it alone
-        new = clone(cur)
-        new["metadata"]["labels"] = want["metadata"]["labels"]
-        if "annotations" in want["metadata"] or "annotations" in new["metadata"]:
-            new["metadata"]["annotations"] = want["metadata"].get("annotations", {})
-        new["spec"].update(want["spec"])
-        if new != cur:
-            before = store.rv
-            store.update(svc_kind, new, validate=False)
-            writes += int(store.rv != before)
+        return writes
+    want = _desired(gw)
+    cur = store.peek("Service", ns, want["metadata"]["name"])
+    if cur is None:
+        store.create(svc_kind, want, validate=False)
+        writes += 1
+        return writes
+    if not controlled_by(cur, gw):
+        return writes  # a user's Service of that name: leave it alone
+    new = clone(cur)
+    new["metadata"]["labels"] = want["metadata"]["labels"]
+    if "annotations" in want["metadata"] or "annotations" in new["metadata"]:
+        new["metadata"]["annotations"] = want["metadata"].get("annotations", {})
+    new["spec"].update(want["spec"])
+    if new != cur:
+        before = store.rv
+        store.update(svc_kind, new, validate=False)
+        writes += int(store.rv != before)
     return writes

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from nodemesh.kinds import by_kind
 from nodemesh.localapi.store import Store, clone
 
-__all__ = ["condition_true", "controlled_by", "owner_ref", "set_status", "write"]
+__all__ = ["condition_true", "controlled_by", "guarded", "owner_ref", "set_status", "write"]
+
+log = logging.getLogger("nodemesh.localapi.controllers")
 
 
 def owner_ref(owner: dict[str, Any]) -> dict[str, Any]:
@@ -54,3 +58,20 @@ def set_status(store: Store, obj: dict[str, Any], status: dict[str, Any]) -> int
     before = store.rv
     store.update(by_kind(obj["kind"]), new, status_only=True, validate=False)
     return int(store.rv != before)
+
+
+def guarded(fn: Callable[..., int], store: Store, obj: dict[str, Any], *args: Any) -> int:
+    """Reconcile one object; a malformed object is logged and skipped, never stalls the others."""
+    try:
+        return fn(store, obj, *args)
+    except Exception as e:
+        m = obj.get("metadata") or {}
+        log.warning(
+            "%s: cannot reconcile %s %s/%s: %r",
+            fn.__name__,
+            obj.get("kind"),
+            m.get("namespace", ""),
+            m.get("name", ""),
+            e,
+        )
+        return 0

@@ -14,7 +14,14 @@ from typing import Any
 
 from nodemesh.kinds import by_kind
 from nodemesh.localapi.controllers.hashing import compute_hash
-from nodemesh.localapi.controllers.util import condition_true, controlled_by, owner_ref, set_status, write
+from nodemesh.localapi.controllers.util import (
+    condition_true,
+    controlled_by,
+    guarded,
+    owner_ref,
+    set_status,
+    write,
+)
 from nodemesh.localapi.errors import ApiError
 from nodemesh.localapi.store import Store, clone
 
@@ -38,128 +45,138 @@ def _replicas(spec: dict[str, Any]) -> int:
 
 def reconcile_deployments(store: Store) -> int:
     writes = 0
-    rs_kind = by_kind("ReplicaSet")
     for d in list(store.objects("Deployment")):
-        meta, spec = d["metadata"], d.get("spec") or {}
-        ns, name = meta["namespace"], meta["name"]
-        template = spec.get("template") or {}
-        want = _replicas(spec)
-        h = compute_hash(template, (d.get("status") or {}).get("collisionCount"))
-        owned = [rs for rs in store.objects("ReplicaSet", ns) if controlled_by(rs, d)]
-        current = next((rs for rs in owned if rs["metadata"].get("labels", {}).get(HASH_LABEL) == h), None)
-        revisions = [int(rs["metadata"].get("annotations", {}).get(REVISION, "0") or 0) for rs in owned]
-        if current is None:
-            tmpl = clone(template)
-            tmpl.setdefault("metadata", {}).setdefault("labels", {})[HASH_LABEL] = h
-            selector = clone(
-                spec.get("selector") or {"matchLabels": dict(template.get("metadata", {}).get("labels", {}))}
-            )
-            selector.setdefault("matchLabels", {})[HASH_LABEL] = h
-            rs = {
-                "metadata": {
-                    "name": f"{name}-{h}",
-                    "namespace": ns,
-                    "labels": dict(tmpl["metadata"]["labels"]),
-                    "annotations": {REVISION: str(max(revisions, default=0) + 1)},
-                    "ownerReferences": [owner_ref(d)],
-                },
-                "spec": {"replicas": want, "selector": selector, "template": tmpl},
-            }
-            try:
-                current = store.create(rs_kind, rs, validate=False)
-                writes += 1
-            except ApiError as e:
-                log.warning("deployment %s/%s: cannot create ReplicaSet: %s", ns, name, e.message)
-                continue
-        elif _replicas(current.get("spec") or {}) != want:
-            new = clone(current)
-            new["spec"]["replicas"] = want
-            writes += write(store, new)
-        old = sorted(
-            (rs for rs in owned if rs["metadata"]["uid"] != current["metadata"]["uid"]),
-            key=lambda r: int(r["metadata"].get("annotations", {}).get(REVISION, "0") or 0),
+        writes += guarded(_reconcile_deployments_one, store, d)
+    return writes
+
+
+def _reconcile_deployments_one(store: Store, d: dict[str, Any]) -> int:
+    writes = 0
+    rs_kind = by_kind("ReplicaSet")
+    meta, spec = d["metadata"], d.get("spec") or {}
+    ns, name = meta["namespace"], meta["name"]
+    template = spec.get("template") or {}
+    want = _replicas(spec)
+    h = compute_hash(template, (d.get("status") or {}).get("collisionCount"))
+    owned = [rs for rs in store.objects("ReplicaSet", ns) if controlled_by(rs, d)]
+    current = next((rs for rs in owned if rs["metadata"].get("labels", {}).get(HASH_LABEL) == h), None)
+    revisions = [int(rs["metadata"].get("annotations", {}).get(REVISION, "0") or 0) for rs in owned]
+    if current is None:
+        tmpl = clone(template)
+        tmpl.setdefault("metadata", {}).setdefault("labels", {})[HASH_LABEL] = h
+        selector = clone(
+            spec.get("selector") or {"matchLabels": dict(template.get("metadata", {}).get("labels", {}))}
         )
-        for rs in old:
-            if _replicas(rs.get("spec") or {}) != 0:
-                new = clone(rs)
-                new["spec"]["replicas"] = 0
-                writes += write(store, new)
-        limit = int(spec.get("revisionHistoryLimit", 10))
-        for rs in old[: max(0, len(old) - limit)]:
-            store.delete(rs_kind, ns, rs["metadata"]["name"])
-            writes += 1
-        owned = [rs for rs in store.objects("ReplicaSet", ns) if controlled_by(rs, d)]
-        cur_status = (store.peek("ReplicaSet", ns, current["metadata"]["name"]) or current).get(
-            "status"
-        ) or {}
-        total = sum(int((rs.get("status") or {}).get("replicas", 0)) for rs in owned)
-        ready = sum(int((rs.get("status") or {}).get("readyReplicas", 0)) for rs in owned)
-        status = {
-            "observedGeneration": meta.get("generation", 1),
-            "replicas": total,
-            "updatedReplicas": int(cur_status.get("replicas", 0)),
-            "readyReplicas": ready,
-            "availableReplicas": ready,
-            "unavailableReplicas": max(0, want - ready),
-            "conditions": [
-                {
-                    "type": "Available",
-                    "status": "True" if ready >= want else "False",
-                    "reason": "MinimumReplicasAvailable" if ready >= want else "MinimumReplicasUnavailable",
-                }
-            ],
+        selector.setdefault("matchLabels", {})[HASH_LABEL] = h
+        rs = {
+            "metadata": {
+                "name": f"{name}-{h}",
+                "namespace": ns,
+                "labels": dict(tmpl["metadata"]["labels"]),
+                "annotations": {REVISION: str(max(revisions, default=0) + 1)},
+                "ownerReferences": [owner_ref(d)],
+            },
+            "spec": {"replicas": want, "selector": selector, "template": tmpl},
         }
-        writes += set_status(store, d, status)
+        try:
+            current = store.create(rs_kind, rs, validate=False)
+            writes += 1
+        except ApiError as e:
+            log.warning("deployment %s/%s: cannot create ReplicaSet: %s", ns, name, e.message)
+            return writes
+    elif _replicas(current.get("spec") or {}) != want:
+        new = clone(current)
+        new["spec"]["replicas"] = want
+        writes += write(store, new)
+    old = sorted(
+        (rs for rs in owned if rs["metadata"]["uid"] != current["metadata"]["uid"]),
+        key=lambda r: int(r["metadata"].get("annotations", {}).get(REVISION, "0") or 0),
+    )
+    for rs in old:
+        if _replicas(rs.get("spec") or {}) != 0:
+            new = clone(rs)
+            new["spec"]["replicas"] = 0
+            writes += write(store, new)
+    limit = int(spec.get("revisionHistoryLimit", 10))
+    for rs in old[: max(0, len(old) - limit)]:
+        store.delete(rs_kind, ns, rs["metadata"]["name"])
+        writes += 1
+    owned = [rs for rs in store.objects("ReplicaSet", ns) if controlled_by(rs, d)]
+    cur_status = (store.peek("ReplicaSet", ns, current["metadata"]["name"]) or current).get("status") or {}
+    total = sum(int((rs.get("status") or {}).get("replicas", 0)) for rs in owned)
+    ready = sum(int((rs.get("status") or {}).get("readyReplicas", 0)) for rs in owned)
+    status = {
+        "observedGeneration": meta.get("generation", 1),
+        "replicas": total,
+        "updatedReplicas": int(cur_status.get("replicas", 0)),
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "unavailableReplicas": max(0, want - ready),
+        "conditions": [
+            {
+                "type": "Available",
+                "status": "True" if ready >= want else "False",
+                "reason": "MinimumReplicasAvailable" if ready >= want else "MinimumReplicasUnavailable",
+            }
+        ],
+    }
+    writes += set_status(store, d, status)
     return writes
 
 
 def reconcile_replicasets(store: Store) -> int:
     writes = 0
-    pod_kind = by_kind("Pod")
     for rs in list(store.objects("ReplicaSet")):
-        meta, spec = rs["metadata"], rs.get("spec") or {}
-        ns = meta["namespace"]
-        want = _replicas(spec)
-        pods = [p for p in store.objects("Pod", ns) if controlled_by(p, rs) and _active(p)]
-        template = spec.get("template") or {}
-        tmeta = template.get("metadata") or {}
-        for _ in range(want - len(pods)):
-            pod = {
-                "metadata": {
-                    "generateName": f"{meta['name']}-",
-                    "namespace": ns,
-                    "labels": dict(tmeta.get("labels") or {}),
-                    "annotations": dict(tmeta.get("annotations") or {}),
-                    "ownerReferences": [owner_ref(rs)],
-                },
-                "spec": clone(template.get("spec") or {}),
-            }
-            store.create(pod_kind, pod, validate=False)
-            writes += 1
-        if len(pods) > want:
-            # Delete unscheduled first, then not-ready, then the newest (Kubernetes' ActivePods order).
-            pods.sort(
-                key=lambda p: (
-                    bool((p.get("spec") or {}).get("nodeName")),
-                    condition_true(p, "Ready"),
-                    p["metadata"]["creationTimestamp"],
-                ),
-                reverse=False,
-            )
-            victims = pods[: len(pods) - want]
-            for p in victims:
-                store.delete(pod_kind, ns, p["metadata"]["name"])
-                writes += 1
-        pods = [p for p in store.objects("Pod", ns) if controlled_by(p, rs) and _active(p)]
-        ready = sum(1 for p in pods if condition_true(p, "Ready"))
-        status = {
-            "replicas": len(pods),
-            "fullyLabeledReplicas": len(pods),
-            "readyReplicas": ready,
-            "availableReplicas": ready,
-            "observedGeneration": meta.get("generation", 1),
+        writes += guarded(_reconcile_replicasets_one, store, rs)
+    return writes
+
+
+def _reconcile_replicasets_one(store: Store, rs: dict[str, Any]) -> int:
+    writes = 0
+    pod_kind = by_kind("Pod")
+    meta, spec = rs["metadata"], rs.get("spec") or {}
+    ns = meta["namespace"]
+    want = _replicas(spec)
+    pods = [p for p in store.objects("Pod", ns) if controlled_by(p, rs) and _active(p)]
+    template = spec.get("template") or {}
+    tmeta = template.get("metadata") or {}
+    for _ in range(want - len(pods)):
+        pod = {
+            "metadata": {
+                "generateName": f"{meta['name']}-",
+                "namespace": ns,
+                "labels": dict(tmeta.get("labels") or {}),
+                "annotations": dict(tmeta.get("annotations") or {}),
+                "ownerReferences": [owner_ref(rs)],
+            },
+            "spec": clone(template.get("spec") or {}),
         }
-        writes += set_status(store, rs, status)
+        store.create(pod_kind, pod, validate=False)
+        writes += 1
+    if len(pods) > want:
+        # Delete unscheduled first, then not-ready, then the newest (Kubernetes' ActivePods order).
+        pods.sort(
+            key=lambda p: (
+                bool((p.get("spec") or {}).get("nodeName")),
+                condition_true(p, "Ready"),
+                p["metadata"]["creationTimestamp"],
+            ),
+            reverse=False,
+        )
+        victims = pods[: len(pods) - want]
+        for p in victims:
+            store.delete(pod_kind, ns, p["metadata"]["name"])
+            writes += 1
+    pods = [p for p in store.objects("Pod", ns) if controlled_by(p, rs) and _active(p)]
+    ready = sum(1 for p in pods if condition_true(p, "Ready"))
+    status = {
+        "replicas": len(pods),
+        "fullyLabeledReplicas": len(pods),
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "observedGeneration": meta.get("generation", 1),
+    }
+    writes += set_status(store, rs, status)
     return writes
 
 
