@@ -134,70 +134,91 @@ async def run(args: argparse.Namespace) -> None:
         ca = SpiffeCA()
         c = Cluster(bus, ns.url, ca, tmp)
         await c.start()
-        await c.add_node("node-1", ADDRS[0])
-        await c.add_node("node-2", ADDRS[1])
-        ids = list(range(3001, 3009))
-        for i in ids:
-            await c.add_identity(i, f"a{i}")
-            await c.add_pod(f"10.250.1.{i - 3000}", i, "node-1")
-            await c.add_identity(i + 100, f"b{i}")
-            await c.add_pod(f"10.250.2.{i - 3000}", i + 100, "node-2")
-        await c.start_authd("node-1", proactive=False)
-        await c.start_authd("node-2", proactive=False)
-        await poll(
-            lambda: all(
-                c.manager("node-1").store.get(i) and c.manager("node-2").store.get(i + 100) for i in ids
-            ),
-            30,
-        )
-        keys = [key(i, i + 100, "node-2") for i in ids]
-        loop = asyncio.get_running_loop()
-        n = args.handshakes
-        runs = {
-            "(A)  raw Python TLS 1.3 mutual, 1 in flight": lambda: loop.run_in_executor(
-                None, raw_rate, ca, n
-            ),
-            "(A2) raw + close_notify confirmation": lambda: loop.run_in_executor(None, raw_rate, ca, n, True),
-            "(B)  authd handshake, 1 in flight": lambda: authd_rate(c, keys, n, 1),
-            "(C)  authd handshake, 8 in flight": lambda: authd_rate(c, keys, n, 8),
-        }
-        wall: dict[str, list[float]] = {k: [] for k in runs}
-        cpu: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(args.rounds):  # interleaved: A, A2, B, C, A, A2, ...
-            for label, fn in runs.items():
-                c0, w0 = time.process_time(), time.perf_counter()
-                await fn()
-                wall[label].append(n / (time.perf_counter() - w0))
-                cpu[label].append(n / (time.process_time() - c0))
-        load = os.getloadavg()[0]
-        print(f"cpus={os.cpu_count()} load={load:.1f} rounds={args.rounds} handshakes/round={n}")
-        print("  handshakes per wall second (both ends in this process) and per CPU second of this process")
-        a = next(iter(runs))
-        bw, bc = statistics.median(wall[a]), statistics.median(cpu[a])
-        for label in runs:
-            mw, mc = statistics.median(wall[label]), statistics.median(cpu[label])
-            print(f"  {label:44s} {mw:5.0f}/s x{mw / bw:.2f}   {mc:5.0f}/cpu-s x{mc / bc:.2f}")
-        await c.stop_all()
+        if not args.only_first_connection:
+            await c.add_node("node-1", ADDRS[0])
+            await c.add_node("node-2", ADDRS[1])
+            ids = list(range(3001, 3009))
+            for i in ids:
+                await c.add_identity(i, f"a{i}")
+                await c.add_pod(f"10.250.1.{i - 3000}", i, "node-1")
+                await c.add_identity(i + 100, f"b{i}")
+                await c.add_pod(f"10.250.2.{i - 3000}", i + 100, "node-2")
+            await c.start_authd("node-1", proactive=False)
+            await c.start_authd("node-2", proactive=False)
+            await poll(
+                lambda: all(
+                    c.manager("node-1").store.get(i) and c.manager("node-2").store.get(i + 100) for i in ids
+                ),
+                30,
+            )
+            keys = [key(i, i + 100, "node-2") for i in ids]
+            loop = asyncio.get_running_loop()
+            n = args.handshakes
+            runs = {
+                "(A)  raw Python TLS 1.3 mutual, 1 in flight": lambda: loop.run_in_executor(
+                    None, raw_rate, ca, n
+                ),
+                "(A2) raw + close_notify confirmation": lambda: loop.run_in_executor(
+                    None, raw_rate, ca, n, True
+                ),
+                "(B)  authd handshake, 1 in flight": lambda: authd_rate(c, keys, n, 1),
+                "(C)  authd handshake, 8 in flight": lambda: authd_rate(c, keys, n, 8),
+            }
+            wall: dict[str, list[float]] = {k: [] for k in runs}
+            cpu: dict[str, list[float]] = {k: [] for k in runs}
+            for _ in range(args.rounds):  # interleaved: A, A2, B, C, A, A2, ...
+                for label, fn in runs.items():
+                    c0, w0 = time.process_time(), time.perf_counter()
+                    await fn()
+                    wall[label].append(n / (time.perf_counter() - w0))
+                    cpu[label].append(n / (time.process_time() - c0))
+            load = os.getloadavg()[0]
+            print(f"cpus={os.cpu_count()} load={load:.1f} rounds={args.rounds} handshakes/round={n}")
+            print(
+                "  handshakes per wall second (both ends in this process) and per CPU second of this process"
+            )
+            a = next(iter(runs))
+            bw, bc = statistics.median(wall[a]), statistics.median(cpu[a])
+            for label in runs:
+                mw, mc = statistics.median(wall[label]), statistics.median(cpu[label])
+                print(f"  {label:44s} {mw:5.0f}/s x{mw / bw:.2f}   {mc:5.0f}/cpu-s x{mc / bc:.2f}")
+            await c.stop_all()
 
-        c2 = Cluster(bus, ns.url, ca, tmp)
-        c2.seen = c.seen
-        await c2.add_node("p-node-1", ADDRS[0])
-        await c2.add_node("p-node-2", ADDRS[1])
-        await c2.add_node("r-node-1", ADDRS[2])
-        await c2.add_node("r-node-2", ADDRS[3])
-        for n in ("p-node-1", "p-node-2"):
-            await c2.start_authd(n)
-        for n in ("r-node-1", "r-node-2"):
-            await c2.start_authd(n, proactive=False)
-        pro, rea = await time_to_verdict(c2, args.pairs)
-        print(f"time to verdict over {args.pairs} fresh pairs (ms)       p50     p99     max")
-        for name, xs in (("proactive (pod appears → verdict)", pro), ("reactive (signal → verdict)", rea)):
-            ms_ = [x * 1000 for x in xs]
-            print(f"  {name:36s} {pct(ms_, 50):7.1f} {pct(ms_, 99):7.1f} {max(ms_):7.1f}")
-        p50 = pct([x * 1000 for x in rea], 50)
-        print("first-connection delay added by auth: proactive 0 (the verdict precedes the first packet);")
-        print(f"  reactive = TCP SYN retransmit (>= 1000 ms) + {p50:.1f} ms; no auth policy 0")
-        await c2.stop_all()
+            c2 = Cluster(bus, ns.url, ca, tmp)
+            c2.seen = c.seen
+            await c2.add_node("p-node-1", ADDRS[0])
+            await c2.add_node("p-node-2", ADDRS[1])
+            await c2.add_node("r-node-1", ADDRS[2])
+            await c2.add_node("r-node-2", ADDRS[3])
+            for n in ("p-node-1", "p-node-2"):
+                await c2.start_authd(n)
+            for n in ("r-node-1", "r-node-2"):
+                await c2.start_authd(n, proactive=False)
+            pro, rea = await time_to_verdict(c2, args.pairs)
+            print(f"time to verdict over {args.pairs} fresh pairs (ms)       p50     p99     max")
+            for name, xs in (
+                ("proactive (pod appears → verdict)", pro),
+                ("reactive (signal → verdict)", rea),
+            ):
+                ms_ = [x * 1000 for x in xs]
+                print(f"  {name:36s} {pct(ms_, 50):7.1f} {pct(ms_, 99):7.1f} {max(ms_):7.1f}")
+            p50 = pct([x * 1000 for x in rea], 50)
+            print(
+                "first-connection delay added by auth: proactive 0 (the verdict precedes the first packet);"
+            )
+            print(f"  reactive = TCP SYN retransmit (>= 1000 ms) + {p50:.1f} ms; no auth policy 0")
+            await c2.stop_all()
+        if args.first_connection or args.only_first_connection:
+            from bench.auth.firstconn import first_connection
+
+            c3 = Cluster(bus, ns.url, ca, tmp)
+            trials = args.first_connection or 20
+            res = await first_connection(c3, trials)
+            print(f"first TCP connection of a new pod, x → y, real BPF datapath ({trials} trials, ms)")
+            print("                                        p50     p99     max  (inf = never connected)")
+            for mode, xs in res.items():
+                ms_ = [x * 1000 for x in xs]
+                print(f"  {mode:36s} {pct(ms_, 50):7.2f} {pct(ms_, 99):7.2f} {max(ms_):7.2f}")
         await bus.nc.close()
 
 
@@ -206,6 +227,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--handshakes", type=int, default=150)
     p.add_argument("--pairs", type=int, default=60)
+    p.add_argument(
+        "--first-connection",
+        type=int,
+        default=0,
+        metavar="TRIALS",
+        help="also the BPF first-connection bench (root)",
+    )
+    p.add_argument("--only-first-connection", action="store_true")
     args = p.parse_args()
     asyncio.run(run(args))
     sys.exit(0)
