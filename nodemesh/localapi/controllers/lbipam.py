@@ -12,7 +12,7 @@ import ipaddress
 import logging
 from typing import Any
 
-from nodemesh.localapi.controllers.util import set_status
+from nodemesh.localapi.controllers.util import as_map, set_status
 from nodemesh.localapi.store import Store
 
 __all__ = ["IPS_ANNOTATION", "LbIpam"]
@@ -22,7 +22,7 @@ IPS_ANNOTATION = "lbipam.cilium.io/ips"
 
 
 def _ingress_ip(svc: dict[str, Any]) -> str:
-    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    ingress = (as_map(svc.get("status")).get("loadBalancer") or {}).get("ingress") or []
     return str(ingress[0].get("ip", "")) if ingress and isinstance(ingress[0], dict) else ""
 
 
@@ -30,7 +30,7 @@ def _requested(svc: dict[str, Any]) -> list[str]:
     out = []
     ann = (svc["metadata"].get("annotations") or {}).get(IPS_ANNOTATION, "")
     out += [a.strip() for a in ann.split(",") if a.strip()]
-    lb_ip = (svc.get("spec") or {}).get("loadBalancerIP")
+    lb_ip = as_map(svc.get("spec")).get("loadBalancerIP")
     if lb_ip:
         out.append(str(lb_ip))
     return out
@@ -60,7 +60,7 @@ class LbIpam:
         used: set[str] = set()
         pending: list[dict[str, Any]] = []
         for svc in services:
-            is_lb = (svc.get("spec") or {}).get("type") == "LoadBalancer"
+            is_lb = as_map(svc.get("spec")).get("type") == "LoadBalancer"
             ip = _ingress_ip(svc)
             if not is_lb:
                 if ip and ip in self._in_pool:

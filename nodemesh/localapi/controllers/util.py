@@ -9,7 +9,7 @@ from typing import Any
 from nodemesh.kinds import by_kind
 from nodemesh.localapi.store import Store, clone
 
-__all__ = ["condition_true", "controlled_by", "guarded", "owner_ref", "set_status", "write"]
+__all__ = ["as_map", "condition_true", "controlled_by", "guarded", "owner_ref", "set_status", "write"]
 
 log = logging.getLogger("nodemesh.localapi.controllers")
 
@@ -75,3 +75,8 @@ def guarded(fn: Callable[..., int], store: Store, obj: dict[str, Any], *args: An
             e,
         )
         return 0
+
+
+def as_map(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (malformed input reads as absent)."""
+    return value if isinstance(value, dict) else {}

@@ -15,6 +15,7 @@ from typing import Any
 from nodemesh.kinds import by_kind
 from nodemesh.localapi.controllers.hashing import compute_hash
 from nodemesh.localapi.controllers.util import (
+    as_map,
     condition_true,
     controlled_by,
     guarded,
@@ -33,7 +34,7 @@ REVISION = "deployment.kubernetes.io/revision"
 
 
 def _active(pod: dict[str, Any]) -> bool:
-    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    return as_map(pod.get("status")).get("phase") not in ("Succeeded", "Failed")
 
 
 def _replicas(spec: dict[str, Any]) -> int:
@@ -157,7 +158,7 @@ def _reconcile_replicasets_one(store: Store, rs: dict[str, Any]) -> int:
         # Delete unscheduled first, then not-ready, then the newest (Kubernetes' ActivePods order).
         pods.sort(
             key=lambda p: (
-                bool((p.get("spec") or {}).get("nodeName")),
+                bool(as_map(p.get("spec")).get("nodeName")),
                 condition_true(p, "Ready"),
                 p["metadata"]["creationTimestamp"],
             ),
@@ -186,27 +187,28 @@ def schedule_pods(store: Store) -> int:
     load = dict.fromkeys(nodes, 0)
     pods = list(store.objects("Pod"))
     for p in pods:
-        node = (p.get("spec") or {}).get("nodeName")
+        node = as_map(p.get("spec")).get("nodeName")
         if node in load and _active(p):
             load[node] += 1
     for p in sorted(pods, key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"])):
-        spec = p.get("spec") or {}
-        if not spec.get("nodeName"):
-            if not nodes:
-                continue
-            node = min(nodes, key=lambda n: (load[n], n))
-            load[node] += 1
-            new = clone(p)
-            new.setdefault("spec", {})["nodeName"] = node
-            writes += write(store, new)
-            p = store.peek("Pod", p["metadata"]["namespace"], p["metadata"]["name"]) or new
-        if not (p.get("status") or {}).get("phase"):
-            writes += set_status(
-                store,
-                p,
-                {
-                    "phase": "Pending",
-                    "conditions": [{"type": "PodScheduled", "status": "True"}],
-                },
-            )
+        writes += guarded(_schedule_one, store, p, nodes, load)
+    return writes
+
+
+def _schedule_one(store: Store, p: dict[str, Any], nodes: list[str], load: dict[str, int]) -> int:
+    writes = 0
+    if not isinstance(p.get("spec"), dict):
+        return 0  # malformed: nothing to bind
+    if not p["spec"].get("nodeName"):
+        if not nodes:
+            return 0
+        node = min(nodes, key=lambda n: (load[n], n))
+        load[node] += 1
+        new = clone(p)
+        new["spec"]["nodeName"] = node
+        writes += write(store, new)
+        p = store.peek("Pod", p["metadata"]["namespace"], p["metadata"]["name"]) or new
+    if not as_map(p.get("status")).get("phase"):
+        pending = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}
+        writes += set_status(store, p, pending)
     return writes
