@@ -185,6 +185,10 @@ def user_permissions(nodes: Iterable[str]) -> dict[str, Permissions]:
                 # pod status patches: the subject names the pod, not its node, so this cannot be
                 # narrowed to this node's pods (see docs/identity.md)
                 subjects.k8s_status("pod", "*", "*"),
+                # policy status (an invalid policy's error condition), written by the datapath
+                subjects.k8s_status("CiliumNetworkPolicy", "*", "*"),
+                subjects.k8s_status("CiliumClusterwideNetworkPolicy", "*", "*"),
+                subjects.k8s_status("NetworkPolicy", "*", "*"),
                 *k8s,
                 *events,
                 *_read_kv("ipcache", "identities", "nodes", "auth"),
