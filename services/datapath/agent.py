@@ -207,7 +207,7 @@ class Agent:
         if errs:
             cond |= {"reason": "InvalidPolicy", "message": "; ".join(errs)[:4000]}
         else:
-            cond |= {"reason": "Enforced", "message": f"enforced by {self.node}"}
+            cond |= {"reason": "Valid", "message": "policy is valid and enforced"}
         api_version = kinds.by_kind(ref.kind).api_version
         patch = StatusPatch(
             kind=ref.kind, api_version=api_version, namespace=ref.namespace, name=ref.name,
