@@ -17,18 +17,15 @@ import secrets
 import shutil
 import socket
 import time
-from typing import Any
 
-from nodemesh import subjects
-from nodemesh.messages.auth import AuthRequired, AuthVerdict
-from services.datapath.maps import EVT_AUTH_REQUIRED, AuthKey, IPCacheValue
+from services.datapath.maps import IPCacheValue
 from services.datapath.pods.netns import netns_socket
 from services.datapath.policy.model import PolicyKey, PolicyValue
-from tests.authd.harness import Cluster, key
+from tests.authd.dpglue import NODE_IDS, Glue
+from tests.authd.harness import Cluster
 from tests.datapath.conftest import TNode, ingress_policy
 from tests.datapath.net import servers
 
-NODE_IDS = {"node-x": 5, "node-y": 7}
 ING, TCP = 0, 6
 MODES = ("none", "reactive", "proactive")
 SERVER_IDS = {"none": 1102, "reactive": 1103, "proactive": 1104}
@@ -45,37 +42,6 @@ def _connect_time(ns: str, ip: str, port: int, timeout: float = 5.0) -> float:
         return float("inf")
     finally:
         s.close()
-
-
-class Glue:
-    """The datapath service's part: y's auth-required events → NATS; NATS verdicts → y's auth map."""
-
-    def __init__(self, c: Cluster, y: TNode) -> None:
-        self.c, self.y, self.seen = c, y, 0
-
-    async def start(self) -> None:
-        async def granted(v: AuthVerdict, _m: Any) -> None:
-            k = AuthKey(
-                local_identity=v.key.local_identity,
-                remote_identity=v.key.remote_identity,
-                remote_node_id=NODE_IDS.get(v.key.remote_node, 0),
-                auth_type=v.key.auth_type,
-            )
-            self.y.maps.set_auth(k, max(0, time.monotonic_ns() + int((v.expires - time.time()) * 1e9)))
-
-        await self.c.bus.subscribe(subjects.auth_granted("node-y"), AuthVerdict, granted)
-
-    async def pump(self) -> None:
-        names = {v: k for k, v in NODE_IDS.items()}
-        while True:
-            events = self.y.events
-            while self.seen < len(events):
-                e = events[self.seen]
-                self.seen += 1
-                if e.type == EVT_AUTH_REQUIRED and e.dir == ING:
-                    k = key(e.dst_identity, e.src_identity, names.get(e.remote_node_id, ""), e.auth_type)
-                    await self.c.bus.publish(subjects.auth_required("node-y"), AuthRequired(key=k))
-            await asyncio.sleep(0.001)
 
 
 async def first_connection(c: Cluster, trials: int) -> dict[str, list[float]]:

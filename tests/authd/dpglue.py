@@ -1,0 +1,49 @@
+"""The datapath service's part of mutual auth, for tests and benches that drive the BPF datapath
+directly (as tests/datapath does): a node's auth-required events → ``auth.required.<node>``, and
+``auth.granted.<node>`` → that node's BPF auth map (node names → the datapath's node ids)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from nodemesh import subjects
+from nodemesh.messages.auth import AuthRequired, AuthVerdict
+from services.datapath.maps import EVT_AUTH_REQUIRED, AuthKey
+from tests.authd.harness import Cluster, key
+from tests.datapath.conftest import TNode
+
+NODE_IDS = {"node-x": 5, "node-y": 7}
+ING = 0
+
+
+class Glue:
+    """The datapath service's part: y's auth-required events → NATS; NATS verdicts → y's auth map."""
+
+    def __init__(self, c: Cluster, y: TNode, node: str = "node-y") -> None:
+        self.c, self.y, self.node, self.seen = c, y, node, 0
+
+    async def start(self) -> None:
+        async def granted(v: AuthVerdict, _m: Any) -> None:
+            k = AuthKey(
+                local_identity=v.key.local_identity,
+                remote_identity=v.key.remote_identity,
+                remote_node_id=NODE_IDS.get(v.key.remote_node, 0),
+                auth_type=v.key.auth_type,
+            )
+            self.y.maps.set_auth(k, max(0, time.monotonic_ns() + int((v.expires - time.time()) * 1e9)))
+
+        await self.c.bus.subscribe(subjects.auth_granted(self.node), AuthVerdict, granted)
+
+    async def pump(self) -> None:
+        names = {v: k for k, v in NODE_IDS.items()}
+        while True:
+            events = self.y.events
+            while self.seen < len(events):
+                e = events[self.seen]
+                self.seen += 1
+                if e.type == EVT_AUTH_REQUIRED and e.dir == ING:
+                    k = key(e.dst_identity, e.src_identity, names.get(e.remote_node_id, ""), e.auth_type)
+                    await self.c.bus.publish(subjects.auth_required(self.node), AuthRequired(key=k))
+            await asyncio.sleep(0.001)
