@@ -59,3 +59,12 @@ def test_container_env_resolves_field_refs() -> None:
     }
     env = container_env(pod, container, "10.244.1.9", "node-1")
     assert env == {"A": "x", "POD": "web-1", "NS": "shop", "IP": "10.244.1.9", "NODE": "node-1"}
+
+
+def test_workload_env_never_carries_agent_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.datapath.pods.runner import workload_base_env
+
+    monkeypatch.setenv("NODEMESH_NATS_PASSWORD", "secret")
+    monkeypatch.setenv("NODEMESH_CLUSTER_DATA_DIR", "/d")
+    env = workload_base_env()
+    assert "NODEMESH_NATS_PASSWORD" not in env and env["NODEMESH_CLUSTER_DATA_DIR"] == "/d"

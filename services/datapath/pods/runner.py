@@ -25,7 +25,7 @@ from typing import Any
 from nodemesh.images import image_command
 from services.datapath.pods.netns import netns_path, netns_socket
 
-__all__ = ["PodRunner", "container_env", "probe_once"]
+__all__ = ["PodRunner", "container_env", "probe_once", "workload_base_env"]
 
 log = logging.getLogger("nodemesh.datapath.runner")
 Report = Callable[[dict[str, Any]], Awaitable[None]]
@@ -57,6 +57,17 @@ def container_env(pod: dict[str, Any], container: dict[str, Any], pod_ip: str, n
         if ref in fields:
             env[str(item["name"])] = fields[ref]
     return env
+
+
+def workload_base_env() -> dict[str, str]:
+    """The agent's environment minus its own settings: a workload must never inherit the agent's NATS
+    credentials. ``NODEMESH_CLUSTER_DATA_DIR`` stays: it marks the process as the cluster's, so
+    ``nodemesh down`` finds and stops it."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NODEMESH_") or k == "NODEMESH_CLUSTER_DATA_DIR"
+    }
 
 
 def _port(container: dict[str, Any], port: Any) -> int:
@@ -155,7 +166,7 @@ class PodRunner:
                 await self._publish(phase="Failed")
                 return
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            env = {**os.environ, **container_env(self.pod, self.container, self.ip, self.node)}
+            env = {**workload_base_env(), **container_env(self.pod, self.container, self.ip, self.node)}
             with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - a local append, opened once per start
                 try:
                     self.proc = await asyncio.create_subprocess_exec(
