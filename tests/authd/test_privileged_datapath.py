@@ -52,7 +52,7 @@ async def nodes() -> AsyncIterator[tuple[TNode, TNode, str]]:
 
 async def _setup(
     c: Cluster, x: TNode, y: TNode, net: str, ns: str, proactive: bool
-) -> tuple[object, object, int]:
+) -> tuple[Any, str, int, asyncio.Task[None]]:
     loop = asyncio.get_running_loop()
     await c.add_node("node-x", "127.0.50.1")
     await c.add_node("node-y", "127.0.50.2")
