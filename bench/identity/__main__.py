@@ -5,9 +5,11 @@
 1. **Allocation** — 4 allocator processes (each with its own NATS connection and bucket mirror,
    as 4 replicas) allocate fresh label sets concurrently; 0 duplicates is checked (one number per
    label set, no number shared). Interleaved per round: A = look the label index up on the server
-   on a mirror miss, one allocation in flight (the naive loop); B = A pipelined (64 in flight);
+   on a mirror miss, one allocation in flight (the naive loop); B = A pipelined (256 in flight);
    C = B but trusting a mirror miss (create-if-absent is the lock anyway; the default); D = C with
-   every label set allocated by *two* allocators at once (the racing case). Ratios against A.
+   every label set allocated by *two* allocators at once (the racing case); E = atomic batches
+   (JetStream atomic batch publish, 250 identities = 500 create-if-absent messages, all or nothing;
+   4 batches in flight per allocator); F = E raced. Ratios against A.
 2. **Pod event → ipcache event** — a real identity service (subprocess) and a client that plays
    the watcher: publish a Pod on the K8S stream, wait for its ``IPCacheEvent`` (one at a time, so
    this is latency, not queueing). A = new labels (allocates), B = existing labels (reference only).
@@ -56,8 +58,9 @@ from bench.identity.allocworker import MODES, _worker  # noqa: E402  (spawned pr
 
 
 def alloc_round(
-    url: str, sets: list[list[str]], inflight: int, trust: bool, dup: bool, pool: Any, go: Any
+    url: str, sets: list[list[str]], mode: tuple[Any, ...], pool: Any, go: Any
 ) -> tuple[float, int]:
+    _, inflight, trust, dup, batch = mode
     n = 4
     work: list[list[list[str]]] = [[] for _ in range(n)]
     for i, s in enumerate(sets):
@@ -65,7 +68,7 @@ def alloc_round(
         if dup:
             work[(i + 1) % n].append(s)
     go.clear()
-    res = [pool.apply_async(_worker, ((url, w, inflight, trust, k, go),)) for k, w in enumerate(work)]
+    res = [pool.apply_async(_worker, ((url, w, inflight, trust, batch, k, go),)) for k, w in enumerate(work)]
     time.sleep(1.0)  # let every worker connect and sync its mirror before the start signal
     go.set()
     out = [r.get(600) for r in res]
@@ -89,12 +92,13 @@ def bench_alloc(url: str, n_sets: int, rounds: int) -> list[str]:
     dups_total = 0
     with ctx.Pool(4) as pool:
         for r in range(rounds):
-            for name, inflight, trust, dup in MODES:
+            for mode in MODES:
+                name = mode[0]
                 sets = [
                     [f"k8s:app=r{r}-{name[0]}-{i}", "k8s:io.kubernetes.pod.namespace=bench"]
                     for i in range(n_sets)
                 ]
-                rate, dups = alloc_round(url, sets, inflight, trust, dup, pool, go)
+                rate, dups = alloc_round(url, sets, mode, pool, go)
                 results[name].append(rate)
                 dups_total += dups
                 print(f"  round {r} {name}: {rate:,.0f} identities/s, duplicates {dups}", flush=True)

@@ -8,20 +8,23 @@ import time
 from typing import Any
 
 from nodemesh.bus import connect
-from services.identity.allocator import Allocator, identity_type_for
+from services.identity.allocator import BATCH_IDENTITIES, Allocator, identity_type_for
 from services.identity.kvmirror import KvMirror
 
 # Each allocator is its own process (as each replica is), with its own mirror of the bucket.
+# (name, in flight, trust a mirror miss, every set raced by 2, atomic batches)
 MODES = [
-    ("A fetch on miss, 1 in flight", 1, False, False),
-    ("B fetch on miss, 256 in flight", 256, False, False),
-    ("C trust mirror miss, 256 in flight (default)", 256, True, False),
-    ("D = C, every set raced by 2 allocators", 256, True, True),
+    ("A fetch on miss, 1 in flight", 1, False, False, False),
+    ("B fetch on miss, 256 in flight", 256, False, False, False),
+    ("C trust mirror miss, 256 in flight (default)", 256, True, False, False),
+    ("D = C, every set raced by 2 allocators", 256, True, True, False),
+    ("E atomic batches of 250, 4 in flight", 4, True, False, True),
+    ("F = E, every set raced by 2 allocators", 4, True, True, True),
 ]
 
 
 async def _worker_main(
-    url: str, sets: list[list[str]], inflight: int, trust: bool, seed: int, go: Any
+    url: str, sets: list[list[str]], inflight: int, trust: bool, batch: bool, seed: int, go: Any
 ) -> Any:
     b = await connect(url, name=f"bench-alloc-{seed}", max_wait=10)
     m: KvMirror[Any] = KvMirror(await b.kv("identities"), "identities", identity_type_for)
@@ -37,9 +40,20 @@ async def _worker_main(
             ident, _ = await a.allocate(s)
             got[s[0]] = ident.id
 
+    async def batches(part: list[list[str]]) -> None:
+        for i in range(0, len(part), BATCH_IDENTITIES):
+            chunk = part[i : i + BATCH_IDENTITIES]
+            for s, ident in zip(chunk, await a.allocate_batch(chunk), strict=True):
+                got[s[0]] = ident.id
+
+    if batch:
+        await a.enable_batching()
     go.wait()
     t0 = time.time()
-    await asyncio.gather(*(one(s) for s in sets))
+    if batch:
+        await asyncio.gather(*(batches(sets[k::inflight]) for k in range(inflight)))
+    else:
+        await asyncio.gather(*(one(s) for s in sets))
     t1 = time.time()
     await m.stop()
     await b.nc.close()

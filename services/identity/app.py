@@ -96,6 +96,12 @@ async def main(svc: Service) -> None:
         await cache.wait_synced()  # a resync against a partial cache would delete live entries
         await alloc.ensure_reserved()
         if lease.is_leader:
+            # New label sets in bulk first (atomic batches), so the per-pod resync mostly only
+            # takes references; a failure here just leaves the work to the per-pod path.
+            try:
+                await alloc.allocate_batch(ctl.desired_label_sets())
+            except Exception as e:
+                svc.log.warning("batch pre-allocation failed (%s); allocating per pod", e)
             ctl.resync_all()
             resynced.set()
 
@@ -115,6 +121,7 @@ async def main(svc: Service) -> None:
         svc.on_stop(m.stop)
     for m in mirrors.values():
         await m.synced.wait()
+    await alloc.enable_batching()
     await asyncio.to_thread(signer.load)
     await signer.publish_bundle()
 

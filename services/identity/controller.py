@@ -117,6 +117,21 @@ class Controller:
         for name in list(self.nodes.items):
             self.enqueue(("Node", "", name))
 
+    def desired_label_sets(self) -> list[list[str]]:
+        """The identity labels of every pod that should have an identity now (for batch allocation)."""
+        out: dict[str, list[str]] = {}
+        for pod in self.cache.list("Pod"):
+            ep = pod_endpoint(pod)
+            namespace = self.cache.get("Namespace", "", ep.namespace) if ep is not None else None
+            if ep is None or namespace is None:
+                continue
+            try:
+                labels = pod_labels(pod, namespace, self.cluster)
+            except LabelError:
+                continue  # reconcile_pod reports it
+            out["\n".join(labels)] = labels
+        return list(out.values())
+
     def drop_queue(self) -> None:
         while not self._queue.empty():
             self._pending.discard(self._queue.get_nowait())

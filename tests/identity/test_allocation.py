@@ -205,3 +205,39 @@ async def test_corrupt_entries_are_skipped_and_never_corrupt_the_mapping(
 
 async def _true(v: bool) -> bool:
     return v
+
+
+async def test_atomic_batches_allocate_like_single_allocations(
+    nats_server: NatsServer, bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="nodemesh.identity.allocator")
+    a, ab = await _allocator(nats_server.url, seed=11)
+    b, bb = await _allocator(nats_server.url, seed=12)
+    assert await a.enable_batching()
+    assert "atomic batch rejected" not in caplog.text
+    sets = [[f"k8s:app=batch-{i}", "k8s:io.kubernetes.pod.namespace=default"] for i in range(600)]
+    single = await asyncio.gather(*(b.allocate(s) for s in sets[:50]))  # some exist already
+    got = await a.allocate_batch(sets)
+    assert [g.id for g in got[:50]] == [s[0].id for s in single]
+    assert len({g.id for g in got}) == 600 and all(g.labels == sorted(s) for g, s in zip(got, sets, strict=True))
+    for g in got[50:60]:
+        stored = await identity(bus, g.id)
+        assert stored is not None and stored.labels == g.labels
+    # A batch that conflicts (a number squatted behind a stopped mirror's back) is rejected whole by
+    # the server and falls back to one-by-one allocation: same outcome, the squatter is not overwritten.
+    await a.m.stop()
+    predict = random.Random()
+    predict.setstate(a.rng.getstate())
+    squatted = predict.randint(a.lo, a.hi)
+    kv = await bus.kv("identities")
+    await kv.put(id_key(squatted), b"squatter")
+    more = [[f"k8s:app=late-{i}", "k8s:io.kubernetes.pod.namespace=default"] for i in range(20)]
+    late = await a.allocate_batch(more)
+    assert "atomic batch rejected" in caplog.text and "wrong last sequence" in caplog.text
+    assert squatted not in {g.id for g in late} and len({g.id for g in late}) == 20
+    assert (await kv.get(id_key(squatted))).value == b"squatter"
+    for g, s in zip(late, more, strict=True):
+        assert (await b.allocate(s))[0].id == g.id
+    await b.m.stop()
+    await ab.nc.close()
+    await bb.nc.close()
