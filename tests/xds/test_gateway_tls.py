@@ -35,6 +35,13 @@ async def cluster() -> AsyncIterator[Standalone]:
                 o.namespace(CERTS),
                 o.service("web", NS, [("http", 8080, 3000)]),
                 o.service("tcp-backend", NS, [("tls", 8443, 8443)]),
+                o.service("https-backend", NS, [("https", 443, 8443)]),
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": "ca", "namespace": NS},
+                    "data": {"ca.crt": GEN.ca_pair[0].decode()},
+                },
                 o.secret(
                     NS, "tls-validity-checks-certificate", GEN.pair(NS, "tls-validity-checks-certificate")
                 ),
@@ -51,6 +58,16 @@ async def cluster() -> AsyncIterator[Standalone]:
                         "deployment": "tcp-backend",
                         "replicas": 1,
                         "server": "echo-tcp",
+                        "tls_secret": f"{NS}/tls-passthrough-checks-certificate",
+                    },
+                },
+                {
+                    "service": f"{NS}/https-backend",
+                    "pods": {
+                        "namespace": NS,
+                        "deployment": "https-backend",
+                        "replicas": 1,
+                        "server": "echo-http",
                         "tls_secret": f"{NS}/tls-passthrough-checks-certificate",
                     },
                 },
@@ -197,3 +214,37 @@ async def test_ingress_dedicated_with_tls(cluster: Standalone) -> None:
     )
     assert resp.status == 200, resp.error
     await cluster.delete([ing, lb])
+
+
+def backend_tls_policy(ca: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1alpha3",
+        "kind": "BackendTLSPolicy",
+        "metadata": {"name": "to-https-backend", "namespace": NS},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": "https-backend"}],
+            "validation": {
+                "hostname": "abc.example.com",
+                "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": ca}],
+            },
+        },
+    }
+
+
+async def test_backend_tls_policy_originates_tls_and_fails_closed(cluster: Standalone) -> None:
+    gw = o.gateway("btls", NS, [{"name": "http", "port": 80, "protocol": "HTTP"}])
+    r = o.httproute("r", NS, "btls", [{"backendRefs": [{"name": "https-backend", "port": 443}]}])
+    target = {"gateway": f"{NS}/btls", "port": 80}
+    await cluster.apply([gw, r])
+    # Without a policy the gateway speaks plaintext to a TLS port: no success possible.
+    resp = http_request(cluster.gateway_address(NS, "btls"), 80, {"path": "/"})
+    assert resp.status != 200
+    await cluster.apply([backend_tls_policy("ca")])
+    req = {"path": "/", "host": "shop.example.com"}
+    await expect_eventually(cluster, target, req, {"status": 200, "backend": f"{NS}/https-backend"})
+    body = http_request(cluster.gateway_address(NS, "btls"), 80, req).json() or {}
+    assert body["tls"]["serverName"] == "abc.example.com"  # the backend saw TLS with the policy's SNI
+    # A policy whose CA is missing must not fall back to plaintext: 500.
+    await cluster.apply([backend_tls_policy("missing")])
+    await expect_eventually(cluster, target, req, {"status": 500})
+    await cluster.delete([gw, r, backend_tls_policy("missing")])

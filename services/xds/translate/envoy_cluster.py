@@ -14,10 +14,12 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2
 
+from .backendtls import SYSTEM_CA_BUNDLE
 from .envoy_common import ads
 from .index import Index, as_dict, as_list, meta
 from .model import Backend
@@ -40,11 +42,30 @@ def cluster(b: Backend, lb_policy: str = "") -> cluster_pb2.Cluster:
     )
     c.eds_cluster_config.service_name = b.eds_name
     c.eds_cluster_config.eds_config.CopyFrom(ads())
+    if b.tls is not None and b.tls.error is None:
+        c.transport_socket.name = "envoy.transport_sockets.tls"
+        c.transport_socket.typed_config.Pack(_upstream_tls(b.tls))
     if b.h2:
         opts = hpo.HttpProtocolOptions()
         opts.explicit_http_config.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions())
         c.typed_extension_protocol_options[_H2_OPTS].Pack(opts)
     return c
+
+
+def _upstream_tls(bt: Any) -> tls_pb2.UpstreamTlsContext:
+    """Origination per a BackendTLSPolicy: SNI and the peer's DNS SAN = hostname, trusted CAs only."""
+    ctx = tls_pb2.UpstreamTlsContext(sni=bt.hostname)
+    vc = ctx.common_tls_context.validation_context
+    if bt.system:
+        vc.trusted_ca.filename = SYSTEM_CA_BUNDLE
+    else:
+        vc.trusted_ca.inline_bytes = bt.ca_pem
+    vc.match_typed_subject_alt_names.append(
+        common_pb2.SubjectAltNameMatcher(
+            san_type=common_pb2.SubjectAltNameMatcher.DNS, matcher=string_pb2.StringMatcher(exact=bt.hostname)
+        )
+    )
+    return ctx
 
 
 def blackhole_cluster() -> cluster_pb2.Cluster:

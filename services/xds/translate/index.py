@@ -120,6 +120,8 @@ class Index:
                     if isinstance(m.get("namespace", ""), str):
                         d[f"{m.get('namespace', '')}/{m['name']}"] = o
             self._by[kind] = d
+        # (ns, service, port name) → backendtls.BackendTLS; filled by the pipeline.
+        self.backend_tls: dict[tuple[str, str, str], Any] = {}
         self.ns_labels: dict[str, dict[str, str]] = {}
         for ns in self._by.get("Namespace", {}).values():
             name = meta(ns).get("name", "")

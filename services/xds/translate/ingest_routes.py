@@ -196,7 +196,7 @@ def _route(
     else:
         for rule in as_list(spec.get("rules")):
             for ref in as_list((as_dict(rule)).get("backendRefs")):
-                b, reason, msg = resolve_backend(idx, ref, kind, ns)
+                b, reason, msg = resolve_backend(idx, ref, kind, ns, l7=False)
                 if b is None:
                     unresolved = unresolved or (reason, msg)
                 elif b.weight > 0:
@@ -247,6 +247,9 @@ def _route(
                     if slot is None:
                         continue
                     if http_like:
+                        for rr in rules_out:
+                            for b in rr.blocked:
+                                model.gateways_of.setdefault((b.namespace, b.service), set()).add(st.key)
                         for h in hs:
                             if _isolated(h, lst, st.listeners):
                                 continue
@@ -255,6 +258,9 @@ def _route(
                                     slot.add(h, r)
                                     for b in r.backends:
                                         model.use(b)
+                                        model.gateways_of.setdefault((b.namespace, b.service), set()).add(
+                                            st.key
+                                        )
                                     for mir in r.mirrors:
                                         model.use(mir.backend)
                     elif backends_l4:

@@ -9,6 +9,7 @@ table), passthrough chains by SNI and an optional TCP chain.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "Backend",
@@ -47,6 +48,8 @@ class Backend:
     h2: bool = False
     request_headers: HeaderFilter | None = None
     response_headers: HeaderFilter | None = None
+    # The BackendTLSPolicy (backendtls.BackendTLS) that applies to this Service port, if any.
+    tls: Any = None
 
     @property
     def cluster(self) -> str:
@@ -162,6 +165,8 @@ class Model:
     backends: dict[str, Backend] = field(default_factory=dict)
     # cluster name → lb algorithm (round_robin | least_request | random), from Service annotations.
     lb_policy: dict[str, str] = field(default_factory=dict)
+    # (namespace, service) → Gateways whose routes use it (BackendTLSPolicy ancestors).
+    gateways_of: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
     def listener(self, name: str, address: str, port: int) -> ListenerModel:
         key = f"{address}:{port}"
@@ -174,7 +179,7 @@ class Model:
         prev = self.backends.get(backend.cluster)
         if prev is None:
             self.backends[backend.cluster] = Backend(
-                backend.namespace, backend.service, backend.port, h2=backend.h2
+                backend.namespace, backend.service, backend.port, h2=backend.h2, tls=backend.tls
             )
         elif backend.h2:
             prev.h2 = True

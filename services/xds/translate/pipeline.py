@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cec, ingest_ingress, ingest_service
+from . import backendtls, cec, ingest_ingress, ingest_service
 from .envoy_cluster import cluster, load_assignment, sds_secret, slices_by_service
 from .envoy_listener import listener_resources
 from .index import Index
@@ -17,6 +17,7 @@ __all__ = ["run"]
 def run(inp: TranslateInput) -> Translation:
     out = Translation()
     idx = Index(inp)
+    idx.backend_tls = backendtls.policies(idx)
     model = Model()
     states = ingest_gateways(idx, inp, out)
     for st in states:
@@ -25,6 +26,7 @@ def run(inp: TranslateInput) -> Translation:
     ingest_routes(idx, inp, states, model, slots, out)
     for st in states:
         gateway_status(st, inp, out)
+    backendtls.policy_status(idx.backend_tls, model.gateways_of, inp, out, inp.controller_names[0])
     _extras(idx, inp, model, out)
     envoy(idx, model, out)
     return out

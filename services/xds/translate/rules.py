@@ -9,7 +9,7 @@ from typing import Any
 from .index import GW_GROUP, Index, as_dict, as_int, as_list
 from .model import Backend, HeaderFilter, Match, Mirror, Redirect, Rewrite, Route
 
-__all__ = ["RuleResult", "duration_s", "resolve_backend", "translate_rule"]
+__all__ = ["RuleResult", "duration_s", "resolve_backend", "tls_blocked", "translate_rule"]
 
 _DUR = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
 
@@ -28,7 +28,7 @@ def duration_s(text: Any) -> float | None:
 
 
 def resolve_backend(
-    idx: Index, ref: Any, route_kind: str, route_ns: str, h2: bool = False
+    idx: Index, ref: Any, route_kind: str, route_ns: str, h2: bool = False, l7: bool = True
 ) -> tuple[Backend | None, str, str]:
     """A backendRef → (Backend, "", "") or (None, reason, message) with the spec's ResolvedRefs reason."""
     if not isinstance(ref, dict):
@@ -54,7 +54,17 @@ def resolve_backend(
     if not isinstance(weight, int) or weight < 0:
         weight = 1
     h2 = h2 or sport.get("appProtocol") in ("kubernetes.io/h2c", "h2c", "grpc")
-    return Backend(ns, name, as_int(sport["port"]), weight=weight, h2=h2), "", ""
+    b = Backend(ns, name, as_int(sport["port"]), weight=weight, h2=h2)
+    if l7:
+        b.tls = idx.backend_tls.get((ns, name, str(sport.get("name") or ""))) or idx.backend_tls.get(
+            (ns, name, "")
+        )
+    return b, "", ""
+
+
+def tls_blocked(b: Backend) -> bool:
+    """An invalid BackendTLSPolicy applies: never send this backend plaintext (fail closed, 500)."""
+    return b.tls is not None and b.tls.error is not None
 
 
 def _headers_filter(raw: Any) -> HeaderFilter:
@@ -139,6 +149,7 @@ class RuleResult:
     # First ResolvedRefs failure (reason, message) of this rule, if any.
     unresolved: tuple[str, str] | None = None
     invalid: str = ""  # a reason to set Accepted=False (UnsupportedValue)
+    blocked: list[Backend] = field(default_factory=list)  # dropped by an invalid BackendTLSPolicy
 
 
 def _valid_regex(pattern: str) -> bool:
@@ -197,6 +208,8 @@ def translate_rule(
             if b is None:
                 res.unresolved = res.unresolved or (reason, msg)
                 continue
+            if tls_blocked(b):
+                continue
             per_million = 1_000_000
             if isinstance(r.get("percent"), int):
                 per_million = r["percent"] * 10_000
@@ -224,7 +237,9 @@ def translate_rule(
                 b.request_headers = _headers_filter(bf.get("requestHeaderModifier"))
             elif isinstance(bf, dict) and bf.get("type") == "ResponseHeaderModifier":
                 b.response_headers = _headers_filter(bf.get("responseHeaderModifier"))
-        if b.weight > 0:
+        if tls_blocked(b):
+            res.blocked.append(b)
+        elif b.weight > 0:
             backends.append(b)
     if base.redirect is None and not backends:
         status = 500  # no backendRefs, all unresolvable, or all weight 0
