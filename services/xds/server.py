@@ -9,7 +9,8 @@ Protocol rules it keeps (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xd
   changes, so a bad config never loops (go-control-plane #582/#794). Envoy keeps its last good config.
 - SotW flow control: at most one unanswered response per type; the next goes out after the ACK/NACK.
 - Wildcard: LDS/CDS with no names (or ``*``) get every resource; RDS/EDS/SDS only the names asked for.
-- Order within one snapshot change: CDS, EDS, LDS, RDS, SDS (:data:`snapshot.ORDER`).
+- Order within one snapshot change: CDS, EDS, LDS, RDS, SDS (:data:`snapshot.ORDER`); Delta sends all
+  additions/updates in that order first and the removals after them (make before break).
 - Delta sends only resources whose content version differs from what the client holds (its
   ``initial_resource_versions`` on reconnect, then what was sent), and ``removed_resources``.
 
@@ -37,12 +38,13 @@ from envoy.service.discovery.v3.discovery_pb2 import Resource as ResourcePb
 
 from services.xds.acks import AckEvent, Sent
 from services.xds.cache import SnapshotCache, Watch
-from services.xds.snapshot import CLUSTER, LISTENER, ORDER
+from services.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, SECRET
 
 __all__ = ["AdsServer", "Hooks"]
 
 log = logging.getLogger("nodemesh.xds.server")
 WILDCARD_TYPES = (LISTENER, CLUSTER)
+REMOVAL_ORDER = (LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET)
 
 
 def _noop(*_: Any) -> None:
@@ -116,8 +118,12 @@ class _Stream:
         assert self.watch is not None
         while True:
             await self.watch.changed()
-            for t in ORDER:
-                self.respond(t)
+            self.push()
+
+    def push(self) -> None:
+        """Answer a snapshot change, type by type in :data:`ORDER`."""
+        for t in ORDER:
+            self.respond(t)
 
     def respond(self, type_url: str) -> None:
         raise NotImplementedError
@@ -296,16 +302,29 @@ class _DeltaStream(_Stream):
             )
         self.server.hooks.on_ack(ev)
 
-    def respond(self, type_url: str) -> None:
+    def push(self) -> None:
+        """Make before break: every addition and update first (CDS, EDS, LDS, RDS, SDS), then the
+        removals, listeners first and clusters last — so a route moved off a cluster that goes away
+        never points at a missing cluster (xDS "eventual consistency considerations")."""
+        for t in ORDER:
+            self.respond(t, removals=False)
+        for t in REMOVAL_ORDER:
+            self.respond(t, upserts=False)
+
+    def respond(self, type_url: str, *, upserts: bool = True, removals: bool = True) -> None:
         ts = self.types.get(type_url)
         snap = self.watch.snapshot() if self.watch is not None else None
         if ts is None or snap is None:
             return
         v = snap.version(type_url)
         res = snap.resources(type_url)
-        scope = res.keys() if ts.wildcard else ts.names & res.keys()
-        changed = [res[n] for n in sorted(scope) if ts.known.get(n) != res[n].version]
-        removed = sorted(n for n in ts.known if n not in res and (ts.wildcard or n in ts.names))
+        changed = []
+        if upserts:
+            scope = res.keys() if ts.wildcard else ts.names & res.keys()
+            changed = [res[n] for n in sorted(scope) if ts.known.get(n) != res[n].version]
+        removed = (
+            sorted(n for n in ts.known if n not in res and (ts.wildcard or n in ts.names)) if removals else []
+        )
         if v == ts.parked:
             # Parked on a rejected version: only serve names the client has never been sent.
             changed = [r for r in changed if r.name not in ts.known]

@@ -209,6 +209,24 @@ async def test_a_restarted_envoy_has_applied_nothing(env: Env) -> None:
         assert env.relay.tracker.state("node-1", LISTENER, "web").applied is None
 
 
+async def test_delta_makes_before_it_breaks(env: Env) -> None:
+    """A route moved from cluster a to a new cluster b: b is added and the route updated before a goes."""
+    before = simple_snapshot(8080, {"a": [9000]}, {"/": "a"})
+    after = simple_snapshot(8080, {"b": [9001]}, {"/": "b"})
+    env.cache.set_default(before)
+    async with AdsClient(env.server.port, "node-1", delta=True) as c:
+        await c.delta_request(CLUSTER)
+        await c.delta_ack(await c.recv())
+        await c.delta_request(ROUTE, ["web-routes"])
+        await c.delta_ack(await c.recv())
+        env.cache.set_default(after)
+        seq = []
+        for _ in range(3):
+            r = await c.recv()
+            seq.append((r.type_url, [x.name for x in r.resources], list(r.removed_resources)))
+        assert seq == [(CLUSTER, ["b"], []), (ROUTE, ["web-routes"], []), (CLUSTER, [], ["a"])]
+
+
 async def test_bad_requests_get_errors_not_crashes(env: Env) -> None:
     env.cache.set_default(SNAP)
     async with AdsClient(env.server.port, "") as c:  # no node id

@@ -76,8 +76,12 @@ async def test_envoy_serves_traffic_and_endpoint_change_sends_only_that_resource
         url = f"http://127.0.0.1:{lport}/hello"
         await serves(url, "blue")
         await serves(f"http://127.0.0.1:{lport}/svc-7", "other")
-        acked = {(e.sent.type_url, e.sent.version) for e in xds.events if e.ack}
-        assert {(t, snap.version(t)) for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)} <= acked
+
+        async def all_acked() -> bool:  # Envoy may serve a route a moment before its ACK arrives
+            acked = {(e.sent.type_url, e.sent.version) for e in xds.events if e.ack}
+            return {(t, snap.version(t)) for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)} <= acked
+
+        await eventually(all_acked, what="every type ACKed at the snapshot's version")
         mark = len(xds.sent)
         changed = snap.replace(ENDPOINT, upsert=[endpoints("app", [b])])
         xds.cache.set_default(changed)
@@ -209,8 +213,14 @@ async def test_envoy_per_node_envoys_share_the_gateway_address(xds: Xds, backend
             assert "active_state" in str(dump), f"{e.name} did not bind the listener: {dump}"
         url = f"http://{addr}:{lport}/"
         await serves(url, "gw-backend")
-        acked_nodes = {e.sent.node for e in xds.events if e.ack and e.sent.type_url == LISTENER}
-        assert acked_nodes == {"node-1", "node-2"}
+
+        async def both_acked() -> bool:
+            return {e.sent.node for e in xds.events if e.ack and e.sent.type_url == LISTENER} == {
+                "node-1",
+                "node-2",
+            }
+
+        await eventually(both_acked, what="both nodes ACKed the listener")
         e1.stop()  # the other node's Envoy keeps the address served
         for _ in range(10):
             assert await http_get(url) == (200, "gw-backend")
