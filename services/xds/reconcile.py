@@ -46,10 +46,14 @@ def _consistent(snap: Snapshot, where: str, errors: list[str]) -> Snapshot:
 def build_snapshots(tr: Translation) -> Snapshots:
     """Default and per-node snapshots of a translation, each consistent (see module docstring)."""
     errors: list[str] = []
-    default = _consistent(Snapshot(tr.resources), "all nodes", errors)
-    per_node = {
-        n: _consistent(Snapshot(tr.for_node(n)), f"node {n}", errors) for n in sorted(tr.node_resources)
-    }
+    full = Snapshot(tr.resources)
+    default = _consistent(full, "all nodes", errors)
+    per_node = {}
+    for node in sorted(tr.node_resources):
+        snap = full  # a node's extras on top of the shared resources, which are not reserialized
+        for type_url, extra in tr.node_resources[node].items():
+            snap = snap.replace(type_url, upsert=extra.values())
+        per_node[node] = _consistent(snap, f"node {node}", errors)
     return Snapshots(default, per_node, errors)
 
 

@@ -11,7 +11,9 @@ from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import CommonTlsContext, 
 
 from services.xds.acks import AckEvent, AckTracker, Sent
 from services.xds.cache import SnapshotCache
+from services.xds.reconcile import build_snapshots
 from services.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, InconsistentSnapshot, Snapshot
+from services.xds.translate import Translation
 from tests.xds.ads_resources import ads, cluster, endpoints, listener, pack, route, simple_snapshot
 
 
@@ -132,3 +134,23 @@ def test_tracker_applies_acks_and_partial_lds_nacks() -> None:
     t.record(AckEvent(Sent("n", ENDPOINT, "e0", "0", {"old": "o"}, delta=True), ack=True))
     t.record(AckEvent(d, ack=True))
     assert t.state("n", ENDPOINT, "old").applied is None and t.state("n", ENDPOINT, "e").applied == "e1"
+
+
+def test_build_snapshots_adds_node_extras_and_leaves_out_dangling_resources() -> None:
+    base = simple_snapshot(8080, {"b": [9000]})
+    tr = Translation(resources={t: {n: r.message for n, r in base.resources(t).items()} for t in base})
+    # node-2 gets an extra listener (a CEC with a nodeSelector) that names a route nobody provides.
+    tr.node_resources["node-2"] = {LISTENER: {"extra": listener("extra", 9090, "missing-routes")}}
+    snaps = build_snapshots(tr)
+    assert snaps.default == base and snaps.for_node("node-1") == base
+    n2 = snaps.for_node("node-2")
+    n2.consistent()
+    assert (
+        "extra" not in n2.resources(LISTENER)
+        and n2.resources(LISTENER)["web"] is base.resources(LISTENER)["web"]
+    )
+    assert snaps.errors == [
+        "node node-2: Listener 'extra' left out: it references missing RouteConfiguration 'missing-routes'"
+    ]
+    tr.node_resources["node-2"][ROUTE] = {"missing-routes": route("missing-routes", {"/": "b"})}
+    assert "extra" in build_snapshots(tr).for_node("node-2").resources(LISTENER)
