@@ -1,11 +1,11 @@
 """The gRPC mode of the echo backend: ``gateway_api_conformance.echo_basic.grpcecho.GrpcEcho``.
 
-The messages are declared at runtime with a FileDescriptorProto (no protoc, no generated code).
-Field numbers (a nodemesh choice; the upstream .proto was not available offline, so a Go client
-built from upstream's file may decode differently): ``EchoResponse{assertions=1}``,
-``Assertions{fully_qualified_method=1, headers=2, authority=3, context=4, tls_assertions=5}``,
-``Header{key=1, value=2}``, ``Context{namespace=1, ingress=2, service_name=3, pod=4}``,
-``TLSAssertions{version=1, peer_certificates=2, server_name=3, negotiated_protocol=4, cipher_suite=5}``.
+The messages are declared at runtime with a FileDescriptorProto (no protoc, no generated code), with
+upstream's field numbers (``conformance/echo-basic/grpcecho.proto``), so upstream's Go client and
+ours decode the same bytes. ``TLS_SERVER_CERT`` + ``TLS_SERVER_PRIV_KEY`` (upstream's spelling; the
+HTTP mode's ``TLS_SERVER_PRIVKEY`` is accepted too) add a TLS port on ``HTTPS_PORT`` (8443).
+Python's gRPC server does not expose ``:authority`` or the TLS state, so ``authority`` and
+``tls_assertions`` stay empty (upstream's tests do not compare them).
 """
 
 from __future__ import annotations
@@ -76,7 +76,11 @@ def messages() -> dict[str, Any]:
             ("tls_assertions", 5, m, "TLSAssertions", False),
         ],
     )
-    _msg(fd, "EchoResponse", [("assertions", 1, m, "Assertions", False)])
+    _msg(
+        fd,
+        "EchoResponse",
+        [("assertions", 1, m, "Assertions", False), ("request", 2, m, "EchoRequest", False)],
+    )
     svc = fd.service.add(name="GrpcEcho")
     for meth in ("Echo", "EchoTwo", "EchoThree"):
         svc.method.add(
@@ -124,5 +128,12 @@ async def serve_grpc(bind: str, port: int) -> grpc.aio.Server:
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((_Handler(),))
     server.add_insecure_port(f"{bind}:{port}")
+    cert = os.environ.get("TLS_SERVER_CERT")
+    key = os.environ.get("TLS_SERVER_PRIV_KEY") or os.environ.get("TLS_SERVER_PRIVKEY")
+    if cert and key:
+        from pathlib import Path
+
+        creds = grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())])  # noqa: ASYNC240
+        server.add_secure_port(f"{bind}:{int(os.environ.get('HTTPS_PORT') or 8443)}", creds)
     await server.start()
     return server
