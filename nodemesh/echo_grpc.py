@@ -124,6 +124,11 @@ class _Handler(grpc.GenericRpcHandler):  # type: ignore[misc]
         )
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
 async def serve_grpc(bind: str, port: int) -> grpc.aio.Server:
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((_Handler(),))
@@ -131,9 +136,7 @@ async def serve_grpc(bind: str, port: int) -> grpc.aio.Server:
     cert = os.environ.get("TLS_SERVER_CERT")
     key = os.environ.get("TLS_SERVER_PRIV_KEY") or os.environ.get("TLS_SERVER_PRIVKEY")
     if cert and key:
-        from pathlib import Path
-
-        creds = grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())])  # noqa: ASYNC240
+        creds = grpc.ssl_server_credentials([(_read(key), _read(cert))])
         server.add_secure_port(f"{bind}:{int(os.environ.get('HTTPS_PORT') or 8443)}", creds)
     await server.start()
     return server
