@@ -80,6 +80,19 @@ def render_bootstrap(
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
         },
+        # Bounds downstream connections (Envoy warns at start without it); far above what a node serves.
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 100_000,
+                    },
+                }
+            ]
+        },
         "static_resources": {
             "clusters": [
                 {
