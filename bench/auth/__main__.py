@@ -216,9 +216,22 @@ async def run(args: argparse.Namespace) -> None:
             res = await first_connection(c3, trials)
             print(f"first TCP connection of a new pod, x → y, real BPF datapath ({trials} trials, ms)")
             print("                                        p50     p99     max  (inf = never connected)")
-            for mode, xs in res.items():
-                ms_ = [x * 1000 for x in xs]
-                print(f"  {mode:36s} {pct(ms_, 50):7.2f} {pct(ms_, 99):7.2f} {max(ms_):7.2f}")
+            for mode in ("none", "reactive", "proactive"):
+                ms_ = [x * 1000 for x in res[mode]]
+                drops = sum(res[f"{mode}:auth-drops"])
+                slow = sum(1 for x in ms_ if x > 500)
+                print(
+                    f"  {mode:36s} {pct(ms_, 50):7.2f} {pct(ms_, 99):7.2f} {max(ms_):7.2f}"
+                    f"  >500ms: {slow}  auth-required drops: {drops:.0f}"
+                )
+            ready = [x * 1000 for x in res["proactive:pod-ready"]]
+            first = res["proactive:verdict-first"]
+            print(
+                f"  proactive: verdict in y's map before the 1st packet: {sum(first):.0f}/{len(first)} trials"
+            )
+            print(
+                f"  (pod netns ready {pct(ready, 50):.1f} ms p50, {min(ready):.1f} ms min after the ipcache)"
+            )
         await bus.nc.close()
 
 

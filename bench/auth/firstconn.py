@@ -27,6 +27,7 @@ from tests.datapath.conftest import TNode, ingress_policy
 from tests.datapath.net import servers
 
 ING, TCP = 0, 6
+AUTH_REQUIRED = 189  # drop reason (Cilium's DROP_POLICY_AUTH_REQUIRED)
 MODES = ("none", "reactive", "proactive")
 SERVER_IDS = {"none": 1102, "reactive": 1103, "proactive": 1104}
 
@@ -44,6 +45,10 @@ def _connect_time(ns: str, ip: str, port: int, timeout: float = 5.0) -> float:
         s.close()
 
 
+def _has_entry(y: TNode, local: int, remote: int) -> bool:
+    return any(k.local_identity == local and k.remote_identity == remote for k, _ in y.maps.auth_items())
+
+
 async def first_connection(c: Cluster, trials: int) -> dict[str, list[float]]:
     tok = secrets.token_hex(3)
     pin_root = f"/sys/fs/bpf/nmbench-{os.getpid()}-{tok}"
@@ -54,6 +59,9 @@ async def first_connection(c: Cluster, trials: int) -> dict[str, list[float]]:
     x = await loop.run_in_executor(None, TNode(f"b{tok}x", pin_root).start)
     y = await loop.run_in_executor(None, TNode(f"b{tok}y", pin_root).start)
     out: dict[str, list[float]] = {m: [] for m in MODES}
+    out.update({f"{m}:pod-ready": [] for m in MODES})
+    out.update({f"{m}:auth-drops": [] for m in MODES})
+    out["proactive:verdict-first"] = []
     pump: asyncio.Task[None] | None = None
     try:
         await c.add_node("node-x", "127.0.50.1")
@@ -92,6 +100,7 @@ async def first_connection(c: Cluster, trials: int) -> dict[str, list[float]]:
                     ip = f"{net}{100 + i * 3 + j}"
                     # what the identity service writes when the pod is scheduled
                     await c.add_identity(cid, "client", ns=f"fc-{mode}", extra=(f"k8s:trial={i}",))
+                    t_ipcache = time.perf_counter()
                     await c.add_pod(ip, cid, "node-x", ns=f"fc-{mode}")
                     # what the datapath on y knows: the new peer, and the server's policy for it
                     y.maps.set_ipcache(f"{ip}/32", IPCacheValue(identity=cid, node_id=NODE_IDS["node-x"]))
@@ -102,9 +111,15 @@ async def first_connection(c: Cluster, trials: int) -> dict[str, list[float]]:
                     await loop.run_in_executor(None, y.set_policy, srv[mode], pol)
                     # the pod appears on x and its workload connects at once
                     pod = await loop.run_in_executor(None, x.add_pod, f"c{i}{mode[0]}", ip, cid)
+                    out[f"{mode}:pod-ready"].append(time.perf_counter() - t_ipcache)
+                    if mode == "proactive":
+                        ready = _has_entry(y, SERVER_IDS[mode], cid)
+                        out["proactive:verdict-first"].append(1.0 if ready else 0.0)
+                    before = y.drops().get(AUTH_REQUIRED, 0)
                     out[mode].append(
                         await loop.run_in_executor(None, _connect_time, pod.ns, srv[mode].ip, 80)
                     )
+                    out[f"{mode}:auth-drops"].append(float(y.drops().get(AUTH_REQUIRED, 0) - before))
         finally:
             for s in stacks:
                 s.__exit__(None, None, None)
