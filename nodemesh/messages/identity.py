@@ -116,8 +116,9 @@ class TrustBundle(msgspec.Struct, kw_only=True):
 class AllocateRequest(msgspec.Struct, kw_only=True):
     """``identity.allocate``: the identity of a label set, taking a reference for ``endpoint``.
 
-    ``labels`` are ``source:key=value`` strings (e.g. ``k8s:app=web``); an empty ``endpoint`` only
-    looks up / creates the identity without a reference (it is then collected after the grace).
+    ``labels`` are ``source:key=value`` strings (e.g. ``k8s:app=web``). ``endpoint`` names a
+    workload outside Kubernetes and must start with ``ext:`` (pod references are the identity
+    service's own); empty only looks up / creates the identity (collected after the grace if unused).
     """
 
     labels: list[str]

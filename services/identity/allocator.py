@@ -33,7 +33,7 @@ from nodemesh.codec import encode
 from nodemesh.messages.identity import Identity, IdentityRef
 
 from .kvmirror import Conflict, KvMirror
-from .labels import RESERVED, id_range, is_reserved, label_hash, parse_endpoint, validate_labels
+from .labels import RESERVED, id_range, is_pod_ref, is_reserved, label_hash, parse_endpoint, validate_labels
 
 __all__ = ["AllocationError", "Allocator", "id_key", "identity_type_for", "labels_key"]
 
@@ -98,14 +98,15 @@ class Allocator:
             n = int(key[3:])
         except ValueError:
             return
-        for ref in self._refs_of_id.pop(n, []):
+        for ref in self._refs_of_id.pop(n, []):  # pod refs only: ext: refs are not the controller's
             pk = parse_endpoint(ref)[1:]
             self._by_pod.get(pk, set()).discard((n, ref))
             if not self._by_pod.get(pk, True):
                 del self._by_pod[pk]
-        if isinstance(value, Identity) and value.refs:
-            self._refs_of_id[n] = list(value.refs)
-            for ref in value.refs:
+        pod_refs = [r for r in value.refs if is_pod_ref(r)] if isinstance(value, Identity) else []
+        if pod_refs:
+            self._refs_of_id[n] = pod_refs
+            for ref in pod_refs:
                 self._by_pod.setdefault(parse_endpoint(ref)[1:], set()).add((n, ref))
 
     def refs_of_pod(self, namespace: str, pod: str) -> list[tuple[int, str]]:

@@ -37,7 +37,7 @@ from .allocator import AllocationError, Allocator, identity_type_for
 from .config import IdentityConfig
 from .controller import Controller
 from .kvmirror import KvMirror
-from .labels import LabelError, is_reserved
+from .labels import EXTERNAL_PREFIX, LabelError, is_reserved
 from .lease import Lease
 from .signer import Signer
 
@@ -136,6 +136,10 @@ async def main(svc: Service) -> None:
 
     # --- request endpoints (queue group: any replica answers) ----------------------------------------
     async def allocate(req: AllocateRequest, _r: Request) -> AllocateReply:
+        # Pod references are the controller's (it drops any it cannot match to a pod); requests
+        # take references for endpoints outside Kubernetes, named ext:<anything>.
+        if req.endpoint and not req.endpoint.startswith(EXTERNAL_PREFIX):
+            raise RequestError(400, f"endpoint must be empty or start with {EXTERNAL_PREFIX!r}")
         try:
             ident, created_now = await alloc.allocate(list(req.labels), req.endpoint)
         except LabelError as e:
@@ -145,6 +149,8 @@ async def main(svc: Service) -> None:
         return AllocateReply(identity=ident, created=created_now)
 
     async def release(req: ReleaseRequest, _r: Request) -> AllocateReply:
+        if not req.endpoint.startswith(EXTERNAL_PREFIX):
+            raise RequestError(400, f"only {EXTERNAL_PREFIX!r} references can be released by request")
         if is_reserved(req.identity):
             raise RequestError(400, f"identity {req.identity} is reserved")
         await alloc.remove_ref(req.identity, req.endpoint)

@@ -25,6 +25,7 @@ __all__ = [
     "endpoint_key",
     "filter_labels",
     "id_range",
+    "is_pod_ref",
     "is_reserved",
     "label_hash",
     "parse_endpoint",
@@ -194,6 +195,14 @@ def label_hash(labels: Iterable[str]) -> str:
 def endpoint_key(node: str, namespace: str, pod: str) -> str:
     """The reference an endpoint holds on its identity: ``<node>/<namespace>/<pod>``."""
     return f"{node}/{namespace}/{pod}"
+
+
+EXTERNAL_PREFIX = "ext:"
+
+
+def is_pod_ref(ref: str) -> bool:
+    """A pod's reference (managed by the controller), not an ``ext:`` one taken via identity.allocate."""
+    return not ref.startswith(EXTERNAL_PREFIX) and ref.count("/") == 2
 
 
 def parse_endpoint(ref: str) -> tuple[str, str, str]:

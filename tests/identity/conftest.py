@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import pytest
+from nats.js.errors import NotFoundError
 
 from nodemesh import subjects
 from nodemesh.bus import Bus
@@ -125,10 +126,14 @@ RunReplica = Callable[..., Awaitable[Replica]]
 
 
 @pytest.fixture
-async def run_replica(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[RunReplica]:
+async def run_replica(nats_server: NatsServer, bus: Bus, tmp_path: Path) -> AsyncIterator[RunReplica]:
     replicas: list[Replica] = []
 
     async def start(**overrides: Any) -> Replica:
+        try:
+            await bus.js.get_last_msg("K8S", subjects.K8S_SYNCED)
+        except NotFoundError:  # no watcher in this test: the (empty) cluster state is complete
+            await Cluster(bus).synced()
         cfg = IdentityConfig(
             nats_url=overrides.pop("nats_url", nats_server.url),
             data_dir=str(overrides.pop("data_dir", tmp_path / "identity")),
@@ -147,6 +152,10 @@ async def run_replica(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[
             raise AssertionError(f"identity replica exited with {task.result()}")
         replica = Replica(task, stop, holder["svc"])
         replicas.append(replica)
+        # Ready = endpoints registered, replay done, and a leader exists (this one converged, or another).
+        await eventually(lambda: _true(replica.svc.ready or task.done()), what="replica ready", timeout=60)
+        if task.done():
+            raise AssertionError(f"identity replica exited with {task.result()}")
         return replica
 
     yield start

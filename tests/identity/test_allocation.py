@@ -68,7 +68,7 @@ async def test_two_replicas_serve_concurrent_allocations(bus: Bus, run_replica: 
     await eventually(lambda: _ping_count(bus), what="two replicas answering")
 
     async def alloc(i: int, k: int) -> tuple[int, int]:
-        req = AllocateRequest(labels=LABEL_SETS[i], endpoint=f"node-1/default/x-{i}-{k}")
+        req = AllocateRequest(labels=LABEL_SETS[i], endpoint=f"ext:x-{i}-{k}")
         reply = await bus.request(subjects.IDENTITY_ALLOCATE, req, AllocateReply, timeout=30)
         return i, reply.identity.id
 
@@ -90,7 +90,9 @@ async def test_two_replicas_serve_concurrent_allocations(bus: Bus, run_replica: 
         )
     assert ei.value.code == "400" and "max" in ei.value.description
     with pytest.raises(RemoteError) as ei:
-        await bus.request(subjects.IDENTITY_RELEASE, ReleaseRequest(identity=2, endpoint="x"), AllocateReply)
+        await bus.request(
+            subjects.IDENTITY_RELEASE, ReleaseRequest(identity=2, endpoint="ext:x"), AllocateReply
+        )
     assert ei.value.code == "400"
 
 
@@ -115,7 +117,7 @@ async def test_restart_keeps_numbers(bus: Bus, run_replica: RunReplica) -> None:
     for i in range(5):
         reply = await bus.request(
             subjects.IDENTITY_ALLOCATE,
-            AllocateRequest(labels=LABEL_SETS[i], endpoint=f"n/default/p{i}"),
+            AllocateRequest(labels=LABEL_SETS[i], endpoint=f"ext:p{i}"),
             AllocateReply,
         )
         first[i] = reply.identity.id
@@ -156,11 +158,11 @@ async def test_gc_after_grace_and_never_before(nats_server: NatsServer, bus: Bus
 async def test_gc_loop_in_service_respects_grace(bus: Bus, run_replica: RunReplica) -> None:
     await run_replica(gc_grace=1.5)
     reply = await bus.request(
-        subjects.IDENTITY_ALLOCATE, AllocateRequest(labels=LABEL_SETS[3], endpoint="n/d/p"), AllocateReply
+        subjects.IDENTITY_ALLOCATE, AllocateRequest(labels=LABEL_SETS[3], endpoint="ext:p"), AllocateReply
     )
     n = reply.identity.id
     released = await bus.request(
-        subjects.IDENTITY_RELEASE, ReleaseRequest(identity=n, endpoint="n/d/p"), AllocateReply
+        subjects.IDENTITY_RELEASE, ReleaseRequest(identity=n, endpoint="ext:p"), AllocateReply
     )
     unused_since = released.identity.unused_since
     assert unused_since > 0
@@ -219,7 +221,9 @@ async def test_atomic_batches_allocate_like_single_allocations(
     single = await asyncio.gather(*(b.allocate(s) for s in sets[:50]))  # some exist already
     got = await a.allocate_batch(sets)
     assert [g.id for g in got[:50]] == [s[0].id for s in single]
-    assert len({g.id for g in got}) == 600 and all(g.labels == sorted(s) for g, s in zip(got, sets, strict=True))
+    assert len({g.id for g in got}) == 600 and all(
+        g.labels == sorted(s) for g, s in zip(got, sets, strict=True)
+    )
     for g in got[50:60]:
         stored = await identity(bus, g.id)
         assert stored is not None and stored.labels == g.labels
