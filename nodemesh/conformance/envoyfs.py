@@ -73,10 +73,6 @@ def bootstrap(d: Path, node_id: str = "conformance") -> dict[str, Any]:
             "lds_config": _snake(_path_source(d, LISTENER)),
             "cds_config": _snake(_path_source(d, CLUSTER)),
         },
-            "layers": [
-                {"name": "static", "static_layer": {"overload.global_downstream_max_connections": 50000}}
-            ]
-        },
     }
 
 
