@@ -85,6 +85,7 @@ class AuthManager:
         self.source_address = ""
         self.pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="authd-init")
         self._sem = asyncio.Semaphore(cfg.workers)
+        self._reactive_slots = asyncio.Semaphore(cfg.workers)
         self._wake = asyncio.Event()
         self._out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -244,10 +245,14 @@ class AuthManager:
         return n
 
     async def reactive_loop(self) -> None:
+        """Take signals off the bounded queue only as fast as handshakes can start, so the queue —
+        not a pile of waiting tasks — holds the backlog and overflows (counted) when full."""
         while True:
+            await self._reactive_slots.acquire()
             key = await self.queue.get()
             self.queued.discard(key)
-            self._start(key, "reactive")
+            if not self._start(key, "reactive", self._reactive_slots):
+                self._reactive_slots.release()
 
     async def scheduler(self) -> None:
         """Start due handshakes; expire verdicts nobody renewed in time."""
@@ -277,15 +282,16 @@ class AuthManager:
                 pass
 
     # --- handshakes -------------------------------------------------------------------------------
-    def _start(self, key: AuthKey, origin: str) -> None:
+    def _start(self, key: AuthKey, origin: str, slot: asyncio.Semaphore | None = None) -> bool:
         if key in self.inflight:
-            return
+            return False
         self.inflight.add(key)
-        t = asyncio.create_task(self._authenticate(key, origin))
+        t = asyncio.create_task(self._authenticate(key, origin, slot))
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
+        return True
 
-    async def _authenticate(self, key: AuthKey, origin: str) -> None:
+    async def _authenticate(self, key: AuthKey, origin: str, slot: asyncio.Semaphore | None = None) -> None:
         try:
             async with self._sem:
                 e = self.entries.get(key)
@@ -306,6 +312,8 @@ class AuthManager:
                     self._succeeded(e, expires, "initiator", time.perf_counter() - t0)
         finally:
             self.inflight.discard(key)
+            if slot is not None:
+                slot.release()
             self._wake.set()
 
     async def _initiate(self, key: AuthKey) -> float:

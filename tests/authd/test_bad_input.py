@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from nodemesh import subjects
 from nodemesh.bus import RemoteError
 from nodemesh.messages.auth import AuthListReply, AuthListRequest, AuthRequired
@@ -42,3 +44,45 @@ async def test_garbage_everywhere_then_auth_still_works(cluster: Cluster) -> Non
         await c.bus.request(subjects.auth_list("node-1"), AuthListRequest(), AuthListReply)
     except RemoteError as e:  # pragma: no cover - the endpoint must answer
         raise AssertionError(e) from e
+
+
+async def test_bounded_queue_counts_what_it_drops(cluster: Cluster) -> None:
+    """One worker stuck on a peer that never answers, a queue of 2: of a burst of 10 distinct signals
+    at most 3 are taken (1 in flight + 2 queued), the rest are dropped and counted; nothing blocks."""
+    c = cluster
+    mute = socket.socket()
+    mute.bind(("127.0.50.3", 0))
+    mute.listen(64)  # accepts TCP (kernel) but never speaks TLS
+    try:
+        await c.add_node("node-3", "127.0.50.3", mute.getsockname()[1])
+        await c.add_identity(CLIENT, "client")
+        await c.add_pod("10.244.1.10", CLIENT, "node-1")
+        for i in range(10):
+            await c.add_identity(2000 + i, f"peer{i}")
+            await c.add_pod(f"10.244.3.{i + 1}", 2000 + i, "node-3")
+        await c.start_authd("node-1", proactive=False, workers=1, queue_size=2, handshake_timeout=3.0)
+        await poll(lambda: c.manager("node-1").store.get(CLIENT), 30, "node-1's SVID")
+        for i in range(10):
+            await c.bus.publish(
+                subjects.auth_required("node-1"), AuthRequired(key=key(CLIENT, 2000 + i, "node-3"))
+            )
+        await c.bus.nc.flush()
+        m = c.manager("node-1")
+        # The loop may or may not have taken the first signal off the queue before the burst
+        # filled it: 2 or 3 accepted, the rest dropped — every one counted, none lost silently.
+        await poll(
+            lambda: m.m.dropped._value.get() + m.m.signals.labels(outcome="queued")._value.get() == 10, 30
+        )
+        dropped = await c.metric("node-1", "nodemesh_auth_queue_dropped_total")
+        queued = await c.metric("node-1", "nodemesh_auth_signals_total", outcome="queued")
+        assert dropped in (7, 8) and queued == 10 - dropped
+        assert await c.metric("node-1", "nodemesh_auth_signals_total", outcome="dropped") == dropped
+        assert await c.metric("node-1", "nodemesh_auth_pending") == queued
+        # the stuck handshake times out with a reason, and the queued ones run after it
+        await poll(
+            lambda: len(c.seen.failures("node-1", "timeout")) == queued,
+            60,
+            "every accepted attempt to time out",
+        )
+    finally:
+        mute.close()
