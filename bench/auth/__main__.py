@@ -5,7 +5,8 @@ Run: ``.venv/bin/python -m bench.auth [--rounds 9] [--handshakes 150] [--pairs 6
 1. Mutual handshakes per second, one at a time, interleaved A/B in rounds with the same P-256 keys
    and certificates: (A) raw Python ``ssl`` TLS 1.3 mutual handshake over loopback TCP; (B) authd's
    handshake (TLS 1.3 + SPIFFE leaf checks + the responder's node check + close_notify
-   confirmation), both ends in this process like A. Then (C) authd with 8 handshakes in flight.
+   confirmation), both ends in this process like A; (B0) the same handshake functions without
+   asyncio. Then (C) authd with 8 handshakes in flight.
 2. Time to verdict for fresh identity pairs, interleaved: proactive (a new pod appears in the
    ipcache → the verdict is on ``auth.granted``; the datapath would have it before the pod's first
    packet) vs reactive (an ``auth.required`` signal → verdict). With drop-and-retransmit (Cilium,
@@ -31,6 +32,7 @@ from nodemesh.bus import connect
 from nodemesh.messages.auth import AuthRequired
 from nodemesh.streams import provision
 from nodemesh.testing.natsserver import NatsServer
+from services.authd.handshake import initiate, respond
 from services.authd.tlsctx import client_context, server_context
 from tests.authd.ca import SpiffeCA
 from tests.authd.harness import Cluster, key, poll
@@ -67,6 +69,46 @@ def raw_rate(ca: SpiffeCA, n: int, confirm: bool = False) -> None:
             if confirm:
                 tls.recv(1)
                 tls.unwrap()
+    t.join()
+    ls.close()
+
+
+def handshake_fn_rate(ca: SpiffeCA, n: int) -> None:
+    """authd's blocking handshake functions (``handshake.initiate``/``respond``) without asyncio."""
+    (cc, ck), (sc, sk) = ca.svid(1001), ca.svid(1002)
+    cctx = client_context(cc, ck, ca.bundle_pem)
+    sctx = server_context(ca.bundle_pem, sc, sk)
+    ls = socket.socket()
+    ls.bind((ADDRS[1], 0))
+    ls.listen(64)
+    port = ls.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(n):
+            conn, _ = ls.accept()
+            respond(
+                conn,
+                sctx,
+                trust_domain=ca.trust_domain,
+                identity_of=lambda _c: (1002, time.time() + 3600),
+                check_initiator=lambda _l, _ip: "node-1",
+                timeout=5,
+            )
+
+    t = threading.Thread(target=serve)
+    t.start()
+    for _ in range(n):
+        initiate(
+            cctx,
+            host=ADDRS[1],
+            port=port,
+            source=ADDRS[0],
+            server_name=f"1002.{ca.trust_domain}",
+            trust_domain=ca.trust_domain,
+            expected_remote=1002,
+            local_not_after=time.time() + 3600,
+            timeout=5,
+        )
     t.join()
     ls.close()
 
@@ -160,6 +202,9 @@ async def run(args: argparse.Namespace) -> None:
                 ),
                 "(A2) raw + close_notify confirmation": lambda: loop.run_in_executor(
                     None, raw_rate, ca, n, True
+                ),
+                "(B0) authd handshake.py, no asyncio": lambda: loop.run_in_executor(
+                    None, handshake_fn_rate, ca, n
                 ),
                 "(B)  authd handshake, 1 in flight": lambda: authd_rate(c, keys, n, 1),
                 "(C)  authd handshake, 8 in flight": lambda: authd_rate(c, keys, n, 8),

@@ -191,3 +191,20 @@ async def test_trust_bundle_updates_are_followed(cluster: Cluster) -> None:
     both = TrustBundle(trust_domain=td, roots_pem=[c.ca.bundle_pem, foreign.bundle_pem], revision=3)
     await trust.put("bundle", encode(both))
     await poll(lambda: c.seen.grants("node-2", k2), 60, "a verdict once our root is back in the bundle")
+
+
+async def test_verdict_expires_when_the_peer_is_gone(cluster: Cluster) -> None:
+    c = cluster
+    c.ca.ttl = 4.0
+    await _pods(c)
+    await c.put_policy("server-in", INGRESS_AUTH)
+    await c.start_authd("node-1")
+    await c.start_authd("node-2")
+    k = key(SERVER, CLIENT, "node-1")
+    await poll(lambda: c.seen.grants("node-2", k), 30, "a verdict")
+    await c.stop_authd("node-1")  # renewals now fail: nobody answers on node-1
+    await poll(lambda: [e for e in c.seen.of_type("node-2", "expired") if e.key == k], 30, "an expired event")
+    await poll(lambda: c.seen.revokes("node-2", k), 30, "the expired verdict revoked")
+    assert c.seen.failures("node-2", "connect"), "the failed renewals are visible with their reason"
+    entry = c.manager("node-2").entries[k]
+    assert entry.state in ("expired", "failed") and "connect" in entry.last_error
