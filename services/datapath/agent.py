@@ -127,17 +127,24 @@ class Agent:
             ns, _, name = key.partition("/")
             await pods.remove(ns, name)
         await pods.gc(set(desired))
-        for pod in desired.values():
-            ep = await pods.add(pod)
-            if ep is not None:
-                self._apply(self.engine.upsert_endpoint(self._engine_endpoint(ep)))
+        for key, pod in desired.items():
+            try:
+                ep = await pods.add(pod)
+                if ep is not None:
+                    self._apply(self.engine.upsert_endpoint(self._engine_endpoint(ep)))
+            except Exception:
+                # one bad pod (malformed spec, exhausted CIDR) must not stall every other pod
+                log.exception("pod %s: endpoint setup failed", key)
 
     def _engine_endpoint(self, ep: PodEndpoint) -> Endpoint:
         ns_obj = self.k8s.get("Namespace", "", ep.namespace) if self.k8s is not None else None
         named: dict[str, tuple[int, int]] = {}
-        for c in (ep.pod.get("spec") or {}).get("containers") or []:
-            for p in c.get("ports") or []:
-                if p.get("name") and p.get("containerPort"):
+        spec = ep.pod.get("spec")
+        containers = spec.get("containers") if isinstance(spec, dict) else None
+        for c in containers if isinstance(containers, list) else []:
+            ports = c.get("ports") if isinstance(c, dict) else None
+            for p in ports if isinstance(ports, list) else []:
+                if isinstance(p, dict) and p.get("name") and isinstance(p.get("containerPort"), int):
                     proto = {"TCP": 6, "UDP": 17, "SCTP": 132}.get(str(p.get("protocol", "TCP")), 6)
                     named[str(p["name"])] = (proto, int(p["containerPort"]))
         labels = pod_identity_labels(ep.pod, ns_obj, self.cfg.cluster_name)

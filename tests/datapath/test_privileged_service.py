@@ -142,10 +142,18 @@ async def test_privileged_service_pods_policy_flows_auth(harness: Harness, bus: 
     )
     await k8s.put_obj(bus, k8s.pod("client", node, {"app": "client"}))
     await k8s.put_obj(bus, CNP_ALLOW)
+    # bad input: a pod whose container is garbage, and one whose spec is not even an object
+    bad = k8s.pod("bad", node, {"app": "bad"})
+    bad["spec"]["containers"] = "garbage"
+    await k8s.put_obj(bus, bad)
+    worse = {"kind": "Pod", "metadata": {"name": "worse", "namespace": "default"}, "spec": "x"}
+    await k8s.put_obj(bus, worse)
     await k8s.synced(bus)
     h.start()
     server_ip = await k8s.until(lambda: h.ready_ip("server"), 60)
     client_ip = await k8s.until(lambda: h.ready_ip("client"), 60)
+    bad_status = await k8s.until(lambda: h.pod_status("bad"))
+    assert bad_status["phase"] == "Failed"
     # downward API env reached the workload
     log = Path(h.cfg.data_dir) / "pods" / "default_server.log"
     await k8s.until(lambda: log.exists() and f"ip {server_ip}" in log.read_text(), 30)

@@ -43,7 +43,10 @@ class PodEndpoint:
 
 
 def on_node(pod: dict[str, Any], node: str) -> bool:
-    spec = pod.get("spec") or {}
+    spec = pod.get("spec") if isinstance(pod, dict) else None
+    meta = pod.get("metadata") if isinstance(pod, dict) else None
+    if not isinstance(spec, dict) or not isinstance(meta, dict) or not meta.get("name"):
+        return False  # malformed: not something this node can plumb
     return spec.get("nodeName") == node and not spec.get("hostNetwork")
 
 
@@ -92,7 +95,15 @@ class PodManager:
             link = await asyncio.to_thread(create_pod_netns, nsname, ifname, alloc.ip)
             ep = PodEndpoint(key, ns, name, str(meta.get("uid", "")), alloc.ep_id, link, pod)
             self.endpoints[key] = ep
-            await self.on_added(ep)  # programs attached, endpoint and policy written: now it may talk
+            try:
+                await self.on_added(ep)  # programs attached, endpoint and policy written: now it may talk
+            except BaseException:
+                # roll back: a half-made endpoint must not linger (the next reconcile retries)
+                self.endpoints.pop(key, None)
+                await self.on_removed(ep)
+                await asyncio.to_thread(delete_pod_netns, nsname, ifname)
+                self.ipam.release(key)
+                raise
             if self.run_containers:
 
                 async def report(status: dict[str, Any], ep: PodEndpoint = ep) -> None:

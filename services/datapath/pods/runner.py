@@ -116,8 +116,11 @@ class PodRunner:
         self.node = node
         meta = pod.get("metadata") or {}
         self.key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
-        spec = pod.get("spec") or {}
-        self.container: dict[str, Any] = (spec.get("containers") or [{}])[0]
+        raw_spec = pod.get("spec")
+        spec: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
+        containers = spec.get("containers")
+        first = containers[0] if isinstance(containers, list) and containers else {}
+        self.container: dict[str, Any] = first if isinstance(first, dict) else {}
         self.restart_policy = str(spec.get("restartPolicy") or "Always")
         self.log_path = log_dir / f"{meta.get('namespace', 'default')}_{meta.get('name', '')}.log"
         self.report = report
@@ -155,7 +158,10 @@ class PodRunner:
 
     def argv(self) -> list[str]:
         c = self.container
-        return image_command(str(c.get("image", "")), list(c.get("command") or []), list(c.get("args") or []))
+        command, args = c.get("command") or [], c.get("args") or []
+        if not isinstance(command, list) or not isinstance(args, list):
+            return []
+        return image_command(str(c.get("image", "")), [str(x) for x in command], [str(x) for x in args])
 
     async def _run(self) -> None:
         backoff = 1.0
@@ -181,7 +187,7 @@ class PodRunner:
                         cwd=str(self.container.get("workingDir") or "/"),
                         start_new_session=True,
                     )
-                except OSError as e:
+                except (OSError, ValueError) as e:
                     self.waiting = f"cannot start: {e}"
                     await self._publish(phase="Failed")
                     return
