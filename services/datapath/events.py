@@ -124,7 +124,6 @@ class EventPump:
                 self.delivered += len(batch)
                 await asyncio.sleep(0)
 
-
     def _count(self, verdict: str, proto: int, reason: int) -> None:
         key = (verdict, proto, reason)
         children = self._children.get(key)
