@@ -5,7 +5,7 @@
 1. **Allocation** — 4 allocator processes (each with its own NATS connection and bucket mirror,
    as 4 replicas) allocate fresh label sets concurrently; 0 duplicates is checked (one number per
    label set, no number shared). Interleaved per round: A = look the label index up on the server
-   on a mirror miss, one allocation in flight (the naive loop); B = A pipelined (256 in flight);
+   on a mirror miss, one allocation in flight (the naive loop); B = A pipelined (64 in flight);
    C = B but trusting a mirror miss (create-if-absent is the lock anyway; the default); D = C with
    every label set allocated by *two* allocators at once (the racing case); E = atomic batches
    (JetStream atomic batch publish, 250 identities = 500 create-if-absent messages, all or nothing;
@@ -124,6 +124,7 @@ def _pod(ns: str, name: str, labels: dict[str, str], ip: str) -> ObjectEvent:
 
 async def bench_service(url: str, n_pods: int, n_csrs: int, workdir: str) -> list[str]:
     bus = await connect(url, name="bench-watcher", max_wait=10)
+    bus.js._timeout = 60.0
     ns = ObjectEvent(
         type="upsert",
         kind="Namespace",

@@ -268,6 +268,7 @@ class Allocator:
         """
         out: dict[str, Identity] = {}
         todo: dict[str, list[str]] = {}
+        single: dict[str, list[str]] = {}
         for raw in label_sets:
             validate_labels(raw)
             labels = sorted(set(raw))
@@ -278,8 +279,15 @@ class Allocator:
             )
             if ident is not None and ident.labels == labels:
                 out[h] = ident
+            elif labels_key(h) in self.m._revs:
+                # The index key exists or existed: resolving it needs the checks of allocate();
+                # a batch only ever *creates* index keys (expected revision 0).
+                single[h] = labels
             else:
                 todo[h] = labels
+        resolved = await asyncio.gather(*(self.allocate(v) for v in single.values()))
+        for h, (ident, _) in zip(single, resolved, strict=True):
+            out[h] = ident
         items = list(todo.items())
         for i in range(0, len(items), BATCH_IDENTITIES):
             chunk = items[i : i + BATCH_IDENTITIES]
@@ -305,7 +313,7 @@ class Allocator:
             ident = Identity(id=n, labels=labels, unused_since=now, created=now)
             idents.append(ident)
             msgs.append((id_key(n), ident, self.m._revs.get(id_key(n), 0)))
-            msgs.append((labels_key(h), IdentityRef(id=n), self.m._revs.get(labels_key(h), 0)))
+            msgs.append((labels_key(h), IdentityRef(id=n), 0))  # the lock: create-if-absent only
         nc = self.m.kv._js._nc
         batch_id = f"alloc-{self.rng.getrandbits(64):016x}"
         inbox = nc.new_inbox()
@@ -354,7 +362,9 @@ class Allocator:
         key = id_key(n)
         for _ in range(MAX_ATTEMPTS):
             held = self.m.get(key)
-            if held is None:
+            if held is None or (expect_labels is not None and held[0].labels != expect_labels):
+                # Absent or different *in the mirror* may just be lag (a number given back by a
+                # racing loser and reused): only the server's answer may condemn the index entry.
                 value, rev = await self.m.fetch(key)
                 if not isinstance(value, Identity):
                     return None

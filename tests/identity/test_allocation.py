@@ -245,3 +245,33 @@ async def test_atomic_batches_allocate_like_single_allocations(
     await b.m.stop()
     await ab.nc.close()
     await bb.nc.close()
+
+
+async def test_lagging_mirror_never_condemns_a_valid_index(nats_server: NatsServer, bus: Bus) -> None:
+    """Regression (found by bench mode F): a mirror still holding a number's *previous* identity
+    must not make the allocator drop the label index that now (rightly) names that number."""
+    from nodemesh.codec import encode
+    from nodemesh.messages.identity import Identity
+
+    x, xb = await _allocator(nats_server.url, seed=21)
+    y, yb = await _allocator(nats_server.url, seed=22)
+    a_ident, _ = await x.allocate(LABEL_SETS[0])
+    n = a_ident.id
+    await eventually(lambda: _true(y.identity(n) is not None), what="y mirrors A")
+    await y.m.stop()  # y's mirror now lags: it keeps believing id.<n> is A
+    kv = await bus.kv("identities")
+    # Elsewhere: A is collected and n is reused for B (as GC + a new allocation would do).
+    await kv.delete(id_key(n))
+    await kv.delete(labels_key(label_hash(LABEL_SETS[0])))
+    b_labels = sorted(LABEL_SETS[1])
+    await kv.create(id_key(n), encode(Identity(id=n, labels=b_labels)))
+    await kv.create(labels_key(label_hash(b_labels)), encode(IdentityRef(id=n)))
+    got, created = await y.allocate(b_labels)
+    assert got.id == n and not created
+    entry = await kv.get(labels_key(label_hash(b_labels)))
+    from nodemesh.codec import decode
+
+    assert decode(entry.value or b"", IdentityRef).id == n  # the index was not dropped
+    await x.m.stop()
+    await xb.nc.close()
+    await yb.nc.close()
