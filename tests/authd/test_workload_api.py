@@ -36,6 +36,21 @@ with X509Source(timeout_in_seconds=30) as src:
 """
 
 
+ROTATE = r"""
+import sys, time
+from spiffe import X509Source
+with X509Source(timeout_in_seconds=30) as src:
+    first = src.get_x509_context().default_svid.leaf.serial_number
+    deadline = time.time() + 40
+    while time.time() < deadline:
+        if src.get_x509_context().default_svid.leaf.serial_number != first:
+            print("rotated")
+            sys.exit(0)
+        time.sleep(0.1)
+print("no rotation")
+"""
+
+
 @pytest.fixture
 def pod_netns() -> Iterator[dict[str, str]]:
     """Two pod-like network namespaces (``nm-<token>``) with one pod address each."""
@@ -52,17 +67,18 @@ def pod_netns() -> Iterator[dict[str, str]]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def _fetch_in(ns: str, sock: str, td: str) -> dict[str, object]:
+def _fetch_in(ns: str, sock: str, td: str, script: str = FETCH) -> dict[str, object]:
     env = {**os.environ, "SPIFFE_ENDPOINT_SOCKET": f"unix://{sock}"}
     r = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", FETCH, td],
+        ["ip", "netns", "exec", ns, sys.executable, "-c", script, td],
         capture_output=True,
         text=True,
         env=env,
         timeout=90,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    out: dict[str, object] = json.loads(r.stdout.strip().splitlines()[-1])
+    last = r.stdout.strip().splitlines()[-1]
+    out: dict[str, object] = json.loads(last) if last.startswith("{") else {"said": last}
     return out
 
 
@@ -71,6 +87,7 @@ async def test_privileged_x509source_gets_its_own_svid_only(
     cluster: Cluster, pod_netns: dict[str, str]
 ) -> None:
     c, td = cluster, cluster.ca.trust_domain
+    c.ca.ttl = 6.0  # the workload's SVID rotates every ~3 s: the stream must push it
     for ident, app in ((POD_A[1], "client"), (POD_B[1], "other")):
         await c.add_identity(ident, app)
     await c.add_pod(POD_A[0], POD_A[1], "node-1", pod="wl-a")
@@ -84,6 +101,10 @@ async def test_privileged_x509source_gets_its_own_svid_only(
     assert a == {"ids": [f"spiffe://{td}/identity/{POD_A[1]}"], "roots": 1, "has_key": True}
     b = await loop.run_in_executor(None, _fetch_in, pod_netns["b"], sock, td)
     assert b["ids"] == [f"spiffe://{td}/identity/{POD_B[1]}"], "pod b gets its own SVID, never pod a's"
+
+    # A rotated SVID reaches the workload over the open stream.
+    rotated = await loop.run_in_executor(None, _fetch_in, pod_netns["a"], sock, td, ROTATE)
+    assert rotated == {"said": "rotated"}
 
     # The workload's key is not the key authd handshakes with.
     store = c.manager("node-1").store
