@@ -12,6 +12,7 @@ import ctypes
 import errno
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ TC_INGRESS = "ffff:fff2"  # clsact ingress: packets the pod sends (from-pod)
 TC_EGRESS = "ffff:fff3"  # clsact egress: packets going into the pod (to-pod)
 _PRIO = 1
 _HANDLE = 1
+# BCC's compiler (LLVM) is not thread-safe: two loaders in one process (tests with two simulated
+# nodes) must not compile at the same time.
+_COMPILE_LOCK = threading.Lock()
 
 
 def attach_tc(ifindex: int, from_fd: int, to_fd: int, ipr: IPRoute | None = None) -> None:
@@ -103,9 +107,10 @@ class Loader:
         os.makedirs(self.pin_dir, exist_ok=True)
         cflags = [f"-I{self.bpf_dir}", f'-DNM_PIN_DIR="{self.pin_dir}"', "-Wno-macro-redefined"]
         cflags += [f"-D{k}={v}" for k, v in self.defines.items()]
-        self.bpf = BPF(src_file=str(self.bpf_dir / "nm_tc.c").encode(), cflags=cflags)
-        self.from_fd = self.bpf.load_func(b"nm_from_pod", BPF.SCHED_CLS).fd
-        self.to_fd = self.bpf.load_func(b"nm_to_pod", BPF.SCHED_CLS).fd
+        with _COMPILE_LOCK:
+            self.bpf = BPF(src_file=str(self.bpf_dir / "nm_tc.c").encode(), cflags=cflags)
+            self.from_fd = self.bpf.load_func(b"nm_from_pod", BPF.SCHED_CLS).fd
+            self.to_fd = self.bpf.load_func(b"nm_to_pod", BPF.SCHED_CLS).fd
         self.maps = NodeMaps(self.pin_dir)
         log.info("programs loaded", extra={"pin_dir": self.pin_dir, "reused_pins": self.reused_pins})
         return self.maps

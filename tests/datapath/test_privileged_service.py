@@ -254,3 +254,66 @@ async def test_privileged_service_restart_keeps_addresses_and_enforcement(harnes
     assert await k8s.until(lambda: h.ready_ip("client"), 60) == client_ip
     assert await asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080)
     assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
+
+
+@pytest.fixture
+async def two_nodes(
+    nats_server: NatsServer, bus: Bus, pin_root: str, tmp_path: Path
+) -> AsyncIterator[tuple[Harness, Harness]]:
+    token = secrets.token_hex(3)
+    base = f"10.{200 + int(token[:2], 16) % 50}"
+    hs = []
+    for i, suffix in enumerate(("x", "y")):
+        node, cidr = f"n{token}{suffix}", f"{base}.{(int(token[2:4], 16) + i) % 256}.0/24"
+        cfg = DatapathConfig(
+            nats_url=nats_server.url, node=node, data_dir=str(tmp_path / "nodes" / node), pin_root=pin_root,
+            pod_cidr=cidr, node_ip=f"127.0.50.{251 + i}", log_format="text",
+        )  # fmt: skip
+        await k8s.put_node(bus, node, cfg.node_ip, cidr)
+        hs.append(Harness(bus, cfg))
+    for h in hs:
+        await h.subscribe()
+    await k8s.put_obj(bus, {"kind": "Namespace", "metadata": {"name": "default"}})
+    try:
+        yield hs[0], hs[1]
+    finally:
+        for h in hs:
+            with contextlib.suppress(Exception):
+                await h.shutdown()
+        cleanup_all(str(tmp_path))
+
+
+async def test_privileged_two_nodes_cross_node_auth(two_nodes: tuple[Harness, Harness], bus: Bus) -> None:
+    x, y = two_nodes
+    await k8s.put_obj(bus, k8s.pod("client", x.cfg.node, {"app": "client"}))
+    await k8s.put_obj(
+        bus, k8s.pod("server", y.cfg.node, {"app": "server"}, ports=(8080, 7070), probe_port=8080)
+    )
+    await k8s.put_obj(bus, CNP_ALLOW)
+    await k8s.put_identity(bus, 70001, ["k8s:app=server", "k8s:io.kubernetes.pod.namespace=default"])
+    await k8s.put_identity(bus, 70002, ["k8s:app=client", "k8s:io.kubernetes.pod.namespace=default"])
+    await k8s.synced(bus)
+    x.start()
+    y.start()
+    client_ip = await k8s.until(lambda: x.ready_ip("client"), 60)
+    server_ip = await k8s.until(lambda: y.ready_ip("server"), 60)
+    await k8s.put_ipcache(bus, server_ip, 70001, y.cfg.node, "default", "server")
+    await k8s.put_ipcache(bus, client_ip, 70002, x.cfg.node, "default", "client")
+    client_ns = netns_name(x.cfg.node, "default", "client")
+    # plain allow across nodes: through x's from-pod and y's to-pod
+    await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
+    # auth required: y (the enforcing node) signals, naming x as the remote node
+    assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 7070)
+    sig = await k8s.until(lambda: next(iter(y.auth), None))
+    assert sig.key == AuthKey(
+        local_identity=70001, remote_identity=70002, remote_node=x.cfg.node, auth_type=1
+    )
+    assert sig.remote_ip == client_ip
+    await bus.publish(subjects.auth_granted(y.cfg.node), AuthVerdict(key=sig.key, expires=time.time() + 600))
+    await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 7070), 30)
+    # the flow is seen at both enforcement points, each on its own node's subject
+    assert any(
+        f.traffic_direction == "EGRESS" and f.destination and f.destination.pod_name == "server"
+        for f in x.flows
+    )
+    assert any(f.traffic_direction == "INGRESS" and f.verdict == "DROPPED" for f in y.flows)
