@@ -3,7 +3,8 @@
 gRPC cannot tell a server who is on the other end of a Unix socket, so the public socket is a small
 proxy: it accepts a connection, reads the caller's pid with ``SO_PEERCRED`` and attests it at once
 (pid → ``/proc/<pid>/ns/net`` inode → the pod network namespace under ``netns_dir`` named ``nm-*``
-with that inode → the pod's address in that namespace → ipcache → identity), then relays the bytes
+with that inode → the pod's address in that namespace → ipcache → pod and identity, and the
+namespace must be the one the datapath names for that pod), then relays the bytes
 to the real ``grpc.aio`` server from a client socket bound to a fresh path in a private 0700
 directory. The servicer maps ``context.peer()`` (that path) back to the attested identity. A caller
 that is no pod of this node gets PermissionDenied; a pod gets only its own identity's SVID.
@@ -32,6 +33,11 @@ from services.authd.manager import AuthManager
 from services.authd.svids import Purpose, Svid, SvidStore
 
 __all__ = ["Attestation", "WorkloadApi", "pod_addresses"]
+
+try:  # the datapath's naming of pod network namespaces (nm-<hash of node, namespace, pod>)
+    from services.datapath.pods.netns import netns_name as _netns_name
+except ImportError:  # pragma: no cover - authd without the datapath package: inode + address only
+    _netns_name = None  # type: ignore[assignment]
 
 log = logging.getLogger("nodemesh.authd.workload")
 HEADER = ("workload.spiffe.io", "true")
@@ -121,8 +127,13 @@ class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         ids = set()
         for ip in pod_addresses(pid):
             entry = self.manager.ip_index.get(ip)
-            if entry is not None and entry.node == self.manager.me and entry.pod:
-                ids.add(entry.identity)
+            if entry is None or entry.node != self.manager.me or not entry.pod:
+                continue
+            # The namespace must be the one the datapath made for *this* pod, not merely one that
+            # holds its address.
+            if _netns_name is not None and _netns_name(self.manager.me, entry.namespace, entry.pod) != netns:
+                return Attestation(pid, None, f"{netns} is not the network namespace of pod {entry.pod}")
+            ids.add(entry.identity)
         if len(ids) != 1:
             return Attestation(pid, None, f"network namespace {netns} maps to {len(ids)} identities")
         return Attestation(pid, ids.pop())

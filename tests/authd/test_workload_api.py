@@ -17,9 +17,20 @@ import pytest
 from spiffe import WorkloadApiClient
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
+from services.datapath.pods.netns import netns_name
 from tests.authd.harness import Cluster, poll
 
 POD_A, POD_B = ("10.244.1.21", 1001), ("10.244.1.22", 1006)
+
+DENIED = r"""
+from spiffe import WorkloadApiClient
+client = WorkloadApiClient()
+try:
+    client.fetch_x509_svid(timeout=20)
+    print("got an SVID")
+except Exception as e:
+    print("denied" if "PERMISSION_DENIED" in str(e).upper() or "no identity issued" in str(e) else repr(e))
+"""
 
 FETCH = r"""
 import json, sys
@@ -53,17 +64,21 @@ print("no rotation")
 
 @pytest.fixture
 def pod_netns() -> Iterator[dict[str, str]]:
-    """Two pod-like network namespaces (``nm-<token>``) with one pod address each."""
-    token = f"au{os.getpid()}{secrets.token_hex(3)}"
-    names = {"a": f"nm-{token}a", "b": f"nm-{token}b"}
+    """Two pods' network namespaces, named as the datapath names them, one pod address each; plus
+    ``pods``: the pod names (unique per run)."""
+    token = f"{os.getpid()}-{secrets.token_hex(3)}"
+    pods = {"a": f"wl-a-{token}", "b": f"wl-b-{token}"}
+    names = {k: netns_name("node-1", "default", p) for k, p in pods.items()}
+    names["pod-a"], names["pod-b"] = pods["a"], pods["b"]
+    names["c"] = f"nm-{token.replace('-', '')}c"  # an impostor: pod a's address, not pod a's netns
     try:
-        for (ip, _), ns in zip((POD_A, POD_B), names.values(), strict=True):
+        for (ip, _), ns in zip((POD_A, POD_B, POD_A), (names["a"], names["b"], names["c"]), strict=True):
             subprocess.run(["ip", "netns", "add", ns], check=True)
             subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
             subprocess.run(["ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", "lo"], check=True)
         yield names
     finally:
-        for ns in names.values():
+        for ns in (names["a"], names["b"], names["c"]):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
@@ -90,8 +105,8 @@ async def test_privileged_x509source_gets_its_own_svid_only(
     c.ca.ttl = 6.0  # the workload's SVID rotates every ~3 s: the stream must push it
     for ident, app in ((POD_A[1], "client"), (POD_B[1], "other")):
         await c.add_identity(ident, app)
-    await c.add_pod(POD_A[0], POD_A[1], "node-1", pod="wl-a")
-    await c.add_pod(POD_B[0], POD_B[1], "node-1", pod="wl-b")
+    await c.add_pod(POD_A[0], POD_A[1], "node-1", pod=pod_netns["pod-a"])
+    await c.add_pod(POD_B[0], POD_B[1], "node-1", pod=pod_netns["pod-b"])
     sock = os.path.join(c.tmp, "workload.sock")
     await c.start_authd("node-1", workload_api=True, workload_socket=sock)
     await poll(lambda: c.manager("node-1").store.get(POD_B[1]), 30, "SVIDs of both pods' identities")
@@ -101,6 +116,10 @@ async def test_privileged_x509source_gets_its_own_svid_only(
     assert a == {"ids": [f"spiffe://{td}/identity/{POD_A[1]}"], "roots": 1, "has_key": True}
     b = await loop.run_in_executor(None, _fetch_in, pod_netns["b"], sock, td)
     assert b["ids"] == [f"spiffe://{td}/identity/{POD_B[1]}"], "pod b gets its own SVID, never pod a's"
+
+    # A namespace that holds pod a's address but is not the one the datapath made for pod a.
+    impostor = await loop.run_in_executor(None, _fetch_in, pod_netns["c"], sock, td, DENIED)
+    assert impostor == {"said": "denied"}
 
     # A rotated SVID reaches the workload over the open stream.
     rotated = await loop.run_in_executor(None, _fetch_in, pod_netns["a"], sock, td, ROTATE)
