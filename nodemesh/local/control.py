@@ -61,6 +61,13 @@ def up(d: Path, nodes: int, manifests: str, foreground: bool, timeout: float, ou
     if manifests and not Path(manifests).is_dir():
         out(f"error: --manifests {manifests}: not a directory")
         return 2
+    strays = cluster_pids(d)
+    if strays:
+        # A supervisor that was killed leaves its children running (they would hold the old
+        # JetStream store and pod namespaces): clear them before starting over.
+        out(f"stopping {len(strays)} process(es) left by a previous run in {d}")
+        kill_pids(strays)
+        cleanup_datapath(d)
     args = ["--data-dir", str(d), "--nodes", str(nodes)]
     if manifests:
         args += ["--manifests", str(Path(manifests).absolute())]

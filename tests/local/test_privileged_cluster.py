@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from nodemesh.local.cleanup import cluster_pids
+from nodemesh.local.cleanup import MARKER_ENV, cluster_pids
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
@@ -51,12 +51,19 @@ def wait_for(cond: Any, timeout: float, what: str) -> Any:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("cluster")
+    # A process left by an earlier run of this data dir (e.g. its supervisor was SIGKILLed).
+    stray = subprocess.Popen(["sleep", "300"], env={MARKER_ENV: str(d), "PATH": os.environ["PATH"]})
     try:
         up = nm(d, "up", "--nodes", "2", "--timeout", "240")
         assert up.returncode == 0, up.stdout + up.stderr
+        assert "1 process(es) left by a previous run" in up.stdout
+        assert stray.wait(10) is not None
         yield d
     finally:
         nm(d, "down")
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
 
 
 def test_privileged_up_status(cluster: Path) -> None:
@@ -148,3 +155,26 @@ def test_privileged_down_leaves_nothing(cluster: Path, tmp_path: Path) -> None:
     assert not st["up"]
     again = nm(cluster, "down")
     assert again.returncode == 0 and "no nodemesh cluster running" in again.stdout
+
+
+def test_privileged_killed_supervisor_leaves_nothing_behind(tmp_path: Path) -> None:
+    d = tmp_path / "c"
+    try:
+        # Readiness does not matter here, only that every process has been started.
+        nm(d, "up", "--nodes", "1", "--timeout", "1")
+
+        def all_started() -> bool:
+            st = status(d)
+            procs = st.get("processes") or []
+            return bool(procs) and all(p["running"] for p in procs if not p["skipped"])
+
+        wait_for(all_started, 120, "every process to start")
+        sup_pid = int((d / "run" / "supervisor.pid").read_text())
+        assert [p for p in cluster_pids(d) if p != sup_pid]
+        os.kill(sup_pid, signal.SIGKILL)
+        # Its children live on (own process groups); `down` finds them by their marker.
+        down = nm(d, "down")
+        assert down.returncode == 0 and "leftover" in down.stdout, down.stdout
+        assert cluster_pids(d) == []
+    finally:
+        nm(d, "down")
