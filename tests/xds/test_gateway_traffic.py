@@ -140,3 +140,13 @@ async def test_request_mirror_reaches_the_mirror_backend(cluster: Standalone) ->
         },
     )
     await cluster.delete([r])
+
+
+async def test_invalid_backend_share_answers_500(cluster: Standalone) -> None:
+    r = o.httproute("partial", NS, "gw", [{"backendRefs": [ref("blue", 1), ref("missing", 1)]}])
+    await cluster.apply([r])
+    await expect_eventually(cluster, T, {"path": "/"}, {"status": [200, 500]})
+    seen = await _distribution(cluster, 200)
+    # Roughly half each; both must occur (p of missing either in 200 tries is ~1e-60).
+    assert set(seen) == {"blue", "status-500"}, seen
+    await cluster.delete([r])

@@ -383,3 +383,10 @@ def test_invalid_regex_rejects_route() -> None:
     (st,) = [s for s in t.statuses if s.kind == "HTTPRoute"]
     (acc,) = [c for c in st.status["parents"][0]["conditions"] if c["type"] == "Accepted"]
     assert (acc["status"], acc["reason"]) == ("False", "UnsupportedValue")
+
+
+def test_invalid_backend_keeps_its_share_as_500() -> None:
+    (r,) = _routes([{"backendRefs": [_b("v1", 3), _b("missing", 1)]}])
+    clusters = r["route"]["weightedClusters"]["clusters"]
+    assert [(c["name"], c["weight"]) for c in clusters] == [(C1, 3), ("nodemesh/invalid-backend", 1)]
+    assert r["route"]["clusterNotFoundResponseCode"] == "INTERNAL_SERVER_ERROR"

@@ -170,6 +170,8 @@ def _envoy_route(r: Route, listener_port: int, scheme: str) -> rc.Route:
             act.cluster = r.backends[0].cluster
         else:
             act.weighted_clusters.clusters.extend(_cluster_weight(b) for b in r.backends)
+        if any(b.invalid for b in r.backends):
+            act.cluster_not_found_response_code = rc.RouteAction.INTERNAL_SERVER_ERROR
         if r.rewrite is not None:
             if r.rewrite.hostname:
                 act.host_rewrite_literal = r.rewrite.hostname

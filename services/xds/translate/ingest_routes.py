@@ -257,6 +257,8 @@ def _route(
                                 for r in rr.routes:
                                     slot.add(h, r)
                                     for b in r.backends:
+                                        if b.invalid:
+                                            continue
                                         model.use(b)
                                         model.gateways_of.setdefault((b.namespace, b.service), set()).add(
                                             st.key

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "INVALID_BACKEND",
     "Backend",
     "HeaderFilter",
     "ListenerModel",
@@ -25,6 +26,10 @@ __all__ = [
     "RouteTable",
     "TLSChain",
 ]
+
+
+# A cluster name that never exists: Envoy answers ``cluster_not_found_response_code`` (500) for it.
+INVALID_BACKEND = "nodemesh/invalid-backend"
 
 
 @dataclass
@@ -50,9 +55,13 @@ class Backend:
     response_headers: HeaderFilter | None = None
     # The BackendTLSPolicy (backendtls.BackendTLS) that applies to this Service port, if any.
     tls: Any = None
+    # An unresolvable backendRef keeping its share of the weight: requests sent to it get 500.
+    invalid: bool = False
 
     @property
     def cluster(self) -> str:
+        if self.invalid:
+            return INVALID_BACKEND
         return f"{self.namespace}:{self.service}:{self.port}"
 
     @property
@@ -176,6 +185,8 @@ class Model:
         return lst
 
     def use(self, backend: Backend) -> None:
+        if backend.invalid:
+            return
         prev = self.backends.get(backend.cluster)
         if prev is None:
             self.backends[backend.cluster] = Backend(

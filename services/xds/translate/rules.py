@@ -231,6 +231,10 @@ def translate_rule(
         b, reason, msg = resolve_backend(idx, ref, kind, ns, h2=grpc)
         if b is None:
             res.unresolved = res.unresolved or (reason, msg)
+            # The spec: requests that would have gone to an invalid backendRef get 500 (its share only).
+            w = as_int(as_dict(ref).get("weight"), 1)
+            if w > 0:
+                backends.append(Backend("", "", 0, weight=w, invalid=True))
             continue
         for bf in (as_list(ref.get("filters"))) if isinstance(ref, dict) else []:
             if isinstance(bf, dict) and bf.get("type") == "RequestHeaderModifier":
@@ -239,9 +243,11 @@ def translate_rule(
                 b.response_headers = _headers_filter(bf.get("responseHeaderModifier"))
         if tls_blocked(b):
             res.blocked.append(b)
+            if b.weight > 0:
+                backends.append(Backend("", "", 0, weight=b.weight, invalid=True))
         elif b.weight > 0:
             backends.append(b)
-    if base.redirect is None and not backends:
+    if base.redirect is None and not any(not b.invalid for b in backends):
         status = 500  # no backendRefs, all unresolvable, or all weight 0
     for mi, m in enumerate(matches):
         route = Route(
