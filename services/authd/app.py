@@ -146,7 +146,6 @@ async def main(svc: Service) -> None:
 
     async def shutdown() -> None:
         manager.pool.shutdown(wait=False, cancel_futures=True)
-        server.pool.shutdown(wait=False, cancel_futures=True)
 
     svc.on_stop(shutdown)
 

@@ -1,8 +1,8 @@
 """The responder: authd's TLS 1.3 listener on ``<node address>:<auth_port>``.
 
-Accepts on the event loop, runs each blocking handshake in its own thread pool (separate from the
-initiators', so a node authenticating a pair with itself can never starve its own responder), and
-hands results back to the manager on the loop.
+A fixed set of responder threads (separate from the initiators' pool, so a node authenticating a
+pair with itself can never starve its own responder) each accept and run the blocking handshake,
+and hand results back to the manager on the loop.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import socket
 import ssl
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from services.authd.handshake import ResponderResult, respond, sni_state
 from services.authd.manager import AuthManager
@@ -30,7 +29,7 @@ class AuthServer:
         self.manager = manager
         self.store = store
         self.timeout = timeout
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="authd-resp")
+        self.workers = workers
         self.sock: socket.socket | None = None
         self.port = 0
         store.sni_callback = self._sni
@@ -61,15 +60,15 @@ class AuthServer:
         log.info("authd listening on %s:%d", address, self.port)
 
     async def serve(self) -> None:
-        """Accept in a thread of its own (one hop less than accepting on the event loop) and hand
-        each connection to the responder pool; results go back to the loop."""
+        """``workers`` threads each accept and run the responder side directly (no hand-off between
+        an accepting thread and a worker); results go back to the loop."""
         assert self.sock is not None
         sock = self.sock
+        sock.settimeout(0.5)
         loop = asyncio.get_running_loop()
         stop = threading.Event()
 
-        def accept_loop() -> None:
-            sock.settimeout(0.5)
+        def worker() -> None:
             while not stop.is_set():
                 try:
                     conn, addr = sock.accept()
@@ -81,28 +80,24 @@ class AuthServer:
                     time.sleep(0.05)  # EMFILE and friends: back off, keep serving
                     continue
                 conn.settimeout(None)
+                result = self._handle(conn)
                 try:
-                    self.pool.submit(self._handle_and_report, conn, addr[0], loop)
-                except RuntimeError:  # pool shut down
-                    conn.close()
+                    loop.call_soon_threadsafe(self._report, addr[0], result)
+                except RuntimeError:  # the loop is closed: we are shutting down
                     return
 
-        thread = threading.Thread(target=accept_loop, name="authd-accept", daemon=True)
-        thread.start()
+        threads = [
+            threading.Thread(target=worker, name=f"authd-resp-{i}", daemon=True) for i in range(self.workers)
+        ]
+        for t in threads:
+            t.start()
         try:
             await asyncio.Event().wait()
         finally:
             stop.set()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            await asyncio.get_running_loop().run_in_executor(None, thread.join, 2.0)
+            for t in threads:
+                await loop.run_in_executor(None, t.join, 1.0)
             sock.close()
-
-    def _handle_and_report(self, conn: socket.socket, src_ip: str, loop: asyncio.AbstractEventLoop) -> None:
-        result = self._handle(conn)
-        try:
-            loop.call_soon_threadsafe(self._report, src_ip, result)
-        except RuntimeError:  # the loop is closed: we are shutting down
-            pass
 
     def _handle(self, conn: socket.socket) -> tuple[ResponderResult | AuthFailure, float, int]:
         t0 = time.perf_counter()
