@@ -50,10 +50,10 @@ NOTES = """## How it runs
 ## Known gaps
 
 - The echo server has no h2c port (3001), `/ws` or `/retry` (no case here uses them).
-- The gRPC echo's message field numbers are nodemesh's (the upstream `.proto` was not available offline);
-  the runner's gRPC client uses the same definition, and upstream only compares fields this covers.
-- Invalid backendRefs mixed with valid ones are dropped (as Cilium does) instead of answering 500 for
-  their share of the weight."""
+- The gRPC echo (upstream's message numbering) leaves `authority` and `tls_assertions` empty: Python's
+  gRPC server does not expose them; upstream's tests do not compare them.
+- `--mode cluster` is implemented, but at the time of this report the local cluster's datapath did not
+  start pods, so the published results are from the standalone mode."""
 
 
 def write_report(path: str, results: list[CaseResult], index: list[dict[str, Any]], mode: str) -> None:
