@@ -174,3 +174,26 @@ def test_lb_l7_service_gets_an_http_listener_with_its_algorithm() -> None:
     assert lst["freebind"] is True
     c = json_format.MessageToDict(t.resources[CLUSTER][f"{NS}:echo:80"])
     assert c["lbPolicy"] == "LEAST_REQUEST"
+
+
+def test_request_timeout_annotation() -> None:
+    ing = ingress(
+        "x", [{"http": {"paths": [path("/")]}}], annotations={"ingress.cilium.io/request-timeout": "5s"}
+    )
+    t = _t(ing, o.lb_service(NS, "cilium-ingress-x", "127.0.100.20"))
+    (r,) = _vhosts(t, f"{NS}/cilium-ingress-x/listener-insecure-80")["*"]
+    assert r["route"]["timeout"] == "5s"
+
+
+def test_tls_passthrough_annotation_routes_sni_without_terminating() -> None:
+    ing = ingress(
+        "x",
+        [{"host": "db.example.com", "http": {"paths": [path("/", svc="api", port=80)]}}],
+        annotations={"ingress.cilium.io/tls-passthrough": "enabled"},
+    )
+    t = _t(ing, o.lb_service(NS, "cilium-ingress-x", "127.0.100.20"))
+    lst = json_format.MessageToDict(t.resources[LISTENER][f"{NS}/cilium-ingress-x/listener-443"])
+    (chain,) = lst["filterChains"]
+    assert chain["filterChainMatch"] == {"transportProtocol": "tls", "serverNames": ["db.example.com"]}
+    assert chain["filters"][0]["typedConfig"]["cluster"] == f"{NS}:api:80"
+    assert "transportSocket" not in chain

@@ -17,13 +17,16 @@ from nodemesh.messages.k8s import StatusPatch
 
 from .index import Index, as_dict, as_int, as_list, meta, valid_tls_secret
 from .ingest_gateway import FIELD_MANAGER
-from .model import Backend, Match, Model, Redirect, Route, RouteTable, TLSChain
+from .model import Backend, Match, Model, PassthroughChain, Redirect, Route, RouteTable, TLSChain
+from .rules import duration_s
 from .types import TranslateInput, Translation
 
 __all__ = ["ingest"]
 
 MODE_ANNOTATION = "ingress.cilium.io/loadbalancer-mode"
 FORCE_HTTPS = "ingress.cilium.io/force-https"
+REQUEST_TIMEOUT = "ingress.cilium.io/request-timeout"
+TLS_PASSTHROUGH = "ingress.cilium.io/tls-passthrough"
 _CONTROLLERS = ("nodemesh.io/ingress-controller", "cilium.io/ingress-controller")
 
 
@@ -79,6 +82,7 @@ def _routes(idx: Index, ing: dict[str, Any]) -> dict[str, list[Route]]:
     spec = as_dict(ing.get("spec"))
     src = f"{ns}/{m.get('name', '')}"
     created = str(m.get("creationTimestamp", ""))
+    timeout = duration_s(as_dict(m.get("annotations")).get(REQUEST_TIMEOUT))
     vhosts: dict[str, list[Route]] = {}
     for ri, rule in enumerate(as_list(spec.get("rules"))):
         if not isinstance(rule, dict):
@@ -92,6 +96,7 @@ def _routes(idx: Index, ing: dict[str, Any]) -> dict[str, list[Route]]:
                 match=_match(str(p.get("pathType", "Prefix")), str(p.get("path") or "/"), host),
                 backends=[b] if b else [],
                 direct_status=0 if b else 503,
+                timeout_s=timeout,
                 created=created,
                 source=src,
                 rule_index=ri,
@@ -113,6 +118,27 @@ def _routes(idx: Index, ing: dict[str, Any]) -> dict[str, list[Route]]:
                 )
             )
     return vhosts
+
+
+def _passthrough(idx: Index, ing: dict[str, Any], lm: Any, model: Model) -> None:
+    """``tls-passthrough``: each rule's host is an SNI routed, still encrypted, to its first backend."""
+    m = meta(ing)
+    ns = str(m.get("namespace", ""))
+    lm.sources.append(f"Ingress/{ns}/{m.get('name', '')}")
+    for rule in as_list(as_dict(ing.get("spec")).get("rules")):
+        rule = as_dict(rule)
+        host = str(rule.get("host") or "")
+        paths = as_list(as_dict(rule.get("http")).get("paths"))
+        b = _backend(idx, ns, as_dict(paths[0]).get("backend")) if paths else None
+        if b is None or not host:
+            continue
+        names = [host]
+        if any(c.server_names == names for c in lm.passthrough):
+            continue
+        lm.passthrough.append(
+            PassthroughChain(server_names=names, backends=[b], name=f"{ns}/{m.get('name', '')}")
+        )
+        model.use(b)
 
 
 def _want_lb_service(out: Translation, ns: str, name: str, owner_ns: str, owner: str) -> None:
@@ -167,6 +193,9 @@ def ingest(idx: Index, inp: TranslateInput, model: Model, out: Translation) -> N
         if not address:
             continue
         prefix = f"{svc_ns}/{svc_name}"
+        if str(ann.get(TLS_PASSTHROUGH, "")).lower() in ("enabled", "true"):
+            _passthrough(idx, ing, model.listener(f"{prefix}/listener-443", address, 443), model)
+            continue
         vhosts = _routes(idx, ing)
         tls_hosts: set[str] = set()
         tls_entries = [t for t in as_list((as_dict(ing.get("spec"))).get("tls")) if isinstance(t, dict)]
