@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any
 
+import yaml
+
 from .cases import Generated, corpus_dir, load_case, load_index
 from .report import write_report
 from .runner import CaseResult, run_case
@@ -23,7 +25,11 @@ CLASS, CONTROLLER = "nodemesh", "nodemesh.io/gateway-controller"
 
 async def _main(args: argparse.Namespace) -> int:
     root = corpus_dir(args.dir)
-    index = load_index(root)
+    try:
+        index = load_index(root)
+    except (OSError, yaml.YAMLError, AttributeError) as e:
+        print(f"conformance: cannot read the corpus index in {root}: {e}", file=sys.stderr)
+        return 2
     names = [c["name"] for c in index]
     if args.case:
         unknown = [n for n in args.case if n not in names]
@@ -53,8 +59,12 @@ async def _main(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     async with cluster:
         for name in names:
-            case = load_case(root, name, CLASS, CONTROLLER)
-            r = await run_case(cluster, case, gen, CONTROLLER, args.scale)
+            try:
+                case = load_case(root, name, CLASS, CONTROLLER)
+            except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as e:
+                r = CaseResult(name, "", False, f"cannot read the case: {e}")
+            else:
+                r = await run_case(cluster, case, gen, CONTROLLER, args.scale)
             results.append(r)
             mark = "PASS" if r.passed else "FAIL"
             print(

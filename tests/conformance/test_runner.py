@@ -102,3 +102,23 @@ def test_cli_writes_a_report(tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "unknown case" in bad.stderr
+
+
+def test_cli_rejects_a_missing_or_corrupt_corpus(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "nodemesh.conformance", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "cannot read the corpus index" in out.stderr
+    (tmp_path / "index.yaml").write_text("cases: [ {name: Broken} ]\n")
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "Broken.yaml").write_text("name: [unclosed\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "nodemesh.conformance", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1 and "FAIL Broken" in out.stdout and "cannot read the case" in out.stdout
