@@ -8,7 +8,8 @@
   proto, headers in Go's canonical form, ``POD_NAME``/``NAMESPACE``/``INGRESS_NAME``/``SERVICE_NAME``,
   TLS details); ``X-Echo-Set-Header: N:v,...`` sets response headers; each echo logs the line
   ``Echoing back request made to <URI> to client (<addr>)`` that the mirror checks look for.
-  Not implemented: the h2c port (3001), ``/ws`` and ``/retry``.
+  h2c (prior knowledge) on ``H2C_PORT`` (3001) with :mod:`nodemesh.echo_h2c`. Not implemented:
+  ``/ws`` and ``/retry``.
 - gRPC mode (``GRPC_ECHO_SERVER=1``): service ``gateway_api_conformance.echo_basic.grpcecho.GrpcEcho``
   with ``Echo`` and ``EchoTwo`` (``EchoThree`` is UNIMPLEMENTED, as upstream). The messages are
   built at runtime (no protoc); see :mod:`nodemesh.echo_grpc` for the field numbering.
@@ -169,7 +170,10 @@ async def _serve_http(bind: str) -> list[Any]:
         )
     for s in sites:
         await s.start()
-    return [runner]
+    from nodemesh.echo_h2c import serve_h2c
+
+    h2c = await serve_h2c(bind)
+    return [runner, h2c] if h2c is not None else [runner]
 
 
 async def _tcp_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool) -> None:
@@ -251,7 +255,10 @@ async def serve() -> None:
     print("HTTP echo server listening", flush=True)
     await stop.wait()
     for r in runners:
-        await r.cleanup()
+        if isinstance(r, asyncio.Server):
+            r.close()
+        else:
+            await r.cleanup()
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -174,3 +175,40 @@ def test_tcp_mode_over_tls(tmp_path: Path) -> None:
             assert f.readline() == b"false\n"
     finally:
         e.stop()
+
+
+def test_h2c_port_speaks_http2_prior_knowledge_only(echo: Echo) -> None:
+    import h2.connection
+    import h2.events
+
+    with socket.create_connection((echo.ip, 3001), timeout=5) as s:
+        conn = h2.connection.H2Connection()
+        conn.initiate_connection()
+        conn.send_headers(
+            1,
+            [
+                (":method", "GET"),
+                (":path", "/h2?x=1"),
+                (":scheme", "http"),
+                (":authority", "h2.example.com"),
+                ("x-test", "1"),
+            ],
+            end_stream=True,
+        )
+        s.sendall(conn.data_to_send())
+        status, body, done = "", b"", False
+        while not done:
+            data = s.recv(65536)
+            assert data, "connection closed"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status = dict(ev.headers)[b":status"].decode()
+                elif isinstance(ev, h2.events.DataReceived):
+                    body += ev.data
+                elif isinstance(ev, h2.events.StreamEnded):
+                    done = True
+            s.sendall(conn.data_to_send())
+    echoed = json.loads(body)
+    assert status == "200" and echoed["proto"] == "HTTP/2.0" and echoed["path"] == "/h2?x=1"
+    assert echoed["host"] == "h2.example.com" and echoed["headers"]["X-Test"] == ["1"]
+    assert http_request(echo.ip, 3001, {"path": "/"}).status == 400

@@ -16,6 +16,7 @@ import pytest_asyncio
 
 from nodemesh.conformance import objects as o
 from nodemesh.conformance.checks import status_check
+from nodemesh.conformance.client import http_request
 from nodemesh.conformance.runner import expect_eventually
 from nodemesh.conformance.standalone import Standalone
 
@@ -23,6 +24,16 @@ ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="Gateways bind ports 80
 pytestmark = [ROOT_ONLY, pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]
 
 NS, WEB = "gw-infra", "gw-web"
+# The v1 pods' h2c port, as upstream's base Service infra-backend-v1 declares it.
+H2C_SERVICE = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "v1-h2c", "namespace": NS},
+    "spec": {
+        "selector": {"app": "v1"},
+        "ports": [{"name": "h2c", "port": 8081, "targetPort": 3001, "appProtocol": "kubernetes.io/h2c"}],
+    },
+}
 CONTROLLER = "nodemesh.io/gateway-controller"
 
 
@@ -43,6 +54,7 @@ async def cluster() -> AsyncIterator[Standalone]:
                 o.service("v1", NS, [("http", 8080, 3000)]),
                 o.service("v2", NS, [("http", 8080, 3000)]),
                 o.service("web", WEB, [("http", 8080, 3000)]),
+                H2C_SERVICE,
             ]
         )
         await c.ensure_backends([backend(NS, "v1"), backend(NS, "v2"), backend(WEB, "web")], {})
@@ -314,3 +326,12 @@ async def test_route_from_another_namespace_attaches_through_a_selector(cluster:
     }
     assert status_check(cluster, accepted, CONTROLLER) == ""
     await cluster.delete([r, gw(**listener)])
+
+
+async def test_h2c_backend_protocol(cluster: Standalone) -> None:
+    r = o.httproute("h2c", NS, "gw", [{"backendRefs": [{"name": "v1-h2c", "port": 8081}]}])
+    await apply_and_wait(cluster, [gw(), r])
+    await expect_eventually(cluster, T, {"path": "/h2c"}, {"status": 200, "backend": f"{NS}/v1"})
+    body = http_request(cluster.gateway_address(NS, "gw"), 80, {"path": "/h2c"}).json() or {}
+    assert body["proto"] == "HTTP/2.0"  # Envoy spoke h2c to the backend's h2c port
+    await cluster.delete([r])
