@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -86,6 +87,12 @@ class AuthManager:
         self.pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="authd-init")
         self._sem = asyncio.Semaphore(cfg.workers)
         self._reactive_slots = asyncio.Semaphore(cfg.workers)
+        self._dues: list[tuple[float, AuthKey]] = []  # (due time, key), lazily pruned
+        self._expiries: list[tuple[float, AuthKey]] = []  # (expiry, key) of granted verdicts
+        # Gauges are computed when scraped, so they are always current and cost nothing in between.
+        metrics.pending.set_function(lambda: float(len(self.queued) + len(self.inflight)))
+        for state in ("pending", "authenticated", "failed", "expired"):
+            metrics.entries.labels(state=state).set_function(functools.partial(self._count, state))
         self._wake = asyncio.Event()
         self._out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -123,7 +130,7 @@ class AuthManager:
             if not e.required:
                 e.required = True
                 if self.cfg.proactive and not e.valid(VALID_MARGIN) and not e.due:
-                    e.due = now
+                    self._schedule(e, now)
         self.desired = want
         self._wake.set()
 
@@ -157,7 +164,6 @@ class AuthManager:
         if e is None:
             self.entries[key] = e = Entry(key)
         e.reactive = True
-        self._update_gauges()
 
     def on_svid(self, identity: int, purpose: Purpose, svid: Svid | None) -> None:
         """A new or renewed SVID: (re-)authenticate every wanted entry of that local identity now, so
@@ -169,8 +175,7 @@ class AuthManager:
             if key.local_identity == identity and (
                 (e.required and self.cfg.proactive) or e.state == "authenticated"
             ):
-                e.due = now
-        self._wake.set()
+                self._schedule(e, now)
 
     def on_responder_success(self, res: ResponderResult, latency: float) -> None:
         self.m.handshakes.labels(role="responder", result="ok", reason="").inc()
@@ -237,9 +242,13 @@ class AuthManager:
             e.expires = s.expires
             if s.expires > now:
                 e.state = "authenticated"
-                e.due = renew_at(e.granted, s.expires, is_primary(self.me, s.key), self.cfg.renew_fraction)
+                heapq.heappush(self._expiries, (e.expires, s.key))
+                self._schedule(
+                    e, renew_at(e.granted, s.expires, is_primary(self.me, s.key), self.cfg.renew_fraction)
+                )
             else:
-                e.state, e.due = "expired", now
+                e.state = "expired"
+                self._schedule(e, now)
             n += 1
         self._wake.set()
         return n
@@ -255,31 +264,42 @@ class AuthManager:
                 self._reactive_slots.release()
 
     async def scheduler(self) -> None:
-        """Start due handshakes; expire verdicts nobody renewed in time."""
+        """Start due handshakes; expire verdicts nobody renewed in time. Two heaps (due times,
+        expiries) with lazy deletion: a wake costs O(log n) per item that is actually due."""
         while True:
             now = time.time()
-            nxt = now + 3600.0
-            for key, e in list(self.entries.items()):
-                if e.state == "authenticated" and e.expires <= now:
-                    e.state = "expired"
-                    self._event("expired", key, reason="not-renewed", expires=e.expires)
-                    self._revoke(e)
-                    if e.required or e.reactive:
-                        e.due = e.due or now
-                if e.state == "authenticated":
-                    nxt = min(nxt, e.expires)
-                if e.due and key not in self.inflight and key not in self.queued:
-                    if e.due <= now:
-                        e.due = 0.0
-                        self._start(key, "proactive" if e.required else "renewal")
-                    else:
-                        nxt = min(nxt, e.due)
-            self._update_gauges()
+            while self._expiries and self._expiries[0][0] <= now:
+                exp, key = heapq.heappop(self._expiries)
+                e = self.entries.get(key)
+                if e is None or e.state != "authenticated" or e.expires != exp:
+                    continue  # renewed or removed since
+                e.state = "expired"
+                self._event("expired", key, reason="not-renewed", expires=e.expires)
+                self._revoke(e)
+                if (e.required or e.reactive) and not e.due:
+                    self._schedule(e, now)
+            while self._dues and self._dues[0][0] <= now:
+                due, key = heapq.heappop(self._dues)
+                e = self.entries.get(key)
+                if e is None or e.due != due:
+                    continue  # rescheduled or removed since
+                if key in self.inflight or key in self.queued:
+                    self._schedule(e, now + 0.05)  # look again once that attempt is over
+                    continue
+                e.due = 0.0
+                self._start(key, "proactive" if e.required else "renewal")
+            heads = [h[0][0] for h in (self._dues, self._expiries) if h]
+            nxt = min(heads) if heads else now + 3600.0
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, nxt - time.time()))
             except TimeoutError:
                 pass
+
+    def _schedule(self, e: Entry, when: float) -> None:
+        e.due = when
+        heapq.heappush(self._dues, (when, e.key))
+        self._wake.set()
 
     # --- handshakes -------------------------------------------------------------------------------
     def _start(self, key: AuthKey, origin: str, slot: asyncio.Semaphore | None = None) -> bool:
@@ -351,7 +371,8 @@ class AuthManager:
         e.handshakes += 1
         e.retries = 0
         e.last_error = ""
-        e.due = renew_at(now, expires, is_primary(self.me, e.key), self.cfg.renew_fraction)
+        heapq.heappush(self._expiries, (expires, e.key))
+        self._schedule(e, renew_at(now, expires, is_primary(self.me, e.key), self.cfg.renew_fraction))
         self._publish_grant(e)
         self._event(
             "succeeded", e.key, expires=expires, latency_ms=latency * 1000, proactive=e.required, role=via
@@ -370,10 +391,10 @@ class AuthManager:
         if (e.required and self.cfg.proactive) or e.published or (transient and e.retries <= 8):
             # A peer whose SVID is still being issued (a pod that just appeared) is ready within
             # milliseconds: retry fast, so the verdict lands long before a SYN retransmit would.
-            delay = min((0.025 if transient else 0.2) * 2 ** (e.retries - 1), 30.0)
-            e.due = time.time() + delay
+            when = time.time() + min((0.025 if transient else 0.2) * 2 ** (e.retries - 1), 30.0)
             if e.valid():
-                e.due = min(e.due, max(time.time(), e.expires - VALID_MARGIN))
+                when = min(when, max(time.time(), e.expires - VALID_MARGIN))
+            self._schedule(e, when)
 
     def _remove(self, key: AuthKey, reason: str) -> None:
         e = self.entries.pop(key, None)
@@ -400,10 +421,5 @@ class AuthManager:
         ev = AuthEvent(type=type_, key=key, node=self.me, ts=time.time(), **kw)  # type: ignore[arg-type]
         self._out.put_nowait((subjects.auth_events(self.me), ev))
 
-    def _update_gauges(self) -> None:
-        self.m.pending.set(len(self.queued) + len(self.inflight))
-        counts: dict[str, int] = dict.fromkeys(("pending", "authenticated", "failed", "expired"), 0)
-        for e in self.entries.values():
-            counts[e.state] = counts.get(e.state, 0) + 1
-        for state, n in counts.items():
-            self.m.entries.labels(state=state).set(n)
+    def _count(self, state: str) -> float:
+        return float(sum(1 for e in self.entries.values() if e.state == state))
