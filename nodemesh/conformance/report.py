@@ -49,7 +49,8 @@ NOTES = """## How it runs
 
 ## Known gaps
 
-- The echo server has no h2c port (3001), `/ws` or `/retry` (no case here uses them).
+- The echo server's h2c port (3001) takes HTTP/2 with prior knowledge only (no `Upgrade: h2c`); it has no
+  `/ws` or `/retry` (no case here uses them).
 - The gRPC echo (upstream's message numbering) leaves `authority` and `tls_assertions` empty: Python's
   gRPC server does not expose them; upstream's tests do not compare them.
 - `--mode cluster` is implemented, but at the time of this report the local cluster's datapath did not
