@@ -139,11 +139,19 @@ def test_privileged_down_leaves_nothing(cluster: Path, tmp_path: Path) -> None:
 
     wait_for(running, 90, "the pod to run")
     try:
-        from services.datapath.pods.netns import netns_name
+        from services.datapath.pods import netns as dpnetns
     except ImportError:
         pytest.skip("datapath not built")
-    netns = Path("/run/netns") / netns_name("node-2", ns, "echo")
-    assert netns.exists()
+    # The datapath names a pod's netns by (node, namespace, pod), newer versions also by a
+    # token of its data dir (so several clusters on one machine never collide): accept either.
+    names = {dpnetns.netns_name("node-2", ns, "echo")}
+    scope_for = getattr(dpnetns, "scope_for", None)
+    if scope_for is not None:
+        for base in (cluster / "nodes" / "node-2", cluster):
+            names.add(dpnetns.netns_name("node-2", ns, "echo", scope=scope_for(str(base))))
+    existing = [Path("/run/netns") / n for n in names if (Path("/run/netns") / n).exists()]
+    assert len(existing) == 1, names
+    netns = existing[0]
     assert cluster_pids(cluster)
 
     down = nm(cluster, "down")
