@@ -9,8 +9,10 @@ local cluster (``run/cluster.json``) is tried. The command runs through ``nsente
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+from pathlib import Path
 
 from nodemesh.errors import NodemeshError
 from nodemesh.local.layout import load_cluster
@@ -18,15 +20,27 @@ from nodemesh.local.layout import load_cluster
 __all__ = ["find_netns", "register"]
 
 
-def find_netns(pod: str, namespace: str, nodes: list[str]) -> str:
-    """The path of the pod's netns on whichever of ``nodes`` hosts it."""
+def find_netns(pod: str, namespace: str, nodes: list[tuple[str, str]]) -> str:
+    """The path of the pod's netns on whichever of ``nodes`` ((node, scope) pairs) hosts it."""
     from services.datapath.pods.netns import netns_exists, netns_name, netns_path
 
-    for node in nodes:
-        name = netns_name(node, namespace, pod)
+    for node, scope in nodes:
+        name = netns_name(node, namespace, pod, scope)
         if netns_exists(name):
             return netns_path(name)
-    raise NodemeshError(f"pod {namespace}/{pod} has no network namespace on {', '.join(nodes) or 'any node'}")
+    names = ", ".join(n for n, _ in nodes) or "any node"
+    raise NodemeshError(f"pod {namespace}/{pod} has no network namespace on {names}")
+
+
+def _scope(cluster_dir: str, node: str) -> str:
+    """The node's naming scope, as its datapath recorded it (``nodes/<node>/datapath.json``)."""
+    from services.datapath.pods.netns import scope_for
+
+    node_dir = Path(cluster_dir) / "nodes" / node
+    try:
+        return str(json.loads((node_dir / "datapath.json").read_text()).get("scope", ""))
+    except (OSError, ValueError, AttributeError):
+        return scope_for(str(node_dir))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -45,7 +59,9 @@ def _run(args: argparse.Namespace) -> int:
         args.namespace, args.node = ns.namespace, ns.node
     if not cmd:
         raise NodemeshError("no command given: nodemesh exec POD -- CMD…")
-    nodes = [args.node] if args.node else [n.name for n in load_cluster(args.data_dir).nodes]
+    cluster = load_cluster(args.data_dir)
+    names = [args.node] if args.node else [n.name for n in cluster.nodes]
+    nodes = [(n, _scope(cluster.data_dir, n)) for n in names]
     path = find_netns(args.pod, args.namespace, nodes)
     nsenter = shutil.which("nsenter")
     if nsenter is None:

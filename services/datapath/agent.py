@@ -64,6 +64,7 @@ class Agent:
         self.writer: PolicyWriter | None = None
         self.engine = PolicyEngine()
         self.node_ids = NodeIds(self.data / "nodeids.json", self.node)
+        self.scope = loader.scope
         self.pods: PodManager | None = None
         self.pod_cidr = cfg.pod_cidr
         self.node_ip = cfg.node_ip
@@ -93,6 +94,7 @@ class Agent:
                 on_removed=self._ep_removed,
                 report=self._report_pod,
                 run_containers=self.cfg.local_mode,
+                scope=self.scope,
             )
         return self.pods
 

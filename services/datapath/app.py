@@ -25,24 +25,31 @@ from services.datapath.config import DatapathConfig
 from services.datapath.events import EventPump
 from services.datapath.kvwatch import watch_bucket
 from services.datapath.loader import Loader
+from services.datapath.pods.netns import scope_for
 
 __all__ = ["main", "write_state"]
 
 
-def write_state(cfg: DatapathConfig, pin_dir: str) -> None:
-    """What ``cleanup_all`` needs to remove everything this node made, even after a crash."""
+def write_state(cfg: DatapathConfig, pin_dir: str, scope: str) -> None:
+    """What ``cleanup_all`` (and ``nodemesh exec``) need to find everything this node made."""
     d = Path(cfg.data_dir)
     d.mkdir(parents=True, exist_ok=True)
-    state = {"node": cfg.node, "pin_dir": pin_dir, "node_ip": cfg.node_ip, "local_mode": cfg.local_mode}
+    state: dict[str, str | bool] = {
+        "node": cfg.node,
+        "scope": scope,
+        "pin_dir": pin_dir,
+        "node_ip": cfg.node_ip,
+    }
+    state["local_mode"] = cfg.local_mode
     (d / "datapath.json").write_text(json.dumps(state))
 
 
 async def main(svc: Service) -> None:
     cfg = svc.cfg
     assert isinstance(cfg, DatapathConfig)
-    loader = Loader(cfg.node, pin_root=cfg.pin_root)
+    loader = Loader(cfg.node, pin_root=cfg.pin_root, scope=cfg.scope or scope_for(cfg.data_dir))
     agent = Agent(cfg, svc.bus, loader)
-    write_state(cfg, loader.pin_dir)
+    write_state(cfg, loader.pin_dir, loader.scope)
     await asyncio.to_thread(agent.load)
     svc.log.info("programs loaded", extra={"pin_dir": loader.pin_dir, "reused_pins": loader.reused_pins})
 
@@ -59,6 +66,7 @@ async def main(svc: Service) -> None:
             Identity,
             lambda k, new, _old: agent.on_identity(k, new),
             synced["identities"],
+            keys="id.>",  # the labels.<hash> index keys hold IdentityRefs, not Identities
         ),
         "kv-identities",
     )

@@ -9,9 +9,11 @@ Idempotent; never raises for something already gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -32,6 +34,7 @@ def cleanup_node(node_dir: Path) -> None:
     except (FileNotFoundError, ValueError):
         return
     node = str(state.get("node", ""))
+    scope = str(state.get("scope", ""))
     try:
         pods = json.loads((node_dir / "ipam.json").read_text()).get("pods", {})
     except (FileNotFoundError, ValueError, AttributeError):
@@ -39,12 +42,15 @@ def cleanup_node(node_dir: Path) -> None:
     for key in pods:
         ns, _, name = str(key).partition("/")
         try:
-            delete_pod_netns(netns_name(node, ns, name), host_ifname(node, ns, name))
+            delete_pod_netns(netns_name(node, ns, name, scope), host_ifname(node, ns, name, scope))
         except Exception as e:
             log.warning("removing pod %s: %s", key, e)
     pin_dir = str(state.get("pin_dir", ""))
     if pin_dir.startswith("/sys/fs/bpf/"):
         shutil.rmtree(pin_dir, ignore_errors=True)
+        if scope and os.path.basename(os.path.dirname(pin_dir)) == scope:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(pin_dir))  # the scope dir, once its last node is gone
     node_ip = str(state.get("node_ip", ""))
     if state.get("local_mode") and node_ip.startswith("127.") and node_ip != "127.0.0.1":
         with IPRoute() as ipr:

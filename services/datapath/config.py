@@ -16,6 +16,8 @@ class DatapathConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fi
     """Run each pod's first container in its netns (no container runtime) and add the node address."""
     pin_root: str = "/sys/fs/bpf/nodemesh"
     """bpffs directory; maps are pinned in ``<pin_root>/<node>/``."""
+    scope: str = ""
+    """Token in netns, link and pin names; empty = derived from data_dir (see pods.netns.scope_for)."""
     cluster_name: str = "default"
     event_queue_batches: int = 4096
     """Batches of ring-buffer events held for publishing before further ones are counted as lost."""

@@ -30,9 +30,10 @@ async def watch_bucket(
     tp: type[T],
     on_update: Callable[[str, T | None, T | None], None],
     synced: asyncio.Event,
+    keys: str = ">",
 ) -> None:
     kv = await bus.kv(bucket)
-    watcher: Any = await kv.watchall()
+    watcher: Any = await kv.watch(keys)
     current: dict[str, T] = {}
     try:
         while True:

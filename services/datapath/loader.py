@@ -20,7 +20,23 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from services.datapath.maps import BPFFS_ROOT, Event, NodeMaps, pin_dir
+from services.datapath.bpfsys import MapFd
+from services.datapath.maps import (
+    BPFFS_ROOT,
+    AuthKey,
+    AuthValue,
+    CtEntry,
+    CtKey,
+    EndpointInfo,
+    EndpointKey,
+    Event,
+    IPCacheKey,
+    IPCacheValue,
+    NodeMaps,
+    PolicyKeyC,
+    PolicyValueC,
+    pin_dir,
+)
 
 __all__ = ["BPF_DIR", "Loader", "attach_tc", "detach_tc"]
 
@@ -34,6 +50,14 @@ _HANDLE = 1
 # BCC's compiler (LLVM) is not thread-safe: two loaders in one process (tests with two simulated
 # nodes) must not compile at the same time.
 _COMPILE_LOCK = threading.Lock()
+PINNED_LAYOUT: dict[str, tuple[type[ctypes.Structure], type[ctypes.Structure] | type[ctypes.c_uint32]]] = {
+    "nm_endpoints": (EndpointKey, EndpointInfo),
+    "nm_ipcache": (IPCacheKey, IPCacheValue),
+    "nm_policy": (PolicyKeyC, PolicyValueC),
+    "nm_ct": (CtKey, CtEntry),
+    "nm_auth": (AuthKey, AuthValue),
+    "nm_config": (ctypes.c_uint32, ctypes.c_uint32),  # type: ignore[dict-item]
+}
 
 
 def attach_tc(ifindex: int, from_fd: int, to_fd: int, ipr: IPRoute | None = None) -> None:
@@ -88,9 +112,12 @@ class Loader:
         pin_root: str = BPFFS_ROOT,
         bpf_dir: Path = BPF_DIR,
         defines: dict[str, int] | None = None,
+        scope: str = "",
     ) -> None:
         self.node = node
-        self.pin_dir = pin_dir(node, pin_root)
+        self.scope = scope
+        # <root>/<scope>/<node>: one directory per agent, so two local clusters never share maps
+        self.pin_dir = pin_dir(node, os.path.join(pin_root, scope) if scope else pin_root)
         self.bpf_dir = bpf_dir
         self.defines = defines or {}
         self.bpf: Any = None
@@ -103,8 +130,9 @@ class Loader:
     def load(self) -> NodeMaps:
         from bcc import BPF  # imported here: only the privileged agent needs BCC
 
-        self.reused_pins = os.path.exists(os.path.join(self.pin_dir, "nm_policy"))
         os.makedirs(self.pin_dir, exist_ok=True)
+        self._drop_incompatible_pins()
+        self.reused_pins = os.path.exists(os.path.join(self.pin_dir, "nm_policy"))
         cflags = [f"-I{self.bpf_dir}", f'-DNM_PIN_DIR="{self.pin_dir}"', "-Wno-macro-redefined"]
         cflags += [f"-D{k}={v}" for k, v in self.defines.items()]
         with _COMPILE_LOCK:
@@ -114,6 +142,25 @@ class Loader:
         self.maps = NodeMaps(self.pin_dir)
         log.info("programs loaded", extra={"pin_dir": self.pin_dir, "reused_pins": self.reused_pins})
         return self.maps
+
+    def _drop_incompatible_pins(self) -> None:
+        """A pin left by a build with another struct layout cannot be reused (BCC would refuse to
+        load): unpin it so a fresh map is created. The agent rewrites every entry once synced."""
+        for name, (key_t, value_t) in PINNED_LAYOUT.items():
+            path = os.path.join(self.pin_dir, name)
+            if not os.path.exists(path):
+                continue
+            try:
+                m = MapFd.pinned(path)
+            except OSError:
+                continue
+            try:
+                same = (m.key_size, m.value_size) == (ctypes.sizeof(key_t), ctypes.sizeof(value_t))
+            finally:
+                m.close()
+            if not same:
+                log.warning("pinned map has another layout; recreating it", extra={"map": path})
+                os.unlink(path)
 
     def attach(self, ifindex: int, ipr: IPRoute | None = None) -> None:
         attach_tc(ifindex, self.from_fd, self.to_fd, ipr)

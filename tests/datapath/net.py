@@ -166,3 +166,10 @@ def wait_for(cond: object, timeout: float = 15.0, interval: float = 0.05) -> boo
             return True
         time.sleep(interval)
     return bool(cond())  # type: ignore[operator]
+
+
+def eventually(check: object, *args: object, timeout: float = 20.0) -> bool:
+    """An allow check that tolerates a loaded machine: retry ``check(*args)`` until it succeeds.
+
+    Deny checks stay single-shot and are backed by the drop counter for the expected reason."""
+    return wait_for(lambda: check(*args), timeout=timeout, interval=0.2)  # type: ignore[operator]

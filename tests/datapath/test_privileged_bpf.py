@@ -13,7 +13,7 @@ import pytest
 from services.datapath.maps import EVT_DROP, EVT_TRACE
 from services.datapath.policy.model import EndpointPolicy, PolicyKey, PolicyValue
 from tests.datapath.conftest import TNode, ingress_policy
-from tests.datapath.net import echo, ping_ok, servers, tcp_ok, tcp_open, udp_ok, wait_for
+from tests.datapath.net import echo, eventually, ping_ok, servers, tcp_ok, tcp_open, udp_ok, wait_for
 
 pytestmark = pytest.mark.privileged
 
@@ -33,9 +33,9 @@ def test_privileged_no_policy_allows_everything(make_node, subnet) -> None:  # t
     a = n.add_pod("a", subnet + "2", 1001)
     b = n.add_pod("b", subnet + "3", 1002)
     with servers(a.ns, tcp=(80,), udp=(53,)):
-        assert tcp_ok(b.ns, a.ip, 80)
-        assert udp_ok(b.ns, a.ip, 53)
-        assert ping_ok(b.ns, a.ip)
+        assert eventually(tcp_ok, b.ns, a.ip, 80)
+        assert eventually(udp_ok, b.ns, a.ip, 53)
+        assert eventually(ping_ok, b.ns, a.ip)
     assert n.drops() == {}
 
 
@@ -57,10 +57,10 @@ def test_privileged_allow_deny_matrix_tcp_udp_icmp(make_node, subnet) -> None:  
     )
     with servers(a.ns, tcp=(80, 81), udp=(53, 54)):
         before = n.drops()
-        assert tcp_ok(b.ns, a.ip, 80)  # L3+L4 allow; the reply passes through CT
-        assert udp_ok(b.ns, a.ip, 53)  # L4-only allow
-        assert udp_ok(c.ns, a.ip, 53)
-        assert ping_ok(b.ns, a.ip)  # ICMP echo (type 8) allowed, echo reply passes as a reply
+        assert eventually(tcp_ok, b.ns, a.ip, 80)  # L3+L4 allow; the reply passes through CT
+        assert eventually(udp_ok, b.ns, a.ip, 53)  # L4-only allow
+        assert eventually(udp_ok, c.ns, a.ip, 53)
+        assert eventually(ping_ok, b.ns, a.ip)  # ICMP echo (type 8) allowed, echo reply passes as a reply
         assert not tcp_ok(c.ns, a.ip, 80)  # identity not allowed
         assert not tcp_ok(b.ns, a.ip, 81)  # port not allowed
         assert not udp_ok(b.ns, a.ip, 54)
@@ -68,7 +68,7 @@ def test_privileged_allow_deny_matrix_tcp_udp_icmp(make_node, subnet) -> None:  
         assert denied(n, POLICY_DENIED, before)
         # a's egress is not enforced: a reaches b freely
     with servers(b.ns, tcp=(9000,)):
-        assert tcp_ok(a.ns, b.ip, 9000)
+        assert eventually(tcp_ok, a.ns, b.ip, 9000)
     drops = [e for e in n.events if e.type == EVT_DROP]
     assert {(e.proto, socket.ntohs(e.dport) if e.proto != ICMP else e.icmp_type) for e in drops} >= {
         (TCP, 80),
@@ -97,7 +97,7 @@ def test_privileged_deny_beats_allow_and_precedence(make_node, subnet) -> None: 
     )
     with servers(a.ns, tcp=(80, 81)):
         before = n.drops()
-        assert tcp_ok(c.ns, a.ip, 81)
+        assert eventually(tcp_ok, c.ns, a.ip, 81)
         assert not tcp_ok(c.ns, a.ip, 80)
         assert not tcp_ok(b.ns, a.ip, 81)
         assert not tcp_ok(b.ns, a.ip, 80)
@@ -119,9 +119,9 @@ def test_privileged_port_ranges_and_egress(make_node, subnet) -> None:  # type: 
     }
     n.set_policy(b, EndpointPolicy(egress_enforced=True, entries=entries))
     with servers(a.ns, tcp=(8079, 8080, 8083, 8084, 9002, 9003)):
-        assert tcp_ok(b.ns, a.ip, 8080)
-        assert tcp_ok(b.ns, a.ip, 8083)
-        assert tcp_ok(b.ns, a.ip, 9002)
+        assert eventually(tcp_ok, b.ns, a.ip, 8080)
+        assert eventually(tcp_ok, b.ns, a.ip, 8083)
+        assert eventually(tcp_ok, b.ns, a.ip, 9002)
         before = n.drops()
         assert not tcp_ok(b.ns, a.ip, 8079)
         assert not tcp_ok(b.ns, a.ip, 8084)
@@ -149,7 +149,7 @@ def test_privileged_policy_change_on_live_endpoint(make_node, subnet) -> None:  
         assert denied(n, POLICY_DENIED, before)
         # and granted again
         n.set_policy(a, allow)
-        assert tcp_ok(b.ns, a.ip, 80)
+        assert eventually(tcp_ok, b.ns, a.ip, 80)
 
 
 def test_privileged_trace_events_aggregated_per_connection(make_node, subnet) -> None:  # type: ignore[no-untyped-def]

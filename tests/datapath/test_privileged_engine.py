@@ -16,7 +16,7 @@ from services.datapath.maps import IPCacheValue
 from services.datapath.policy.incremental import Changes, PolicyEngine
 from services.datapath.policy.model import Endpoint
 from tests.datapath.conftest import TNode, TPod
-from tests.datapath.net import ping_ok, servers, tcp_ok, udp_ok, wait_for
+from tests.datapath.net import eventually, ping_ok, servers, tcp_ok, udp_ok, wait_for
 
 pytestmark = pytest.mark.privileged
 
@@ -87,9 +87,9 @@ spec:
     icmps: [{fields: [{type: 8, family: IPv4}]}]
 """)
     with servers(web.ns, tcp=(80, 81), udp=(53,)):
-        assert tcp_ok(client.ns, web.ip, 80)
-        assert udp_ok(client.ns, web.ip, 53)
-        assert ping_ok(client.ns, web.ip)
+        assert eventually(tcp_ok, client.ns, web.ip, 80)
+        assert eventually(udp_ok, client.ns, web.ip, 53)
+        assert eventually(ping_ok, client.ns, web.ip)
         assert not tcp_ok(client.ns, web.ip, 81)
         assert not tcp_ok(other.ns, web.ip, 80)
         assert not udp_ok(other.ns, web.ip, 53)
@@ -99,7 +99,7 @@ spec:
         assert wait_for(lambda: cluster.node.drops().get(133, 0) >= 5)
         # live change: the policy goes, web is no longer selected, everything flows again
         cluster.delete("CiliumNetworkPolicy", "default", "web")
-        assert tcp_ok(other.ns, web.ip, 81)
+        assert eventually(tcp_ok, other.ns, web.ip, 81)
 
 
 def test_privileged_deny_policies_win(cluster: Cluster) -> None:
@@ -124,8 +124,8 @@ spec:
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 """)
     with servers(web.ns, tcp=(80, 81)):
-        assert tcp_ok(other.ns, web.ip, 80)
-        assert tcp_ok(client.ns, web.ip, 81)
+        assert eventually(tcp_ok, other.ns, web.ip, 80)
+        assert eventually(tcp_ok, client.ns, web.ip, 81)
         assert not tcp_ok(client.ns, web.ip, 80)
         assert wait_for(lambda: cluster.node.drops().get(181, 0) > 0)
 
@@ -144,8 +144,8 @@ spec:
     ports: [{protocol: TCP, port: 8080, endPort: 8083}]
 """)
     with servers(web.ns, tcp=(8080, 8083, 8084)):
-        assert tcp_ok(prod.ns, web.ip, 8080)
-        assert tcp_ok(prod.ns, web.ip, 8083)
+        assert eventually(tcp_ok, prod.ns, web.ip, 8080)
+        assert eventually(tcp_ok, prod.ns, web.ip, 8083)
         assert not tcp_ok(prod.ns, web.ip, 8084)
         assert not tcp_ok(client.ns, web.ip, 8080)
         assert wait_for(lambda: cluster.node.drops().get(133, 0) >= 2)
@@ -167,7 +167,7 @@ spec:
     toPorts: [{{ports: [{{port: "80", protocol: TCP}}]}}]
 """)
     with servers(web.ns, tcp=(80, 81)), servers(other.ns, tcp=(80,)):
-        assert tcp_ok(client.ns, web.ip, 80)
+        assert eventually(tcp_ok, client.ns, web.ip, 80)
         assert not tcp_ok(client.ns, web.ip, 81)
         assert not tcp_ok(client.ns, other.ip, 80)
         assert wait_for(lambda: cluster.node.drops().get(133, 0) >= 2)

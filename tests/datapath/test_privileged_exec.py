@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -32,7 +33,11 @@ def test_privileged_exec_runs_in_pod_netns(tmp_path: Path, subnet: str) -> None:
     url = "nats://127.0.0.1:1"
     info = ClusterInfo(data_dir=str(tmp_path), nats_url=url, api_url=url, xds_addr="127.0.0.1:1", nodes=specs)
     (tmp_path / "run" / "cluster.json").write_bytes(msgspec.json.encode(info))
-    ns, ifname = netns_name(nodes[1], "team", "web"), host_ifname(nodes[1], "team", "web")
+    # the node's datapath records its naming scope; exec must use it
+    node_dir = tmp_path / "nodes" / nodes[1]
+    node_dir.mkdir(parents=True)
+    (node_dir / "datapath.json").write_text(json.dumps({"node": nodes[1], "scope": "abc123"}))
+    ns, ifname = netns_name(nodes[1], "team", "web", "abc123"), host_ifname(nodes[1], "team", "web", "abc123")
     create_pod_netns(ns, ifname, subnet + "9")
     try:
         out = _nodemesh(

@@ -9,7 +9,7 @@ import pytest
 from services.datapath.maps import EVT_AUTH_REQUIRED, STAT_AUTH_SUPPRESSED, AuthKey, IPCacheValue
 from services.datapath.policy.model import PolicyKey, PolicyValue
 from tests.datapath.conftest import TNode, ingress_policy
-from tests.datapath.net import echo, servers, tcp_ok, tcp_open, udp_ok, wait_for
+from tests.datapath.net import echo, eventually, servers, tcp_ok, tcp_open, udp_ok, wait_for
 
 pytestmark = pytest.mark.privileged
 
@@ -36,7 +36,7 @@ def test_privileged_restart_keeps_enforcing(make_node, subnet) -> None:  # type:
             k: v for k, v in n.writer.current.items() if v
         } == written  # the new agent sees exactly what was enforced
         assert echo(conn, b"after-restart")  # conntrack survived: the allowed flow keeps flowing
-        assert tcp_ok(b.ns, a.ip, 80)
+        assert eventually(tcp_ok, b.ns, a.ip, 80)
         assert not tcp_ok(b.ns, a.ip, 81)  # denied stays denied
         assert wait_for(lambda: n.drops().get(POLICY_DENIED, 0) > 0)
         conn.close()
@@ -71,7 +71,7 @@ def test_privileged_auth_required_then_granted(make_node, subnet) -> None:  # ty
         assert after - before < 30
         # authd's verdict lands in the auth map: traffic passes
         n.maps.set_auth(key, time.monotonic_ns() + 60 * 10**9)
-        assert tcp_ok(b.ns, a.ip, 80)
+        assert eventually(tcp_ok, b.ns, a.ip, 80)
         conn = tcp_open(b.ns, a.ip, 80)
         assert echo(conn)
         # expiry (or revocation) cuts even the established flow
@@ -99,9 +99,49 @@ def test_privileged_two_nodes_cross_node_policy_and_auth(make_node, subnet) -> N
             AuthKey(local_identity=1002, remote_identity=1001, remote_node_id=5, auth_type=1),
             time.monotonic_ns() + 60 * 10**9,
         )
-        assert tcp_ok(a.ns, b.ip, 80)
+        assert eventually(tcp_ok, a.ns, b.ip, 80)
         assert not tcp_ok(a.ns, b.ip, 81)
         assert wait_for(lambda: y.drops().get(POLICY_DENIED, 0) > 0)
     # both enforcement points saw the flow: egress trace on x, ingress trace on y
     assert any(e.dir == 1 and e.type == 4 for e in x.events)
     assert any(e.dir == 0 and e.type == 4 for e in y.events)
+
+
+def test_privileged_pin_with_old_layout_is_replaced(pin_root: str) -> None:
+    """A pin from a build with another struct layout must not stop the agent from starting."""
+    import os
+    import subprocess
+
+    from services.datapath.bpfsys import MapFd
+    from services.datapath.loader import Loader
+
+    node_dir = os.path.join(pin_root, "old")
+    os.makedirs(node_dir)
+    path = os.path.join(node_dir, "nm_config")
+    subprocess.run(
+        [
+            "bpftool",
+            "map",
+            "create",
+            path,
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "4",
+            "name",
+            "nm_config",
+        ],
+        check=True,
+    )
+    loader = Loader("old", pin_root=pin_root)
+    try:
+        loader.load()
+        m = MapFd.pinned(path)
+        assert (m.key_size, m.value_size) == (4, 4)
+        m.close()
+    finally:
+        loader.close()

@@ -26,7 +26,7 @@ from services.datapath.app import main as datapath_main
 from services.datapath.cleanup import cleanup_all
 from services.datapath.config import DatapathConfig
 from services.datapath.maps import NodeMaps, PolicyKeyC
-from services.datapath.pods.netns import netns_exists, netns_name
+from services.datapath.pods.netns import netns_exists, netns_name, scope_for
 from tests.datapath import k8s
 from tests.datapath.net import tcp_ok
 
@@ -98,6 +98,9 @@ class Harness:
             assert await asyncio.wait_for(self.task, 30) == 0
             self.task = None
 
+    def netns(self, pod: str) -> str:
+        return netns_name(self.cfg.node, "default", pod, scope_for(self.cfg.data_dir))
+
     def pod_status(self, name: str) -> dict[str, Any] | None:
         hist = self.status.get(f"Pod/default/{name}")
         return hist[-1] if hist else None
@@ -163,7 +166,7 @@ async def test_privileged_service_pods_policy_flows_auth(harness: Harness, bus: 
     await k8s.put_identity(bus, 70002, ["k8s:app=client", "k8s:io.kubernetes.pod.namespace=default"])
     await k8s.put_ipcache(bus, server_ip, 70001, node, "default", "server")
     await k8s.put_ipcache(bus, client_ip, 70002, node, "default", "client")
-    client_ns = netns_name(node, "default", "client")
+    client_ns = h.netns("client")
     await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
     assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
     drop = await k8s.until(
@@ -208,14 +211,14 @@ async def test_privileged_service_pods_policy_flows_auth(harness: Harness, bus: 
     await k8s.put_obj(bus, CNP_BAD)
     st = await k8s.until(lambda: h.status.get("CiliumNetworkPolicy/default/bad"))
     assert st[-1]["conditions"][0]["status"] == "False" and "port" in st[-1]["conditions"][0]["message"]
-    assert await asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080)
+    await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
     assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
 
     # the pod goes: netns, veth, endpoint and policy entries go with it
-    maps = NodeMaps(os.path.join(h.cfg.pin_root, node))
+    maps = NodeMaps(os.path.join(h.cfg.pin_root, scope_for(h.cfg.data_dir), node))
     try:
         before_eps = len(list(maps.endpoint_items()))
-        server_ns = netns_name(node, "default", "server")
+        server_ns = h.netns("server")
         await k8s.del_obj(bus, "Pod", "default", "server")
         await k8s.until(lambda: not netns_exists(server_ns), 30)
         await k8s.until(lambda: len(list(maps.endpoint_items())) == before_eps - 1, 30)
@@ -238,21 +241,21 @@ async def test_privileged_service_restart_keeps_addresses_and_enforcement(harnes
     client_ip = await k8s.until(lambda: h.ready_ip("client"), 60)
     await k8s.put_ipcache(bus, server_ip, 70001, node, "default", "server")
     await k8s.put_ipcache(bus, client_ip, 70002, node, "default", "client")
-    client_ns = netns_name(node, "default", "client")
+    client_ns = h.netns("client")
     await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
     await h.shutdown()
     # agent down: the programs still enforce (the workloads stopped with it: start a listener by hand)
     from tests.datapath.net import servers
 
-    server_ns = netns_name(node, "default", "server")
+    server_ns = h.netns("server")
     with servers(server_ns, tcp=(8080, 9090)):
-        assert await asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080)
+        await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
         assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
     h.status.clear()
     h.start()
     assert await k8s.until(lambda: h.ready_ip("server"), 60) == server_ip
     assert await k8s.until(lambda: h.ready_ip("client"), 60) == client_ip
-    assert await asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080)
+    await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
     assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
 
 
@@ -299,7 +302,7 @@ async def test_privileged_two_nodes_cross_node_auth(two_nodes: tuple[Harness, Ha
     server_ip = await k8s.until(lambda: y.ready_ip("server"), 60)
     await k8s.put_ipcache(bus, server_ip, 70001, y.cfg.node, "default", "server")
     await k8s.put_ipcache(bus, client_ip, 70002, x.cfg.node, "default", "client")
-    client_ns = netns_name(x.cfg.node, "default", "client")
+    client_ns = x.netns("client")
     # plain allow across nodes: through x's from-pod and y's to-pod
     await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
     # auth required: y (the enforcing node) signals, naming x as the remote node

@@ -65,8 +65,10 @@ class PodManager:
         on_removed: EndpointHook,
         report: StatusReport,
         run_containers: bool = True,
+        scope: str = "",
     ) -> None:
         self.node = node
+        self.scope = scope
         self.ipam = ipam
         self.log_dir = log_dir
         self.on_added = on_added
@@ -77,7 +79,10 @@ class PodManager:
         self._lock = asyncio.Lock()
 
     def names(self, namespace: str, name: str) -> tuple[str, str]:
-        return netns_name(self.node, namespace, name), host_ifname(self.node, namespace, name)
+        return (
+            netns_name(self.node, namespace, name, self.scope),
+            host_ifname(self.node, namespace, name, self.scope),
+        )
 
     async def add(self, pod: dict[str, Any]) -> PodEndpoint | None:
         meta = pod.get("metadata") or {}

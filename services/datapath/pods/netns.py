@@ -34,6 +34,7 @@ __all__ = [
     "netns_name",
     "netns_path",
     "netns_socket",
+    "scope_for",
 ]
 
 GATEWAY = "169.254.1.1"
@@ -46,14 +47,22 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()
 
 
-def netns_name(node: str, namespace: str, pod: str) -> str:
-    """``nm-<hash>``: stable per (node, namespace, pod), so a restarted agent finds it again."""
-    return f"nm-{_digest(node, namespace, pod)[:16]}"
+def scope_for(data_dir: str) -> str:
+    """A short token naming one agent's state (its data dir): several local clusters on one machine
+    may all have a ``node-1`` with a ``default/web`` pod, and must not share netns, links or pins."""
+    return hashlib.sha256(os.path.realpath(data_dir).encode()).hexdigest()[:8]
 
 
-def host_ifname(node: str, namespace: str, pod: str) -> str:
+def netns_name(node: str, namespace: str, pod: str, scope: str = "") -> str:
+    """``nm-<hash>``: stable per (scope, node, namespace, pod), so a restarted agent finds it again."""
+    parts = (scope, node, namespace, pod) if scope else (node, namespace, pod)
+    return f"nm-{_digest(*parts)[:16]}"
+
+
+def host_ifname(node: str, namespace: str, pod: str, scope: str = "") -> str:
     """``lxc<11 hex>`` (14 characters, within IFNAMSIZ)."""
-    return f"lxc{_digest(node, namespace, pod)[:11]}"
+    parts = (scope, node, namespace, pod) if scope else (node, namespace, pod)
+    return f"lxc{_digest(*parts)[:11]}"
 
 
 def netns_path(name: str) -> str:
