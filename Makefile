@@ -41,6 +41,9 @@ fmt: install ## Format the code
 	$(VENV)/bin/ruff format nodemesh services tests bench
 	$(VENV)/bin/ruff check --fix nodemesh services tests bench
 
+compose: install ## Regenerate deploy/compose/compose.yaml from the local process table
+	$(PY) -m nodemesh.local.compose > deploy/compose/compose.yaml
+
 down: ## Stop a mesh started with `make demo`
 	-$(NM) down --data-dir .data
 
@@ -56,4 +59,4 @@ bench: install ## Run every benchmark (interleaved A/B); results go into docs/be
 help: ## This help
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2} /^##@/ {printf "\n%s\n", substr($$0, 5)}' $(MAKEFILE_LIST)
 
-.PHONY: demo test install check fmt down conformance bench help
+.PHONY: demo test install check fmt compose down conformance bench help
