@@ -8,6 +8,7 @@ and hand results back to the manager on the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -64,7 +65,9 @@ class AuthServer:
         an accepting thread and a worker); results go back to the loop."""
         assert self.sock is not None
         sock = self.sock
-        sock.settimeout(0.5)
+        # Blocking accept (no timeout): the kernel wakes exactly one waiting thread per connection;
+        # with a timeout Python polls, and every thread would wake for every connection.
+        sock.settimeout(None)
         loop = asyncio.get_running_loop()
         stop = threading.Event()
 
@@ -72,8 +75,6 @@ class AuthServer:
             while not stop.is_set():
                 try:
                     conn, addr = sock.accept()
-                except TimeoutError:
-                    continue
                 except OSError:
                     if stop.is_set():
                         return
@@ -95,6 +96,8 @@ class AuthServer:
             await asyncio.Event().wait()
         finally:
             stop.set()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes every thread blocked in accept()
             for t in threads:
                 await loop.run_in_executor(None, t.join, 1.0)
             sock.close()
