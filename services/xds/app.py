@@ -170,9 +170,11 @@ class XdsApp:
             suspects = set(self._suspects)
         self._suspects.clear()
         nodes, now = tuple(self.nodes()), _now()
+        als = self.cfg.access_log_cluster
 
         def run(objects: dict[str, list[dict[str, Any]]]) -> tuple[Translation, Snapshots]:
-            return _translate(TranslateInput(objects=objects, nodes=nodes, now=now))
+            inp = TranslateInput(objects=objects, nodes=nodes, now=now, access_log_cluster=als)
+            return _translate(inp)
 
         started = time.perf_counter()
         try:

@@ -1,8 +1,10 @@
 """The bootstrap of a per-node Envoy: node id = node name, everything dynamic over ADS from xds.
 
 Envoy fetches listeners and clusters over one aggregated gRPC stream (Delta by default, SotW with
-``delta=False``); routes, endpoints and secrets follow from them over the same stream. The only
-static resource is the ``xds`` cluster (HTTP/2 to the ADS server). Admin listens on loopback only.
+``delta=False``); routes, endpoints and secrets follow from them over the same stream. The
+static resources are the ``xds`` cluster (HTTP/2 to the ADS server) and ``nodemesh-als``, the node's
+gRPC access log service that turns HTTP access logs into L7 flows (docs/l7-visibility.md). Admin
+listens on loopback only.
 Gateway listeners bind the Gateway's address (127.0.100.x in local mode); several node Envoys bind the
 same address:port through SO_REUSEPORT (``Listener.enable_reuse_port``, default on Linux), which the
 kernel allows across processes of one uid — see docs/xds.md.
@@ -13,9 +15,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-__all__ = ["XDS_CLUSTER", "render_bootstrap"]
+__all__ = ["ALS_CLUSTER", "XDS_CLUSTER", "render_bootstrap"]
 
 XDS_CLUSTER = "xds"
+#: The access log service cluster translated HTTP connection managers log to (TranslateInput).
+ALS_CLUSTER = "nodemesh-als"
 _HTTP_OPTIONS_NAME = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _HTTP_OPTIONS = "type.googleapis.com/" + _HTTP_OPTIONS_NAME
 
@@ -37,16 +41,22 @@ def render_bootstrap(
     delta: bool = True,
     cluster: str = "nodemesh",
     access_log_path: str = "",
+    als_port: int | None = None,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (as a JSON-shaped dict) for ``node`` talking ADS to ``xds_host:xds_port``.
 
     ``admin_port`` 0 lets Envoy pick one (read it back with ``--admin-address-path``).
     ``access_log_path`` (optional) logs admin requests there; L7 flow logs come with the listeners.
+    ``als_port``: the node's access log service on ``127.0.0.1:als_port``. The ``nodemesh-als`` cluster
+    exists either way (without endpoints when None), so listeners that log to it are always accepted;
+    their logs are then dropped by Envoy.
     """
     if not node:
         raise ValueError("node name is required")
     if not 0 < xds_port < 65536 or not 0 <= admin_port < 65536:
         raise ValueError("ports must be in 1..65535 (admin may be 0)")
+    if als_port is not None and not 0 < als_port < 65536:
+        raise ValueError("als_port must be in 1..65535")
     grpc_service = {
         "envoy_grpc": {
             "cluster_name": XDS_CLUSTER,
@@ -124,7 +134,27 @@ def render_bootstrap(
                             }
                         ],
                     },
-                }
+                },
+                _als_cluster(als_port),
             ]
         },
+    }
+
+
+def _als_cluster(port: int | None) -> dict[str, Any]:
+    lb: list[dict[str, Any]] = []
+    if port is not None:
+        addr = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+        lb = [{"lb_endpoints": [{"endpoint": {"address": addr}}]}]
+    return {
+        "name": ALS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS_NAME: {
+                "@type": _HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {"cluster_name": ALS_CLUSTER, "endpoints": lb},
     }

@@ -22,3 +22,6 @@ class XdsConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     (``any``) applied the listener versions serving it."""
     nodes: str = ""
     """Comma-separated node names whose Envoys count for ``all``; "" = the cluster's Node objects."""
+    access_log_cluster: str = "nodemesh-als"
+    """Envoy cluster (in every node's bootstrap) of the gRPC access log service that turns HTTP logs
+    into L7 flows; "" = generated HTTP listeners log nothing (docs/l7-visibility.md)."""

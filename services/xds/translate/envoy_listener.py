@@ -8,15 +8,17 @@ whenever a chain matches on TLS. HTTP connection managers fetch routes by RDS ov
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import address_pb2, protocol_pb2
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
-from google.protobuf import wrappers_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from .envoy_cluster import BLACKHOLE, blackhole_cluster
 from .envoy_common import ads, pack
@@ -27,7 +29,24 @@ from .types import CLUSTER, LISTENER, ROUTE, Translation
 __all__ = ["listener_resources"]
 
 
-def _hcm(stat_prefix: str, route_name: str) -> listener_components_pb2.Filter:
+def _access_log(cluster: str) -> accesslog_pb2.AccessLog:
+    """Every request, over gRPC to the node's access log service (L7 flows, docs/l7-visibility.md)."""
+    cfg = als_pb2.HttpGrpcAccessLogConfig(
+        common_config=als_pb2.CommonGrpcAccessLogConfig(
+            log_name="nodemesh",
+            transport_api_version=config_source_pb2.ApiVersion.V3,
+            grpc_service=grpc_service_pb2.GrpcService(
+                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=cluster)
+            ),
+            # Flows are for humans watching: flush within 250 ms instead of Envoy's 1 s.
+            buffer_flush_interval=duration_pb2.Duration(nanos=250_000_000),
+        ),
+        additional_request_headers_to_log=["traceparent"],
+    )
+    return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(cfg))
+
+
+def _hcm(stat_prefix: str, route_name: str, access_log_cluster: str = "") -> listener_components_pb2.Filter:
     m = hcm.HttpConnectionManager(
         stat_prefix=stat_prefix,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
@@ -39,6 +58,8 @@ def _hcm(stat_prefix: str, route_name: str) -> listener_components_pb2.Filter:
         # Keep the query and path exactly as sent: backends echo the raw request-URI.
         http_protocol_options=protocol_pb2.Http1ProtocolOptions(),
     )
+    if access_log_cluster:
+        m.access_log.append(_access_log(access_log_cluster))
     return listener_components_pb2.Filter(
         name="envoy.filters.network.http_connection_manager", typed_config=pack(m)
     )
@@ -65,7 +86,8 @@ def _misdirected(host: str) -> rc.VirtualHost:
     return vh
 
 
-def listener_resources(lm: ListenerModel, out: Translation) -> None:
+def listener_resources(lm: ListenerModel, out: Translation, access_log_cluster: str = "") -> None:
+    """``access_log_cluster`` ("" = none): every HTTP connection manager logs to it (gRPC ALS)."""
     lst = listener_pb2.Listener(
         name=lm.name,
         address=address_pb2.Address(
@@ -77,7 +99,8 @@ def listener_resources(lm: ListenerModel, out: Translation) -> None:
         lst.freebind.value = True
     needs_tls = bool(lm.tls or lm.passthrough)
     if lm.http is not None:
-        chain = listener_components_pb2.FilterChain(name="http", filters=[_hcm(lm.http.name, lm.http.name)])
+        hcm_filter = _hcm(lm.http.name, lm.http.name, access_log_cluster)
+        chain = listener_components_pb2.FilterChain(name="http", filters=[hcm_filter])
         if needs_tls:
             chain.filter_chain_match.transport_protocol = "raw_buffer"
         lst.filter_chains.append(chain)
@@ -91,7 +114,7 @@ def listener_resources(lm: ListenerModel, out: Translation) -> None:
                 secret_pb2.SdsSecretConfig(name=s, sds_config=ads())
             )
         chain = listener_components_pb2.FilterChain(
-            name=f"tls:{c.routes.name}", filters=[_hcm(c.routes.name, c.routes.name)]
+            name=f"tls:{c.routes.name}", filters=[_hcm(c.routes.name, c.routes.name, access_log_cluster)]
         )
         chain.filter_chain_match.transport_protocol = "tls"
         chain.filter_chain_match.server_names.extend(sorted(set(c.server_names)))

@@ -28,7 +28,7 @@ def run(inp: TranslateInput) -> Translation:
         gateway_status(st, inp, out)
     backendtls.policy_status(idx.backend_tls, model.gateways_of, inp, out, inp.controller_names[0])
     _extras(idx, inp, model, out)
-    envoy(idx, model, out)
+    envoy(idx, model, out, inp.access_log_cluster)
     return out
 
 
@@ -43,10 +43,10 @@ def _extras(idx: Index, inp: TranslateInput, model: Model, out: Translation) -> 
     cec.ingest(idx, inp, model, out)
 
 
-def envoy(idx: Index, model: Model, out: Translation) -> None:
+def envoy(idx: Index, model: Model, out: Translation, access_log_cluster: str = "") -> None:
     """Model → Listeners, RouteConfigurations, Clusters, ClusterLoadAssignments, Secrets."""
     for key in sorted(model.listeners):
-        listener_resources(model.listeners[key], out)
+        listener_resources(model.listeners[key], out, access_log_cluster)
     slices = slices_by_service(idx)
     for name in sorted(model.backends):
         b = model.backends[name]

@@ -57,6 +57,9 @@ class TranslateInput:
     shared_ingress_namespace: str = "kube-system"
     # Ingress mode when the annotation ``ingress.cilium.io/loadbalancer-mode`` is absent.
     default_ingress_mode: str = "dedicated"
+    # Static Envoy cluster of the per-node gRPC access log service (L7 flows, docs/l7-visibility.md);
+    # "" = no access log on the HTTP connection managers translation builds.
+    access_log_cluster: str = ""
 
     def of(self, kind: str) -> list[Obj]:
         return self.objects.get(kind, [])
