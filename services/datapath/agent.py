@@ -33,11 +33,19 @@ from services.datapath.pods.manager import PodEndpoint, PodManager, on_node
 from services.datapath.policy.incremental import Changes, PolicyEngine
 from services.datapath.policy.model import Endpoint, PolicyRef
 
-__all__ = ["POLICY_KINDS", "Agent", "pod_identity_labels"]
+__all__ = ["POLICY_KINDS", "Agent", "pod_identity_labels", "router_ip"]
 
 log = logging.getLogger("nodemesh.datapath")
 POLICY_KINDS = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy")
 ID_HOST, ID_REMOTE_NODE = 1, 6
+
+
+def router_ip(pod_cidr: str) -> str:
+    """The node's router IP: the first address of its pod CIDR (IPAM never hands it out)."""
+    try:
+        return str(next(ipaddress.IPv4Network(pod_cidr, strict=False).hosts()))
+    except (ValueError, StopIteration):
+        return ""
 
 
 def pod_identity_labels(
@@ -95,6 +103,7 @@ class Agent:
                 report=self._report_pod,
                 run_containers=self.cfg.local_mode,
                 scope=self.scope,
+                host_src=router_ip(self.pod_cidr) if self.cfg.local_mode else "",
             )
         return self.pods
 
@@ -290,6 +299,8 @@ class Agent:
         assert self.maps is not None
         if old is not None and (info is None or info.address != old.address):
             self.maps.del_ipcache(f"{old.address}/32")
+        if old is not None and (info is None or info.pod_cidr != old.pod_cidr) and router_ip(old.pod_cidr):
+            self.maps.del_ipcache(f"{router_ip(old.pod_cidr)}/32")
         if info is None:
             self.nodes.pop(key, None)
             return
@@ -311,6 +322,8 @@ class Agent:
             node_id=self.node_ids.id_of(info.name),
         )
         self.maps.set_ipcache(f"{info.address}/32", value)
+        if router_ip(info.pod_cidr):  # host-originated traffic toward pods leaves from here
+            self.maps.set_ipcache(f"{router_ip(info.pod_cidr)}/32", value)
 
     # --- auth ---------------------------------------------------------------------------------
     def _auth_key(self, v: AuthVerdict) -> AuthKey:
@@ -347,12 +360,17 @@ class Agent:
 
     # --- node address -------------------------------------------------------------------------
     def add_node_address(self) -> None:
-        """Local mode: the node address on ``lo`` (authd listens there)."""
-        if not self.cfg.local_mode or not self.node_ip or not self.node_ip.startswith("127."):
+        """Local mode: the node address (authd listens there) and the node's router IP (``.1`` of the
+        pod CIDR, the source of host → pod traffic) on ``lo``, scope host: a global-scope 127/8
+        address could be picked as the source toward pods, which the kernel refuses on a veth."""
+        if not self.cfg.local_mode:
             return
+        addrs = [a for a in (self.node_ip, router_ip(self.pod_cidr)) if a and a != "127.0.0.1"]
         with IPRoute() as ipr:
-            try:
-                ipr.addr("add", index=ipr.link_lookup(ifname="lo")[0], address=self.node_ip, prefixlen=32)
-            except NetlinkError as e:
-                if e.code != errno.EEXIST:
-                    raise
+            lo = ipr.link_lookup(ifname="lo")[0]
+            for a in addrs:
+                try:
+                    ipr.addr("add", index=lo, address=a, prefixlen=32, scope=254)
+                except NetlinkError as e:
+                    if e.code != errno.EEXIST:
+                        raise

@@ -20,7 +20,7 @@ from nodemesh.messages.auth import AuthVerdict
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
 from nodemesh.runtime import Service
 from nodemesh.streams import BUCKET_IDENTITIES, BUCKET_IPCACHE, BUCKET_NODES
-from services.datapath.agent import POLICY_KINDS, Agent
+from services.datapath.agent import POLICY_KINDS, Agent, router_ip
 from services.datapath.config import DatapathConfig
 from services.datapath.events import EventPump
 from services.datapath.kvwatch import watch_bucket
@@ -30,7 +30,7 @@ from services.datapath.pods.netns import scope_for
 __all__ = ["main", "write_state"]
 
 
-def write_state(cfg: DatapathConfig, pin_dir: str, scope: str) -> None:
+def write_state(cfg: DatapathConfig, pin_dir: str, scope: str, pod_cidr: str = "") -> None:
     """What ``cleanup_all`` (and ``nodemesh exec``) need to find everything this node made."""
     d = Path(cfg.data_dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -41,6 +41,7 @@ def write_state(cfg: DatapathConfig, pin_dir: str, scope: str) -> None:
         "node_ip": cfg.node_ip,
     }
     state["local_mode"] = cfg.local_mode
+    state["router_ip"] = router_ip(pod_cidr or cfg.pod_cidr)
     (d / "datapath.json").write_text(json.dumps(state))
 
 
@@ -95,6 +96,7 @@ async def main(svc: Service) -> None:
         for ev in synced.values():
             await ev.wait()
         agent.synced = True
+        write_state(cfg, loader.pin_dir, loader.scope, agent.pod_cidr)  # the CIDR may come from the Node
         await asyncio.to_thread(agent.add_node_address)
         await agent.reconcile()
         gate.set()

@@ -51,14 +51,17 @@ def cleanup_node(node_dir: Path) -> None:
         if scope and os.path.basename(os.path.dirname(pin_dir)) == scope:
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.dirname(pin_dir))  # the scope dir, once its last node is gone
-    node_ip = str(state.get("node_ip", ""))
-    if state.get("local_mode") and node_ip.startswith("127.") and node_ip != "127.0.0.1":
+    addrs = [str(state.get(k, "")) for k in ("node_ip", "router_ip")]
+    if state.get("local_mode"):
         with IPRoute() as ipr:
-            try:
-                ipr.addr("del", index=ipr.link_lookup(ifname="lo")[0], address=node_ip, prefixlen=32)
-            except NetlinkError as e:
-                if e.code not in (errno.EADDRNOTAVAIL, errno.ENOENT):
-                    log.warning("removing node address %s: %s", node_ip, e)
+            for a in addrs:
+                if not a or a == "127.0.0.1":
+                    continue
+                try:
+                    ipr.addr("del", index=ipr.link_lookup(ifname="lo")[0], address=a, prefixlen=32)
+                except NetlinkError as e:
+                    if e.code not in (errno.EADDRNOTAVAIL, errno.ENOENT):
+                        log.warning("removing address %s from lo: %s", a, e)
     for f in ("ipam.json", "datapath.json", "nodeids.json"):
         (node_dir / f).unlink(missing_ok=True)
 

@@ -66,9 +66,11 @@ class PodManager:
         report: StatusReport,
         run_containers: bool = True,
         scope: str = "",
+        host_src: str = "",
     ) -> None:
         self.node = node
         self.scope = scope
+        self.host_src = host_src
         self.ipam = ipam
         self.log_dir = log_dir
         self.on_added = on_added
@@ -97,7 +99,7 @@ class PodManager:
                 await self._remove_locked(key)
             alloc = self.ipam.allocate(key)
             nsname, ifname = self.names(ns, name)
-            link = await asyncio.to_thread(create_pod_netns, nsname, ifname, alloc.ip)
+            link = await asyncio.to_thread(create_pod_netns, nsname, ifname, alloc.ip, self.host_src)
             ep = PodEndpoint(key, ns, name, str(meta.get("uid", "")), alloc.ep_id, link, pod)
             self.endpoints[key] = ep
             try:

@@ -121,8 +121,12 @@ def _sysctl(path: str, value: str) -> None:
         fh.write(value)
 
 
-def create_pod_netns(name: str, host_if: str, ip: str) -> PodLink:
-    """Create (or adopt, when it already exists from a previous run) the pod's netns and veth."""
+def create_pod_netns(name: str, host_if: str, ip: str, host_src: str = "") -> PodLink:
+    """Create (or adopt, when it already exists from a previous run) the pod's netns and veth.
+
+    ``host_src``: the source address for host → pod traffic (the node's router IP, ``.1`` of its pod
+    CIDR, on ``lo``), so host-originated packets (the node's Envoy, probes from the host) carry an
+    address the ipcache knows as ``host`` / ``remote-node`` instead of whatever the kernel picks."""
     if not netns_exists(name):
         netns.create(name)
     with IPRoute() as ipr:
@@ -154,7 +158,10 @@ def create_pod_netns(name: str, host_if: str, ip: str) -> PodLink:
         ipr.link("set", index=host_idx, state="up")
         _sysctl(f"/proc/sys/net/ipv4/conf/{host_if}/forwarding", "1")
         ipr.neigh("replace", dst=ip, lladdr=pod_mac, ifindex=host_idx, state="permanent")
-        ipr.route("replace", dst=f"{ip}/32", oif=host_idx, scope="link")
+        if host_src:
+            ipr.route("replace", dst=f"{ip}/32", oif=host_idx, scope="link", prefsrc=host_src)
+        else:
+            ipr.route("replace", dst=f"{ip}/32", oif=host_idx, scope="link")
     return PodLink(name, host_if, host_idx, host_mac, pod_mac, ip)
 
 
