@@ -1,8 +1,9 @@
 """Ring buffer → NATS: a poller thread reads BPF events, the event loop publishes them.
 
 The thread hands batches to the loop; at most ``max_batches`` wait there, and a batch beyond that is
-dropped and counted (``lost_queue``), so with the kernel-side counter of failed ring-buffer reserves
-every event is either delivered or counted: delivered + lost = emitted.
+dropped and counted (``lost_queue``); an event NATS does not take is counted too (``lost_publish``),
+so with the kernel-side counter of failed ring-buffer reserves every event is either delivered or
+counted: delivered + lost = emitted.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class EventPump:
         self.max_batches = max_batches
         self.node = directory.node
         self.lost_queue = 0
+        self.lost_publish = 0
         self.delivered = 0
         self._batches: collections.deque[list[Event]] = collections.deque()
         self._ready = asyncio.Event()
@@ -115,13 +117,19 @@ class EventPump:
             while self._batches:
                 batch = self._batches.popleft()
                 for ev in batch:
-                    if ev.type == EVT_AUTH_REQUIRED:
-                        await nc.publish(auth_subject, encode(auth_required(ev, self.dir, time.time())))
+                    try:
+                        if ev.type == EVT_AUTH_REQUIRED:
+                            await nc.publish(auth_subject, encode(auth_required(ev, self.dir, time.time())))
+                            continue
+                        flow = event_to_flow(ev, self.dir, offset)
+                        await nc.publish(flow_subject, encode(flow))
+                    except Exception as e:  # NATS down or a full outbound buffer: count, keep going
+                        self.lost_publish += 1
+                        if self.lost_publish & (self.lost_publish - 1) == 0:  # log 1, 2, 4, 8, … times
+                            log.warning("publishing an event failed: %s", e)
                         continue
-                    flow = event_to_flow(ev, self.dir, offset)
-                    await nc.publish(flow_subject, encode(flow))
+                    self.delivered += 1
                     self._count(flow.verdict, int(ev.proto), int(ev.drop_reason))
-                self.delivered += len(batch)
                 await asyncio.sleep(0)
 
     def _count(self, verdict: str, proto: int, reason: int) -> None:
@@ -152,6 +160,7 @@ class _BpfCollector(Collector):
         )
         lost.add_metric(["perf_event_ring_buffer"], ld.stat(STAT_LOST_EVENTS))
         lost.add_metric(["observer_events_queue"], self.pump.lost_queue)
+        lost.add_metric(["nats_publish"], self.pump.lost_publish)
         yield lost
         drops = CounterMetricFamily(
             "nodemesh_datapath_drops", "Packets dropped by the tc programs", labels=["reason"]

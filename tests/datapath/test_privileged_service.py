@@ -21,7 +21,7 @@ from nodemesh.messages.auth import AuthKey, AuthRequired, AuthVerdict
 from nodemesh.messages.flow import Flow
 from nodemesh.messages.k8s import StatusPatch
 from nodemesh.runtime import run_service
-from nodemesh.testing.natsserver import NatsServer
+from nodemesh.testing.natsserver import NatsServer, free_port
 from services.datapath.app import main as datapath_main
 from services.datapath.cleanup import cleanup_all
 from services.datapath.config import DatapathConfig
@@ -98,6 +98,12 @@ class Harness:
             assert await asyncio.wait_for(self.task, 30) == 0
             self.task = None
 
+    async def metrics(self) -> str:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as s, s.get(f"http://{self.cfg.health_addr}/metrics") as r:
+            return await r.text()
+
     def netns(self, pod: str) -> str:
         return netns_name(self.cfg.node, "default", pod, scope_for(self.cfg.data_dir))
 
@@ -123,7 +129,7 @@ async def harness(nats_server: NatsServer, bus: Bus, pin_root: str, tmp_path: Pa
     cidr = f"10.{200 + int(token[:2], 16) % 50}.{int(token[2:4], 16)}.0/24"
     cfg = DatapathConfig(
         nats_url=nats_server.url, node=node, data_dir=str(tmp_path / "nodes" / node), pin_root=pin_root,
-        pod_cidr="", node_ip="127.0.50.250", log_format="text",
+        pod_cidr="", node_ip="127.0.50.250", log_format="text", health_addr=f"127.0.0.1:{free_port()}",
     )  # fmt: skip
     h = Harness(bus, cfg)
     await h.subscribe()
@@ -193,6 +199,12 @@ async def test_privileged_service_pods_policy_flows_auth(harness: Harness, bus: 
     assert any(
         f.verdict == "FORWARDED" and f.l4 and f.l4.tcp and f.l4.tcp.destination_port == 8080 for f in h.flows
     )
+    # Hubble's metric names, and the kernel counters, on /metrics
+    metrics = await h.metrics()
+    assert 'hubble_drop_total{protocol="TCP",reason="POLICY_DENIED"}' in metrics
+    assert 'hubble_flows_processed_total{protocol="TCP",type="L3_L4",verdict="FORWARDED"}' in metrics
+    assert 'hubble_lost_events_total{source="perf_event_ring_buffer"} 0.0' in metrics
+    assert 'nodemesh_datapath_drops_total{reason="POLICY_DENIED"}' in metrics
 
     # authentication required on 7070: dropped with AUTH_REQUIRED and signalled, until authd grants
     assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 7070)
