@@ -58,7 +58,7 @@ from bench.identity.allocworker import MODES, _worker  # noqa: E402  (spawned pr
 
 
 def alloc_round(
-    url: str, sets: list[list[str]], mode: tuple[Any, ...], pool: Any, go: Any
+    url: str, sets: list[list[str]], mode: tuple[Any, ...], pool: Any, go: Any, ready: Any
 ) -> tuple[float, int]:
     _, inflight, trust, dup, batch = mode
     n = 4
@@ -68,8 +68,12 @@ def alloc_round(
         if dup:
             work[(i + 1) % n].append(s)
     go.clear()
-    res = [pool.apply_async(_worker, ((url, w, inflight, trust, batch, k, go),)) for k, w in enumerate(work)]
-    time.sleep(1.0)  # let every worker connect and sync its mirror before the start signal
+    res = [
+        pool.apply_async(_worker, ((url, w, inflight, trust, batch, k, go, ready),))
+        for k, w in enumerate(work)
+    ]
+    for _ in work:
+        ready.get(timeout=600)  # every worker connected and synced its mirror (not timed)
     go.set()
     out = [r.get(600) for r in res]
     wall = max(t1 for _, t1, _ in out) - min(t0 for t0, _, _ in out)
@@ -82,12 +86,19 @@ def alloc_round(
     return len(sets) / wall, dups
 
 
+async def _purge(url: str) -> None:
+    b = await connect(url, name="bench-purge", max_wait=10)
+    await b.js.purge_stream("KV_identities")
+    await b.nc.close()
+
+
 def bench_alloc(url: str, n_sets: int, rounds: int) -> list[str]:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     manager = ctx.Manager()
     go = manager.Event()
+    ready = manager.Queue()
     results: dict[str, list[float]] = defaultdict(list)
     dups_total = 0
     with ctx.Pool(4) as pool:
@@ -98,7 +109,10 @@ def bench_alloc(url: str, n_sets: int, rounds: int) -> list[str]:
                     [f"k8s:app=r{r}-{name[0]}-{i}", "k8s:io.kubernetes.pod.namespace=bench"]
                     for i in range(n_sets)
                 ]
-                rate, dups = alloc_round(url, sets, mode, pool, go)
+                # Every mode starts from an empty bucket: otherwise later modes allocate in a
+                # 65k-number space that earlier ones filled up, and measure that instead.
+                asyncio.run(_purge(url))
+                rate, dups = alloc_round(url, sets, mode, pool, go, ready)
                 results[name].append(rate)
                 dups_total += dups
                 print(f"  round {r} {name}: {rate:,.0f} identities/s, duplicates {dups}", flush=True)

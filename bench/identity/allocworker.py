@@ -24,7 +24,7 @@ MODES = [
 
 
 async def _worker_main(
-    url: str, sets: list[list[str]], inflight: int, trust: bool, batch: bool, seed: int, go: Any
+    url: str, sets: list[list[str]], inflight: int, trust: bool, batch: bool, seed: int, go: Any, ready: Any
 ) -> Any:
     b = await connect(url, name=f"bench-alloc-{seed}", max_wait=10)
     b.js._timeout = 60.0  # a loaded 2-core machine queues requests; a timeout here is not a result
@@ -49,6 +49,7 @@ async def _worker_main(
 
     if batch:
         await a.enable_batching()
+    ready.put(seed)  # mirror synced: the parent starts everyone together
     go.wait()
     t0 = time.time()
     if batch:
