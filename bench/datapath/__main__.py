@@ -24,13 +24,16 @@ import os
 import random
 import secrets
 import shutil
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from services.datapath.bpfsys import prog_test_run
 from services.datapath.endpoints import PolicyWriter
 from services.datapath.loader import Loader, detach_tc
 from services.datapath.maps import STAT_EVENTS, STAT_LOST_EVENTS, IPCacheValue
@@ -194,6 +197,37 @@ class Bench:
         delete_pod_netns(self.a.netns, self.a.host_ifname)
         delete_pod_netns(self.b.netns, self.b.host_ifname)
         shutil.rmtree(self.pin_root, ignore_errors=True)
+
+
+def udp_packet(src: str, dst: str, dport: int) -> bytes:
+    """A 64-byte Ethernet frame: IPv4 + UDP with 22 bytes of payload."""
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 50, 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst)
+    )
+    return (
+        b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + struct.pack("!HHHH", 40000, dport, 30, 0) + b"x" * 22
+    )
+
+
+def prog_cost(b: Bench, sizes: list[int], repeat: int = 500_000) -> dict[str, float]:
+    """G1(c): ns per packet of nm_to_pod via BPF_PROG_TEST_RUN (no traffic generator, so the
+    machine's load barely matters): an established flow, a denied new flow, a non-endpoint packet."""
+    out: dict[str, float] = {}
+    allowed, denied = udp_packet(B_IP, A_IP, PORT), udp_packet(B_IP, A_IP, PORT + 77)
+    for n in sizes:
+        b.set_bpf(n)
+        prog_test_run(b.loader.to_fd, allowed, ifindex=b.a.host_ifindex)  # creates the CT entry
+        for name, pkt, ifx in (
+            ("established", allowed, b.a.host_ifindex),
+            ("denied_new", denied, b.a.host_ifindex),
+        ):
+            runs = [prog_test_run(b.loader.to_fd, pkt, repeat=repeat, ifindex=ifx)[1] for _ in range(3)]
+            out[f"{name}_ns_at_{n}"] = statistics.median(runs)
+        b.clear_bpf()
+    runs = [prog_test_run(b.loader.to_fd, allowed, repeat=repeat)[1] for _ in range(3)]
+    out["not_an_endpoint_ns"] = statistics.median(runs)
+    b.cur_n = -1
+    return out
 
 
 def apply_times(b: Bench) -> dict[str, Any]:
@@ -361,6 +395,7 @@ def main() -> None:
                     f"rep {rep} {c:10s} tcp {r['tcp_gbps']:6.2f} Gb/s  udp64 {r['udp_pps'] / 1e3:7.1f} kpps",
                     flush=True,
                 )
+        g1c = prog_cost(b, sizes)
         g2 = apply_times(b)
         g7 = [asyncio.run(flow_rate(b, int(p), args.seconds)) for p in args.flow_rates.split(",") if p]
     finally:
@@ -388,13 +423,22 @@ def main() -> None:
         bu = statistics.median(summary[f"bpf-{n}"]["udp_pps"])
         iu = statistics.median(summary[f"ipt-{n}"]["udp_pps"])
         print(f"eBPF/iptables UDP-64 pps at {n}: {bu / max(iu, 1e-9):.1f}x")
+    print("\nper-packet cost (BPF_PROG_TEST_RUN, nm_to_pod):", json.dumps(g1c, indent=1))
     print("\napply times:", json.dumps({k: round(v, 3) for k, v in g2.items()}, indent=1))
     print("flow events:")
     for r in g7:
         print("  ", json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}))
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"throughput": summary, "apply": g2, "flows": g7, "kernel": os.uname().release})
+            json.dumps(
+                {
+                    "throughput": summary,
+                    "prog_cost": g1c,
+                    "apply": g2,
+                    "flows": g7,
+                    "kernel": os.uname().release,
+                }
+            )
         )
 
 

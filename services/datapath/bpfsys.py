@@ -199,3 +199,55 @@ class MapFd:
                 self.delete(k)
             except KeyNotFound:
                 pass
+
+
+_PROG_TEST_RUN = 10
+
+
+class _TestRunAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff)
+SKB_CTX_IFINDEX = 40  # offsetof(struct __sk_buff, ifindex)
+
+
+def prog_test_run(prog_fd: int, packet: bytes, *, repeat: int = 1, ifindex: int = 0) -> tuple[int, int]:
+    """BPF_PROG_TEST_RUN a tc program on ``packet``: (return code, mean ns per run).
+
+    ``ifindex`` sets ``skb->ifindex`` through the ``__sk_buff`` context (the program looks the
+    endpoint up by it)."""
+    data = ctypes.create_string_buffer(packet, len(packet))
+    out = ctypes.create_string_buffer(len(packet) + 256)
+    ctx = ctypes.create_string_buffer(SKB_CTX_SIZE)
+    ctypes.memmove(
+        ctypes.addressof(ctx) + SKB_CTX_IFINDEX, ctypes.c_uint32(ifindex).value.to_bytes(4, "little"), 4
+    )
+    attr = _TestRunAttr(
+        prog_fd=prog_fd,
+        data_size_in=len(packet),
+        data_size_out=len(out),
+        data_in=ctypes.addressof(data),
+        data_out=ctypes.addressof(out),
+        repeat=repeat,
+        ctx_size_in=SKB_CTX_SIZE if ifindex else 0,
+        ctx_in=ctypes.addressof(ctx) if ifindex else 0,
+    )
+    _call(_PROG_TEST_RUN, attr, "prog_test_run")
+    return int(attr.retval), int(attr.duration)
