@@ -20,7 +20,6 @@ a reference taken concurrently makes the GC's CAS fail instead of orphaning the 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -29,29 +28,30 @@ from typing import Any
 
 import msgspec
 
-from nodemesh.codec import encode
 from nodemesh.messages.identity import Identity, IdentityRef
 
+from .batch import BATCH_IDENTITIES, BatchMixin
 from .kvmirror import Conflict, KvMirror
-from .labels import RESERVED, id_range, is_pod_ref, is_reserved, label_hash, parse_endpoint, validate_labels
+from .labels import (
+    RESERVED,
+    id_key,
+    id_range,
+    is_pod_ref,
+    is_reserved,
+    label_hash,
+    labels_key,
+    parse_endpoint,
+    validate_labels,
+)
 
-__all__ = ["AllocationError", "Allocator", "id_key", "identity_type_for", "labels_key"]
+__all__ = ["BATCH_IDENTITIES", "AllocationError", "Allocator", "id_key", "identity_type_for", "labels_key"]
 
 log = logging.getLogger("nodemesh.identity.allocator")
 MAX_ATTEMPTS = 64
-BATCH_IDENTITIES = 250  # two messages each; nats-server's default atomic batch limit is 1000
 
 
 class AllocationError(Exception):
     pass
-
-
-def id_key(n: int) -> str:
-    return f"id.{n}"
-
-
-def labels_key(h: str) -> str:
-    return f"labels.{h}"
 
 
 def identity_type_for(key: str) -> type[Any] | None:
@@ -62,7 +62,7 @@ def identity_type_for(key: str) -> type[Any] | None:
     return None
 
 
-class Allocator:
+class Allocator(BatchMixin):
     """Allocates from ``id_range(cluster_id)``; ``mirror`` is the shared identities mirror."""
 
     def __init__(
@@ -242,117 +242,6 @@ class Allocator:
                 await self.m.delete(hkey, last=rev)
         except Conflict:
             pass
-
-    # --- batched allocation (JetStream atomic batch) --------------------------------------------
-    async def enable_batching(self) -> bool:
-        """Turn on atomic batch publish for the bucket's stream (nats-server >= 2.12); False if refused."""
-        js = self.m.kv._js
-        try:
-            info = await js.stream_info(f"KV_{self.m.bucket}")
-            if not info.config.allow_atomic:
-                info.config.allow_atomic = True
-                await js.update_stream(info.config)
-            self.batching = True
-        except Exception as e:
-            log.info("atomic batches unavailable (%s); allocating one identity at a time", e)
-            self.batching = False
-        return self.batching
-
-    async def allocate_batch(self, label_sets: list[list[str]]) -> list[Identity]:
-        """Allocate many label sets (no references) in atomic batches of ``BATCH_IDENTITIES``.
-
-        One batch = ``id.<n>`` + ``labels.<hash>`` for each new set, each with its expected last
-        revision (0, or the delete marker's), committed all-or-nothing by the server. A rejected
-        batch (a race with another allocator, a stale mirror) falls back to :meth:`allocate` per
-        set, so the result is the same as allocating one by one — only cheaper when nobody races.
-        """
-        out: dict[str, Identity] = {}
-        todo: dict[str, list[str]] = {}
-        single: dict[str, list[str]] = {}
-        for raw in label_sets:
-            validate_labels(raw)
-            labels = sorted(set(raw))
-            h = label_hash(labels)
-            held = self.m.get(labels_key(h))
-            ident = (
-                self.identity(held[0].id) if held is not None and isinstance(held[0], IdentityRef) else None
-            )
-            if ident is not None and ident.labels == labels:
-                out[h] = ident
-            elif labels_key(h) in self.m._revs:
-                # The index key exists or existed: resolving it needs the checks of allocate();
-                # a batch only ever *creates* index keys (expected revision 0).
-                single[h] = labels
-            else:
-                todo[h] = labels
-        resolved = await asyncio.gather(*(self.allocate(v) for v in single.values()))
-        for h, (ident, _) in zip(single, resolved, strict=True):
-            out[h] = ident
-        items = list(todo.items())
-        for i in range(0, len(items), BATCH_IDENTITIES):
-            chunk = items[i : i + BATCH_IDENTITIES]
-            done = await self._atomic_create(chunk) if self.batching else None
-            if done is None:
-                done = [r for r, _ in await asyncio.gather(*(self.allocate(lbls) for _, lbls in chunk))]
-            for (h, _), ident in zip(chunk, done, strict=True):
-                out[h] = ident
-        return [out[label_hash(sorted(set(raw)))] for raw in label_sets]
-
-    async def _atomic_create(self, chunk: list[tuple[str, list[str]]]) -> list[Identity] | None:
-        now = self.clock()
-        taken: set[int] = set()
-        msgs: list[tuple[str, Any, int]] = []  # (key, value, expected last revision)
-        idents: list[Identity] = []
-        for h, labels in chunk:
-            n = self._pick()
-            while n is not None and n in taken:
-                n = self._pick()
-            if n is None:
-                return None
-            taken.add(n)
-            ident = Identity(id=n, labels=labels, unused_since=now, created=now)
-            idents.append(ident)
-            msgs.append((id_key(n), ident, self.m._revs.get(id_key(n), 0)))
-            msgs.append((labels_key(h), IdentityRef(id=n), 0))  # the lock: create-if-absent only
-        nc = self.m.kv._js._nc
-        batch_id = f"alloc-{self.rng.getrandbits(64):016x}"
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox, max_msgs=1)
-        try:
-            for seq, (key, value, last) in enumerate(msgs, 1):
-                headers = {
-                    "Nats-Batch-Id": batch_id,
-                    "Nats-Batch-Sequence": str(seq),
-                    "Nats-Expected-Last-Subject-Sequence": str(last),
-                }
-                if seq == len(msgs):
-                    headers["Nats-Batch-Commit"] = "1"
-                await nc.publish(
-                    f"$KV.{self.m.bucket}.{key}",
-                    encode(value),
-                    headers=headers,
-                    reply=inbox if seq == len(msgs) else "",
-                )
-            reply = await sub.next_msg(timeout=10)
-        except Exception as e:
-            log.info("atomic batch failed (%s); falling back", e)
-            return None
-        finally:
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
-        ack = json.loads(reply.data or b"{}")
-        if "error" in ack or "seq" not in ack:
-            log.debug("atomic batch rejected: %s", ack.get("error"))
-            return None
-        first = int(ack["seq"]) - len(msgs) + 1
-        for offset, (key, value, _) in enumerate(msgs):
-            self.m._apply_written(key, value, first + offset)
-        for ident in idents:
-            if self.on_created is not None:
-                await self.on_created(ident)
-        return idents
 
     # --- references ----------------------------------------------------------------------------
     async def add_ref(

@@ -24,10 +24,12 @@ __all__ = [
     "canonical",
     "endpoint_key",
     "filter_labels",
+    "id_key",
     "id_range",
     "is_pod_ref",
     "is_reserved",
     "label_hash",
+    "labels_key",
     "parse_endpoint",
     "pod_labels",
     "validate_labels",
@@ -189,6 +191,15 @@ def canonical(labels: Iterable[str]) -> str:
 
 def label_hash(labels: Iterable[str]) -> str:
     return hashlib.sha256(canonical(labels).encode()).hexdigest()
+
+
+# --- KV keys (bucket ``identities``) ---------------------------------------------------------------
+def id_key(n: int) -> str:
+    return f"id.{n}"
+
+
+def labels_key(h: str) -> str:
+    return f"labels.{h}"
 
 
 # --- endpoints ---------------------------------------------------------------------------------
