@@ -131,7 +131,10 @@ class KubeClient:
                     body = self._json("GET", kind.path(), query=query)
                     meta = body.get("metadata") or {}
                     rv = rv or str(meta.get("resourceVersion", ""))
-                    items.extend(body.get("items") or [])
+                    page = body.get("items")
+                    # Non-objects cannot be keyed; the caller skips other malformed items.
+                    if isinstance(page, list):
+                        items.extend(i for i in page if isinstance(i, dict))
                     token = meta.get("continue")
                     if not token:
                         break

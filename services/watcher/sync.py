@@ -124,13 +124,17 @@ class KindSync:
         self.metrics = metrics
         self.watch_timeout_s = watch_timeout_s
         self.missing_retry_s = missing_retry_s
+        self.rv = ""  # where the next watch starts
 
     async def list_and_publish(self) -> str:
         """List, publish what differs from the stream, tombstone what vanished; the list's RV."""
         items, rv = await self.kube.list(self.kind)
         seen: set[Key] = set()
         for obj in items:
-            meta = obj.get("metadata") or {}
+            if not _well_formed(obj):
+                log.warning("skipping a malformed %s in the list", self.kind.kind)
+                continue
+            meta = obj["metadata"]
             seen.add(
                 (
                     self.kind.kind,
@@ -178,16 +182,17 @@ class KindSync:
             self.metrics.relists.labels(kind=self.kind.kind, reason="missing").inc()
             rv = await self.initial()
         backoff = 0.2
+        self.rv = rv
         while True:
             try:
-                rv = await self._watch_once(rv)
+                await self._watch_once()
                 backoff = 0.2
                 self.metrics.watch_restarts.labels(kind=self.kind.kind, reason="end").inc()
             except ApiStatusError as e:
                 if e.code == 410:
-                    log.info("watch of %s expired at %s: relisting", self.kind.kind, rv)
+                    log.info("watch of %s expired at %s: relisting", self.kind.kind, self.rv)
                     self.metrics.relists.labels(kind=self.kind.kind, reason="expired").inc()
-                    rv = await self._relist(backoff)
+                    self.rv = await self._relist(backoff)
                     continue
                 log.warning("watch of %s failed: %s", self.kind.kind, e)
                 self.metrics.watch_restarts.labels(kind=self.kind.kind, reason=str(e.code)).inc()
@@ -212,21 +217,36 @@ class KindSync:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    async def _watch_once(self, rv: str) -> str:
-        async for ev in self.kube.watch(self.kind, rv, self.watch_timeout_s):
-            typ, obj = ev.get("type"), ev.get("object") or {}
+    async def _watch_once(self) -> None:
+        """One watch request from ``self.rv``; ``self.rv`` advances with every handled event, so a
+        broken stream resumes where it stopped."""
+        async for ev in self.kube.watch(self.kind, self.rv, self.watch_timeout_s):
+            typ, obj = ev.get("type"), ev.get("object")
             if typ == "ERROR":
-                raise ApiStatusError.from_body(int(obj.get("code") or 500), obj)
-            new_rv = str((obj.get("metadata") or {}).get("resourceVersion", "") or rv)
-            if typ in ("ADDED", "MODIFIED"):
+                body = obj if isinstance(obj, dict) else {}
+                raise ApiStatusError.from_body(int(body.get("code") or 500), body)
+            if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
+                log.warning("skipping a malformed %s watch event", self.kind.kind)
+                continue
+            new_rv = str(obj["metadata"].get("resourceVersion", "") or self.rv)
+            if typ in ("ADDED", "MODIFIED", "DELETED") and not _well_formed(obj):
+                log.warning("skipping a malformed %s watch event", self.kind.kind)
+            elif typ in ("ADDED", "MODIFIED"):
                 await self.pub.upsert(self.kind, obj)
             elif typ == "DELETED":
                 await self.pub.delete(self.kind, obj)
             elif typ != "BOOKMARK":
                 log.warning("unknown watch event type %r for %s", typ, self.kind.kind)
                 continue
-            rv = new_rv
-        return rv
+            self.rv = new_rv
+
+
+def _well_formed(obj: Any) -> bool:
+    """An object we can key: a mapping with metadata.name (and a string resourceVersion)."""
+    if not isinstance(obj, dict):
+        return False
+    meta = obj.get("metadata")
+    return isinstance(meta, dict) and isinstance(meta.get("name"), str) and bool(meta["name"])
 
 
 class ActiveWatcher:
