@@ -179,8 +179,10 @@ class KubeClient:
         }
 
         def put(item: tuple[str, Any]) -> None:
-            if not loop.is_closed():
+            try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop closed (process shutting down): nobody is listening
+                stop.set()
 
         def reader() -> None:
             try:
