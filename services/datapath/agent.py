@@ -146,6 +146,20 @@ class Agent:
             except Exception:
                 # one bad pod (malformed spec, exhausted CIDR) must not stall every other pod
                 log.exception("pod %s: endpoint setup failed", key)
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Remove endpoint and policy entries no live endpoint owns (pods that went while the agent
+        was down): a recycled ifindex must never inherit a departed pod's entry."""
+        assert self.maps is not None and self.writer is not None
+        eps = self.pods.endpoints.values() if self.pods else ()
+        live_if = {e.link.host_ifindex for e in eps}
+        live_ids = {e.ep_id for e in eps}
+        for ifindex, _info in list(self.maps.endpoint_items()):
+            if ifindex not in live_if:
+                self.maps.del_endpoint(ifindex)
+        for ep_id in [i for i, entries in self.writer.current.items() if entries and i not in live_ids]:
+            self.writer.remove(ep_id)
 
     def _engine_endpoint(self, ep: PodEndpoint) -> Endpoint:
         ns_obj = self.k8s.get("Namespace", "", ep.namespace) if self.k8s is not None else None

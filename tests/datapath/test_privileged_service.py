@@ -244,6 +244,7 @@ async def test_privileged_service_restart_keeps_addresses_and_enforcement(harnes
     h, node = harness, harness.cfg.node
     await k8s.put_obj(bus, k8s.pod("server", node, {"app": "server"}, ports=(8080, 9090), probe_port=8080))
     await k8s.put_obj(bus, k8s.pod("client", node, {"app": "client"}))
+    await k8s.put_obj(bus, k8s.pod("gone", node, {"app": "server"}))  # deleted while the agent is down
     await k8s.put_obj(bus, CNP_ALLOW)
     await k8s.put_identity(bus, 70001, ["k8s:app=server", "k8s:io.kubernetes.pod.namespace=default"])
     await k8s.put_identity(bus, 70002, ["k8s:app=client", "k8s:io.kubernetes.pod.namespace=default"])
@@ -251,6 +252,7 @@ async def test_privileged_service_restart_keeps_addresses_and_enforcement(harnes
     h.start()
     server_ip = await k8s.until(lambda: h.ready_ip("server"), 60)
     client_ip = await k8s.until(lambda: h.ready_ip("client"), 60)
+    await k8s.until(lambda: h.ready_ip("gone"), 60)
     await k8s.put_ipcache(bus, server_ip, 70001, node, "default", "server")
     await k8s.put_ipcache(bus, client_ip, 70002, node, "default", "client")
     client_ns = h.netns("client")
@@ -263,12 +265,22 @@ async def test_privileged_service_restart_keeps_addresses_and_enforcement(harnes
     with servers(server_ns, tcp=(8080, 9090)):
         await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
         assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
+    await k8s.del_obj(bus, "Pod", "default", "gone")
     h.status.clear()
     h.start()
     assert await k8s.until(lambda: h.ready_ip("server"), 60) == server_ip
     assert await k8s.until(lambda: h.ready_ip("client"), 60) == client_ip
     await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
     assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
+    # the pod deleted meanwhile is collected: netns, endpoint entry and policy entries
+    await k8s.until(lambda: not netns_exists(h.netns("gone")), 30)
+    maps = NodeMaps(os.path.join(h.cfg.pin_root, scope_for(h.cfg.data_dir), node))
+    try:
+        await k8s.until(lambda: len(list(maps.endpoint_items())) == 2, 30)
+        ep_ids = {info.ep_id for _, info in maps.endpoint_items()}
+        assert {int(PolicyKeyC.from_buffer_copy(k).ep_id) for k in maps.policy_items()} == ep_ids
+    finally:
+        maps.close()
 
 
 @pytest.fixture
