@@ -168,8 +168,19 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> None:
+    added = []
     for a in ADDRS:  # 127/8 binds anyway; explicit so `ip addr` shows the simulated nodes
-        subprocess.run(["ip", "addr", "add", f"{a}/32", "dev", "lo"], capture_output=True)  # noqa: ASYNC221
+        r = subprocess.run(["ip", "addr", "add", f"{a}/32", "dev", "lo"], capture_output=True)  # noqa: ASYNC221
+        if r.returncode == 0:
+            added.append(a)
+    try:
+        await _run(args)
+    finally:
+        for a in added:
+            subprocess.run(["ip", "addr", "del", f"{a}/32", "dev", "lo"], capture_output=True)  # noqa: ASYNC221
+
+
+async def _run(args: argparse.Namespace) -> None:
     with NatsServer() as ns, tempfile.TemporaryDirectory(prefix="nm-bench-auth-") as tmp:
         bus = await connect(ns.url, name="bench", max_wait=10)
         await provision(bus.js)
