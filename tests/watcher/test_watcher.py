@@ -208,6 +208,15 @@ async def test_status_patches_applied_by_the_active_watcher(
         assert api.store.get(POD, "default", "p")["spec"] == spec_before
         assert w.metric("nodemesh_watcher_status_patches_total", {"result": "uid_mismatch"}) == 1
         assert w.metric("nodemesh_watcher_status_patches_total", {"result": "gone"}) == 1
+        # A standby does not apply patches: only the active watcher writes to the API.
+        standby = await InProcessWatcher(nats_server.url, api.url, "standby").start()
+        try:
+            await bus.publish(subjects.k8s_status("Pod", "default", "p"), patch({"phase": "Succeeded"}))
+            await until(lambda: pod_status().get("phase") == "Succeeded", what="applied by the active one")
+            assert w.metric("nodemesh_watcher_status_patches_total", {"result": "applied"}) == 3
+            assert standby.metric("nodemesh_watcher_status_patches_total", {"result": "applied"}) == 0
+        finally:
+            await standby.stop()
     finally:
         await w.stop()
 
