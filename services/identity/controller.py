@@ -116,6 +116,8 @@ class Controller:
             self.enqueue(("Pod", ns, name))
         for name in list(self.nodes.items):
             self.enqueue(("Node", "", name))
+        for key in list(self.ipc.bad):
+            self.enqueue(("Corrupt", "", key))  # undecodable ipcache entries: nobody owns them
 
     def desired_label_sets(self) -> list[list[str]]:
         """The identity labels of every pod that should have an identity now (for batch allocation)."""
@@ -172,6 +174,14 @@ class Controller:
             await self.reconcile_pod(ns, name)
         elif kind == "Node":
             await self.reconcile_node(name)
+        elif kind == "Corrupt" and name in self.ipc.bad:
+            async with self._ip_locks[name]:
+                rev = self.ipc._revs.get(name, 0)
+                log.warning("deleting corrupt ipcache entry %s (revision %d)", name, rev)
+                try:
+                    await self.ipc.delete(name, last=rev)
+                except Conflict:
+                    pass  # rewritten meanwhile: the new value is someone's
 
     async def reconcile_pod(self, ns: str, name: str) -> None:
         pod = self.cache.get("Pod", ns, name)

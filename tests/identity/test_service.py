@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 import msgspec
+import pytest
 from nats.js.api import DeliverPolicy
 
 from nodemesh import subjects
 from nodemesh.bus import Bus
-from nodemesh.messages.identity import IPCacheEntry, IPCacheEvent, NodeInfo
+from nodemesh.messages.identity import (
+    AllocateReply,
+    AllocateRequest,
+    IPCacheEntry,
+    IPCacheEvent,
+    NodeInfo,
+    ip_key,
+)
 
 from .conftest import Cluster, RunReplica, eventually, identity, ipcache_entry, kv_value
 
@@ -173,6 +182,9 @@ async def test_two_replicas_one_writer_and_failover(
         await eventually(lambda r=r: _ready(r.svc.health_port), what="ready")  # type: ignore[misc]
     first = await ipcache_entry(bus, "10.244.1.30")
     assert first is not None
+    ext = await bus.request(
+        subjects.IDENTITY_ALLOCATE, AllocateRequest(labels=["k8s:app=vm"], endpoint="ext:vm-1"), AllocateReply
+    )
     # Stop whichever leads; the other takes over and keeps serving changes with the same numbers.
     leader, other = await _leader_first(r1, r2)
     assert await leader.stop() == 0
@@ -180,6 +192,9 @@ async def test_two_replicas_one_writer_and_failover(
     second = await eventually(lambda: ipcache_entry(bus, "10.244.1.31"), what="failover write", timeout=30)
     assert second.identity == first.identity
     assert not other.task.done()
+    # The new leader's full resync kept the external reference (it only manages pod references).
+    kept = await identity(bus, ext.identity.id)
+    assert kept is not None and kept.refs == ["ext:vm-1"]
 
 
 async def _leader_first(*replicas: object) -> list[object]:
@@ -197,3 +212,28 @@ def _gauge(replica: object, name: str) -> float | None:
 
 async def _sleep() -> None:
     await asyncio.sleep(0)
+
+
+async def test_corrupt_ipcache_entries_are_replaced_or_removed(
+    bus: Bus, cluster: Cluster, run_replica: RunReplica, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    kv = await bus.kv("ipcache")
+    await kv.put(ip_key("10.244.1.40"), b"\xc1 garbage")  # a live pod's IP
+    await kv.put(ip_key("10.244.9.9"), b"\xc1 garbage")  # nobody's
+    await cluster.namespace("default")
+    await cluster.pod("default", "p", {"app": "p"}, "node-1", "10.244.1.40")
+    await cluster.synced()
+    await run_replica()
+    fixed = await eventually(lambda: ipcache_entry(bus, "10.244.1.40"), what="entry rewritten")
+    assert fixed.pod == "p" and fixed.identity >= 256
+    await eventually(lambda: _gone_key(kv, ip_key("10.244.9.9")), what="orphan garbage deleted")
+    assert "skipping corrupt KV entry" in caplog.text
+
+
+async def _gone_key(kv: object, key: str) -> bool:
+    try:
+        await kv.get(key)  # type: ignore[attr-defined]
+    except Exception:
+        return True
+    return False
