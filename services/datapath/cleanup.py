@@ -15,7 +15,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import threading
+import time
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -39,6 +41,7 @@ def cleanup_node(node_dir: Path) -> None:
         pods = json.loads((node_dir / "ipam.json").read_text()).get("pods", {})
     except (FileNotFoundError, ValueError, AttributeError):
         pods = {}
+    _kill_workloads(node_dir / "pods")
     for key in pods:
         ns, _, name = str(key).partition("/")
         try:
@@ -64,6 +67,42 @@ def cleanup_node(node_dir: Path) -> None:
                         log.warning("removing address %s from lo: %s", a, e)
     for f in ("ipam.json", "datapath.json", "nodeids.json"):
         (node_dir / f).unlink(missing_ok=True)
+
+
+def _kill_workloads(pod_dir: Path) -> None:
+    """Stop local workloads a (possibly dead) agent left running, from their pid files; a pid is
+    only killed if its environment still carries the pod uid marker (pids get reused)."""
+    if not pod_dir.is_dir():
+        return
+    victims = []
+    for f in pod_dir.glob("*.pid"):
+        try:
+            pid_s, uid = f.read_text().split()
+            pid = int(pid_s)
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            f.unlink(missing_ok=True)
+            continue
+        if f"NODEMESH_POD_UID={uid}".encode() in environ:
+            victims.append(pid)
+        f.unlink(missing_ok=True)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(
+            os.path.exists(f"/proc/{p}/stat") and _running(p) for p in victims
+        ):
+            time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def cleanup_all(data_dir: str) -> None:

@@ -28,7 +28,7 @@ from services.datapath.config import DatapathConfig
 from services.datapath.maps import NodeMaps, PolicyKeyC
 from services.datapath.pods.netns import netns_exists, netns_name, scope_for
 from tests.datapath import k8s
-from tests.datapath.net import tcp_ok
+from tests.datapath.net import echo, tcp_ok, tcp_open
 
 pytestmark = pytest.mark.privileged
 
@@ -257,19 +257,23 @@ async def test_privileged_service_restart_keeps_addresses_and_enforcement(harnes
     await k8s.put_ipcache(bus, client_ip, 70002, node, "default", "client")
     client_ns = h.netns("client")
     await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
+    conn = await asyncio.to_thread(tcp_open, client_ns, server_ip, 8080)
+    assert await asyncio.to_thread(echo, conn)
+    workload_pid = int((Path(h.cfg.data_dir) / "pods" / "default_server.pid").read_text().split()[0])
     await h.shutdown()
-    # agent down: the programs still enforce (the workloads stopped with it: start a listener by hand)
-    from tests.datapath.net import servers
-
-    server_ns = h.netns("server")
-    with servers(server_ns, tcp=(8080, 9090)):
-        await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
-        assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
+    # agent down: workloads keep running (as containers outlive a kubelet), programs keep enforcing
+    assert await asyncio.to_thread(echo, conn, b"while-down")
+    await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
+    assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
     await k8s.del_obj(bus, "Pod", "default", "gone")
     h.status.clear()
     h.start()
     assert await k8s.until(lambda: h.ready_ip("server"), 60) == server_ip
     assert await k8s.until(lambda: h.ready_ip("client"), 60) == client_ip
+    # the same workload process was adopted, and the connection opened before the restart still flows
+    assert int((Path(h.cfg.data_dir) / "pods" / "default_server.pid").read_text().split()[0]) == workload_pid
+    assert await asyncio.to_thread(echo, conn, b"after-restart")
+    conn.close()
     await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
     assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
     # the pod deleted meanwhile is collected: netns, endpoint entry and policy entries

@@ -148,7 +148,7 @@ class PodManager:
             log.info("stale pod endpoint collected", extra={"pod": key})
 
     async def stop(self) -> None:
-        """Stop workloads (agent shutdown); netns and veths stay, so a restart adopts them."""
+        """Agent shutdown: workloads, netns and veths stay; a restarted agent adopts them."""
         for ep in self.endpoints.values():
             if ep.runner is not None:
-                await ep.runner.stop()
+                await ep.runner.detach()

@@ -59,6 +59,15 @@ def container_env(pod: dict[str, Any], container: dict[str, Any], pod_ip: str, n
     return env
 
 
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 def workload_base_env() -> dict[str, str]:
     """The agent's environment minus its own settings: a workload must never inherit the agent's NATS
     credentials. ``NODEMESH_CLUSTER_DATA_DIR`` stays: it marks the process as the cluster's, so
@@ -123,6 +132,9 @@ class PodRunner:
         self.container: dict[str, Any] = first if isinstance(first, dict) else {}
         self.restart_policy = str(spec.get("restartPolicy") or "Always")
         self.log_path = log_dir / f"{meta.get('namespace', 'default')}_{meta.get('name', '')}.log"
+        self.pid_path = self.log_path.with_suffix(".pid")
+        self.uid = str(meta.get("uid", ""))
+        self.pid = 0  # the workload's pid (its process group), ours or adopted from a previous agent
         self.report = report
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
@@ -137,24 +149,56 @@ class PodRunner:
         self._task = asyncio.create_task(self._run(), name=f"pod:{self.key}")
 
     async def stop(self) -> None:
+        """The pod is gone: stop the workload."""
+        await self.detach()
+        await self._kill()
+        self.pid_path.unlink(missing_ok=True)
+
+    async def detach(self) -> None:
+        """The agent stops: leave the workload running (a restarted agent adopts it, as a kubelet
+        restart leaves containers running)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        await self._kill()
+
+    def _alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.returncode is None
+        return bool(self.pid) and _pid_alive(self.pid)
 
     async def _kill(self) -> None:
-        p = self.proc
-        if p is None or p.returncode is not None:
+        if not self._alive():
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGTERM)
+        for _ in range(100):
+            if not self._alive():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+        if self.proc is not None:
+            await self.proc.wait()
+
+    def _adoptable(self) -> int:
+        """The pid of this pod's workload left running by a previous agent, if any."""
         try:
-            await asyncio.wait_for(p.wait(), 5)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            await p.wait()
+            pid_s, uid = self.pid_path.read_text().split()
+            pid = int(pid_s)
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return 0
+        marker = f"NODEMESH_POD_UID={self.uid}".encode()
+        return pid if uid == self.uid and marker in environ and _pid_alive(pid) else 0
+
+    async def _wait_exit(self) -> int:
+        if self.proc is not None:
+            return await self.proc.wait()
+        while _pid_alive(self.pid):  # adopted: not our child, poll it
+            await asyncio.sleep(0.5)
+        return -1
 
     def argv(self) -> list[str]:
         c = self.container
@@ -165,7 +209,16 @@ class PodRunner:
 
     async def _run(self) -> None:
         backoff = 1.0
+        adopt = self._adoptable()
         while True:
+            if adopt:
+                self.pid, self.proc, adopt = adopt, None, 0
+                log.info("adopted running workload", extra={"pod": self.key, "pid": self.pid})
+                code = await self._supervise()
+                if not await self._after_exit(code, backoff):
+                    return
+                backoff = min(backoff * 2, 30.0)
+                continue
             argv = self.argv()
             if not argv:
                 self.waiting = "no command for image"
@@ -173,6 +226,7 @@ class PodRunner:
                 return
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             env = {**workload_base_env(), **container_env(self.pod, self.container, self.ip, self.node)}
+            env["NODEMESH_POD_UID"] = self.uid  # lets a restarted agent recognise (adopt) the process
             with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - a local append, opened once per start
                 try:
                     self.proc = await asyncio.create_subprocess_exec(
@@ -191,25 +245,37 @@ class PodRunner:
                     self.waiting = f"cannot start: {e}"
                     await self._publish(phase="Failed")
                     return
-            self.started_at, self.waiting, self.exit_code = _now(), "", None
-            await self._publish(phase="Running")
-            probe_task = asyncio.create_task(self._probe_loop())
-            try:
-                code = await self.proc.wait()
-            finally:
-                probe_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await probe_task
-            self.ready, self.exit_code = False, code
-            log.info("container exited", extra={"pod": self.key, "code": code})
-            if self.restart_policy == "Never" or (self.restart_policy == "OnFailure" and code == 0):
-                await self._publish(phase="Succeeded" if code == 0 else "Failed")
+            self.pid = self.proc.pid
+            self.pid_path.write_text(f"{self.pid} {self.uid}")
+            code = await self._supervise()
+            if not await self._after_exit(code, backoff):
                 return
-            self.restarts += 1
-            self.waiting = "CrashLoopBackOff"
-            await self._publish(phase="Running")
-            await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+    async def _supervise(self) -> int:
+        """Running until the workload exits: status, readiness probes; returns the exit code."""
+        self.started_at, self.waiting, self.exit_code = _now(), "", None
+        await self._publish(phase="Running")
+        probe_task = asyncio.create_task(self._probe_loop())
+        try:
+            return await self._wait_exit()
+        finally:
+            probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe_task
+
+    async def _after_exit(self, code: int, backoff: float) -> bool:
+        """Apply restartPolicy; True = start it again (after the backoff)."""
+        self.ready, self.exit_code = False, code
+        log.info("container exited", extra={"pod": self.key, "code": code})
+        if self.restart_policy == "Never" or (self.restart_policy == "OnFailure" and code == 0):
+            await self._publish(phase="Succeeded" if code == 0 else "Failed")
+            return False
+        self.restarts += 1
+        self.waiting = "CrashLoopBackOff"
+        await self._publish(phase="Running")
+        await asyncio.sleep(backoff)
+        return True
 
     async def _probe_loop(self) -> None:
         probe = self.container.get("readinessProbe")
@@ -237,7 +303,7 @@ class PodRunner:
     def status(self, phase: str) -> dict[str, Any]:
         ready = "True" if self.ready else "False"
         name = str(self.container.get("name", "main"))
-        if self.proc is not None and self.proc.returncode is None:
+        if self._alive():
             state: dict[str, Any] = {"running": {"startedAt": self.started_at}}
         elif self.waiting:
             state = {"waiting": {"reason": self.waiting}}
