@@ -99,7 +99,13 @@ class PodManager:
                 await self._remove_locked(key)
             alloc = self.ipam.allocate(key)
             nsname, ifname = self.names(ns, name)
-            link = await asyncio.to_thread(create_pod_netns, nsname, ifname, alloc.ip, self.host_src)
+            try:
+                link = await asyncio.to_thread(create_pod_netns, nsname, ifname, alloc.ip, self.host_src)
+            except BaseException:
+                # never leave a half-made netns or a leaked address behind (the next reconcile retries)
+                await asyncio.to_thread(delete_pod_netns, nsname, ifname)
+                self.ipam.release(key)
+                raise
             ep = PodEndpoint(key, ns, name, str(meta.get("uid", "")), alloc.ep_id, link, pod)
             self.endpoints[key] = ep
             try:
