@@ -171,3 +171,28 @@ spec:
         assert not tcp_ok(client.ns, web.ip, 81)
         assert not tcp_ok(client.ns, other.ip, 80)
         assert wait_for(lambda: cluster.node.drops().get(133, 0) >= 2)
+
+
+def test_privileged_egress_any_protocol_with_egress_deny(cluster: Cluster) -> None:
+    web, client = cluster.pods["web"], cluster.pods["client"]
+    cluster.policy("""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: "0", protocol: ANY}]}]
+  egressDeny:
+  - toEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: "81", protocol: TCP}]}]
+""")
+    other = cluster.pods["other"]
+    with servers(web.ns, tcp=(80, 81), udp=(53,)), servers(other.ns, tcp=(80,)):
+        assert eventually(tcp_ok, client.ns, web.ip, 80)
+        assert eventually(udp_ok, client.ns, web.ip, 53)
+        assert not tcp_ok(client.ns, web.ip, 81)  # egressDeny wins over the any-port allow
+        assert wait_for(lambda: cluster.node.drops().get(181, 0) > 0)
+        assert not tcp_ok(client.ns, other.ip, 80)  # client's egress is default-deny elsewhere
+        assert wait_for(lambda: cluster.node.drops().get(133, 0) > 0)
