@@ -1,6 +1,7 @@
 """Identity benchmarks: allocation rate, pod event → ipcache event latency, CSR → SVID latency.
 
     .venv/bin/python -m bench.identity [--sets 4000] [--rounds 3] [--pods 300] [--csrs 300]
+                                       [--startup-pods 5000] [--only alloc|service|startup]
 
 1. **Allocation** — 4 allocator processes (each with its own NATS connection and bucket mirror,
    as 4 replicas) allocate fresh label sets concurrently; 0 duplicates is checked (one number per
@@ -15,6 +16,9 @@
    this is latency, not queueing). A = new labels (allocates), B = existing labels (reference only).
 3. **CSR → SVID** — authd's request on ``svid.sign.<node>`` to the same service, CSR prepared
    beforehand; A = sequential, B = 8 concurrent requesters.
+4. **Start-up** — the service starts over a cluster of ``--startup-pods`` pods (4 per identity)
+   and is timed until the ipcache is complete: A = per-pod allocation only (the default), B = the
+   leader first allocates every new label set in atomic batches (``--batch-preallocate true``).
 """
 
 from __future__ import annotations
@@ -269,12 +273,84 @@ async def bench_service(url: str, n_pods: int, n_csrs: int, workdir: str) -> lis
         await bus.nc.close()
 
 
+# --- 4. start-up: a new leader over an existing cluster ------------------------------------------------
+async def _startup_once(n_pods: int, batch: bool) -> float:
+    with (
+        tempfile.TemporaryDirectory(prefix="nm-bench-identity-") as tmp,
+        NatsServer(store_dir=f"{tmp}/nats") as nats,
+    ):
+        bus = await connect(nats.url, name="bench-startup", max_wait=10)
+        bus.js._timeout = 60.0
+        await provision(bus.js)
+        ns = {"metadata": {"name": "bench"}}
+        await bus.js_publish(
+            subjects.k8s_object("Namespace", "", "bench"),
+            ObjectEvent(
+                type="upsert", kind="Namespace", api_version="v1", namespace="", name="bench", obj=ns
+            ),
+        )
+        for i in range(n_pods):
+            ip = f"10.{100 + i // 62500}.{(i // 250) % 250}.{i % 250 + 1}"
+            pod = _pod("bench", f"p{i}", {"app": f"deploy-{i % max(1, n_pods // 4)}"}, ip)
+            await bus.js_publish(subjects.k8s_object("Pod", "bench", f"p{i}"), pod)
+        info = await bus.js.stream_info("K8S")
+        await bus.js_publish(
+            subjects.K8S_SYNCED, Synced(watcher="bench", epoch=1, stream_seq=int(info.state.last_seq))
+        )
+        kv = await bus.kv("ipcache")
+        flags = ["--batch-preallocate", "true" if batch else "false", "--log-level", "warning"]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(  # noqa: ASYNC220  (the service under test is a child process)
+            [
+                sys.executable,
+                "-m",
+                "services.identity",
+                "--nats-url",
+                nats.url,
+                "--data-dir",
+                f"{tmp}/id",
+                *flags,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            while (await kv.status()).values < n_pods:
+                await asyncio.sleep(0.02)
+            return time.perf_counter() - t0
+        finally:
+            proc.terminate()
+            proc.wait(20)
+            await bus.nc.close()
+
+
+async def bench_startup(n_pods: int, rounds: int) -> list[str]:
+    res: dict[str, list[float]] = defaultdict(list)
+    modes = [("A per-pod allocation only (default)", False), ("B atomic-batch pre-allocation first", True)]
+    for r in range(rounds):
+        for name, batch in modes:
+            dt = await _startup_once(n_pods, batch)
+            res[name].append(dt)
+            print(f"  round {r} {name}: {dt:.2f} s", flush=True)
+    base = statistics.median(res[modes[0][0]])
+    lines = [
+        f"| {n_pods} pods, {n_pods // 4} identities: process start → full ipcache | median | vs A |",
+        "|---|---|---|",
+    ]
+    for name, _ in modes:
+        med = statistics.median(res[name])
+        lines.append(f"| {name} | {med:.2f} s ({n_pods / med:,.0f} pods/s) | {base / med:.2f}x speed |")
+    return lines
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(prog="bench.identity")
     ap.add_argument("--sets", type=int, default=4000, help="label sets per allocation round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pods", type=int, default=300)
     ap.add_argument("--csrs", type=int, default=300)
+    ap.add_argument("--startup-pods", type=int, default=5000, help="0 skips the start-up comparison")
+    ap.add_argument("--only", choices=("alloc", "service", "startup"), default=None)
     args = ap.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="nm-bench-identity-") as tmp,
@@ -283,12 +359,17 @@ async def main() -> None:
         b = await connect(nats.url, name="bench", max_wait=10)
         await provision(b.js)
         await b.nc.close()
-        print("## allocation: 4 concurrent allocators", flush=True)
-        out = await asyncio.to_thread(bench_alloc, nats.url, args.sets, args.rounds)
-        print("\n".join(out), flush=True)
-        print("\n## identity service: pod → ipcache event, CSR → SVID", flush=True)
-        out2 = await bench_service(nats.url, args.pods, args.csrs, f"{tmp}/identity")
-        print("\n".join(out2), flush=True)
+        if args.only in (None, "alloc"):
+            print("## allocation: 4 concurrent allocators", flush=True)
+            out = await asyncio.to_thread(bench_alloc, nats.url, args.sets, args.rounds)
+            print("\n".join(out), flush=True)
+        if args.only in (None, "service"):
+            print("\n## identity service: pod → ipcache event, CSR → SVID", flush=True)
+            out2 = await bench_service(nats.url, args.pods, args.csrs, f"{tmp}/identity")
+            print("\n".join(out2), flush=True)
+    if args.startup_pods and args.only in (None, "startup"):
+        print("\n## start-up: a new leader over an existing cluster", flush=True)
+        print("\n".join(await bench_startup(args.startup_pods, args.rounds)), flush=True)
 
 
 if __name__ == "__main__":

@@ -96,10 +96,11 @@ async def main(svc: Service) -> None:
         await cache.wait_synced()  # a resync against a partial cache would delete live entries
         await alloc.ensure_reserved()
         if lease.is_leader:
-            # New label sets in bulk first (atomic batches), so the per-pod resync mostly only
+            # Optionally new label sets in bulk first (atomic batches), so the per-pod resync only
             # takes references; a failure here just leaves the work to the per-pod path.
             try:
-                await alloc.allocate_batch(ctl.desired_label_sets())
+                if cfg.batch_preallocate:
+                    await alloc.allocate_batch(ctl.desired_label_sets())
             except Exception as e:
                 svc.log.warning("batch pre-allocation failed (%s); allocating per pod", e)
             ctl.resync_all()

@@ -26,3 +26,6 @@ class IdentityConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fi
     svid_ttl: float = 3600.0
     workers: int = 4
     lease_renew: float = 1.0
+    batch_preallocate: bool = False
+    """A new leader allocates every new label set in atomic batches before its per-pod resync.
+    Off by default: measured slower at start-up on this machine (bench/identity/RESULTS.md §4)."""

@@ -103,7 +103,7 @@ async def test_namespace_label_change_relabels_its_pods(
     await cluster.pod("a", "p2", {"app": "x"}, "node-1", "10.244.1.11")
     await cluster.pod("b", "q1", {"app": "x"}, "node-1", "10.244.1.12")
     await cluster.synced()
-    replica = await run_replica()
+    replica = await run_replica(batch_preallocate=True)  # the optional batch path, end to end
     await eventually(lambda: _ready(replica.svc.health_port), what="ready")
     before = {ip: (await ipcache_entry(bus, ip)) for ip in ("10.244.1.10", "10.244.1.11", "10.244.1.12")}
     old_a = before["10.244.1.10"].identity  # type: ignore[union-attr]
