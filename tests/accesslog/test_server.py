@@ -1,0 +1,119 @@
+"""The access log service over real gRPC and a real nats-server: flows out, bad input counted, stream kept."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from envoy.service.accesslog.v3 import als_pb2
+from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
+
+from nodemesh import subjects
+from nodemesh.bus import Bus
+from nodemesh.messages.flow import Flow
+from services.datapath.accesslog.convert import no_enrich
+from services.datapath.accesslog.server import (
+    MAX_ENTRY_BYTES,
+    MAX_MESSAGE_BYTES,
+    AccessLogServer,
+    bus_publisher,
+)
+from tests.accesslog.entries import entry, message
+from tests.xds.envoy_fixtures import eventually
+
+METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
+
+
+@pytest.fixture
+async def server(bus: Bus) -> AsyncIterator[tuple[AccessLogServer, CollectorRegistry]]:
+    reg = CollectorRegistry()
+    s = AccessLogServer("node-1", bus_publisher(bus), reg, no_enrich)
+    await s.start(0)
+    try:
+        yield s, reg
+    finally:
+        await s.stop(0)
+
+
+def sample(reg: CollectorRegistry, name: str, **labels: str) -> float:
+    return reg.get_sample_value(name, labels) or 0.0
+
+
+async def test_bad_messages_are_counted_and_the_stream_goes_on(
+    server: tuple[AccessLogServer, CollectorRegistry], bus: Bus
+) -> None:
+    s, reg = server
+    got: list[Flow] = []
+
+    async def on_flow(f: Flow, _m: Msg) -> None:
+        got.append(f)
+
+    await bus.subscribe(subjects.flows("node-1"), Flow, on_flow)
+    await bus.nc.flush()
+    huge_entry = entry(path="/" + "x" * (MAX_ENTRY_BYTES + 10))
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[bytes]:
+        while (item := await queue.get()) is not None:
+            yield item
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{s.port}") as ch:
+        call = ch.stream_unary(METHOD, request_serializer=None, response_deserializer=None)(requests())
+        await queue.put(message(entry(path="/first"), node="node-1").SerializeToString())
+        await queue.put(b"\xff\xff\xff\xff\xff")  # not a protobuf: truncated varint tag
+        await queue.put(b"\x0a" + b"\x80" * 11)  # a field length that never ends
+        await queue.put(message(huge_entry, entry(path="/kept-next-to-huge")).SerializeToString())
+        await queue.put(b"\x00" * (MAX_MESSAGE_BYTES + 1))  # oversized message, dropped unparsed
+        await queue.put(message(entry(path="/last", code=503)).SerializeToString())
+
+        async def all_flows() -> bool:
+            return len(got) == 6
+
+        await eventually(all_flows, 30, "3 entries → 6 flows")
+        # The stream is still open after all that: one more good message goes through.
+        await queue.put(message(entry(path="/after", code=404)).SerializeToString())
+
+        async def seven() -> bool:
+            return len(got) == 8
+
+        await eventually(seven, 30, "the stream survived the bad messages")
+        await queue.put(None)
+        resp = await call
+        assert resp == als_pb2.StreamAccessLogsResponse().SerializeToString()
+
+    urls = [f.l7.http.url for f in got if f.l7 and f.l7.http and f.l7.type == "REQUEST"]
+    assert urls == [
+        "http://example.com/first",
+        "http://example.com/kept-next-to-huge",
+        "http://example.com/last",
+        "http://example.com/after",
+    ]
+    assert sample(reg, "nodemesh_accesslog_entries_dropped_total", reason="decode") == 2
+    assert sample(reg, "nodemesh_accesslog_entries_dropped_total", reason="oversized") == 2
+    assert sample(reg, "nodemesh_accesslog_entries_total") == 4
+    labels = {
+        "method": "GET",
+        "protocol": "HTTP/1.1",
+        "reporter": "server",
+        "source": "world",
+        "destination": "world",
+    }
+    assert sample(reg, "hubble_http_requests_total", **labels, status="200") == 2
+    assert sample(reg, "hubble_http_requests_total", **labels, status="503") == 1
+    assert sample(reg, "hubble_http_responses_total", status="404") == 1
+    assert sample(reg, "nodemesh_accesslog_streams") == 0
+
+
+async def test_second_server_on_a_taken_port_is_a_clear_error(
+    server: tuple[AccessLogServer, CollectorRegistry], bus: Bus
+) -> None:
+    s, _ = server
+    other = AccessLogServer("node-1", bus_publisher(bus), CollectorRegistry(), no_enrich)
+    try:
+        with pytest.raises(OSError, match="cannot bind access log service"):
+            await other.start(s.port)
+    finally:
+        await other.stop(0)
