@@ -5,7 +5,9 @@ from __future__ import annotations
 from nodemesh import codec
 from nodemesh.flowfilter import build_filters, matches
 from nodemesh.messages.flow import Endpoint, Flow
+from nodemesh.messages.identity import IPCacheEntry
 from services.datapath.accesslog.convert import EVENT_TYPE_L7, convert, endpoint_label, no_enrich, workload_of
+from services.datapath.accesslog.enrich import mirror_enricher
 from tests.accesslog.entries import entry
 
 PODS = {
@@ -93,3 +95,39 @@ def test_observe_type_l7_selects_l7_flows_only() -> None:
     assert matches(r.request, allow) and matches(r.response, allow)
     l3 = Flow(time="2023-11-14T22:13:20Z", verdict="FORWARDED", event_type={"type": 4})
     assert not matches(l3, allow)
+
+
+class FakeAgent:
+    """The datapath agent's mirrors, as ``mirror_enricher`` reads them."""
+
+    def __init__(self) -> None:
+        self.version = 1
+        self.node_ip = "127.0.50.1"
+        self.ipcache = {
+            "10.244.1.5": IPCacheEntry(
+                ip="10.244.1.5", identity=300, node="node-1", namespace="shop", pod="web-5d8f7c9b6-abcde"
+            )
+        }
+        self.labels = {300: ["k8s:app=web"], 1: ["reserved:host"]}
+
+    def labels_of(self, identity: int) -> list[str]:
+        return self.labels.get(identity, [])
+
+
+def test_mirror_enricher_reads_the_ipcache_and_follows_its_version() -> None:
+    agent = FakeAgent()
+    enrich = mirror_enricher(agent)
+    ep = enrich("10.244.1.5")
+    assert ep == Endpoint(
+        identity=300,
+        namespace="shop",
+        pod_name="web-5d8f7c9b6-abcde",
+        node_name="node-1",
+        labels=["k8s:app=web"],
+    )
+    assert enrich("127.0.50.1") == Endpoint(identity=1, labels=["reserved:host"])
+    assert enrich("192.0.2.1") is None
+    del agent.ipcache["10.244.1.5"]
+    assert enrich("10.244.1.5") == ep  # cached for this version
+    agent.version += 1
+    assert enrich("10.244.1.5") is None
