@@ -3,6 +3,7 @@ Services, garbage collection, bootstrap objects and the manifest directory."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -115,11 +116,31 @@ async def test_deployment_expands_with_kubernetes_names_and_scales(client: Clien
     h2 = compute_hash(deployment(1, "nginx")["spec"]["template"])
     assert h2 != h
 
+    # RollingUpdate (maxSurge 25% → 1, maxUnavailable 25% → 0): the old pod stays until the new
+    # one is Ready, so the service never has zero pods.
+    async def surged() -> bool:
+        return sorted(p["metadata"]["labels"]["pod-template-hash"] for p in await pods()) == sorted([h, h2])
+
+    await until(surged, what="new pod next to the old one")
+    new_pod = next(p for p in await pods() if p["metadata"]["labels"]["pod-template-hash"] == h2)
+    await asyncio.sleep(0.3)  # give the controllers a chance to (wrongly) remove the old pod
+    assert len(await pods()) == 2
+    await client.patch(
+        f"{NS}/pods/{new_pod['metadata']['name']}/status",
+        {
+            "status": {
+                "podIP": "10.244.1.50",
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
+        },
+    )
+
     async def rolled() -> bool:
         ps = await pods()
         return len(ps) == 1 and ps[0]["metadata"]["labels"]["pod-template-hash"] == h2
 
-    await until(rolled, what="rolled to the new template")
+    await until(rolled, what="rolled to the new template once it is ready")
     rss = {r["metadata"]["name"]: r["spec"]["replicas"] for r in await _items(client, RS)}
     assert rss == {f"web-{h}": 0, f"web-{h2}": 1}
     # Deleting the Deployment garbage-collects its ReplicaSets and Pods.

@@ -1,10 +1,11 @@
 """Deployment → ReplicaSet → Pod expansion and pod scheduling, named as Kubernetes names them.
 
-A Deployment owns one ReplicaSet per distinct pod template, named ``<deployment>-<pod-template-hash>``;
-the current one is scaled to ``spec.replicas`` and older ones to 0 (kept up to
-``revisionHistoryLimit``). A ReplicaSet creates pods with ``generateName: <rs>-``, so pods are
-``<deployment>-<hash>-<5 chars>``. The scheduler honours ``spec.nodeName`` and otherwise binds a
-pod to the node with the fewest pods.
+A Deployment owns one ReplicaSet per distinct pod template, named
+``<deployment>-<pod-template-hash>``; the current one grows to ``spec.replicas`` and older ones
+shrink to 0 (kept up to ``revisionHistoryLimit``) at the pace the Deployment's strategy allows
+(:mod:`nodemesh.localapi.controllers.rollout`). A ReplicaSet creates pods with
+``generateName: <rs>-``, so pods are ``<deployment>-<hash>-<5 chars>``. The scheduler honours
+``spec.nodeName`` and otherwise binds a pod to the node with the fewest pods.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from nodemesh.kinds import by_kind
 from nodemesh.localapi.controllers.hashing import compute_hash
+from nodemesh.localapi.controllers.rollout import RsState, plan
 from nodemesh.localapi.controllers.util import (
     as_map,
     condition_true,
@@ -77,7 +79,7 @@ def _reconcile_deployments_one(store: Store, d: dict[str, Any]) -> int:
                 "annotations": {REVISION: str(max(revisions, default=0) + 1)},
                 "ownerReferences": [owner_ref(d)],
             },
-            "spec": {"replicas": want, "selector": selector, "template": tmpl},
+            "spec": {"replicas": 0, "selector": selector, "template": tmpl},
         }
         try:
             current = store.create(rs_kind, rs, validate=False)
@@ -85,23 +87,29 @@ def _reconcile_deployments_one(store: Store, d: dict[str, Any]) -> int:
         except ApiError as e:
             log.warning("deployment %s/%s: cannot create ReplicaSet: %s", ns, name, e.message)
             return writes
-    elif _replicas(current.get("spec") or {}) != want:
-        new = clone(current)
-        new["spec"]["replicas"] = want
-        writes += write(store, new)
     old = sorted(
         (rs for rs in owned if rs["metadata"]["uid"] != current["metadata"]["uid"]),
         key=lambda r: int(r["metadata"].get("annotations", {}).get(REVISION, "0") or 0),
     )
-    for rs in old:
-        if _replicas(rs.get("spec") or {}) != 0:
+    old_pods = sum(1 for rs in old for p in store.objects("Pod", ns) if controlled_by(p, rs) and _active(p))
+    new_target, old_targets = plan(
+        want, as_map(spec.get("strategy")), _state(current), [_state(rs) for rs in old], old_pods
+    )
+    for rs, target in [(current, new_target), *zip(old, old_targets, strict=True)]:
+        if _replicas(rs.get("spec") or {}) != target:
             new = clone(rs)
-            new["spec"]["replicas"] = 0
+            new["spec"]["replicas"] = target
             writes += write(store, new)
-    limit = int(spec.get("revisionHistoryLimit", 10))
-    for rs in old[: max(0, len(old) - limit)]:
-        store.delete(rs_kind, ns, rs["metadata"]["name"])
-        writes += 1
+    # revisionHistoryLimit: prune the oldest ReplicaSets that are fully scaled down.
+    excess = len(old) - int(spec.get("revisionHistoryLimit", 10))
+    for rs in old:
+        cur = store.peek("ReplicaSet", ns, rs["metadata"]["name"])
+        if excess <= 0 or cur is None:
+            break
+        if _replicas(as_map(cur.get("spec"))) == 0 and not as_map(cur.get("status")).get("replicas"):
+            store.delete(rs_kind, ns, rs["metadata"]["name"])
+            writes += 1
+            excess -= 1
     owned = [rs for rs in store.objects("ReplicaSet", ns) if controlled_by(rs, d)]
     cur_status = (store.peek("ReplicaSet", ns, current["metadata"]["name"]) or current).get("status") or {}
     total = sum(int((rs.get("status") or {}).get("replicas", 0)) for rs in owned)
@@ -123,6 +131,11 @@ def _reconcile_deployments_one(store: Store, d: dict[str, Any]) -> int:
     }
     writes += set_status(store, d, status)
     return writes
+
+
+def _state(rs: dict[str, Any]) -> RsState:
+    status = as_map(rs.get("status"))
+    return RsState(_replicas(as_map(rs.get("spec"))), int(status.get("availableReplicas", 0) or 0))
 
 
 def reconcile_replicasets(store: Store) -> int:
@@ -208,7 +221,10 @@ def _schedule_one(store: Store, p: dict[str, Any], nodes: list[str], load: dict[
         new["spec"]["nodeName"] = node
         writes += write(store, new)
         p = store.peek("Pod", p["metadata"]["namespace"], p["metadata"]["name"]) or new
-    if not as_map(p.get("status")).get("phase"):
-        pending = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}
-        writes += set_status(store, p, pending)
+    status = as_map(p.get("status"))
+    if not status.get("phase"):
+        # Merge PodScheduled by type, as the scheduler's status patch does; keep other conditions.
+        conditions = [c for c in status.get("conditions") or [] if as_map(c).get("type") != "PodScheduled"]
+        conditions.insert(0, {"type": "PodScheduled", "status": "True"})
+        writes += set_status(store, p, {"phase": "Pending", "conditions": conditions})
     return writes
