@@ -42,14 +42,15 @@ def render_bootstrap(
     cluster: str = "nodemesh",
     access_log_path: str = "",
     als_port: int | None = None,
+    als_socket: str = "",
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (as a JSON-shaped dict) for ``node`` talking ADS to ``xds_host:xds_port``.
 
     ``admin_port`` 0 lets Envoy pick one (read it back with ``--admin-address-path``).
     ``access_log_path`` (optional) logs admin requests there; L7 flow logs come with the listeners.
-    ``als_port``: the node's access log service on ``127.0.0.1:als_port``. The ``nodemesh-als`` cluster
-    exists either way (without endpoints when None), so listeners that log to it are always accepted;
-    their logs are then dropped by Envoy.
+    ``als_port``: the node's access log service on ``127.0.0.1:als_port`` (or ``als_socket``, a unix
+    socket path). The ``nodemesh-als`` cluster exists either way (without endpoints when neither is
+    given), so listeners that log to it are always accepted; their logs are then dropped by Envoy.
     """
     if not node:
         raise ValueError("node name is required")
@@ -135,16 +136,20 @@ def render_bootstrap(
                         ],
                     },
                 },
-                _als_cluster(als_port),
+                _als_cluster(als_port, als_socket),
             ]
         },
     }
 
 
-def _als_cluster(port: int | None) -> dict[str, Any]:
+def _als_cluster(port: int | None, socket: str) -> dict[str, Any]:
     lb: list[dict[str, Any]] = []
-    if port is not None:
+    addr: dict[str, Any] | None = None
+    if socket:
+        addr = {"pipe": {"path": socket}}
+    elif port is not None:
         addr = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+    if addr is not None:
         lb = [{"lb_endpoints": [{"endpoint": {"address": addr}}]}]
     return {
         "name": ALS_CLUSTER,

@@ -10,7 +10,9 @@ observe --last`` reads), the Prometheus text.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -25,6 +27,7 @@ from nodemesh.flowfilter import build_filters, matches
 from nodemesh.messages.flow import Endpoint, Flow
 from nodemesh.testing.envoy import Envoy
 from nodemesh.testing.natsserver import free_port
+from services.datapath.accesslog.convert import no_enrich
 from services.datapath.accesslog.server import AccessLogServer, bus_publisher
 from services.xds.bootstrap import ALS_CLUSTER, render_bootstrap
 from services.xds.snapshot import Snapshot
@@ -145,9 +148,8 @@ async def get(url: str) -> int:
         return r.status
 
 
-async def test_envoy_requests_become_l7_flows_and_hubble_metrics(
-    bus: Bus, xds: Xds, backends: Backends
-) -> None:
+async def serve_gateway(xds: Xds, backends: Backends) -> tuple[str, int]:
+    """Translate the Gateway (access logs on, as the xds app does) and serve it; → (address, port)."""
     echo_port = await backends.add("echo")
     gw_ip, lport = f"127.0.100.{10 + free_port() % 200}", free_port()
     tr = translate(
@@ -156,6 +158,13 @@ async def test_envoy_requests_become_l7_flows_and_hubble_metrics(
     snap = Snapshot(tr.resources)
     snap.consistent()
     xds.cache.set_default(snap)
+    return gw_ip, lport
+
+
+async def test_envoy_requests_become_l7_flows_and_hubble_metrics(
+    bus: Bus, xds: Xds, backends: Backends
+) -> None:
+    gw_ip, lport = await serve_gateway(xds, backends)
 
     pods = {
         CLIENT_IP: Endpoint(
@@ -247,6 +256,47 @@ async def test_envoy_requests_become_l7_flows_and_hubble_metrics(
     assert m[("hubble_http_request_duration_seconds_bucket", key(dur, le="+Inf"))] == 3
     assert m[("hubble_http_request_duration_seconds_sum", key(dur))] > 0
     assert m[("nodemesh_accesslog_entries_dropped_total", key({}, reason="decode"))] == 0
+
+
+async def test_envoy_logs_over_a_unix_socket_and_reconnects_to_a_restarted_receiver(
+    bus: Bus, xds: Xds, backends: Backends, tmp_path: Path
+) -> None:
+    """Local mode's setup: the socket lives in the node's data dir; the datapath may restart."""
+    gw_ip, lport = await serve_gateway(xds, backends)
+    sock = str(tmp_path / "als.sock")
+    got: list[Flow] = []
+
+    async def on_flow(f: Flow, _m: Msg) -> None:
+        got.append(f)
+
+    await bus.subscribe(subjects.flows("node-1"), Flow, on_flow)
+    await bus.nc.flush()
+    als = AccessLogServer("node-1", bus_publisher(bus), CollectorRegistry(), no_enrich)
+    await als.start(socket_path=sock)
+    envoy = Envoy(render_bootstrap("node-1", "127.0.0.1", xds.port, 0, als_socket=sock), name="envoy@node-1")
+    envoy.start()
+    try:
+        await envoy.wait_live(60)
+        url = f"http://{gw_ip}:{lport}/api/one"
+        await serves(url, "echo")
+        await eventually(lambda: _true(any(_path(f) == "/api/one" for f in got)), 30, "flow via the socket")
+        await als.stop(0)  # the datapath restarts: a new receiver on the same socket path
+        als = AccessLogServer("node-1", bus_publisher(bus), CollectorRegistry(), no_enrich)
+        await als.start(socket_path=sock)
+
+        async def logged_again() -> bool:
+            # Envoy notices the dead stream on its next flush and opens a new one; keep sending.
+            assert await get(f"http://{gw_ip}:{lport}/api/two") == 200
+            return any(_path(f) == "/api/two" for f in got)
+
+        await eventually(logged_again, 60, "flows again after the receiver restarted")
+    finally:
+        envoy.stop()
+        await als.stop(0)
+
+
+def _path(f: Flow) -> str:
+    return urlsplit(f.l7.http.url).path if f.l7 and f.l7.http else ""
 
 
 def key(base: dict[str, str], **more: str) -> frozenset[tuple[str, str]]:

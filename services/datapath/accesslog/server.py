@@ -39,6 +39,8 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: One entry larger than this (huge URL or headers) is dropped, the rest of its batch kept.
 MAX_ENTRY_BYTES = 64 * 1024
 
+_SUN_PATH_MAX = 108  # struct sockaddr_un.sun_path, NUL included
+
 Publish = Callable[[str, Flow], Awaitable[None]]
 
 
@@ -64,8 +66,10 @@ class AccessLogServer:
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
-    async def start(self, port: int = 0, host: str = "127.0.0.1") -> int:
-        """Bind ``host:port`` (0 picks one) and serve; returns the bound port."""
+    async def start(self, port: int = 0, host: str = "127.0.0.1", *, socket_path: str = "") -> int:
+        """Bind ``host:port`` (0 picks one), or the unix socket ``socket_path``, and serve.
+
+        Returns the bound port (0 for a socket)."""
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", 4 * MAX_MESSAGE_BYTES),
@@ -85,15 +89,18 @@ class AccessLogServer:
             },
         )
         server.add_generic_rpc_handlers((handler,))
+        where = f"unix:{socket_path}" if socket_path else f"{host}:{port}"
+        if len(socket_path.encode()) >= _SUN_PATH_MAX:
+            raise OSError(f"cannot bind access log service on {where}: path too long for a unix socket")
         try:
-            bound = server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError:  # grpcio ≥ 1.5x raises instead of returning 0
+            bound = server.add_insecure_port(where)
+        except RuntimeError:  # newer grpcio raises instead of returning 0
             bound = 0
         if not bound:
-            raise OSError(f"cannot bind access log service on {host}:{port}")
+            raise OSError(f"cannot bind access log service on {where}")
         await server.start()
-        self._server, self.port = server, int(bound)
-        log.info("access log service listening on %s:%d", host, self.port)
+        self._server, self.port = server, 0 if socket_path else int(bound)
+        log.info("access log service listening on %s", where)
         return self.port
 
     async def stop(self, grace: float | None = 1.0) -> None:
@@ -152,9 +159,13 @@ def bus_publisher(bus: Bus) -> Publish:
     return publish
 
 
-async def start_accesslog(svc: Service, node: str, port: int, enrich: Enrich) -> AccessLogServer:
-    """Serve access logs on ``127.0.0.1:port`` for ``node``'s Envoy; stopped with the service."""
+async def start_accesslog(
+    svc: Service, node: str, port: int, enrich: Enrich, *, socket_path: str = ""
+) -> AccessLogServer:
+    """Serve access logs for ``node``'s Envoy on ``127.0.0.1:port``, or on the unix socket
+    ``socket_path`` when given (what local mode uses: no port to allocate, private to the node's
+    data dir); stopped with the service. Raises OSError when it cannot bind."""
     server = AccessLogServer(node, bus_publisher(svc.bus), svc.registry, enrich)
-    await server.start(port)
+    await server.start(port, socket_path=socket_path)
     svc.on_stop(server.stop)
     return server
