@@ -153,6 +153,7 @@ async def _all_scheduled(client: Client) -> bool:
     ps = await _items(client, f"{NS}/pods")
     return bool(ps) and all(p["spec"].get("nodeName") for p in ps)
 
+
 async def test_a_malformed_object_does_not_stall_its_controller(client: Client, api: LocalApi) -> None:
     # Stored without validation (as if written by an older version): its controller skips it.
     bad = {"metadata": {"name": "bad", "namespace": "default"}, "spec": {"template": "oops", "replicas": 2}}
