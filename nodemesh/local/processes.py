@@ -131,7 +131,7 @@ def service_args(spec: ProcSpec, ctx: Context, node: str, health_addr: str) -> l
         return ["--node", node, "--xds-addr", ctx.xds_addr, "--admin-port", admin, "--bootstrap", boot]
     if spec.service == "apiserver":
         _host, _, port = ctx.api_url.rpartition(":")
-        args = ["--data-dir", f"{ctx.data_dir}/api", "--host", ctx.bind_host, "--port", port]
+        args = ["--data-dir", ctx.data_dir, "--host", ctx.bind_host, "--port", port]
         args += ["--nodes", str(len(ctx.nodes))]
         if ctx.manifests:
             args += ["--manifests", ctx.manifests]
