@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from envoy.service.accesslog.v3 import als_pb2
@@ -13,13 +17,17 @@ from prometheus_client import CollectorRegistry
 
 from nodemesh import subjects
 from nodemesh.bus import Bus
+from nodemesh.config import ServiceConfig
 from nodemesh.messages.flow import Flow
+from nodemesh.runtime import Service, run_service
+from nodemesh.testing.natsserver import NatsServer
 from services.datapath.accesslog.convert import no_enrich
 from services.datapath.accesslog.server import (
     MAX_ENTRY_BYTES,
     MAX_MESSAGE_BYTES,
     AccessLogServer,
     bus_publisher,
+    start_accesslog,
 )
 from tests.accesslog.entries import entry, message
 from tests.xds.envoy_fixtures import eventually
@@ -117,3 +125,59 @@ async def test_second_server_on_a_taken_port_is_a_clear_error(
             await other.start(s.port)
     finally:
         await other.stop(0)
+
+
+async def test_start_accesslog_in_a_service_exports_metrics_and_stops_with_it(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """What the datapath app does: the service's /metrics shows the counts; stop closes the socket."""
+    cfg = ServiceConfig(nats_url=nats_server.url, health_addr="127.0.0.1:0")
+    sock = str(tmp_path / "als.sock")
+    holder: dict[str, Any] = {}
+    stop = asyncio.Event()
+
+    async def main(svc: Service) -> None:
+        holder["als"] = await start_accesslog(svc, "node-1", 0, no_enrich, socket_path=sock)
+        holder["svc"] = svc
+
+    task = asyncio.create_task(run_service("datapath", cfg, main, install_signals=False, stop=stop))
+    try:
+        await eventually(lambda: _true("svc" in holder and holder["svc"].health_port > 0), 30, "started")
+        svc: Service = holder["svc"]
+        async with grpc.aio.insecure_channel(f"unix:{sock}") as ch:
+            send = ch.stream_unary(METHOD, request_serializer=None, response_deserializer=None)
+            raws = [message(entry(code=c)).SerializeToString() for c in (200, 200, 500)]
+            await send(iter([*raws, b"\xff\xff"]))
+
+        async def scraped() -> bool:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"http://127.0.0.1:{svc.health_port}/metrics") as r,
+            ):
+                text = await r.text()
+            return (
+                'hubble_http_responses_total{status="200"} 2.0' in text
+                and 'hubble_http_responses_total{status="500"} 1.0' in text
+                and 'nodemesh_accesslog_entries_dropped_total{reason="decode"} 1.0' in text
+            )
+
+        await eventually(scraped, 30, "counts on the service's /metrics")
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 20) == 0
+    assert not os.path.exists(sock)  # noqa: ASYNC240 (a stat in a test)
+    async with grpc.aio.insecure_channel(f"unix:{sock}") as ch:
+        send = ch.stream_unary(METHOD, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await send(iter([message(entry()).SerializeToString()]), timeout=2)
+
+
+async def test_a_socket_path_too_long_is_a_clear_error(bus: Bus) -> None:
+    s = AccessLogServer("node-1", bus_publisher(bus), CollectorRegistry(), no_enrich)
+    with pytest.raises(OSError, match="path too long"):
+        await s.start(socket_path="/tmp/" + "x" * 120)
+    await s.stop(0)
+
+
+async def _true(v: bool) -> bool:
+    return v

@@ -12,7 +12,9 @@ with gRPC's own decoding it would end the stream, and with it every later log of
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -64,6 +66,7 @@ class AccessLogServer:
         self._publish = publish
         self._subject = subjects.flows(node)
         self._server: grpc.aio.Server | None = None
+        self._socket = ""
         self.port = 0
 
     async def start(self, port: int = 0, host: str = "127.0.0.1", *, socket_path: str = "") -> int:
@@ -100,6 +103,7 @@ class AccessLogServer:
             raise OSError(f"cannot bind access log service on {where}")
         await server.start()
         self._server, self.port = server, 0 if socket_path else int(bound)
+        self._socket = socket_path
         log.info("access log service listening on %s", where)
         return self.port
 
@@ -107,6 +111,9 @@ class AccessLogServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+            if self._socket:  # gRPC leaves the socket file; nothing stays behind
+                with contextlib.suppress(OSError):
+                    os.unlink(self._socket)
 
     async def _stream(self, requests: AsyncIterator[bytes], _ctx: Any) -> als_pb2.StreamAccessLogsResponse:
         self.metrics.streams.inc()
