@@ -20,6 +20,7 @@ from nodemesh.messages.auth import AuthVerdict
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
 from nodemesh.runtime import Service
 from nodemesh.streams import BUCKET_IDENTITIES, BUCKET_IPCACHE, BUCKET_NODES
+from services.datapath.accesslog import mirror_enricher, start_configured
 from services.datapath.agent import POLICY_KINDS, Agent, router_ip
 from services.datapath.config import DatapathConfig
 from services.datapath.events import EventPump
@@ -53,6 +54,9 @@ async def main(svc: Service) -> None:
     write_state(cfg, loader.pin_dir, loader.scope)
     await asyncio.to_thread(agent.load)
     svc.log.info("programs loaded", extra={"pin_dir": loader.pin_dir, "reused_pins": loader.reused_pins})
+
+    # L7 flows from the node's Envoy, enriched from the same ipcache/identity mirror as L3/L4 flows
+    await start_configured(svc, cfg.node, cfg.accesslog, cfg.data_dir, mirror_enricher(agent))
 
     pump = EventPump(loader, agent, svc.bus, svc.registry, cfg.event_queue_batches)
     pump.start()

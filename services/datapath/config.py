@@ -18,6 +18,9 @@ class DatapathConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fi
     """bpffs directory; maps are pinned in ``<pin_root>/<node>/``."""
     scope: str = ""
     """Token in netns, link and pin names; empty = derived from data_dir (see pods.netns.scope_for)."""
+    accesslog: str = ""
+    """Envoy access-log receiver (L7 flows, docs/l7-visibility.md): "" = unix socket
+    ``<data_dir>/als.sock``; ``PORT`` / ``127.0.0.1:PORT``; ``unix:PATH``; ``off``."""
     cluster_name: str = "default"
     event_queue_batches: int = 4096
     """Batches of ring-buffer events held for publishing before further ones are counted as lost."""
