@@ -27,7 +27,8 @@ from services.datapath.accesslog.server import (
     MAX_MESSAGE_BYTES,
     AccessLogServer,
     bus_publisher,
-    start_accesslog,
+    listen_address,
+    start_configured,
 )
 from tests.accesslog.entries import entry, message
 from tests.xds.envoy_fixtures import eventually
@@ -137,13 +138,15 @@ async def test_start_accesslog_in_a_service_exports_metrics_and_stops_with_it(
     stop = asyncio.Event()
 
     async def main(svc: Service) -> None:
-        holder["als"] = await start_accesslog(svc, "node-1", 0, no_enrich, socket_path=sock)
+        # The datapath's default setting: "" = <data dir>/als.sock.
+        holder["als"] = await start_configured(svc, "node-1", "", str(tmp_path), no_enrich)
         holder["svc"] = svc
 
     task = asyncio.create_task(run_service("datapath", cfg, main, install_signals=False, stop=stop))
     try:
         await eventually(lambda: _true("svc" in holder and holder["svc"].health_port > 0), 30, "started")
         svc: Service = holder["svc"]
+        assert holder["als"] is not None
         async with grpc.aio.insecure_channel(f"unix:{sock}") as ch:
             send = ch.stream_unary(METHOD, request_serializer=None, response_deserializer=None)
             raws = [message(entry(code=c)).SerializeToString() for c in (200, 200, 500)]
@@ -181,3 +184,28 @@ async def test_a_socket_path_too_long_is_a_clear_error(bus: Bus) -> None:
 
 async def _true(v: bool) -> bool:
     return v
+
+
+def test_listen_address_setting() -> None:
+    assert listen_address("", "/d/nodes/node-1") == (0, "/d/nodes/node-1/als.sock")
+    assert listen_address("off", "/d") is None
+    assert listen_address("9123", "/d") == (9123, "")
+    assert listen_address(":9123", "/d") == (9123, "")
+    assert listen_address("127.0.0.1:9123", "/d") == (9123, "")
+    assert listen_address("unix:/run/als.sock", "/d") == (0, "/run/als.sock")
+    for bad in ("0.0.0.0:9123", "10.0.0.1:80", "port", "70000", "127.0.0.1:"):
+        with pytest.raises(ValueError, match="accesslog"):
+            listen_address(bad, "/d")
+
+
+async def test_a_receiver_that_cannot_bind_is_skipped_not_fatal(nats_server: NatsServer) -> None:
+    cfg = ServiceConfig(nats_url=nats_server.url, health_addr="127.0.0.1:0")
+    got: dict[str, Any] = {}
+    stop = asyncio.Event()
+
+    async def main(svc: Service) -> None:
+        got["als"] = await start_configured(svc, "node-1", "unix:/" + "x" * 200, "", no_enrich)
+        stop.set()
+
+    assert await run_service("datapath", cfg, main, install_signals=False, stop=stop) == 0
+    assert got == {"als": None}

@@ -6,7 +6,12 @@ core; see docs/l7-visibility.md.
 
 from services.datapath.accesslog.convert import Enrich, L7Record, convert, endpoint_label, workload_of
 from services.datapath.accesslog.enrich import mirror_enricher
-from services.datapath.accesslog.server import AccessLogServer, start_accesslog
+from services.datapath.accesslog.server import (
+    AccessLogServer,
+    listen_address,
+    start_accesslog,
+    start_configured,
+)
 
 __all__ = [
     "AccessLogServer",
@@ -14,7 +19,9 @@ __all__ = [
     "L7Record",
     "convert",
     "endpoint_label",
+    "listen_address",
     "mirror_enricher",
     "start_accesslog",
+    "start_configured",
     "workload_of",
 ]

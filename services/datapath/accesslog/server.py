@@ -30,7 +30,15 @@ from nodemesh.runtime import Service
 from services.datapath.accesslog.convert import Enrich, convert
 from services.datapath.accesslog.metrics import AccessLogMetrics
 
-__all__ = ["MAX_ENTRY_BYTES", "MAX_MESSAGE_BYTES", "AccessLogServer", "start_accesslog"]
+__all__ = [
+    "MAX_ENTRY_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "SOCKET_NAME",
+    "AccessLogServer",
+    "listen_address",
+    "start_accesslog",
+    "start_configured",
+]
 
 log = logging.getLogger("nodemesh.datapath.accesslog")
 
@@ -41,6 +49,8 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: One entry larger than this (huge URL or headers) is dropped, the rest of its batch kept.
 MAX_ENTRY_BYTES = 64 * 1024
 
+#: The socket in a node's data dir (local mode: the supervisor gives Envoy the same path).
+SOCKET_NAME = "als.sock"
 _SUN_PATH_MAX = 108  # struct sockaddr_un.sun_path, NUL included
 
 Publish = Callable[[str, Flow], Awaitable[None]]
@@ -176,3 +186,38 @@ async def start_accesslog(
     await server.start(port, socket_path=socket_path)
     svc.on_stop(server.stop)
     return server
+
+
+def listen_address(setting: str, data_dir: str) -> tuple[int, str] | None:
+    """The datapath's ``accesslog`` setting → ``(port, socket_path)``, or None when off.
+
+    ``""`` = the unix socket ``<data_dir>/als.sock``; ``PORT``, ``:PORT`` or ``127.0.0.1:PORT`` = TCP
+    on loopback; ``off`` = no L7 flows. Anything else is a ValueError (a config typo fails at start).
+    """
+    setting = setting.strip()
+    if setting == "off":
+        return None
+    if not setting:
+        return 0, os.path.join(data_dir or ".", SOCKET_NAME)
+    if setting.startswith("unix:"):
+        return 0, setting.removeprefix("unix:")
+    host, _, port = setting.rpartition(":")
+    if host not in ("", "127.0.0.1", "localhost") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"accesslog: {setting!r} is not off, unix:PATH or [127.0.0.1:]PORT")
+    return int(port), ""
+
+
+async def start_configured(
+    svc: Service, node: str, setting: str, data_dir: str, enrich: Enrich
+) -> AccessLogServer | None:
+    """What the datapath app calls: start per ``setting`` (see :func:`listen_address`). A receiver
+    that cannot bind is logged and skipped: L7 visibility must never keep a node's datapath down."""
+    addr = listen_address(setting, data_dir)
+    if addr is None:
+        return None
+    port, path = addr
+    try:
+        return await start_accesslog(svc, node, port, enrich, socket_path=path)
+    except OSError as e:
+        svc.log.warning("no L7 flows: %s", e)
+        return None
