@@ -144,7 +144,14 @@ def user_permissions(nodes: Iterable[str]) -> dict[str, Permissions]:
     users: dict[str, Permissions] = {
         ADMIN: Permissions(publish=(">",), subscribe=(">",)),
         "watcher": _perms(
-            [subjects.K8S_OBJ_ALL, subjects.K8S_SYNCED, kv_subject("leases"), *k8s, *_read_kv("leases")],
+            [
+                subjects.K8S_OBJ_ALL,
+                subjects.K8S_SYNCED,
+                kv_subject("leases"),
+                *k8s,
+                *_read_stream("STATUS"),  # the durable work queue of status patches
+                *_read_kv("leases"),
+            ],
             [subjects.K8S_STATUS_ALL],
         ),
         "identity": _perms(

@@ -27,6 +27,7 @@ class Stream(msgspec.Struct, frozen=True):
     max_msgs: int = -1
     max_age_s: float = 0.0
     duplicate_window_s: float = 120.0
+    work_queue: bool = False  # each message is removed once a consumer acks it
     doc: str = ""
 
 
@@ -58,7 +59,14 @@ STREAM_FLOWS = Stream(
     duplicate_window_s=1.0,
     doc="Recent flows for `nodemesh observe --last N`; live consumers use core NATS.",
 )
-STREAMS: tuple[Stream, ...] = (STREAM_K8S, STREAM_EVENTS, STREAM_FLOWS)
+STREAM_STATUS = Stream(
+    name="STATUS",
+    subjects=(subjects.K8S_STATUS_ALL,),
+    max_age_s=600.0,
+    work_queue=True,
+    doc="Status patches waiting for the active watcher; kept across a watcher failover, removed on ack.",
+)
+STREAMS: tuple[Stream, ...] = (STREAM_K8S, STREAM_EVENTS, STREAM_FLOWS, STREAM_STATUS)
 
 BUCKET_IDENTITIES = Bucket("identities", doc="id → Identity (labels, refs); labels-hash keys → id")
 BUCKET_IPCACHE = Bucket("ipcache", doc="IP (dots as '-') → IPCacheEntry")
@@ -80,7 +88,7 @@ def _stream_config(s: Stream, replicas: int) -> StreamConfig:
     return StreamConfig(
         name=s.name,
         subjects=list(s.subjects),
-        retention=RetentionPolicy.LIMITS,
+        retention=RetentionPolicy.WORK_QUEUE if s.work_queue else RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_msgs_per_subject=s.max_msgs_per_subject,
         max_msgs=s.max_msgs,

@@ -13,17 +13,15 @@ import os
 import secrets
 from typing import Any
 
-from nodemesh import subjects
 from nodemesh.errors import ConfigError
 from nodemesh.kinds import KINDS, Kind, lookup
-from nodemesh.messages.k8s import StatusPatch
 from nodemesh.runtime import Service
 from nodemesh.streams import BUCKET_LEASES
 from services.watcher.config import WatcherConfig
 from services.watcher.kube import KubeClient
 from services.watcher.lease import Lease
 from services.watcher.metrics import WatcherMetrics
-from services.watcher.status import StatusApplier
+from services.watcher.status import StatusApplier, pull_status_patches
 from services.watcher.sync import ActiveWatcher, LostLeadership
 
 __all__ = ["LEASE_KEY", "main", "select_kinds"]
@@ -79,7 +77,9 @@ async def main(svc: Service) -> None:
             watch_timeout_s=cfg.watch_timeout_s,
             missing_retry_s=cfg.missing_kind_retry_s,
         )
-        sub = await svc.bus.subscribe(subjects.K8S_STATUS_ALL, StatusPatch, applier.handle)
+        status_task: asyncio.Task[None] = asyncio.create_task(
+            pull_status_patches(svc.bus, applier, lambda: lease.held), name="watcher:status"
+        )
         task: asyncio.Task[Any] = asyncio.create_task(active.run(gate.set), name="watcher:active")
         try:
             while True:
@@ -102,10 +102,13 @@ async def main(svc: Service) -> None:
                 pass
             except Exception as e:  # already logged above when it ended the active role
                 svc.log.debug("active role ended: %r", e)
+            status_task.cancel()
             try:
-                await sub.unsubscribe()
+                await status_task
+            except asyncio.CancelledError:
+                pass
             except Exception as e:
-                svc.log.debug("unsubscribe: %r", e)
+                svc.log.debug("status applier ended: %r", e)
 
     async def elect() -> None:
         while True:

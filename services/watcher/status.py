@@ -1,23 +1,37 @@
 """Status patches from other services (``k8s.status.*``) applied to the API's status subresource.
 
-Only the active watcher subscribes. A patch is a JSON merge patch of ``{"status": …}``; with a uid
-it also carries ``metadata.uid``, which the API treats as a precondition (409 on a recreated
-object, which we skip). An object that is gone is ignored with a debug log.
+Patches land in the work-queue stream STATUS, so a patch published while no watcher is active (a
+failover takes up to the lease TTL) waits there instead of being lost. Only the active watcher pulls
+from the shared durable consumer; a patch is acked once applied or found unappliable (garbage,
+unknown kind, vanished object), and one delivered to a watcher that died before acking is
+redelivered to its successor after the ack wait.
+
+A patch is a JSON merge patch of ``{"status": …}``; with a uid it also carries ``metadata.uid``,
+which the API treats as a precondition (409 on a recreated object, which we skip). An object
+that is gone is ignored with a debug log.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig
 
+from nodemesh import subjects
+from nodemesh.bus import Bus
 from nodemesh.kinds import by_kind
 from nodemesh.messages.k8s import StatusPatch
+from nodemesh.streams import STREAM_STATUS
 from services.watcher.kube import ApiStatusError, KubeClient
 from services.watcher.metrics import WatcherMetrics
 
-__all__ = ["StatusApplier"]
+__all__ = ["DURABLE", "StatusApplier", "pull_status_patches"]
+
+DURABLE = "status-applier"
 
 log = logging.getLogger("nodemesh.watcher.status")
 
@@ -63,3 +77,29 @@ class StatusApplier:
             self.metrics.status_patches.labels(result="error").inc()
             return
         self.metrics.status_patches.labels(result="applied").inc()
+
+
+async def pull_status_patches(bus: Bus, applier: StatusApplier, active: Callable[[], bool]) -> None:
+    """Apply patches from the STATUS work queue while ``active()``; returns when it turns False."""
+    psub = await bus.js.pull_subscribe(
+        subjects.K8S_STATUS_ALL,
+        durable=DURABLE,
+        stream=STREAM_STATUS.name,
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=1000),
+    )
+    try:
+        while active():
+            try:
+                msgs = await psub.fetch(64, timeout=1.0)
+            except (TimeoutError, NatsTimeout):
+                continue
+            for msg in msgs:
+                patch = bus.decode_or_count(msg, StatusPatch)
+                if patch is not None:
+                    await applier.handle(patch, msg)
+                await msg.ack()
+    finally:
+        try:
+            await psub.unsubscribe()
+        except Exception as e:  # connection already gone: the durable consumer stays on the server
+            log.debug("status pull unsubscribe: %r", e)

@@ -330,3 +330,25 @@ async def test_object_over_nats_max_payload_is_skipped_not_blocking(
     finally:
         await cache.stop()
         await w.stop()
+
+
+async def test_status_patch_published_while_no_watcher_is_active_is_applied_later(
+    nats_server: NatsServer, api: LocalApi, bus: Bus
+) -> None:
+    # A failover leaves up to a lease TTL with no active watcher: patches must wait, not vanish.
+    api.store.create(POD, {"metadata": {"name": "q", "namespace": "default"}, "spec": SPEC})
+    patch = StatusPatch(
+        kind="Pod", api_version="v1", namespace="default", name="q", status={"phase": "Running"}
+    )
+    await bus.publish(subjects.k8s_status("Pod", "default", "q"), patch)
+    await bus.nc.flush()
+    assert (api.store.get(POD, "default", "q").get("status") or {}).get("phase") != "Running"
+    w = await InProcessWatcher(nats_server.url, api.url, "late").start()
+    try:
+        await until(
+            lambda: (api.store.get(POD, "default", "q").get("status") or {}).get("phase") == "Running",
+            what="patch queued before any watcher was active is applied",
+        )
+        assert w.metric("nodemesh_watcher_status_patches_total", {"result": "applied"}) == 1
+    finally:
+        await w.stop()
