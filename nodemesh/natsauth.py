@@ -188,7 +188,6 @@ def user_permissions(nodes: Iterable[str]) -> dict[str, Permissions]:
             [
                 subjects.flows(node),
                 subjects.auth_required(node),
-                subjects.local_pods(node),
                 # pod status patches: the subject names the pod, not its node, so this cannot be
                 # narrowed to this node's pods (see docs/identity.md)
                 subjects.k8s_status("pod", "*", "*"),
@@ -203,7 +202,6 @@ def user_permissions(nodes: Iterable[str]) -> dict[str, Permissions]:
             [
                 subjects.auth_granted(node),
                 subjects.auth_revoked(node),
-                subjects.local_pods(node),
             ],
         )
         users[authd_user(node)] = _perms(

@@ -7,21 +7,20 @@ subject                                         carried by                 paylo
 ==============================================  =========================  =================================
 ``k8s.obj.<kind>.<namespace>.<name>``           stream K8S (last value)    k8s.ObjectEvent
 ``k8s.synced``                                  stream K8S (last value)    k8s.Synced
-``k8s.status.<kind>.<namespace>.<name>``        core NATS → watcher        k8s.StatusPatch
+``k8s.status.<kind>.<namespace>.<name>``        stream STATUS (work queue) k8s.StatusPatch
 ``identity.allocate`` / ``identity.release``    request/reply, queue       identity.*
-``identity.events``                             stream IDENTITY            identity.IdentityEvent
-``ipcache.events``                              stream IDENTITY            identity.IPCacheEvent
+``identity.events``                             stream EVENTS              identity.IdentityEvent
+``ipcache.events``                              stream EVENTS              identity.IPCacheEvent
 ``svid.sign.<node>``                            request/reply, queue       identity.SvidRequest/SvidReply
 ``identity.ca.rotate``                          request/reply (admin)      identity.CaRotateRequest/Reply
-``trust.bundle``                                stream IDENTITY            identity.TrustBundle
+``trust.bundle``                                stream EVENTS              identity.TrustBundle
 ``auth.required.<node>``                        core NATS                  auth.AuthRequired
 ``auth.granted.<node>`` / ``auth.revoked.<node>`` core NATS                auth.AuthVerdict
 ``auth.events.<node>``                          core NATS                  auth.AuthEvent
 ``auth.list.<node>``                            request/reply              auth.*
-``flows.<node>``                                core NATS                  flow.Flow
+``flows.<node>``                                core NATS + stream FLOWS   flow.Flow
 ``xds.ack.<node>``                              core NATS                  xds.XdsAck
 ``xds.status``                                  request/reply, queue       xds.XdsStatusRequest/Reply
-``local.pods.<node>``                           core NATS                  (local mode) pod plumbing
 ==============================================  =========================  =================================
 
 Names and namespaces may contain dots, which NATS treats as token separators, so every token taken from
@@ -53,7 +52,6 @@ __all__ = [
     "k8s_kind",
     "k8s_object",
     "k8s_status",
-    "local_pods",
     "svid_sign",
     "token",
     "untoken",
@@ -151,8 +149,3 @@ XDS_STATUS = "xds.status"
 
 def xds_ack(node: str) -> str:
     return f"xds.ack.{token(node)}"
-
-
-# --- local mode ----------------------------------------------------------------------------------
-def local_pods(node: str) -> str:
-    return f"local.pods.{token(node)}"
