@@ -40,6 +40,9 @@
 #define NM_AUTH_SIGNAL_INTERVAL_NS 100000000ULL /* one auth-required signal per key per 100 ms */
 
 #define NM_PIN(name) NM_PIN_DIR "/" name
+#ifndef NM_SHARED_PIN_DIR
+#define NM_SHARED_PIN_DIR NM_PIN_DIR
+#endif
 
 BPF_TABLE_PINNED("hash", struct nm_endpoint_key, struct nm_endpoint_info, nm_endpoints, 4096,
 		 NM_PIN("nm_endpoints"));
@@ -51,6 +54,10 @@ BPF_TABLE_PINNED("lru_hash", struct nm_ct_key, struct nm_ct_entry, nm_ct, NM_CT_
 BPF_TABLE_PINNED("hash", struct nm_auth_key, struct nm_auth_value, nm_auth, NM_AUTH_MAX, NM_PIN("nm_auth"),
 		 BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", u32, u32, nm_config, NM_CFG_MAX, NM_PIN("nm_config"));
+/* Connections an ingress policy redirected to a proxy on this host, shared by every node of the
+ * cluster (pinned next to the node directories): later packets enter the host stack through the
+ * sender's from-pod program, which must hand them to the proxy's socket there (see nm_handle). */
+BPF_TABLE_PINNED("lru_hash", struct nm_ct_key, u32, nm_proxy_flows, 65536, NM_SHARED_PIN_DIR "/nm_proxy_flows");
 /* last auth-required signal per key (dedup); losing it on restart only costs one extra signal */
 BPF_TABLE("lru_hash", struct nm_auth_key, u64, nm_auth_signal, 16384);
 BPF_PERCPU_ARRAY(nm_drops, u64, 256);
@@ -65,6 +72,8 @@ struct nm_verdict {
 	__u8 match_type;
 	__u8 auth_type;
 	__u8 drop_reason; /* 0 = allowed */
+	__u8 proxy;       /* the allowing entry redirects to the L7 proxy */
+	__be16 proxy_port; /* for the event: the proxy port the flow goes to */
 };
 
 static __always_inline void nm_emit(struct __sk_buff *skb, const struct nm_tuple *t,
@@ -102,7 +111,7 @@ static __always_inline void nm_emit(struct __sk_buff *skb, const struct nm_tuple
 	e->is_reply = is_reply;
 	e->icmp_type = t->icmp_type;
 	e->icmp_code = t->icmp_code;
-	e->pad = 0;
+	e->proxy_port = v->proxy_port;
 	e->pad2 = 0;
 	nm_events.ringbuf_submit(e, 0);
 	nm_stats.increment(NM_STAT_EVENTS);
@@ -153,6 +162,7 @@ static __always_inline void nm_policy_check(struct __sk_buff *skb, const struct 
 	v->match_type = NM_MATCH_NONE;
 	v->auth_type = 0;
 	v->drop_reason = 0;
+	v->proxy = 0;
 	if (!(ep->flags & enforce))
 		return;
 	struct nm_policy_key k = {};
@@ -177,8 +187,102 @@ static __always_inline void nm_policy_check(struct __sk_buff *skb, const struct 
 		return;
 	}
 	v->auth_type = pv->auth_type;
+	/* only TCP is redirected: the proxy speaks HTTP (no Kafka/DNS proxies) */
+	v->proxy = pv->proxy_port && t->proto == IPPROTO_TCP;
 	if (v->auth_type && !nm_auth_ok(skb, t, ep, dir, v, now))
 		v->drop_reason = NM_DROP_AUTH_REQUIRED;
+}
+
+static __always_inline __u32 nm_cfg(__u32 idx)
+{
+	__u32 *p = nm_config.lookup(&idx);
+	return p ? *p : 0;
+}
+
+/* The proxy port (host order) of this direction's L7 policy listener; 0 = none configured. */
+static __always_inline __u16 nm_proxy_port(__u8 dir)
+{
+	return (__u16)nm_cfg(dir == NM_DIR_EGRESS ? NM_CFG_PROXY_PORT_EGRESS : NM_CFG_PROXY_PORT_INGRESS);
+}
+
+/* Deliver this packet to the local proxy (only legal at tc ingress): the connection's own socket if
+ * the proxy already accepted it, else the transparent listener on <proxy addr>:<port>. The mark makes
+ * the stack route it locally (ip rule fwmark 0x200/0xf00 → a table with a local default route), so
+ * the assigned socket receives it although the destination address is not the host's.
+ * Returns 0 or a drop reason. */
+static __always_inline int nm_to_proxy(struct __sk_buff *skb, const struct nm_tuple *t, __u16 port)
+{
+	struct bpf_sock_tuple tup = {};
+	tup.ipv4.saddr = t->saddr;
+	tup.ipv4.daddr = t->daddr;
+	tup.ipv4.sport = t->sport;
+	tup.ipv4.dport = t->dport;
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (sk) {
+		/* a host listener on the original port is not the proxy: look for the proxy's */
+		if (sk->state != BPF_TCP_LISTEN)
+			goto assign;
+		bpf_sk_release(sk);
+	}
+	if (!port)
+		return NM_DROP_SOCKET_LOOKUP;
+	__u32 addr = nm_cfg(NM_CFG_PROXY_ADDR);
+	tup.ipv4.daddr = addr ? addr : bpf_htonl(0x7f000001);
+	tup.ipv4.dport = bpf_htons(port);
+	sk = bpf_skc_lookup_tcp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return NM_DROP_SOCKET_LOOKUP;
+assign:;
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return NM_DROP_SOCKET_ASSIGN;
+	skb->mark = NM_MARK_TO_PROXY;
+	return 0;
+}
+
+/* Redirect a packet of a proxied flow. From the pod (tc ingress) it goes to the proxy directly; to the
+ * pod (tc egress, where bpf_sk_assign is not allowed) it is turned around into the same veth's
+ * ingress with the port in the mark, and nm_from_pod hands it to the proxy there. */
+static __always_inline int nm_redirect(struct __sk_buff *skb, const struct nm_tuple *t,
+				       const struct nm_endpoint_info *ep, __u8 dir, struct nm_verdict *v,
+				       __u64 now)
+{
+	__u16 port = nm_proxy_port(dir);
+	if (dir == NM_DIR_EGRESS) {
+		int reason = nm_to_proxy(skb, t, port);
+		if (reason) {
+			v->drop_reason = reason;
+			nm_drops.increment(v->drop_reason);
+			nm_emit(skb, t, ep, dir, NM_EVT_DROP, v, t->tcp_flags, 0, now);
+			return TC_ACT_SHOT;
+		}
+		return TC_ACT_OK;
+	}
+	if (!port) {
+		v->drop_reason = NM_DROP_SOCKET_LOOKUP;
+		nm_drops.increment(v->drop_reason);
+		nm_emit(skb, t, ep, dir, NM_EVT_DROP, v, t->tcp_flags, 0, now);
+		return TC_ACT_SHOT;
+	}
+	/* Arriving at the host the packet must be addressed to the host: the destination MAC is the
+	 * pod's; the source MAC is this veth's own (the host sent it out of it). */
+	__u8 mac[6];
+	if (bpf_skb_load_bytes(skb, 6, mac, 6) < 0 || bpf_skb_store_bytes(skb, 0, mac, 6, 0) < 0) {
+		v->drop_reason = NM_DROP_INVALID;
+		nm_drops.increment(v->drop_reason);
+		return TC_ACT_SHOT;
+	}
+	struct nm_ct_key pk = {};
+	pk.saddr = t->saddr;
+	pk.daddr = t->daddr;
+	pk.sport = t->sport;
+	pk.dport = t->dport;
+	pk.proto = t->proto;
+	u32 pval = port;
+	nm_proxy_flows.update(&pk, &pval);
+	skb->mark = NM_MARK_TO_PROXY | ((__u32)port << 16);
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
 static __always_inline int nm_drop(struct __sk_buff *skb, const struct nm_tuple *t,
@@ -203,6 +307,41 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 	nm_stats.increment(NM_STAT_PACKETS);
 	__u64 now = bpf_ktime_get_ns();
 	struct nm_verdict v = {};
+	if (dir == NM_DIR_EGRESS && (skb->mark & NM_MARK_MAGIC_MASK) == NM_MARK_TO_PROXY && rc == NM_PARSE_OK &&
+	    t.proto == IPPROTO_TCP) {
+		/* turned around by nm_to_pod (ingress policy redirect): already judged there. A pod
+		 * cannot forge this mark: crossing the veth from the pod's netns scrubs it. */
+		int reason = nm_to_proxy(skb, &t, (__u16)(skb->mark >> 16));
+		if (reason) {
+			v.drop_reason = reason;
+			return nm_drop(skb, &t, ep, NM_DIR_INGRESS, &v, now);
+		}
+		return TC_ACT_OK;
+	}
+	if (dir == NM_DIR_EGRESS && rc == NM_PARSE_OK && t.proto == IPPROTO_TCP &&
+	    !(skb->mark & NM_MARK_MAGIC_MASK)) {
+		/* A packet of a connection some node's ingress policy gave to its proxy on this host: its
+		 * socket is the proxy's now, and the stack would find it (early demux) and then drop the
+		 * packet on the forward path. Hand it over here, where sk_assign is legal. A new SYN on a
+		 * recycled tuple is not that connection: forget it and judge it normally. */
+		struct nm_ct_key pk = {};
+		pk.saddr = t.saddr;
+		pk.daddr = t.daddr;
+		pk.sport = t.sport;
+		pk.dport = t.dport;
+		pk.proto = t.proto;
+		u32 *pport = nm_proxy_flows.lookup(&pk);
+		if (pport) {
+			if ((t.tcp_flags & (NM_TCP_SYN | NM_TCP_ACK)) == NM_TCP_SYN) {
+				nm_proxy_flows.delete(&pk);
+			} else {
+				__u16 pp = (__u16)*pport;
+				int reason = nm_to_proxy(skb, &t, pp);
+				if (!reason)
+					return TC_ACT_OK;
+			}
+		}
+	}
 	if (rc == NM_PARSE_INVALID) {
 		v.drop_reason = NM_DROP_INVALID;
 		return nm_drop(skb, &t, ep, dir, &v, now);
@@ -234,7 +373,10 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 			}
 			ct->policy_rev = rev;
 			ct->auth_type = v.auth_type;
-			ct->flags = v.auth_type ? NM_CT_F_AUTH : 0;
+			/* a proxied connection stays with the proxy (its socket owns it); an upstream leg
+			 * is never redirected again */
+			ct->flags = (v.auth_type ? NM_CT_F_AUTH : 0) |
+				    (ct->flags & (NM_CT_F_PROXY | NM_CT_F_UPSTREAM));
 			ct->remote_identity = v.remote_identity;
 			ct->remote_node_id = v.remote_node_id;
 		} else if (ct->flags & NM_CT_F_AUTH) {
@@ -246,10 +388,14 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 		ct->last_seen_ns = now;
 		__sync_fetch_and_add(&ct->packets, 1);
 		__sync_fetch_and_add(&ct->bytes, t.len);
+		if (ct->flags & NM_CT_F_PROXY)
+			v.proxy_port = bpf_htons(nm_proxy_port(dir));
 		if (t.tcp_flags & ~ct->tx_flags_seen) {
 			ct->tx_flags_seen |= t.tcp_flags;
 			nm_emit(skb, &t, ep, dir, NM_EVT_TRACE, &v, t.tcp_flags, 0, now);
 		}
+		if (ct->flags & NM_CT_F_PROXY)
+			return nm_redirect(skb, &t, ep, dir, &v, now);
 		return TC_ACT_OK;
 	}
 	struct nm_ct_key rk = {};
@@ -273,6 +419,10 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 			v.auth_type = ct->auth_type;
 			nm_emit(skb, &t, ep, dir, NM_EVT_TRACE, &v, t.tcp_flags, 1, now);
 		}
+		/* a reply to the proxy's upstream leg (its source is the original client's address):
+		 * route it to the host, where the proxy's socket owns that tuple */
+		if ((ct->flags & NM_CT_F_UPSTREAM) && dir == NM_DIR_EGRESS)
+			skb->mark = NM_MARK_TO_PROXY;
 		return TC_ACT_OK;
 	}
 	if (t.icmp_related)
@@ -283,6 +433,15 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 	nm_policy_check(skb, &t, ep, dir, &v, now);
 	if (v.drop_reason)
 		return nm_drop(skb, &t, ep, dir, &v, now);
+	/* Envoy's upstream leg (marked by its socket): judged as the original client (the proxy keeps
+	 * the client's address), never redirected again, and its replies go back to the proxy */
+	__u32 magic = skb->mark & NM_MARK_MAGIC_MASK;
+	__u8 upstream = dir == NM_DIR_INGRESS &&
+			(magic == NM_MARK_PROXY_INGRESS || magic == NM_MARK_PROXY_EGRESS);
+	if (upstream)
+		v.proxy = 0;
+	if (v.proxy)
+		v.proxy_port = bpf_htons(nm_proxy_port(dir));
 	struct nm_ct_entry e = {};
 	e.created_ns = now;
 	e.last_seen_ns = now;
@@ -293,10 +452,13 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 	e.remote_node_id = v.remote_node_id;
 	e.tx_flags_seen = t.tcp_flags;
 	e.auth_type = v.auth_type;
-	e.flags = v.auth_type ? NM_CT_F_AUTH : 0;
+	e.flags = (v.auth_type ? NM_CT_F_AUTH : 0) | (v.proxy ? NM_CT_F_PROXY : 0) |
+		  (upstream ? NM_CT_F_UPSTREAM : 0);
 	e.match_type = v.match_type;
 	nm_ct.update(&fk, &e);
 	nm_emit(skb, &t, ep, dir, NM_EVT_TRACE, &v, t.tcp_flags, 0, now);
+	if (v.proxy)
+		return nm_redirect(skb, &t, ep, dir, &v, now);
 	return TC_ACT_OK;
 }
 

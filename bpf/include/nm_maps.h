@@ -20,6 +20,8 @@
 /* --- drop reasons: Cilium's positive DropReason codes (flow.proto) --- */
 #define NM_DROP_POLICY 133        /* POLICY_DENIED: no allow entry */
 #define NM_DROP_INVALID 134       /* invalid packet (truncated headers) */
+#define NM_DROP_SOCKET_LOOKUP 178 /* SOCKET_LOOKUP_FAILED: no L7 proxy listener to redirect to */
+#define NM_DROP_SOCKET_ASSIGN 179 /* SOCKET_ASSIGN_FAILED: bpf_sk_assign refused the proxy socket */
 #define NM_DROP_POLICY_DENY 181   /* POLICY_DENY: a deny entry matched */
 #define NM_DROP_AUTH_REQUIRED 189 /* AUTH_REQUIRED: allow entry needs auth, no valid auth entry */
 
@@ -47,7 +49,16 @@
 
 /* --- config array indices (nm_config) --- */
 #define NM_CFG_POLICY_REV 0 /* bumped by the agent on every policy map change */
+#define NM_CFG_PROXY_ADDR 1 /* the node's L7 proxy address (network order; 0 = 127.0.0.1) */
+#define NM_CFG_PROXY_PORT_INGRESS 2 /* Envoy's transparent ingress policy listener (host order) */
+#define NM_CFG_PROXY_PORT_EGRESS 3  /* ... and the egress one; 0 = no proxy: redirects drop */
 #define NM_CFG_MAX 4
+
+/* --- skb marks (Cilium's MARK_MAGIC_* layout: magic in bits 8..11) --- */
+#define NM_MARK_MAGIC_MASK 0x0F00
+#define NM_MARK_TO_PROXY 0x0200      /* route locally (ip rule → local table) to the proxy; port << 16 */
+#define NM_MARK_PROXY_INGRESS 0x0A00 /* Envoy's upstream leg of the ingress policy listener */
+#define NM_MARK_PROXY_EGRESS 0x0B00  /* ... and of the egress one */
 
 /* endpoints: host-side ifindex → endpoint */
 struct nm_endpoint_key {
@@ -115,7 +126,9 @@ struct nm_ct_key {
 	__u16 pad;
 };
 
-#define NM_CT_F_AUTH 1 /* the allowing entry needs auth: re-check the auth map on every packet */
+#define NM_CT_F_AUTH 1     /* the allowing entry needs auth: re-check the auth map on every packet */
+#define NM_CT_F_PROXY 2    /* redirected to the L7 proxy: every forward packet goes to it */
+#define NM_CT_F_UPSTREAM 4 /* the proxy's upstream leg: replies go back to the proxy's socket */
 
 struct nm_ct_entry {
 	__u64 created_ns;
@@ -168,7 +181,7 @@ struct nm_event {
 	__u8 is_reply;
 	__u8 icmp_type;
 	__u8 icmp_code;
-	__u16 pad;
+	__be16 proxy_port;    /* != 0: the flow was redirected to this L7 proxy port (REDIRECTED) */
 	__u32 pad2;
 };
 

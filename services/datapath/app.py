@@ -25,8 +25,11 @@ from services.datapath.agent import POLICY_KINDS, Agent, router_ip
 from services.datapath.config import DatapathConfig
 from services.datapath.events import EventPump
 from services.datapath.kvwatch import watch_bucket
+from services.datapath.l7redirect import configure as configure_proxy
+from services.datapath.l7redirect import ensure_proxy_route
 from services.datapath.loader import Loader
 from services.datapath.pods.netns import scope_for
+from services.datapath.policy.model import ProxyPorts
 
 __all__ = ["main", "write_state"]
 
@@ -54,6 +57,10 @@ async def main(svc: Service) -> None:
     write_state(cfg, loader.pin_dir, loader.scope)
     await asyncio.to_thread(agent.load)
     svc.log.info("programs loaded", extra={"pin_dir": loader.pin_dir, "reused_pins": loader.reused_pins})
+    # L7 redirect (docs/l7-policy.md): where the node's Envoy listens, and the proxy policy route
+    assert agent.maps is not None
+    configure_proxy(agent.maps, cfg.node_ip, ProxyPorts())
+    await asyncio.to_thread(ensure_proxy_route)
 
     # L7 flows from the node's Envoy, enriched from the same ipcache/identity mirror as L3/L4 flows
     await start_configured(svc, cfg.node, cfg.accesslog, cfg.data_dir, mirror_enricher(agent))
@@ -102,6 +109,8 @@ async def main(svc: Service) -> None:
         agent.synced = True
         write_state(cfg, loader.pin_dir, loader.scope, agent.pod_cidr)  # the CIDR may come from the Node
         await asyncio.to_thread(agent.add_node_address)
+        if agent.maps is not None:
+            configure_proxy(agent.maps, agent.node_ip, ProxyPorts())  # the address may come from the KV
         await agent.reconcile()
         gate.set()
         svc.log.info("synced", extra={"pods": len(agent.pods.endpoints) if agent.pods else 0})

@@ -52,8 +52,12 @@ def cleanup_node(node_dir: Path) -> None:
     if pin_dir.startswith("/sys/fs/bpf/"):
         shutil.rmtree(pin_dir, ignore_errors=True)
         if scope and os.path.basename(os.path.dirname(pin_dir)) == scope:
+            scope_dir = os.path.dirname(pin_dir)
             with contextlib.suppress(OSError):
-                os.rmdir(os.path.dirname(pin_dir))  # the scope dir, once its last node is gone
+                if os.listdir(scope_dir) == ["nm_proxy_flows"]:  # shared by the nodes (L7 redirect)
+                    os.unlink(os.path.join(scope_dir, "nm_proxy_flows"))
+            with contextlib.suppress(OSError):
+                os.rmdir(scope_dir)  # the scope dir, once its last node is gone
     addrs = [str(state.get(k, "")) for k in ("node_ip", "router_ip")]
     if state.get("local_mode"):
         with IPRoute() as ipr:
@@ -124,3 +128,20 @@ def _cleanup_all(data_dir: str) -> None:
     if nodes.is_dir():
         for d in sorted(nodes.iterdir()):
             cleanup_node(d)
+    _drop_proxy_route_if_unused()
+
+
+def _drop_proxy_route_if_unused() -> None:
+    """The L7 proxy route (services/datapath/l7redirect.py) is shared by every datapath on the host:
+    remove it once no loaded node is left (each has an ``nm_proxy_flows`` pin one level above its
+    node directory)."""
+    import glob
+
+    from services.datapath.l7redirect import remove_proxy_route
+
+    if any(glob.glob(p) for p in ("/sys/fs/bpf/*/nm_proxy_flows", "/sys/fs/bpf/*/*/nm_proxy_flows")):
+        return
+    try:
+        remove_proxy_route()
+    except Exception as e:
+        log.warning("removing the L7 proxy route: %s", e)

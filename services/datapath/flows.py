@@ -21,6 +21,8 @@ __all__ = ["DROP_REASONS", "Directory", "auth_required", "event_to_flow", "tcp_f
 DROP_REASONS: dict[int, str] = {
     133: "POLICY_DENIED",
     134: "INVALID_PACKET_DROPPED",
+    178: "SOCKET_LOOKUP_FAILED",
+    179: "SOCKET_ASSIGN_FAILED",
     181: "POLICY_DENY",
     189: "AUTH_REQUIRED",
 }
@@ -103,7 +105,7 @@ def event_to_flow(ev: Event, d: Directory, mono_to_wall_ns: int) -> Flow:
     return Flow(
         ip=IP(source=src_ip, destination=dst_ip),
         time=_time(ev.ts_ns, mono_to_wall_ns),
-        verdict="DROPPED" if dropped else "FORWARDED",
+        verdict="DROPPED" if dropped else "REDIRECTED" if ev.proxy_port else "FORWARDED",
         l4=l4,
         source=src,
         destination=dst,

@@ -134,6 +134,8 @@ class Loader:
         self._drop_incompatible_pins()
         self.reused_pins = os.path.exists(os.path.join(self.pin_dir, "nm_policy"))
         cflags = [f"-I{self.bpf_dir}", f'-DNM_PIN_DIR="{self.pin_dir}"', "-Wno-macro-redefined"]
+        # maps every node of the cluster shares (L7 redirect: nm_proxy_flows) live one level up
+        cflags.append(f'-DNM_SHARED_PIN_DIR="{os.path.dirname(self.pin_dir)}"')
         cflags += [f"-D{k}={v}" for k, v in self.defines.items()]
         with _COMPILE_LOCK:
             self.bpf = BPF(src_file=str(self.bpf_dir / "nm_tc.c").encode(), cflags=cflags)

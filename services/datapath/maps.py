@@ -239,7 +239,7 @@ class Event(_S):
         ("is_reply", ctypes.c_uint8),
         ("icmp_type", ctypes.c_uint8),
         ("icmp_code", ctypes.c_uint8),
-        ("pad", ctypes.c_uint16),
+        ("proxy_port", ctypes.c_uint16),
         ("pad2", ctypes.c_uint32),
     ]
 
