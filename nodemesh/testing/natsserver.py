@@ -16,13 +16,14 @@ from pathlib import Path
 __all__ = ["NatsServer", "free_port", "nats_server_binary"]
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel SIGKILLs the server when the test process dies, even by SIGKILL."""
-    import ctypes
-    import signal as _signal
+def _die_with_parent(args: list[str]) -> list[str]:
+    """Prefix ``args`` so the kernel SIGKILLs the server when the test process dies (even by SIGKILL).
 
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(_signal.SIGKILL), 0, 0, 0)
+    setpriv (util-linux) sets PR_SET_PDEATHSIG after fork; a Python ``preexec_fn`` would do the same
+    but forces a plain fork(), which runs gRPC's fork handlers in processes that use gRPC.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *args] if setpriv else args
 
 
 def nats_server_binary() -> str:
@@ -63,9 +64,7 @@ class NatsServer:
             with open(conf, "w") as fh:
                 fh.write(self.config)
             args += ["-c", conf]
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
-        )
+        self.proc = subprocess.Popen(_die_with_parent(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
