@@ -64,7 +64,9 @@ class NatsServer:
             with open(conf, "w") as fh:
                 fh.write(self.config)
             args += ["-c", conf]
-        self.proc = subprocess.Popen(_die_with_parent(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            _die_with_parent(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
