@@ -50,13 +50,17 @@ down: ## Stop a mesh started with `make demo`
 conformance: install ## Run the Gateway API conformance cases against a local cluster
 	$(PY) -m nodemesh.conformance --report docs/conformance.md
 
-bench: install ## Run every benchmark (interleaved A/B); results go into docs/benchmarks.md by hand
-	$(PY) -m bench.identity
-	$(PY) -m bench.datapath
-	$(PY) -m bench.auth
+bench: install ## Run every benchmark (interleaved A/B, as root); then update bench/*/RESULTS.md and `make bench-doc`
+	$(PY) -m bench.datapath --reps 5 --seconds 3
+	$(PY) -m bench.policy
+	$(PY) -m bench.identity --sets 3000 --rounds 3 --pods 300 --csrs 300
+	$(PY) -m bench.auth --pairs 100 --first-connection 20
 	$(PY) -m bench.xds
+
+bench-doc: ## Rebuild docs/benchmarks.md from bench/*/RESULTS.md
+	python3 scripts/collect-benchmarks.py
 
 help: ## This help
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2} /^##@/ {printf "\n%s\n", substr($$0, 5)}' $(MAKEFILE_LIST)
 
-.PHONY: demo test install check fmt compose down conformance bench help
+.PHONY: demo test install check fmt compose down conformance bench bench-doc help
