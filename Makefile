@@ -47,7 +47,7 @@ compose: install ## Regenerate deploy/compose/compose.yaml from the local proces
 down: ## Stop a mesh started with `make demo`
 	-$(NM) down --data-dir .data
 
-conformance: install ## Run the Gateway API conformance cases against a local cluster
+conformance: install ## Run the 60 Gateway API conformance cases (translator + real Envoy + echo pods; root)
 	$(PY) -m nodemesh.conformance --report docs/conformance.md
 
 bench: install ## Run every benchmark (interleaved A/B, as root); then update bench/*/RESULTS.md and `make bench-doc`
