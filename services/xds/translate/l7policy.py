@@ -1,0 +1,364 @@
+"""CiliumNetworkPolicy ``toPorts[].rules.http`` → the node's L7 policy listeners (pure).
+
+The datapath redirects every flow whose policy entry carries a proxy port to the node's Envoy
+(docs/l7-policy.md); this module builds what answers there, per node:
+
+- Listener ``nodemesh-l7-policy-<ingress|egress>`` on ``<node address>:<proxy port>``,
+  ``transparent`` (the datapath hands over connections whose local address is the original
+  destination), the ``original_src`` listener filter (upstream connections keep the client's address,
+  so the destination's own policy still sees the client's identity; its mark tells the datapath not
+  to redirect that leg again and to return its replies here). One filter chain per local endpoint (the
+  destination for ingress, the source for egress) with an RBAC filter: one policy per (peer, port,
+  HTTP rule) that the policy engine computed for that endpoint; anything else gets Cilium's
+  403 ``Access denied``. Allowed requests go to the original destination.
+- Cluster ``nodemesh-l7-policy-<dir>``: ORIGINAL_DST; the destination is the connection's local
+  address, restored by the ``original_dst`` listener filter.
+
+Which rules apply is decided by the same engine the datapath runs
+(:func:`services.datapath.policy.resolve.resolve`), over the node's pods, with identities derived
+from the pods' labels (numbers are local to this translation; only the label → address mapping
+matters here). Peers that are pods become their addresses; CIDR peers their CIDRs; ``host`` the
+node address; ``world`` anything that is not a pod; identity 0 anything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2 as _als  # noqa: F401
+
+# Imported for their descriptors: json_format resolves the typed_config "@type"s through them.
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as _rbac  # noqa: F401
+from envoy.extensions.filters.http.router.v3 import router_pb2 as _router  # noqa: F401
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2 as _odst  # noqa: F401
+from envoy.extensions.filters.listener.original_src.v3 import original_src_pb2 as _osrc  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2 as _hcm,
+)
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from services.datapath.policy.model import DIR_EGRESS, DIR_INGRESS, Endpoint, HTTPRule, PolicyKey, ProxyPorts
+from services.datapath.policy.resolve import resolve
+
+from .types import CLUSTER, LISTENER
+
+__all__ = ["L7PolicyInput", "cluster_name", "l7_policy", "listener_name"]
+
+# Must be in sync with NM_MARK_PROXY_* in bpf/include/nm_maps.h (services/datapath/l7redirect.py)
+MARK_PROXY_INGRESS = 0x0A00
+MARK_PROXY_EGRESS = 0x0B00
+_DIRS = {DIR_INGRESS: "ingress", DIR_EGRESS: "egress"}
+_T = "type.googleapis.com/envoy."
+
+
+def listener_name(direction: int) -> str:
+    return f"nodemesh-l7-policy-{_DIRS[direction]}"
+
+
+def cluster_name(direction: int) -> str:
+    return f"nodemesh-l7-policy-{_DIRS[direction]}"
+
+
+@dataclass(frozen=True)
+class L7PolicyInput:
+    """``policies``: CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy objects; ``pods`` and
+    ``namespaces``: the cluster's; ``node_addresses``: node → the address its proxy listens on."""
+
+    policies: list[Mapping[str, Any]] = field(default_factory=list)
+    pods: list[Mapping[str, Any]] = field(default_factory=list)
+    namespaces: list[Mapping[str, Any]] = field(default_factory=list)
+    node_addresses: Mapping[str, str] = field(default_factory=dict)
+    ports: ProxyPorts = field(default_factory=ProxyPorts)
+    access_log_cluster: str = ""
+    cluster: str = "default"
+
+
+@dataclass
+class _Pod:
+    key: str
+    ip: str
+    node: str
+    identity: int
+    named_ports: dict[str, tuple[int, int]]
+
+
+def _d(x: Any) -> Mapping[str, Any]:
+    return x if isinstance(x, Mapping) else {}
+
+
+def _pods(inp: L7PolicyInput) -> tuple[list[_Pod], dict[int, list[str]]]:
+    """Running pods with an address, and an identity per distinct label set (stable: sorted)."""
+    from services.identity.labels import pod_labels  # the identity service's own label rules
+
+    ns_by_name = {
+        str(_d(n.get("metadata")).get("name", "")): n for n in inp.namespaces if isinstance(n, Mapping)
+    }
+    rows: list[tuple[Mapping[str, Any], str, str, list[str]]] = []
+    for p in inp.pods:
+        if not isinstance(p, Mapping):
+            continue
+        meta, spec, st = _d(p.get("metadata")), _d(p.get("spec")), _d(p.get("status"))
+        ip = st.get("podIP")
+        if not isinstance(ip, str) or spec.get("hostNetwork"):
+            continue
+        try:
+            ipaddress.IPv4Address(ip)
+            labels = pod_labels(p, ns_by_name.get(str(meta.get("namespace") or "default")), "")
+        except (ValueError, TypeError):
+            continue
+        rows.append((p, ip, str(spec.get("nodeName") or ""), labels))
+    ids: dict[tuple[str, ...], int] = {}
+    for lbl in sorted({tuple(r[3]) for r in rows}):
+        ids[lbl] = 256 + len(ids)
+    out = []
+    for p, ip, node, labels in rows:
+        meta = _d(p.get("metadata"))
+        named: dict[str, tuple[int, int]] = {}
+        for c in _d(p.get("spec")).get("containers") or []:
+            for cp in _d(c).get("ports") or []:
+                cp = _d(cp)
+                if isinstance(cp.get("name"), str) and isinstance(cp.get("containerPort"), int):
+                    proto = {"UDP": 17, "SCTP": 132}.get(str(cp.get("protocol", "TCP")), 6)
+                    named[cp["name"]] = (proto, cp["containerPort"])
+        key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+        out.append(_Pod(key, ip, node, ids[tuple(labels)], named))
+    return out, {i: list(lbl) for lbl, i in ids.items()}
+
+
+def _regex(name: str, pattern: str) -> dict[str, Any]:
+    return {"header": {"name": name, "string_match": {"safe_regex": {"regex": pattern}}}}
+
+
+def _rule_permission(key: PolicyKey, rule: HTTPRule, peer: dict[str, Any] | None) -> dict[str, Any]:
+    lo, hi = key.port_range()
+    rules: list[dict[str, Any]] = [{"destination_port_range": {"start": lo, "end": hi + 1}}]
+    if peer is not None:
+        rules.append(peer)
+    if rule.method:
+        rules.append(_regex(":method", rule.method))
+    if rule.path:
+        rules.append(_regex(":path", rule.path))
+    if rule.host:
+        rules.append(_regex(":authority", rule.host))
+    for h in rule.headers:
+        name, sep, value = h.partition(":")
+        hm: dict[str, Any] = {"name": name.strip().lower()}
+        if sep:
+            hm["string_match"] = {"exact": value.strip()}
+        else:
+            hm["present_match"] = True
+        rules.append({"header": hm})
+    return {"and_rules": {"rules": rules}}
+
+
+def _cidrs(ips: Iterable[str]) -> list[dict[str, Any]]:
+    out = []
+    for c in sorted(set(ips)):
+        net = ipaddress.ip_network(c if "/" in c else f"{c}/32", strict=False)
+        out.append({"address_prefix": str(net.network_address), "prefix_len": net.prefixlen})
+    return out
+
+
+class _Peers:
+    """Identity → the addresses it stands for, as an RBAC matcher (on the remote address for
+    ingress, the destination address for egress); ``None`` = anything."""
+
+    def __init__(self, pods: list[_Pod], cidr_ids: Mapping[str, int], node_addr: str) -> None:
+        self.by_id: dict[int, list[str]] = {}
+        for p in pods:
+            self.by_id.setdefault(p.identity, []).append(p.ip)
+        for cidr, ident in cidr_ids.items():
+            self.by_id.setdefault(ident, []).append(cidr)
+        self.all_pods = [p.ip for p in pods]
+        self.node_addr = node_addr
+
+    def match(self, identity: int, direction: int) -> dict[str, Any] | None:
+        """An RBAC principal (ingress: the client's address) or permission (egress: the
+        destination address) for the peer; ``None`` = any peer."""
+        if identity == 0:
+            return None
+        if direction == DIR_INGRESS:
+            field_, any_of, not_, key = "direct_remote_ip", "or_ids", "not_id", "ids"
+        else:
+            field_, any_of, not_, key = "destination_ip", "or_rules", "not_rule", "rules"
+        if identity in (2, 9):  # world: anything that is not a pod
+            pods = _cidrs(self.all_pods)
+            if not pods:
+                return None
+            return {not_: {any_of: {key: [{field_: c} for c in pods]}}}
+        ips = self.by_id.get(identity, [])
+        if identity == 1 and self.node_addr:
+            ips = [self.node_addr]
+        if not ips:
+            return {not_: {"any": True}}  # nobody has this identity now
+        return {any_of: {key: [{field_: c} for c in _cidrs(ips)]}}
+
+
+def _listener(
+    direction: int, addr: str, port: int, chains: list[dict[str, Any]], als: str
+) -> listener_pb2.Listener:
+    body = {
+        "name": listener_name(direction),
+        "address": {"socket_address": {"address": addr, "port_value": port}},
+        "transparent": True,
+        "traffic_direction": "INBOUND" if direction == DIR_INGRESS else "OUTBOUND",
+        "listener_filters": [
+            {
+                # the connection's local address is the original destination (transparent socket,
+                # handed over by the datapath): restore it, for the filter chain match and for the
+                # ORIGINAL_DST cluster (Envoy reads it with getsockname when SO_ORIGINAL_DST fails)
+                "name": "envoy.filters.listener.original_dst",
+                "typed_config": {"@type": _T + "extensions.filters.listener.original_dst.v3.OriginalDst"},
+            },
+            {
+                "name": "envoy.filters.listener.original_src",
+                "typed_config": {
+                    "@type": _T + "extensions.filters.listener.original_src.v3.OriginalSrc",
+                    "mark": MARK_PROXY_INGRESS if direction == DIR_INGRESS else MARK_PROXY_EGRESS,
+                },
+            },
+        ],
+        "filter_chains": chains,
+    }
+    return json_format.ParseDict(body, listener_pb2.Listener())
+
+
+def _chain(direction: int, ep_ip: str, policies: dict[str, Any], als: str) -> dict[str, Any]:
+    d = _DIRS[direction]
+    hcm: dict[str, Any] = {
+        "@type": _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": f"l7-policy-{d}",
+        "route_config": {
+            "name": f"nodemesh-l7-policy-{d}",
+            # the cluster arrives in the same update (CDS first); do not reject the listener if
+            # Envoy has not created it yet when the listener is checked
+            "validate_clusters": False,
+            "virtual_hosts": [
+                {
+                    "name": "original-destination",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {"cluster": cluster_name(direction), "timeout": "3600s"},
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.rbac",
+                "typed_config": {
+                    "@type": _T + "extensions.filters.http.rbac.v3.RBAC",
+                    "rules": {"action": "ALLOW", "policies": policies},
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"},
+            },
+        ],
+        # Cilium's answer to a denied request: 403 "Access denied"
+        "local_reply_config": {
+            "mappers": [
+                {
+                    "filter": {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "EQ",
+                                "value": {"default_value": 403, "runtime_key": "nodemesh.l7.denied"},
+                            }
+                        }
+                    },
+                    "body": {"inline_string": "Access denied\r\n"},
+                }
+            ]
+        },
+    }
+    if als:
+        hcm["access_log"] = [
+            {
+                "name": "envoy.access_loggers.http_grpc",
+                "typed_config": {
+                    "@type": _T + "extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+                    "common_config": {
+                        "log_name": "nodemesh",
+                        "transport_api_version": "V3",
+                        "grpc_service": {"envoy_grpc": {"cluster_name": als}},
+                        "buffer_flush_interval": "0.250s",
+                    },
+                    "additional_request_headers_to_log": ["traceparent"],
+                },
+            }
+        ]
+    match_key = "prefix_ranges" if direction == DIR_INGRESS else "source_prefix_ranges"
+    return {
+        "name": f"{d}:{ep_ip}",
+        "filter_chain_match": {match_key: [{"address_prefix": ep_ip, "prefix_len": 32}]},
+        "filters": [
+            {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm},
+        ],
+    }
+
+
+def _cluster(direction: int) -> cluster_pb2.Cluster:
+    body = {
+        "name": cluster_name(direction),
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "2s",  # Cilium's proxy-connect-timeout
+        "cleanup_interval": "60s",
+    }
+    return json_format.ParseDict(body, cluster_pb2.Cluster())
+
+
+def l7_policy(inp: L7PolicyInput) -> dict[str, dict[str, dict[str, Message]]]:
+    """node → type URL → name → resource, for every node in ``inp.node_addresses`` that hosts an
+    endpoint with L7 rules (other nodes get nothing). Never raises on bad objects: invalid
+    policies are left out by the engine, malformed pods are skipped."""
+    pods, identities = _pods(inp)
+    out: dict[str, dict[str, dict[str, Message]]] = {}
+    for node, addr in sorted(inp.node_addresses.items()):
+        local = [p for p in pods if p.node == node]
+        if not local or not addr:
+            continue
+        eps = [Endpoint(key=p.key, identity=p.identity, named_ports=p.named_ports) for p in local]
+        res = resolve(inp.policies, eps, identities, proxy_ports=inp.ports)
+        peers = _Peers(pods, res.cidr_identities, addr)
+        chains: dict[int, list[dict[str, Any]]] = {DIR_INGRESS: [], DIR_EGRESS: []}
+        for p in sorted(local, key=lambda p: p.key):
+            ep = res.policies.get(p.key)
+            if ep is None or not ep.l7:
+                continue
+            for direction in (DIR_INGRESS, DIR_EGRESS):
+                policies: dict[str, Any] = {}
+                for key in sorted(k for k in ep.l7 if k.direction == direction):
+                    peer = peers.match(key.identity, direction)
+                    ingress = direction == DIR_INGRESS
+                    for i, rule in enumerate(ep.l7[key]):
+                        name = f"{key.identity}/{key.proto}/{key.dport}/{key.port_prefix_len}/{i}"
+                        policies[name] = {
+                            "permissions": [_rule_permission(key, rule, None if ingress else peer)],
+                            "principals": [peer if ingress and peer is not None else {"any": True}],
+                        }
+                if policies:
+                    chains[direction].append(_chain(direction, p.ip, policies, inp.access_log_cluster))
+        res_node: dict[str, dict[str, Message]] = {LISTENER: {}, CLUSTER: {}}
+        for direction, ch in chains.items():
+            if not ch:
+                continue
+            port = inp.ports.ingress if direction == DIR_INGRESS else inp.ports.egress
+            res_node[LISTENER][listener_name(direction)] = _listener(
+                direction, addr, port, ch, inp.access_log_cluster
+            )
+            res_node[CLUSTER][cluster_name(direction)] = _cluster(direction)
+        if res_node[LISTENER]:
+            out[node] = res_node
+    return out
