@@ -30,14 +30,16 @@ from services.xds.publish import AckRelay
 from services.xds.reconcile import Snapshots, StatusBook, build_snapshots, gateway_patches, node_status
 from services.xds.server import AdsServer
 from services.xds.translate import TranslateInput, Translation, translate
+from services.xds.translate.l7policy import has_http_rules
 
 __all__ = ["KINDS", "XdsApp", "main", "start"]
 
 #: Every kind translation reads (CiliumNetworkPolicy for L7 rules), referenced kinds first.
 KINDS = (
     "Namespace", "Node", "GatewayClass", "IngressClass", "Secret", "ConfigMap", "Service", "EndpointSlice",
-    "ReferenceGrant", "CiliumNetworkPolicy", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute",
-    "BackendTLSPolicy", "Ingress", "CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig",
+    "ReferenceGrant", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "Pod", "Gateway", "HTTPRoute",
+    "GRPCRoute", "TLSRoute", "TCPRoute", "BackendTLSPolicy", "Ingress", "CiliumEnvoyConfig",
+    "CiliumClusterwideEnvoyConfig",
 )  # fmt: skip
 #: Kinds whose status xds itself writes: a status-only change of these needs no re-translation.
 _OWN_STATUS = frozenset(
@@ -56,6 +58,19 @@ def _without_status(obj: dict[str, Any] | None) -> Any:
         k: v for k, v in (obj.get("metadata") or {}).items() if k not in ("resourceVersion", "managedFields")
     }
     return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
+
+
+def _pod_view(obj: dict[str, Any] | None) -> Any:
+    """What of a Pod the L7 policy translation reads."""
+    if not isinstance(obj, dict):
+        return None
+
+    def part(k: str) -> dict[str, Any]:
+        v = obj.get(k)
+        return v if isinstance(v, dict) else {}
+
+    meta, spec, st = part("metadata"), part("spec"), part("status")
+    return (meta.get("labels"), spec.get("nodeName"), spec.get("containers"), st.get("podIP"))
 
 
 def _translate(inp: TranslateInput) -> tuple[Translation, Snapshots]:
@@ -101,6 +116,8 @@ class XdsApp:
 
     # --- inputs ---------------------------------------------------------------------------------
     def _k8s_changed(self, ev: ObjectEvent, prev: dict[str, Any] | None) -> None:
+        if ev.kind == "Pod" and not self._pod_matters(ev, prev):
+            return
         if (
             ev.kind in _OWN_STATUS
             and ev.type == "upsert"
@@ -114,6 +131,18 @@ class XdsApp:
         self._quarantine.discard(ref)
         self._dirty.set()
         self._wake.set()
+
+    def _pod_matters(self, ev: ObjectEvent, prev: dict[str, Any] | None) -> bool:
+        """Pods only feed the L7 policy listeners: re-translate only while some policy has HTTP
+        rules, and only for what those read (labels, node, address, ports), not every status
+        change."""
+        policies = [
+            *self.k8s.store.get("CiliumNetworkPolicy", {}).values(),
+            *self.k8s.store.get("CiliumClusterwideNetworkPolicy", {}).values(),
+        ]
+        if not any(has_http_rules(p) for p in policies):
+            return False
+        return ev.type == "delete" or _pod_view(ev.obj) != _pod_view(prev)
 
     def _acked(self, _: AckEvent) -> None:
         self._status_dirty.set()

@@ -17,13 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from nodemesh.conformance.envoyfs import FileXds, bootstrap
+from nodemesh.messages.flow import Flow
 from nodemesh.testing.envoy import Envoy
 from services.datapath import l7redirect
+from services.datapath.accesslog.server import AccessLogServer
 from services.datapath.pods.netns import netns_socket
 from services.datapath.policy.model import Endpoint, ProxyPorts
 from services.datapath.policy.resolve import resolve
+from services.xds.bootstrap import ALS_CLUSTER, render_bootstrap
 from services.xds.translate import Translation
 from services.xds.translate.l7policy import L7PolicyInput, l7_policy
 from tests.datapath.conftest import TNode, TPod
@@ -146,6 +150,7 @@ class Cluster:
 
     def __init__(self, node: TNode, a: TPod, b: TPod, xds: FileXds, envoy: Envoy, addr: str) -> None:
         self.node, self.a, self.b, self.xds, self.envoy, self.addr = node, a, b, xds, envoy, addr
+        self.l7_flows: list[Flow] = []  # from the node's access log receiver
 
     async def apply(self, policy: dict[str, Any]) -> None:
         """What the datapath and xds do with one policy: maps in the kernel, listeners in Envoy."""
@@ -162,6 +167,7 @@ class Cluster:
                 pods=pods,
                 namespaces=[{"metadata": {"name": "default"}}],
                 node_addresses={self.node.name: self.addr},
+                access_log_cluster=ALS_CLUSTER,
             )
         )
         t = Translation()
@@ -185,13 +191,29 @@ async def cluster(make_node: Any, subnet: str, tmp_path: Path) -> Any:
     a = await asyncio.to_thread(node.add_pod, "a", subnet + "2", ID_A)
     b = await asyncio.to_thread(node.add_pod, "b", subnet + "3", ID_B)
     xds = FileXds(tmp_path / "xds")
-    envoy = Envoy(bootstrap(xds.dir, node.name), name="l7").start()
+    flows: list[Flow] = []
+
+    async def publish(_subject: str, f: Flow) -> None:
+        flows.append(f)
+
+    als = AccessLogServer(node.name, publish, CollectorRegistry(), lambda _ip: None)
+    als_port = await als.start(0)
+    boot = bootstrap(xds.dir, node.name)
+    # the node's access log cluster, as the real bootstrap has it
+    rendered = render_bootstrap(node.name, "127.0.0.1", 1, 0, als_port=als_port)
+    boot["static_resources"] = {
+        "clusters": [c for c in rendered["static_resources"]["clusters"] if c["name"] == ALS_CLUSTER]
+    }
+    envoy = Envoy(boot, name="l7").start()
     try:
         await envoy.wait_admin()
         with http_servers(b.ns, (8080, 9090)):
-            yield Cluster(node, a, b, xds, envoy, addr)
+            c = Cluster(node, a, b, xds, envoy, addr)
+            c.l7_flows = flows
+            yield c
     finally:
         envoy.stop()
+        await als.stop(0)
         if added_route:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(l7redirect.remove_proxy_route)
@@ -217,6 +239,32 @@ async def test_privileged_http_rules_enforced_by_envoy(cluster: Cluster, directi
     assert any(socket.ntohs(e.proxy_port) == port and socket.ntohs(e.dport) == 8080 for e in c.node.events)
     assert not any(socket.ntohs(e.proxy_port) and socket.ntohs(e.dport) == 9090 for e in c.node.events)
     assert not c.node.drops()
+    # the L7 flows: the allowed request forwarded, the denied ones DROPPED with Envoy's 403
+
+    def l7(path: str, method: str) -> Flow | None:
+        return next(
+            (
+                f
+                for f in c.l7_flows
+                if f.l7
+                and f.l7.http
+                and f.l7.http.code
+                and f.l7.http.method == method
+                and f.l7.http.url.endswith(path)
+            ),
+            None,
+        )
+
+    async def logged() -> bool:
+        return all(l7(p, m) for p, m in (("/public/x", "GET"), ("/private", "GET"), ("/public", "POST")))
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await logged() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.2)
+    ok, denied, post = l7("/public/x", "GET"), l7("/private", "GET"), l7("/public", "POST")
+    assert ok and ok.verdict == "FORWARDED" and ok.l7 and ok.l7.http and ok.l7.http.code == 200, c.l7_flows
+    for f in (denied, post):
+        assert f and f.verdict == "DROPPED" and f.l7 and f.l7.http and f.l7.http.code == 403
 
     # removing the L7 rule restores plain L4 behaviour for new connections
     await c.apply(cnp(direction, l7=False))

@@ -24,7 +24,7 @@ node address; ``world`` anything that is not a pod; identity 0 anything.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +46,17 @@ from google.protobuf.message import Message
 from services.datapath.policy.model import DIR_EGRESS, DIR_INGRESS, Endpoint, HTTPRule, PolicyKey, ProxyPorts
 from services.datapath.policy.resolve import resolve
 
-from .types import CLUSTER, LISTENER
+from .types import CLUSTER, LISTENER, TranslateInput, Translation
 
-__all__ = ["L7PolicyInput", "cluster_name", "l7_policy", "listener_name"]
+__all__ = [
+    "L7PolicyInput",
+    "cluster_name",
+    "has_http_rules",
+    "ingest",
+    "l7_policy",
+    "listener_name",
+    "node_address",
+]
 
 # Must be in sync with NM_MARK_PROXY_* in bpf/include/nm_maps.h (services/datapath/l7redirect.py)
 MARK_PROXY_INGRESS = 0x0A00
@@ -70,9 +78,9 @@ class L7PolicyInput:
     """``policies``: CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy objects; ``pods`` and
     ``namespaces``: the cluster's; ``node_addresses``: node → the address its proxy listens on."""
 
-    policies: list[Mapping[str, Any]] = field(default_factory=list)
-    pods: list[Mapping[str, Any]] = field(default_factory=list)
-    namespaces: list[Mapping[str, Any]] = field(default_factory=list)
+    policies: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    pods: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    namespaces: Sequence[Mapping[str, Any]] = field(default_factory=list)
     node_addresses: Mapping[str, str] = field(default_factory=dict)
     ports: ProxyPorts = field(default_factory=ProxyPorts)
     access_log_cluster: str = ""
@@ -109,8 +117,9 @@ def _pods(inp: L7PolicyInput) -> tuple[list[_Pod], dict[int, list[str]]]:
             continue
         try:
             ipaddress.IPv4Address(ip)
-            labels = pod_labels(p, ns_by_name.get(str(meta.get("namespace") or "default")), "")
-        except (ValueError, TypeError):
+            clean = {"metadata": meta, "spec": spec}  # wrong-typed parts read as empty
+            labels = pod_labels(clean, ns_by_name.get(str(meta.get("namespace") or "default")), "")
+        except (ValueError, TypeError, AttributeError):
             continue
         rows.append((p, ip, str(spec.get("nodeName") or ""), labels))
     ids: dict[tuple[str, ...], int] = {}
@@ -362,3 +371,58 @@ def l7_policy(inp: L7PolicyInput) -> dict[str, dict[str, dict[str, Message]]]:
         if res_node[LISTENER]:
             out[node] = res_node
     return out
+
+
+def node_address(node: Mapping[str, Any]) -> str:
+    """A Node's InternalIP (the address its proxy listens on; local mode: ``127.0.50.<i>``)."""
+    for a in _d(node.get("status")).get("addresses") or []:
+        a = _d(a)
+        if a.get("type") == "InternalIP" and isinstance(a.get("address"), str):
+            try:
+                return str(ipaddress.IPv4Address(a["address"]))
+            except ValueError:
+                continue
+    return ""
+
+
+def ingest(inp: TranslateInput, out: Translation) -> None:
+    """Pipeline step: a :class:`~.types.TranslateInput`'s policies, pods, namespaces and nodes →
+    per-node resources in ``out.node_resources`` (merged with what is already there)."""
+    nodes = {}
+    for n in inp.of("Node"):
+        name = str(_d(_d(n).get("metadata")).get("name") or "")
+        if name and (addr := node_address(_d(n))):
+            nodes[name] = addr
+    policies = [*inp.of("CiliumNetworkPolicy"), *inp.of("CiliumClusterwideNetworkPolicy")]
+    if not nodes or not any(has_http_rules(p) for p in policies):
+        return
+    res = l7_policy(
+        L7PolicyInput(
+            policies=policies,
+            pods=list(inp.of("Pod")),
+            namespaces=list(inp.of("Namespace")),
+            node_addresses=nodes,
+            access_log_cluster=inp.access_log_cluster,
+        )
+    )
+    for node, by_type in res.items():
+        mine = out.node_resources.setdefault(node, {})
+        for type_url, items in by_type.items():
+            mine.setdefault(type_url, {}).update(items)
+
+
+def has_http_rules(policy: Any) -> bool:
+    """Whether a (Clusterwide)NetworkPolicy object has any ``rules.http`` (cheap, for callers that
+    want to skip work when there is no L7 policy at all)."""
+    obj = _d(policy)
+    raw = obj.get("specs")
+    specs = [_d(obj.get("spec")), *(_d(s) for s in (raw if isinstance(raw, list) else []))]
+    for s in specs:
+        for section in ("ingress", "egress"):
+            rules = s.get(section)
+            for rule in rules if isinstance(rules, list) else []:
+                tps = _d(rule).get("toPorts")
+                for tp in tps if isinstance(tps, list) else []:
+                    if _d(_d(tp).get("rules")).get("http"):
+                        return True
+    return False

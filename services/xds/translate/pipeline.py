@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import backendtls, cec, ingest_ingress, ingest_service
+from . import backendtls, cec, ingest_ingress, ingest_service, l7policy
 from .envoy_cluster import cluster, load_assignment, sds_secret, slices_by_service
 from .envoy_listener import listener_resources
 from .index import Index
@@ -29,6 +29,7 @@ def run(inp: TranslateInput) -> Translation:
     backendtls.policy_status(idx.backend_tls, model.gateways_of, inp, out, inp.controller_names[0])
     _extras(idx, inp, model, out)
     envoy(idx, model, out, inp.access_log_cluster)
+    l7policy.ingest(inp, out)  # per-node L7 policy listeners (CiliumNetworkPolicy rules.http)
     return out
 
 
