@@ -114,10 +114,10 @@ def http_servers(ns: str, ports: tuple[int, ...]) -> Iterator[None]:
             srv.server_close()
 
 
-def request(ns: str, ip: str, port: int, method: str, path: str) -> tuple[int, str]:
+def request(ns: str, ip: str, port: int, method: str, path: str, timeout: float = 5.0) -> tuple[int, str]:
     """One HTTP/1.1 request from inside ``ns``; (status, body), (0, error) when it fails."""
     s = netns_socket(ns)
-    s.settimeout(5)
+    s.settimeout(timeout)
     try:
         s.connect((ip, port))
         s.sendall(
@@ -272,3 +272,18 @@ async def test_privileged_http_rules_enforced_by_envoy(cluster: Cluster, directi
     assert status == 200 and json.loads(body)["via_envoy"] is False
     # and a peer the policy does not name is still dropped at L4 (no proxy involved)
     assert (await asyncio.to_thread(c.get, "GET", "/public/x", 7070))[0] == 0
+
+
+async def test_privileged_no_proxy_listening_fails_closed(cluster: Cluster) -> None:
+    """The policy redirects, but no Envoy listener is there (yet): the flow is dropped
+    (SOCKET_LOOKUP_FAILED, 178), never delivered past the L7 rules."""
+    c = cluster
+    eps = [Endpoint(key=f"default/{p.name}", identity=p.identity) for p in (c.a, c.b)]
+    res = resolve([cnp("ingress", l7=True)], eps, IDENTITIES, proxy_ports=ProxyPorts())
+    for p in (c.a, c.b):
+        c.node.set_policy(p, res.policies[f"default/{p.name}"])
+    status, _ = await asyncio.to_thread(request, c.a.ns, c.b.ip, 8080, "GET", "/public/x", 1.0)
+    assert status == 0
+    assert c.node.drops().get(178, 0) >= 1
+    # the plain L4 port still works
+    assert (await asyncio.to_thread(c.get, "GET", "/x", 9090))[0] == 200
