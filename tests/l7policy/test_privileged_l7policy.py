@@ -207,7 +207,7 @@ async def cluster(make_node: Any, subnet: str, tmp_path: Path) -> Any:
     envoy = Envoy(boot, name="l7").start()
     try:
         await envoy.wait_admin()
-        with http_servers(b.ns, (8080, 9090)):
+        with http_servers(b.ns, (8080, 9090, 7070)):
             c = Cluster(node, a, b, xds, envoy, addr)
             c.l7_flows = flows
             yield c
@@ -270,8 +270,9 @@ async def test_privileged_http_rules_enforced_by_envoy(cluster: Cluster, directi
     await c.apply(cnp(direction, l7=False))
     status, body = await until(lambda: c.get("GET", "/private"), lambda r: r[0] == 200)
     assert status == 200 and json.loads(body)["via_envoy"] is False
-    # and a peer the policy does not name is still dropped at L4 (no proxy involved)
-    assert (await asyncio.to_thread(c.get, "GET", "/public/x", 7070))[0] == 0
+    # and a port the policy does not allow is still dropped at L4 (a server listens there)
+    assert (await asyncio.to_thread(request, c.a.ns, c.b.ip, 7070, "GET", "/", 1.0))[0] == 0
+    assert c.node.drops().get(133, 0) >= 1
 
 
 async def test_privileged_no_proxy_listening_fails_closed(cluster: Cluster) -> None:
