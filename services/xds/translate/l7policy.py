@@ -209,9 +209,7 @@ class _Peers:
         return {any_of: {key: [{field_: c} for c in _cidrs(ips)]}}
 
 
-def _listener(
-    direction: int, addr: str, port: int, chains: list[dict[str, Any]], als: str
-) -> listener_pb2.Listener:
+def _listener(direction: int, addr: str, port: int, chains: list[dict[str, Any]]) -> listener_pb2.Listener:
     body = {
         "name": listener_name(direction),
         "address": {"socket_address": {"address": addr, "port_value": port}},
@@ -364,9 +362,7 @@ def l7_policy(inp: L7PolicyInput) -> dict[str, dict[str, dict[str, Message]]]:
             if not ch:
                 continue
             port = inp.ports.ingress if direction == DIR_INGRESS else inp.ports.egress
-            res_node[LISTENER][listener_name(direction)] = _listener(
-                direction, addr, port, ch, inp.access_log_cluster
-            )
+            res_node[LISTENER][listener_name(direction)] = _listener(direction, addr, port, ch)
             res_node[CLUSTER][cluster_name(direction)] = _cluster(direction)
         if res_node[LISTENER]:
             out[node] = res_node
