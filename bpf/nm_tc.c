@@ -58,6 +58,8 @@ BPF_TABLE_PINNED("array", u32, u32, nm_config, NM_CFG_MAX, NM_PIN("nm_config"));
  * cluster (pinned next to the node directories): later packets enter the host stack through the
  * sender's from-pod program, which must hand them to the proxy's socket there (see nm_handle). */
 BPF_TABLE_PINNED("lru_hash", struct nm_ct_key, u32, nm_proxy_flows, 65536, NM_SHARED_PIN_DIR "/nm_proxy_flows");
+/* [0] != 0 once any node recorded a connection there: until then no packet pays the hash lookup */
+BPF_TABLE_PINNED("array", u32, u32, nm_proxy_active, 1, NM_SHARED_PIN_DIR "/nm_proxy_active");
 /* last auth-required signal per key (dedup); losing it on restart only costs one extra signal */
 BPF_TABLE("lru_hash", struct nm_auth_key, u64, nm_auth_signal, 16384);
 BPF_PERCPU_ARRAY(nm_drops, u64, 256);
@@ -281,6 +283,10 @@ static __always_inline int nm_redirect(struct __sk_buff *skb, const struct nm_tu
 	pk.proto = t->proto;
 	u32 pval = port;
 	nm_proxy_flows.update(&pk, &pval);
+	u32 zero = 0;
+	u32 *active = nm_proxy_active.lookup(&zero);
+	if (active && !*active)
+		*active = 1;
 	skb->mark = NM_MARK_TO_PROXY | ((__u32)port << 16);
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
@@ -318,8 +324,10 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 		}
 		return TC_ACT_OK;
 	}
-	if (dir == NM_DIR_EGRESS && rc == NM_PARSE_OK && t.proto == IPPROTO_TCP &&
-	    !(skb->mark & NM_MARK_MAGIC_MASK)) {
+	u32 zero = 0;
+	u32 *proxy_active = nm_proxy_active.lookup(&zero);
+	if (dir == NM_DIR_EGRESS && rc == NM_PARSE_OK && t.proto == IPPROTO_TCP && proxy_active &&
+	    *proxy_active && !(skb->mark & NM_MARK_MAGIC_MASK)) {
 		/* A packet of a connection some node's ingress policy gave to its proxy on this host: its
 		 * socket is the proxy's now, and the stack would find it (early demux) and then drop the
 		 * packet on the forward path. Hand it over here, where sk_assign is legal. A new SYN on a

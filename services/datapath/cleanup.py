@@ -54,8 +54,10 @@ def cleanup_node(node_dir: Path) -> None:
         if scope and os.path.basename(os.path.dirname(pin_dir)) == scope:
             scope_dir = os.path.dirname(pin_dir)
             with contextlib.suppress(OSError):
-                if os.listdir(scope_dir) == ["nm_proxy_flows"]:  # shared by the nodes (L7 redirect)
-                    os.unlink(os.path.join(scope_dir, "nm_proxy_flows"))
+                shared = {"nm_proxy_flows", "nm_proxy_active"}  # shared by the nodes (L7 redirect)
+                if set(os.listdir(scope_dir)) <= shared:
+                    for name in shared & set(os.listdir(scope_dir)):
+                        os.unlink(os.path.join(scope_dir, name))
             with contextlib.suppress(OSError):
                 os.rmdir(scope_dir)  # the scope dir, once its last node is gone
     addrs = [str(state.get(k, "")) for k in ("node_ip", "router_ip")]
