@@ -111,11 +111,27 @@ def test_egress_rules_match_the_source_and_the_destination_address() -> None:
     t = run(*BASE, cnp(http=[{"path": "/x"}], section="egress"))
     lst = as_dict(t.for_node("n2")[LISTENER]["nodemesh-l7-policy-egress"])
     assert lst["address"]["socket_address"]["port_value"] == 10002
-    assert lst["listener_filters"][1]["typed_config"]["mark"] == 0x0B00
-    (chain,) = lst["filter_chains"]
-    assert chain["filter_chain_match"]["source_prefix_ranges"] == [
-        {"address_prefix": "10.1.2.2", "prefix_len": 32}
+    # the upstream leg keeps the client's address only toward pods (whose programs return the
+    # replies to Envoy): one chain for pod destinations with original_src, one for the rest
+    assert [f["name"] for f in lst["listener_filters"]] == ["envoy.filters.listener.original_dst"]
+    pods_chain, chain = lst["filter_chains"]
+    for c in (pods_chain, chain):
+        assert c["filter_chain_match"]["source_prefix_ranges"] == [
+            {"address_prefix": "10.1.2.2", "prefix_len": 32}
+        ]
+    assert pods_chain["filter_chain_match"]["prefix_ranges"] == [
+        {"address_prefix": "10.1.1.3", "prefix_len": 32},
+        {"address_prefix": "10.1.2.2", "prefix_len": 32},
     ]
+    assert "prefix_ranges" not in chain["filter_chain_match"]
+    filters = [f["name"] for f in pods_chain["filters"][0]["typed_config"]["http_filters"]]
+    assert filters == [
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.original_src",
+        "envoy.filters.http.router",
+    ]
+    assert pods_chain["filters"][0]["typed_config"]["http_filters"][1]["typed_config"]["mark"] == 0x0B00
+    assert "envoy.filters.http.original_src" not in str(chain)
     (policy,) = chain["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["rules"][
         "policies"
     ].values()

@@ -5,12 +5,13 @@ The datapath redirects every flow whose policy entry carries a proxy port to the
 
 - Listener ``nodemesh-l7-policy-<ingress|egress>`` on ``<node address>:<proxy port>``,
   ``transparent`` (the datapath hands over connections whose local address is the original
-  destination), the ``original_src`` listener filter (upstream connections keep the client's address,
-  so the destination's own policy still sees the client's identity; its mark tells the datapath not
-  to redirect that leg again and to return its replies here). One filter chain per local endpoint (the
-  destination for ingress, the source for egress) with an RBAC filter: one policy per (peer, port,
-  HTTP rule) that the policy engine computed for that endpoint; anything else gets Cilium's
-  403 ``Access denied``. Allowed requests go to the original destination.
+  destination), ``original_src`` (upstream connections keep the client's address, so the
+  destination's own policy still sees the client's identity; its mark tells the datapath not to
+  redirect that leg again and to return its replies here — as a listener filter for ingress, as an
+  HTTP filter on the egress chains for pod destinations). One filter chain per local endpoint (the
+  destination for ingress, the source for egress, split by pod / other destination) with an RBAC
+  filter: one policy per (peer, port, HTTP rule) that the policy engine computed for that endpoint;
+  anything else gets Cilium's 403 ``Access denied``. Allowed requests go to the original destination.
 - Cluster ``nodemesh-l7-policy-<dir>``: ORIGINAL_DST; the destination is the connection's local
   address, restored by the ``original_dst`` listener filter.
 
@@ -31,6 +32,7 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2 as _als  # noqa: F401
+from envoy.extensions.filters.http.original_src.v3 import original_src_pb2 as _hosrc  # noqa: F401
 
 # Imported for their descriptors: json_format resolves the typed_config "@type"s through them.
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as _rbac  # noqa: F401
@@ -210,7 +212,7 @@ class _Peers:
 
 
 def _listener(direction: int, addr: str, port: int, chains: list[dict[str, Any]]) -> listener_pb2.Listener:
-    body = {
+    body: dict[str, Any] = {
         "name": listener_name(direction),
         "address": {"socket_address": {"address": addr, "port_value": port}},
         "transparent": True,
@@ -223,20 +225,30 @@ def _listener(direction: int, addr: str, port: int, chains: list[dict[str, Any]]
                 "name": "envoy.filters.listener.original_dst",
                 "typed_config": {"@type": _T + "extensions.filters.listener.original_dst.v3.OriginalDst"},
             },
+        ],
+        "filter_chains": chains,
+    }
+    if direction == DIR_INGRESS:
+        # the destination is always a local pod: every upstream leg keeps the client's address
+        body["listener_filters"].append(
             {
                 "name": "envoy.filters.listener.original_src",
                 "typed_config": {
                     "@type": _T + "extensions.filters.listener.original_src.v3.OriginalSrc",
-                    "mark": MARK_PROXY_INGRESS if direction == DIR_INGRESS else MARK_PROXY_EGRESS,
+                    "mark": MARK_PROXY_INGRESS,
                 },
-            },
-        ],
-        "filter_chains": chains,
-    }
+            }
+        )
     return json_format.ParseDict(body, listener_pb2.Listener())
 
 
-def _chain(direction: int, ep_ip: str, policies: dict[str, Any], als: str) -> dict[str, Any]:
+def _chain(
+    direction: int, ep_ip: str, policies: dict[str, Any], als: str, pod_dests: list[str] | None = None
+) -> dict[str, Any]:
+    """``pod_dests`` (egress): this chain is for connections to these pod addresses, whose upstream
+    leg keeps the client's address (the destination's programs return its replies to Envoy);
+    without it, the chain for any other destination (upstream from the host's address: a reply
+    from outside the mesh passes no program that could return it to Envoy)."""
     d = _DIRS[direction]
     hcm: dict[str, Any] = {
         "@type": _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -306,9 +318,24 @@ def _chain(direction: int, ep_ip: str, policies: dict[str, Any], als: str) -> di
             }
         ]
     match_key = "prefix_ranges" if direction == DIR_INGRESS else "source_prefix_ranges"
+    match: dict[str, Any] = {match_key: [{"address_prefix": ep_ip, "prefix_len": 32}]}
+    name = f"{d}:{ep_ip}"
+    if pod_dests:
+        match["prefix_ranges"] = _cidrs(pod_dests)
+        name += ":pods"
+        hcm["http_filters"].insert(
+            1,
+            {
+                "name": "envoy.filters.http.original_src",
+                "typed_config": {
+                    "@type": _T + "extensions.filters.http.original_src.v3.OriginalSrc",
+                    "mark": MARK_PROXY_EGRESS,
+                },
+            },
+        )
     return {
-        "name": f"{d}:{ep_ip}",
-        "filter_chain_match": {match_key: [{"address_prefix": ep_ip, "prefix_len": 32}]},
+        "name": name,
+        "filter_chain_match": match,
         "filters": [
             {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm},
         ],
@@ -355,8 +382,13 @@ def l7_policy(inp: L7PolicyInput) -> dict[str, dict[str, dict[str, Message]]]:
                             "permissions": [_rule_permission(key, rule, None if ingress else peer)],
                             "principals": [peer if ingress and peer is not None else {"any": True}],
                         }
-                if policies:
-                    chains[direction].append(_chain(direction, p.ip, policies, inp.access_log_cluster))
+                if not policies:
+                    continue
+                als = inp.access_log_cluster
+                if direction == DIR_EGRESS:
+                    dests = [q.ip for q in pods]
+                    chains[direction].append(_chain(direction, p.ip, policies, als, dests))
+                chains[direction].append(_chain(direction, p.ip, policies, als))
         res_node: dict[str, dict[str, Message]] = {LISTENER: {}, CLUSTER: {}}
         for direction, ch in chains.items():
             if not ch:
