@@ -21,7 +21,7 @@ from services.datapath.maps import EndpointInfo, ip_to_be32
 REPO = Path(__file__).resolve().parents[2]
 
 
-def tcp(src, dst, sport, dport, flags=0x10):
+def tcp(src: str, dst: str, sport: int, dport: int, flags: int = 0x10) -> bytes:
     ip = struct.pack(
         "!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst)
     )
@@ -50,7 +50,8 @@ try:
         prog_test_run(ld.from_fd, out_pkt, ifindex=IFX)
         prog_test_run(ld.to_fd, in_pkt, ifindex=IFX)
     out_ack, in_ack = tcp("10.9.0.2", "10.9.0.3", 40000, 8080), tcp("10.9.0.3", "10.9.0.2", 40001, 8080)
-    res = {k: [] for k in ("before/from_pod", "after/from_pod", "before/to_pod", "after/to_pod")}
+    keys = ("before/from_pod", "after/from_pod", "before/to_pod", "after/to_pod")
+    res: dict[str, list[int]] = {k: [] for k in keys}
     for _ in range(7):  # interleaved
         for name, ld in loaders.items():
             res[f"{name}/from_pod"].append(prog_test_run(ld.from_fd, out_ack, repeat=300_000, ifindex=IFX)[1])
