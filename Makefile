@@ -56,6 +56,7 @@ bench: install ## Run every benchmark (interleaved A/B, as root); then update be
 	$(PY) -m bench.identity --sets 3000 --rounds 3 --pods 300 --csrs 300
 	$(PY) -m bench.auth --pairs 100 --first-connection 20
 	$(PY) -m bench.xds
+	$(PY) -m bench.l7policy
 
 bench-doc: ## Rebuild docs/benchmarks.md from bench/*/RESULTS.md
 	python3 scripts/collect-benchmarks.py
