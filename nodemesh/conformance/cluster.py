@@ -24,7 +24,8 @@ from nodemesh.local.layout import load_cluster
 
 __all__ = ["LocalCluster"]
 
-ECHO_IMAGE = "registry.k8s.io/gateway-api/conformance/echo-basic:v0.1.0"
+# the image of the upstream base manifests
+ECHO_IMAGE = "gcr.io/k8s-staging-gateway-api/echo-basic:v20240412-v1.0.0-394-g40c666fd"
 
 
 def _ns_name(o: dict[str, Any]) -> tuple[str, str]:

@@ -22,7 +22,14 @@ import threading
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute, netns
+from pyroute2 import config as pyroute2_config
 from pyroute2.netlink.exceptions import NetlinkError
+
+# pyroute2 forks a child per netns operation and stops it with SIGTERM. Without this the child
+# keeps the parent's Python SIGTERM handler, whose signal byte goes to the *parent's* wakeup fd
+# (inherited): the agent's event loop then sees a SIGTERM of its own and stops cleanly (exit 0)
+# every time a pod is plumbed. The child must die of the signal instead.
+pyroute2_config.disable_mp_signal = True
 
 __all__ = [
     "GATEWAY",
