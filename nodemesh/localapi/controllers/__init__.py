@@ -4,7 +4,7 @@ Each controller is a level-triggered ``reconcile(store)`` pass over the whole st
 only differences, so a pass that finds nothing to do writes nothing and the loop settles. The
 :class:`ControllerManager` runs every pass after any change (debounced), in a fixed order:
 garbage collection, bootstrap objects, Deployments, ReplicaSets, scheduling, Gateway Services,
-LB-IPAM, EndpointSlices.
+Ingress Services, LB-IPAM, EndpointSlices.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from nodemesh.localapi.controllers.endpointslices import reconcile_endpointslices
 from nodemesh.localapi.controllers.gateway import reconcile_gateways
 from nodemesh.localapi.controllers.gc import reconcile_gc
+from nodemesh.localapi.controllers.ingress import reconcile_ingresses
 from nodemesh.localapi.controllers.lbipam import LbIpam
 from nodemesh.localapi.controllers.workloads import (
     reconcile_deployments,
@@ -43,6 +44,7 @@ class ControllerManager:
             ("replicaset", reconcile_replicasets),
             ("scheduler", schedule_pods),
             ("gateway-service", reconcile_gateways),
+            ("ingress-service", reconcile_ingresses),
             ("lb-ipam", self.lbipam.reconcile),
             ("endpointslice", reconcile_endpointslices),
         ]
