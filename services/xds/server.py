@@ -305,9 +305,14 @@ class _DeltaStream(_Stream):
     def push(self) -> None:
         """Make before break: every addition and update first (CDS, EDS, LDS, RDS, SDS), then the
         removals, listeners first and clusters last — so a route moved off a cluster that goes away
-        never points at a missing cluster (xDS "eventual consistency considerations")."""
+        never points at a missing cluster (xDS "eventual consistency considerations").
+
+        Listeners are the exception: their removals go in the same response as their additions.
+        Envoy's LDS removes before it adds within one response, so a new Listener may take the
+        address of one that goes away (a deleted Gateway's LB address handed to the next one);
+        sent apart, the addition comes first and is NACKed as a duplicate address."""
         for t in ORDER:
-            self.respond(t, removals=False)
+            self.respond(t, removals=t == LISTENER)
         for t in REMOVAL_ORDER:
             self.respond(t, upserts=False)
 

@@ -295,3 +295,36 @@ def test_bootstrap_is_valid_for_envoy(tmp_path: Path, delta: bool) -> None:
     for bad in (("", 1, 0), ("n", 0, 0), ("n", 1, 70000)):
         with pytest.raises(ValueError):
             render_bootstrap(bad[0], "127.0.0.1", bad[1], bad[2])
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_envoy_new_listener_takes_the_address_of_a_removed_one(
+    xds: Xds, backends: Backends, delta: bool
+) -> None:
+    """A deleted Gateway's LB address handed to the next Gateway: one snapshot change removes the old
+    listener and adds a new one (another name) on the same address; Envoy must accept it."""
+    port = await backends.add("app")
+    lport = free_port()
+    snap = simple_snapshot(lport, {"app": [port]})
+    xds.cache.set_default(snap)
+    envoy = xds.envoy("node-1", delta=delta).start()
+    try:
+        await envoy.wait_live(60)
+        url = f"http://127.0.0.1:{lport}/"
+        await serves(url, "app")
+        moved = snap.replace(LISTENER, upsert=[listener("web-next", lport, "web-routes")], remove=["web"])
+        xds.cache.set_default(moved)
+
+        async def accepted() -> bool:
+            return any(
+                e.sent.type_url == LISTENER and "web-next" in e.sent.resources and e.ack for e in xds.events
+            )
+
+        await eventually(accepted, what="the new listener ACKed")
+        nacks = [e for e in xds.events if e.sent.type_url == LISTENER and not e.ack]
+        assert nacks == [], [e.error for e in nacks]
+        await serves(url, "app")
+        assert xds.relay is not None
+        assert xds.relay.tracker.state("node-1", LISTENER, "web-next").rejected is None
+    finally:
+        envoy.stop()
