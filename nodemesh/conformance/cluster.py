@@ -6,7 +6,7 @@ per-node Envoys do the rest. Backends become Deployments running the upstream ec
 so pods are named ``<deployment>-<hash>-<hash>`` by the Deployment/ReplicaSet controllers. Local
 mode has no volumes: a backend's serving certificate is written to a file on the host and named in
 ``TLS_SERVER_CERT``/``TLS_SERVER_PRIVKEY`` (pods are host processes in a network namespace). Mirror
-checks read the pods' logs under ``<data-dir>/pods/``.
+checks read the pods' logs under ``<data-dir>/nodes/<node>/pods/``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ __all__ = ["LocalCluster"]
 # the image of the upstream base manifests
 ECHO_IMAGE = "gcr.io/k8s-staging-gateway-api/echo-basic:v20240412-v1.0.0-394-g40c666fd"
 
+BASE_NAMESPACES = {
+    "gateway-conformance-infra": "infra",
+    "gateway-conformance-app-backend": "backend",
+    "gateway-conformance-web-backend": "backend",
+}
+
 
 def _ns_name(o: dict[str, Any]) -> tuple[str, str]:
     m = o.get("metadata") or {}
@@ -39,9 +45,10 @@ class LocalCluster:
     def __init__(self, data_dir: str | None = None) -> None:
         self.info = load_cluster(data_dir)
         self.api = ApiClient(self.info.api_url)
-        self.pod_logs = Path(self.info.data_dir) / "pods"
+        self.pod_logs = Path(self.info.data_dir)
         self._tmp = tempfile.TemporaryDirectory(prefix="nm-conf-certs-")
         self._deployments: set[str] = set()
+        self._namespaces: set[str] = set()
 
     async def __aenter__(self) -> LocalCluster:
         return self
@@ -59,7 +66,9 @@ class LocalCluster:
         kind = by_kind(str(obj["kind"]))
         ns, name = _ns_name(obj)
         obj = copy.deepcopy(obj)
-        obj.setdefault("apiVersion", kind.api_version)
+        # The local API server serves one version per kind (ReferenceGrant v1beta1, TLSRoute
+        # v1alpha2); the corpus may use a newer one of the same schema, as a conversion would.
+        obj["apiVersion"] = kind.api_version
         old = self.api.get(kind, name, ns)
         if old is None:
             self.api.create(kind, obj, ns)
@@ -67,8 +76,21 @@ class LocalCluster:
         obj["metadata"]["resourceVersion"] = (old.get("metadata") or {}).get("resourceVersion", "")
         self.api.replace(kind, obj, ns)
 
+    def _ensure_namespace(self, ns: str) -> None:
+        """The base manifests' namespaces (labels as the corpus README says), before anything in them."""
+        if not ns or ns in self._namespaces:
+            return
+        if self.api.get(by_kind("Namespace"), ns, "") is None:
+            labels = {"gateway-conformance": BASE_NAMESPACES[ns]} if ns in BASE_NAMESPACES else {}
+            meta = {"name": ns, "labels": labels}
+            self.api.create(
+                by_kind("Namespace"), {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}, ""
+            )
+        self._namespaces.add(ns)
+
     async def apply(self, objs: list[dict[str, Any]]) -> None:
-        for o in objs:
+        for o in sorted(objs, key=lambda o: o.get("kind") != "Namespace"):
+            await asyncio.to_thread(self._ensure_namespace, _ns_name(o)[0])
             await asyncio.to_thread(self._upsert, o)
 
     async def delete(self, objs: list[dict[str, Any]]) -> None:
@@ -194,9 +216,10 @@ class LocalCluster:
         for p in self._pods(namespace):
             name = str((p.get("metadata") or {}).get("name", ""))
             if name.startswith(deployment_prefix):
-                path = self.pod_logs / f"{namespace}_{name}.log"
-                try:
-                    out.append(path.read_text(errors="replace"))
-                except OSError:
-                    pass
+                # each node's datapath writes its pods' logs under <data-dir>/nodes/<node>/pods/
+                for path in sorted(self.pod_logs.glob(f"nodes/*/pods/{namespace}_{name}.log")):
+                    try:
+                        out.append(path.read_text(errors="replace"))
+                    except OSError:
+                        pass
         return "".join(out)

@@ -1,0 +1,395 @@
+"""The whole mesh, end to end, as a user drives it: ``nodemesh up --nodes 2`` with manifests, then only
+the CLI (``status``, ``get``, ``exec``, ``observe``, ``auth list``, ``identity list``, ``down``) and
+plain HTTP to the Gateway and Ingress addresses.
+
+One cluster for the module (start-up dominates the cost). Tests run in file order; the last one
+stops the cluster and checks that nothing of it is left: no process, no pod netns, no pinned map.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from services.datapath.pods.netns import netns_name
+
+pytestmark = pytest.mark.privileged
+
+NODEMESH = str(Path(sys.executable).parent / "nodemesh")
+NS = "e2e"
+T = TypeVar("T")
+
+MANIFESTS = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: e2e}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: server, namespace: e2e}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: server}}
+  template:
+    metadata: {labels: {app: server}}
+    spec:
+      nodeName: node-2
+      containers:
+      - name: echo
+        image: nodemesh/echo:latest
+        env:
+        - {name: PORT, value: "8080"}
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client, namespace: e2e}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      nodeName: node-1
+      containers:
+      - name: echo
+        image: nodemesh/echo:latest
+        env:
+        - {name: PORT, value: "8080"}
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: intruder, namespace: e2e}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: intruder}}
+  template:
+    metadata: {labels: {app: intruder}}
+    spec:
+      nodeName: node-1
+      containers:
+      - name: echo
+        image: nodemesh/echo:latest
+        env:
+        - {name: PORT, value: "8080"}
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: e2e}
+spec:
+  selector: {app: server}
+  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: client, namespace: e2e}
+spec:
+  selector: {app: client}
+  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: e2e}
+spec:
+  gatewayClassName: nodemesh
+  listeners:
+  - {name: http, protocol: HTTP, port: 8080}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: e2e}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /server}}]
+    backendRefs: [{name: server, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /client}}]
+    backendRefs: [{name: client, port: 80}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: site, namespace: e2e}
+spec:
+  ingressClassName: nodemesh
+  rules:
+  - http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: client, port: {number: 80}}}}
+---
+# Only app=client reaches app=server (TCP 8080), mutually authenticated. The per-node Envoys (Gateway)
+# reach it as host / remote-node, as in examples/demo.
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-from-client, namespace: e2e}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+    authentication: {mode: required}
+  - fromEntities: [host, remote-node]
+"""
+
+# Run inside a pod with `nodemesh exec`: one HTTP request to the server pod, the answer on stdout.
+CONNECT = (
+    "import socket,sys; s=socket.create_connection((sys.argv[1],8080),timeout=float(sys.argv[2])); "
+    "s.sendall(b'GET /hello HTTP/1.0\\r\\n\\r\\n'); print(s.recv(65536).decode(errors='replace'))"
+)
+
+
+class Cluster:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def run(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run(
+            [NODEMESH, "--data-dir", str(self.data_dir), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and p.returncode != 0:
+            raise AssertionError(f"nodemesh {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def json(self, *args: str) -> Any:
+        """``-o json`` output: one document, or JSON lines (a list then)."""
+        out = self.run(*args, "-o", "json").stdout
+        try:
+            return json.loads(out)
+        except ValueError:
+            return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def pods(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.json("get", "pods", "-n", NS).get("items", [])
+        return items
+
+    def pod(self, app: str) -> dict[str, Any]:
+        return next(p for p in self.pods() if p["metadata"]["labels"].get("app") == app)
+
+    def flows(self, *args: str) -> list[dict[str, Any]]:
+        out = self.run("observe", "-o", "json", "--last", "1000", *args).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def poll(fn: Callable[[], T | None], what: str, timeout: float = 180) -> T:
+    """``fn()`` until it returns something truthy (exceptions count as not yet), else fail with ``what``."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            v = fn()
+            if v:
+                return v
+            last = v
+        except Exception as e:  # not there yet
+            last = e
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def _ready(p: dict[str, Any]) -> bool:
+    st = p.get("status") or {}
+    conds = {c.get("type"): c.get("status") for c in st.get("conditions") or []}
+    return st.get("phase") == "Running" and conds.get("Ready") == "True" and bool(st.get("podIP"))
+
+
+def _http(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        assert r.status == 200
+        body: dict[str, Any] = json.loads(r.read())
+        return body
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    # A short path: unix sockets live under it (108-byte limit).
+    d = Path(tempfile.mkdtemp(prefix="nm-e2e-"))
+    (d / "manifests").mkdir()
+    (d / "manifests" / "mesh.yaml").write_text(MANIFESTS)
+    c = Cluster(d / "data")
+    try:
+        c.run("up", "--nodes", "2", "--manifests", str(d / "manifests"), "--timeout", "300", timeout=360)
+        yield c
+    finally:
+        subprocess.run(
+            [NODEMESH, "--data-dir", str(c.data_dir), "down"], capture_output=True, timeout=180, check=False
+        )
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_privileged_status_every_process_running_and_ready(cluster: Cluster) -> None:
+    def all_ready() -> list[dict[str, Any]] | None:
+        procs: list[dict[str, Any]] = cluster.json("status")["processes"]
+        return procs if procs and all(p["running"] and p["ready"] for p in procs) else None
+
+    procs = poll(all_ready, "every process running and ready")
+    names = {p["name"] for p in procs}
+    for n in ("nats", "apiserver", "xds", "identity", "datapath@node-1", "datapath@node-2", "envoy@node-2"):
+        assert n in names
+
+
+def test_privileged_pods_running_with_ips_on_both_nodes(cluster: Cluster) -> None:
+    def running() -> list[dict[str, Any]] | None:
+        pods = cluster.pods()
+        return pods if len(pods) == 3 and all(_ready(p) for p in pods) else None
+
+    pods = poll(running, "3 pods Running and Ready")
+    where = {p["metadata"]["labels"]["app"]: p["spec"]["nodeName"] for p in pods}
+    assert where == {"server": "node-2", "client": "node-1", "intruder": "node-1"}
+    for p in pods:
+        assert p["metadata"]["name"].startswith(p["metadata"]["labels"]["app"] + "-")
+        ip = p["status"]["podIP"]
+        assert ip.startswith("10.244.1." if p["spec"]["nodeName"] == "node-1" else "10.244.2."), ip
+
+
+def test_privileged_gateway_routes_to_the_right_backend(cluster: Cluster) -> None:
+    def address() -> str:
+        gw = cluster.json("get", "gateways", "edge", "-n", NS)
+        return str(((gw.get("status") or {}).get("addresses") or [{}])[0].get("value", ""))
+
+    addr = poll(address, "the Gateway's address")
+    server, client = cluster.pod("server"), cluster.pod("client")
+    got = poll(lambda: _http(f"http://{addr}:8080/server/x"), "a 200 through the Gateway")
+    assert got["pod"] == server["metadata"]["name"] and got["path"] == "/server/x"
+    got = poll(lambda: _http(f"http://{addr}:8080/client"), "a 200 for /client")
+    assert got["pod"] == client["metadata"]["name"]
+
+
+def test_privileged_ingress_gets_an_address_and_serves(cluster: Cluster) -> None:
+    def address() -> str:
+        ing = cluster.json("get", "ingresses", "site", "-n", NS)
+        lb = ((ing.get("status") or {}).get("loadBalancer") or {}).get("ingress") or [{}]
+        return str(lb[0].get("ip", ""))
+
+    addr = poll(address, "the Ingress's status.loadBalancer address")
+    assert addr.startswith("127.0.100.")
+    svc = cluster.json("get", "services", "cilium-ingress-site", "-n", NS)
+    assert svc["spec"]["type"] == "LoadBalancer"
+    got = poll(lambda: _http(f"http://{addr}/anything"), "a 200 through the Ingress")
+    assert got["pod"] == cluster.pod("client")["metadata"]["name"]
+
+
+def _auth_pair(cluster: Cluster) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = cluster.json("auth", "list")
+    if isinstance(entries, dict):
+        entries = entries.get("entries") or entries.get("items") or []
+    return entries
+
+
+def test_privileged_cross_node_authenticated_connection_succeeds_first_try(cluster: Cluster) -> None:
+    client, server = cluster.pod("client"), cluster.pod("server")
+    # Proactive auth: authd authenticates the (client, server) pair as soon as the policy needs it,
+    # before any packet. Wait for that, then one attempt must pass.
+    poll(lambda: _authenticated(cluster), "the client/server pair authenticated in `auth list`")
+    p = cluster.run(
+        "exec", client["metadata"]["name"], "-n", NS, "--", sys.executable, "-c", CONNECT,
+        server["status"]["podIP"], "20",
+        check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "200 OK" in p.stdout and server["metadata"]["name"] in p.stdout
+    drops = cluster.flows("--verdict", "DROPPED", "-n", NS)
+    assert [f for f in drops if "AUTH" in str(f.get("drop_reason_desc", ""))] == []
+
+
+def _authenticated(cluster: Cluster) -> list[dict[str, Any]]:
+    ids = _identities(cluster)
+    client, server = ids.get("client"), ids.get("server")
+    entries = _auth_pair(cluster)
+    text = json.dumps(entries)
+    if not (client and server and str(client) in text and str(server) in text):
+        return []
+    return entries
+
+
+def _identities(cluster: Cluster) -> dict[str, int]:
+    out: dict[str, int] = {}
+    data = cluster.json("identity", "list")
+    items = data if isinstance(data, list) else data.get("identities") or data.get("items") or []
+    for ident in items:
+        labels = ident.get("labels") or []
+        labels = labels if isinstance(labels, list) else [f"{k}={v}" for k, v in labels.items()]
+        if f"k8s:io.kubernetes.pod.namespace={NS}" not in labels:
+            continue
+        for app in ("client", "server", "intruder"):
+            if f"k8s:app={app}" in labels:
+                out[app] = int(ident.get("id") or ident.get("identity") or 0)
+    return out
+
+
+def test_privileged_unlabelled_pod_is_refused_and_the_drop_is_observed(cluster: Cluster) -> None:
+    intruder, server = cluster.pod("intruder"), cluster.pod("server")
+    p = cluster.run(
+        "exec", intruder["metadata"]["name"], "-n", NS, "--", sys.executable, "-c", CONNECT,
+        server["status"]["podIP"], "3",
+        check=False,
+    )  # fmt: skip
+    assert p.returncode != 0 and "200 OK" not in p.stdout
+
+    def denied() -> list[dict[str, Any]]:
+        return [
+            f
+            for f in cluster.flows("--verdict", "DROPPED", "--from-pod", intruder["metadata"]["name"])
+            if f.get("drop_reason_desc") == "POLICY_DENIED"
+        ]
+
+    flows = poll(denied, "a POLICY_DENIED drop from the intruder in `observe`", timeout=60)
+    assert flows[0]["IP"]["destination"] == server["status"]["podIP"]
+
+
+def test_privileged_auth_list_and_identity_list(cluster: Cluster) -> None:
+    ids = _identities(cluster)
+    assert set(ids) == {"client", "server", "intruder"}, ids
+    assert len(set(ids.values())) == 3
+    entries = _authenticated(cluster)
+    assert entries, "the client/server pair is in `auth list`"
+    table = cluster.run("identity", "list").stdout
+    assert "app=server" in table and "app=client" in table and "namespace=e2e" in table
+
+
+def test_privileged_down_leaves_nothing(cluster: Cluster) -> None:
+    data = cluster.data_dir
+    states = [json.loads((data / "nodes" / n / "datapath.json").read_text()) for n in ("node-1", "node-2")]
+    scopes = {s["scope"] for s in states}
+    netns = {
+        netns_name(p["spec"]["nodeName"], NS, p["metadata"]["name"], scope)
+        for p in cluster.pods()
+        for scope in scopes
+    }
+    assert netns & set(_ip_netns()), "the pods' namespaces exist while the cluster runs"
+    cluster.run("down", timeout=180)
+    marker = f"NODEMESH_CLUSTER_DATA_DIR={data}".encode()
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                left.append(pid)
+        except OSError:
+            continue
+    assert left == [], f"processes of the cluster still alive: {left}"
+    assert netns & set(_ip_netns()) == set()
+    for scope in scopes:
+        assert not Path(f"/sys/fs/bpf/nodemesh/{scope}").exists()
+    assert cluster.run("status", check=False).returncode == 1
+
+
+def _ip_netns() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
