@@ -6,8 +6,16 @@ from nodemesh import codec
 from nodemesh.flowfilter import build_filters, matches
 from nodemesh.messages.flow import Endpoint, Flow
 from nodemesh.messages.identity import IPCacheEntry
-from services.datapath.accesslog.convert import EVENT_TYPE_L7, convert, endpoint_label, no_enrich, workload_of
+from services.datapath.accesslog.convert import (
+    DIRECTION_TAG,
+    EVENT_TYPE_L7,
+    convert,
+    endpoint_label,
+    no_enrich,
+    workload_of,
+)
 from services.datapath.accesslog.enrich import mirror_enricher
+from services.datapath.accesslog.metrics import reporter
 from tests.accesslog.entries import entry
 
 PODS = {
@@ -131,3 +139,14 @@ def test_mirror_enricher_reads_the_ipcache_and_follows_its_version() -> None:
     assert enrich("10.244.1.5") == ep  # cached for this version
     agent.version += 1
     assert enrich("10.244.1.5") is None
+
+
+def test_direction_comes_from_the_listener_tag() -> None:
+    e = entry()
+    e.common_properties.custom_tags[DIRECTION_TAG] = "EGRESS"  # an L7 egress policy listener
+    r = convert(e, "n", enrich)
+    assert r.request.traffic_direction == r.response.traffic_direction == r.direction == "EGRESS"
+    assert reporter(r.direction) == "client"
+    e.common_properties.custom_tags[DIRECTION_TAG] = "sideways"  # not ours: the default applies
+    assert convert(e, "n", enrich, "INGRESS").direction == "INGRESS"
+    assert reporter("INGRESS") == "server" and reporter("") == "unknown"

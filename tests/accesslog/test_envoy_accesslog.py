@@ -177,7 +177,8 @@ async def test_envoy_requests_become_l7_flows_and_hubble_metrics(
         gw_ip: Endpoint(identity=8, labels=["reserved:ingress"]),
     }
     reg = CollectorRegistry()
-    als = AccessLogServer("node-1", bus_publisher(bus), reg, pods.get)
+    # No default direction: INGRESS below can only come from the listener's nodemesh.direction tag.
+    als = AccessLogServer("node-1", bus_publisher(bus), reg, pods.get, direction="")
     await als.start(0)
     got: list[Flow] = []
 

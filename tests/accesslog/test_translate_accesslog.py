@@ -37,6 +37,9 @@ def test_access_log_on_every_generated_hcm_only_when_asked() -> None:
         m.access_log[0].typed_config.Unpack(cfg)
         assert cfg.common_config.grpc_service.envoy_grpc.cluster_name == ALS_CLUSTER
         assert cfg.common_config.log_name == "nodemesh"
+        assert [(t.tag, t.literal.value) for t in cfg.common_config.custom_tags] == [
+            ("nodemesh.direction", "INGRESS")
+        ]
     off = hcms(translate(TranslateInput(objects=objs)).resources[LISTENER])
     assert off and all(not m.access_log for m in off)
 

@@ -23,6 +23,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from nodemesh.messages.flow import HTTP, IP, L4, L7, TCP, Endpoint, Flow
 
 __all__ = [
+    "DIRECTION_TAG",
     "EVENT_TYPE_L7",
     "Enrich",
     "L7Record",
@@ -32,6 +33,9 @@ __all__ = [
     "workload_of",
 ]
 
+#: Custom tag (``CommonGrpcAccessLogConfig.custom_tags``) by which a listener says whether its traffic
+#: enters (Gateway, L7 ingress policy) or leaves (L7 egress policy) the pod: INGRESS or EGRESS.
+DIRECTION_TAG = "nodemesh.direction"
 #: Hubble's monitor message type of an L7 access log record (MessageTypeAccessLog).
 EVENT_TYPE_L7 = 129
 WORLD_ID = 2
@@ -130,8 +134,12 @@ def _latency_ns(c: accesslog_pb2.AccessLogCommon) -> int:
 def convert(
     entry: accesslog_pb2.HTTPAccessLogEntry, node: str, enrich: Enrich, direction: str = "INGRESS"
 ) -> L7Record:
-    """Both flows of one HTTP access log entry (raises only on a bug; callers count it as dropped)."""
+    """Both flows of one HTTP access log entry (raises only on a bug; callers count it as dropped).
+
+    ``direction`` applies when the entry carries no ``nodemesh.direction`` tag."""
     c, req, resp = entry.common_properties, entry.request, entry.response
+    tagged = c.custom_tags.get(DIRECTION_TAG, "")
+    direction = tagged if tagged in ("INGRESS", "EGRESS") else direction
     src_ip, src_port = _addr(c.downstream_remote_address)
     if c.HasField("upstream_remote_address"):
         dst_ip, dst_port = _addr(c.upstream_remote_address)

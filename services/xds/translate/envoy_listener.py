@@ -18,6 +18,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from envoy.type.tracing.v3 import custom_tag_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from .envoy_cluster import BLACKHOLE, blackhole_cluster
@@ -40,6 +41,12 @@ def _access_log(cluster: str) -> accesslog_pb2.AccessLog:
             ),
             # Flows are for humans watching: flush within 250 ms instead of Envoy's 1 s.
             buffer_flush_interval=duration_pb2.Duration(nanos=250_000_000),
+            # Gateway/Ingress/lb-l7 traffic enters the mesh: the flow's traffic_direction.
+            custom_tags=[
+                custom_tag_pb2.CustomTag(
+                    tag="nodemesh.direction", literal=custom_tag_pb2.CustomTag.Literal(value="INGRESS")
+                )
+            ],
         ),
         additional_request_headers_to_log=["traceparent"],
     )

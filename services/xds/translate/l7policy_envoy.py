@@ -163,6 +163,8 @@ def chain(
                         "transport_api_version": "V3",
                         "grpc_service": {"envoy_grpc": {"cluster_name": als}},
                         "buffer_flush_interval": "0.250s",
+                        # Tells the receiver the flow's traffic_direction (docs/l7-visibility.md).
+                        "custom_tags": [{"tag": "nodemesh.direction", "literal": {"value": d.upper()}}],
                     },
                     "additional_request_headers_to_log": ["traceparent"],
                 },
