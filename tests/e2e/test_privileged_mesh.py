@@ -312,11 +312,13 @@ def test_privileged_cross_node_authenticated_connection_succeeds_first_try(clust
 def _authenticated(cluster: Cluster) -> list[dict[str, Any]]:
     ids = _identities(cluster)
     client, server = ids.get("client"), ids.get("server")
-    entries = _auth_pair(cluster)
-    text = json.dumps(entries)
-    if not (client and server and str(client) in text and str(server) in text):
-        return []
-    return entries
+    pairs = []
+    for e in _auth_pair(cluster):
+        key = e.get("key") or {}
+        ends = {key.get("local_identity"), key.get("remote_identity")}
+        if client and server and ends == {client, server} and e.get("state") == "authenticated":
+            pairs.append(e)
+    return pairs
 
 
 def _identities(cluster: Cluster) -> dict[str, int]:
