@@ -15,6 +15,7 @@ demo: install ## Bring the mesh up on this machine (embedded NATS, 2 nodes, demo
 	@echo "  nodemesh is up. Try:"
 	@echo "    $(NM) status"
 	@echo "    $(NM) get pods -A"
+	@echo "    curl http://127.0.100.1:8080/a      # through the Gateway (address from the LB pool)"
 	@echo "    $(NM) observe --last 20"
 	@echo "    $(NM) down"
 
@@ -50,6 +51,10 @@ down: ## Stop a mesh started with `make demo`
 conformance: install ## Run the 60 Gateway API conformance cases (translator + real Envoy + echo pods; root)
 	$(PY) -m nodemesh.conformance --report docs/conformance.md
 
+conformance-cluster: install ## The conformance cases against a full local cluster (nodemesh up; root)
+	D=$$(mktemp -d) && $(NM) up --data-dir $$D --nodes 2 && $(PY) -m nodemesh.conformance --mode cluster --data-dir $$D; \
+	rc=$$?; $(NM) down --data-dir $$D; exit $$rc
+
 bench: install ## Run every benchmark (interleaved A/B, as root); then update bench/*/RESULTS.md and `make bench-doc`
 	$(PY) -m bench.datapath --reps 5 --seconds 3
 	$(PY) -m bench.policy
@@ -65,4 +70,4 @@ bench-doc: ## Rebuild docs/benchmarks.md from bench/*/RESULTS.md
 help: ## This help
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2} /^##@/ {printf "\n%s\n", substr($$0, 5)}' $(MAKEFILE_LIST)
 
-.PHONY: demo test install check fmt compose down conformance bench bench-doc help
+.PHONY: demo test install check fmt compose down conformance conformance-cluster bench bench-doc help
