@@ -93,8 +93,7 @@ def test_privileged_up_status(cluster: Path) -> None:
 @pytest.mark.parametrize("name", ["xds", "watcher-0", "datapath@node-1"])
 def test_privileged_restart_after_sigkill(cluster: Path, name: str) -> None:
     before = {p["name"]: p for p in status(cluster)["processes"]}[name]
-    if before["skipped"]:
-        pytest.skip(f"{name} is not built: {before['skipped']}")
+    assert not before["skipped"], f"{name} was not started: {before['skipped']}"
     os.kill(before["pid"], signal.SIGKILL)
     killed = time.monotonic()
 
@@ -138,10 +137,8 @@ def test_privileged_down_leaves_nothing(cluster: Path, tmp_path: Path) -> None:
         return out.returncode == 0 and json.loads(out.stdout).get("status", {}).get("phase") == "Running"
 
     wait_for(running, 90, "the pod to run")
-    try:
-        from services.datapath.pods import netns as dpnetns
-    except ImportError:
-        pytest.skip("datapath not built")
+    from services.datapath.pods import netns as dpnetns
+
     # The datapath names a pod's netns by (node, namespace, pod), newer versions also by a
     # token of its data dir (so several clusters on one machine never collide): accept either.
     names = {dpnetns.netns_name("node-2", ns, "echo")}
