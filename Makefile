@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 ##@ The two commands
 
 demo: install ## Bring the mesh up on this machine (embedded NATS, 2 nodes, demo workloads) and say what to try
-	$(NM) up --data-dir .data --nodes 2 --manifests examples/demo
+	$(NM) up --nodes 2 --manifests examples/demo
 	@echo
 	@echo "  nodemesh is up. Try:"
 	@echo "    $(NM) status"
@@ -46,7 +46,7 @@ compose: install ## Regenerate deploy/compose/compose.yaml from the local proces
 	$(PY) -m nodemesh.local.compose > deploy/compose/compose.yaml
 
 down: ## Stop a mesh started with `make demo`
-	-$(NM) down --data-dir .data
+	-$(NM) down
 
 conformance: install ## Run the 60 Gateway API conformance cases (translator + real Envoy + echo pods; root)
 	$(PY) -m nodemesh.conformance --report docs/conformance.md
