@@ -73,6 +73,10 @@ def render() -> dict[str, Any]:
                     "/run/netns:/run/netns:shared",
                     "/lib/modules:/lib/modules:ro",
                 ]
+            if spec.service in ("datapath", "envoy"):
+                # A node's Envoy writes access logs to its datapath's socket (<node dir>/als.sock):
+                # both mount the node's volume there.
+                svc.setdefault("volumes", []).append(f"{node}:{ctx.data_dir}/nodes/{node}")
             if spec.service == "xds":
                 svc["hostname"] = "xds"
             svc["restart"] = "unless-stopped"
@@ -80,7 +84,7 @@ def render() -> dict[str, Any]:
     return {
         "name": "nodemesh",
         "services": services,
-        "volumes": {"nats": {}, "api": {}},
+        "volumes": {"nats": {}, "api": {}, **{n: {} for n in ctx.nodes}},
     }
 
 

@@ -73,6 +73,15 @@ def test_compose_commands_are_the_supervisor_entrypoints() -> None:
     assert services["datapath-node-1"]["privileged"] is True
 
 
+def test_compose_envoy_reaches_its_datapaths_access_log_socket() -> None:
+    services = yaml.safe_load((DEPLOY / "compose" / "compose.yaml").read_text())["services"]
+    for node in compose.COMPOSE_CONTEXT.nodes:
+        envoy, datapath = services[f"envoy-{node}"], services[f"datapath-{node}"]
+        sock = envoy["command"][envoy["command"].index("--als-socket") + 1]
+        shared = set(envoy.get("volumes", [])) & set(datapath.get("volumes", []))
+        assert any(sock.startswith(v.split(":", 1)[1] + "/") for v in shared), (node, sock, shared)
+
+
 def test_table_scripts_and_modules_agree() -> None:
     table = scripts()
     for spec in PROCESSES:
