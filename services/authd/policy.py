@@ -198,13 +198,15 @@ class PolicyPairs:
         try:
             from services.datapath.policy.incremental import PolicyEngine
             from services.datapath.policy.model import Endpoint
+            from services.datapath.policy.parse import policy_ref
         except ImportError:  # the engine is optional for authd
             self._engine: Any = None
             return
         self._engine = PolicyEngine()
         self._endpoint = Endpoint
+        self._policy_ref = policy_ref
         self._labels: dict[int, tuple[str, ...]] = {}
-        self._policies: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+        self._policies: dict[Any, Mapping[str, Any]] = {}  # PolicyRef → object
         self._endpoints: set[int] = set()
 
     def compute(
@@ -237,12 +239,11 @@ class PolicyPairs:
             if self._labels.get(ident) != labs:
                 eng.upsert_identity(ident, list(labs))
         self._labels = labels
-        objs = {}
-        for o in policies:
-            meta = o.get("metadata") or {}
-            objs[(str(o.get("kind")), str(meta.get("namespace") or ""), str(meta.get("name") or ""))] = o
+        # Key policies exactly as the engine does (it defaults a namespaced policy's namespace), so a
+        # delete names what the upsert stored.
+        objs = {self._policy_ref(o): o for o in policies}
         for ref in set(self._policies) - set(objs):
-            eng.delete_policy(*ref)
+            eng.delete_policy(ref.kind, ref.namespace, ref.name)
         for ref, o in objs.items():
             if self._policies.get(ref) is not o:
                 eng.upsert_policy(o)

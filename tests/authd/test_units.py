@@ -129,3 +129,22 @@ def test_desired_keys_invalidation_and_renewal_order() -> None:
     # Of the two nodes of a pair exactly one is primary; the other renews later.
     assert is_primary("n1", key(1001, 1002, "n2")) != is_primary("n2", key(1002, 1001, "n1"))
     assert renew_at(0, 100, True, 0.5) == 50 and renew_at(0, 100, False, 0.5) == 75
+
+
+def test_policy_without_namespace_is_removed_from_the_engine() -> None:
+    # The engine files a namespaced policy with no metadata.namespace under "default"; authd must
+    # delete it under the same key, or its pairs outlive the policy.
+    from services.authd.policy import PolicyPairs
+
+    ids = [_ident(300, "db"), _ident(301, "web")]
+    spec = {
+        "endpointSelector": {"matchLabels": {"app": "db"}},
+        "ingress": [
+            {"fromEndpoints": [{"matchLabels": {"app": "web"}}], "authentication": {"mode": "required"}}
+        ],
+    }
+    cnp = {"kind": "CiliumNetworkPolicy", "metadata": {"name": "p"}, "spec": spec}
+    pp = PolicyPairs()
+    pairs, errs = pp.compute([cnp], ids, None)
+    assert pairs and not errs
+    assert pp.compute([], ids, None) == (set(), [])
