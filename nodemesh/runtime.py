@@ -21,7 +21,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-import msgspec
 from aiohttp import web
 from nats.micro import add_service
 from nats.micro.request import Request
@@ -302,9 +301,3 @@ def service_main(
         raise SystemExit(2) from e
     setup_logging(name, cfg.node, cfg.log_level, cfg.log_format)
     raise SystemExit(asyncio.run(run_service(name, cfg, main, description=description)))
-
-
-def struct_to_dict(value: msgspec.Struct) -> dict[str, Any]:
-    """A Struct as plain builtins (for JSON output)."""
-    out: dict[str, Any] = msgspec.to_builtins(value)
-    return out

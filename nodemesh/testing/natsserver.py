@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["NatsServer", "free_port", "nats_server_binary"]
@@ -102,9 +101,3 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@contextlib.contextmanager
-def running_nats(**kw: object) -> Iterator[NatsServer]:
-    with NatsServer(**kw) as s:  # type: ignore[arg-type]
-        yield s
