@@ -4,6 +4,8 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 NM    := $(VENV)/bin/nodemesh
 PYTEST_ARGS ?=
+# The packages: the core (contracts + domain), the services, and the tools built on them.
+SRC   := nodemesh services meshctl localcluster conformance echoserver validation testkit
 
 .DEFAULT_GOAL := help
 
@@ -34,25 +36,25 @@ $(VENV)/.installed: pyproject.toml scripts/install-system.sh
 	touch $@
 
 check: install ## Lint and type-check
-	$(VENV)/bin/ruff check nodemesh services tests bench
-	$(VENV)/bin/ruff format --check nodemesh services
+	$(VENV)/bin/ruff check $(SRC) tests bench
+	$(VENV)/bin/ruff format --check $(SRC)
 	$(VENV)/bin/mypy
 
 fmt: install ## Format the code
-	$(VENV)/bin/ruff format nodemesh services tests bench
-	$(VENV)/bin/ruff check --fix nodemesh services tests bench
+	$(VENV)/bin/ruff format $(SRC) tests bench
+	$(VENV)/bin/ruff check --fix $(SRC) tests bench
 
 compose: install ## Regenerate deploy/compose/compose.yaml from the local process table
-	$(PY) -m nodemesh.local.compose > deploy/compose/compose.yaml
+	$(PY) -m localcluster.compose > deploy/compose/compose.yaml
 
 down: ## Stop a mesh started with `make demo`
 	-$(NM) down
 
 conformance: install ## Run the 60 Gateway API conformance cases (translator + real Envoy + echo pods; root)
-	$(PY) -m nodemesh.conformance --report docs/conformance.md
+	$(PY) -m conformance --report docs/conformance.md
 
 conformance-cluster: install ## The conformance cases against a full local cluster (nodemesh up; root)
-	D=$$(mktemp -d) && $(NM) up --data-dir $$D --nodes 2 && $(PY) -m nodemesh.conformance --mode cluster --data-dir $$D; \
+	D=$$(mktemp -d) && $(NM) up --data-dir $$D --nodes 2 && $(PY) -m conformance --mode cluster --data-dir $$D; \
 	rc=$$?; $(NM) down --data-dir $$D; exit $$rc
 
 bench: install ## Run every benchmark (interleaved A/B, as root); then update bench/*/RESULTS.md and `make bench-doc`

@@ -9,7 +9,7 @@ import pytest
 
 from nodemesh.bus import Bus, connect
 from nodemesh.streams import provision
-from nodemesh.testing.natsserver import NatsServer
+from testkit.natsserver import NatsServer
 
 IS_ROOT = os.geteuid() == 0
 

@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from nodemesh.bus import connect
 from nodemesh.messages.flow import Endpoint
-from nodemesh.testing.natsserver import NatsServer
 from services.datapath.accesslog.convert import convert
 from services.datapath.accesslog.server import AccessLogServer, bus_publisher
+from testkit.natsserver import NatsServer
 from tests.accesslog.entries import entry, message
 
 PODS = {

@@ -31,9 +31,9 @@ from nodemesh import subjects
 from nodemesh.bus import connect
 from nodemesh.messages.auth import AuthRequired
 from nodemesh.streams import provision
-from nodemesh.testing.natsserver import NatsServer
 from services.authd.handshake import initiate, respond
 from services.authd.tlsctx import client_context, server_context
+from testkit.natsserver import NatsServer
 from tests.authd.ca import SpiffeCA
 from tests.authd.harness import Cluster, key, poll
 

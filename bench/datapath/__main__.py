@@ -298,8 +298,8 @@ async def flow_rate(b: Bench, pps: int, seconds: float) -> dict[str, float]:
     from nodemesh import subjects
     from nodemesh.bus import connect
     from nodemesh.streams import provision
-    from nodemesh.testing.natsserver import NatsServer
     from services.datapath.events import EventPump
+    from testkit.natsserver import NatsServer
 
     class Dir:
         node = b.node

@@ -45,7 +45,7 @@ from nodemesh.codec import decode
 from nodemesh.messages.identity import IPCacheEntry, IPCacheEvent, SvidReply, SvidRequest, ip_key
 from nodemesh.messages.k8s import ObjectEvent, Synced
 from nodemesh.streams import provision
-from nodemesh.testing.natsserver import NatsServer
+from testkit.natsserver import NatsServer
 
 
 def ms(seconds: float) -> str:

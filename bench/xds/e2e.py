@@ -22,13 +22,13 @@ from nodemesh.messages.k8s import ObjectEvent, Synced
 from nodemesh.messages.xds import XdsAck
 from nodemesh.runtime import Service, run_service
 from nodemesh.streams import provision
-from nodemesh.testing.envoy import Envoy
-from nodemesh.testing.natsserver import NatsServer, free_port
 from services.xds.app import XdsApp
 from services.xds.app import start as xds_start
 from services.xds.bootstrap import render_bootstrap
 from services.xds.config import XdsConfig
 from services.xds.snapshot import ROUTE
+from testkit.envoy import Envoy
+from testkit.natsserver import NatsServer, free_port
 
 NS = "default"
 GW = "gateway.networking.k8s.io/v1"

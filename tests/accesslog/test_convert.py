@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from meshctl.flowfilter import build_filters, matches
 from nodemesh import codec
-from nodemesh.flowfilter import build_filters, matches
 from nodemesh.messages.flow import Endpoint, Flow
 from nodemesh.messages.identity import IPCacheEntry
 from services.datapath.accesslog.convert import (

@@ -20,7 +20,6 @@ from nodemesh.bus import Bus
 from nodemesh.config import ServiceConfig
 from nodemesh.messages.flow import Flow
 from nodemesh.runtime import Service, run_service
-from nodemesh.testing.natsserver import NatsServer
 from services.datapath.accesslog.convert import no_enrich
 from services.datapath.accesslog.server import (
     MAX_ENTRY_BYTES,
@@ -30,6 +29,7 @@ from services.datapath.accesslog.server import (
     listen_address,
     start_configured,
 )
+from testkit.natsserver import NatsServer
 from tests.accesslog.entries import entry, message
 from tests.xds.envoy_fixtures import eventually
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from nodemesh.bus import Bus
-from nodemesh.testing.natsserver import NatsServer
+from testkit.natsserver import NatsServer
 from tests.authd.ca import SpiffeCA
 from tests.authd.harness import Cluster
 

@@ -19,10 +19,10 @@ from nodemesh.messages.auth import AuthEvent, AuthKey, AuthVerdict
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo, ip_key
 from nodemesh.messages.k8s import ObjectEvent, Synced
 from nodemesh.runtime import Service, run_service
-from nodemesh.testing.natsserver import free_port
 from services.authd.app import main as authd_main
 from services.authd.config import AuthdConfig
 from services.authd.manager import AuthManager
+from testkit.natsserver import free_port
 from tests.authd.ca import SpiffeCA
 
 NS = "default"

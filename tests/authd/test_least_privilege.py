@@ -12,8 +12,8 @@ from nodemesh.bus import connect
 from nodemesh.messages.auth import AuthListReply, AuthListRequest, AuthRequired
 from nodemesh.natsauth import authd_user, datapath_user, local_auth
 from nodemesh.streams import provision
-from nodemesh.testing.natsserver import NatsServer
 from services.authd.manager import kv_key
+from testkit.natsserver import NatsServer
 from tests.authd.ca import SpiffeCA
 from tests.authd.harness import Cluster, key, poll
 from tests.authd.test_paths import BOTH_AUTH, CLIENT, EGRESS_AUTH, SERVER, _pods

@@ -83,7 +83,7 @@ async def _cli(c: Cluster, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "nodemesh.cli.main",
+        "meshctl.main",
         *args,
         "--nats-url",
         c.nats_url,

@@ -12,9 +12,9 @@ from nodemesh import subjects
 from nodemesh.bus import Bus
 from nodemesh.messages.k8s import ObjectEvent, Synced
 from nodemesh.runtime import Service, run_service
-from nodemesh.testing.natsserver import NatsServer
 from services.identity.app import main as identity_main
 from services.identity.config import IdentityConfig
+from testkit.natsserver import NatsServer
 from tests.authd.harness import Seen, key, poll
 from tests.authd.test_paths import INGRESS_AUTH
 

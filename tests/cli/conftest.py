@@ -1,4 +1,4 @@
-"""A real local API server (`python -m nodemesh.localapi`) per test, found via run/cluster.json."""
+"""A real local API server (`python -m localcluster.apiserver`) per test, found via run/cluster.json."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from nodemesh.local.layout import ClusterInfo, NodeSpec
-from nodemesh.testing.natsserver import free_port
+from localcluster.layout import ClusterInfo, NodeSpec
+from testkit.natsserver import free_port
 
 
 @pytest.fixture
@@ -21,7 +21,15 @@ def api_cluster(tmp_path: Path) -> Iterator[Path]:
     port = free_port()
     log = open(tmp_path / "api.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nodemesh.localapi", "--data-dir", str(tmp_path / "api"), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "localcluster.apiserver",
+            "--data-dir",
+            str(tmp_path / "api"),
+            "--port",
+            str(port),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

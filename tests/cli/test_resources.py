@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nodemesh.cli.main import main
+from meshctl.main import main
 
 GOOD = """\
 apiVersion: v1

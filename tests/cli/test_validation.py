@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from nodemesh.validation import object_problems, object_warnings, validate_object
+from validation import object_problems, object_warnings, validate_object
 
 
 def route(**spec: Any) -> dict[str, Any]:

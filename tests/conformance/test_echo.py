@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from nodemesh.conformance.cases import Generated
-from nodemesh.conformance.client import GrpcResult, grpc_call, http_request, tls_exchange
+from conformance.cases import Generated
+from conformance.client import GrpcResult, grpc_call, http_request, tls_exchange
 
 GEN = Generated()
 
@@ -34,7 +34,7 @@ class Echo:
         )
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "nodemesh.echo"], env=e, stdout=fh, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "echoserver.echo"], env=e, stdout=fh, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from nodemesh.conformance.cases import Generated, corpus_dir, load_case, load_index
-from nodemesh.conformance.runner import run_case
-from nodemesh.conformance.standalone import Standalone
+from conformance.cases import Generated, corpus_dir, load_case, load_index
+from conformance.runner import run_case
+from conformance.standalone import Standalone
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="Gateways bind ports 80/443 on loopback addresses")
 pytestmark = [ROOT_ONLY, pytest.mark.envoy]
@@ -87,7 +87,7 @@ def test_cli_writes_a_report(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "nodemesh.conformance",
+            "conformance",
             "--case",
             "HTTPRouteMatching",
             "--report",
@@ -101,7 +101,7 @@ def test_cli_writes_a_report(tmp_path: Path) -> None:
     assert "PASS HTTPRouteMatching" in out.stdout
     assert "| `core/HTTPRoute` | 1/1 |" in report.read_text()
     bad = subprocess.run(
-        [sys.executable, "-m", "nodemesh.conformance", "--case", "NoSuchCase"],
+        [sys.executable, "-m", "conformance", "--case", "NoSuchCase"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -111,7 +111,7 @@ def test_cli_writes_a_report(tmp_path: Path) -> None:
 
 def test_cli_rejects_a_missing_or_corrupt_corpus(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "nodemesh.conformance", "--dir", str(tmp_path)],
+        [sys.executable, "-m", "conformance", "--dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -121,7 +121,7 @@ def test_cli_rejects_a_missing_or_corrupt_corpus(tmp_path: Path) -> None:
     (tmp_path / "cases").mkdir()
     (tmp_path / "cases" / "Broken.yaml").write_text("name: [unclosed\n")
     out = subprocess.run(
-        [sys.executable, "-m", "nodemesh.conformance", "--dir", str(tmp_path)],
+        [sys.executable, "-m", "conformance", "--dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from nodemesh.local.layout import ClusterInfo, NodeSpec
+from localcluster.layout import ClusterInfo, NodeSpec
 from services.datapath.pods.netns import create_pod_netns, delete_pod_netns, host_ifname, netns_name
 
 pytestmark = pytest.mark.privileged
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.privileged
 
 def _nodemesh(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nodemesh.cli.main", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "meshctl.main", *args], capture_output=True, text=True, timeout=60
     )
 
 

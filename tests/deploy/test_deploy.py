@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from nodemesh.local import compose
-from nodemesh.local.processes import PROCESSES, instance_name, service_args
+from localcluster import compose
+from localcluster.processes import PROCESSES, instance_name, service_args
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -43,7 +43,7 @@ def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
 def test_compose_is_generated_from_the_process_table() -> None:
     text = (DEPLOY / "compose" / "compose.yaml").read_text()
     assert text == compose.HEADER + yaml.safe_dump(compose.render(), sort_keys=False, width=120), (
-        "deploy/compose/compose.yaml is stale: python -m nodemesh.local.compose > deploy/compose/compose.yaml"
+        "deploy/compose/compose.yaml is stale: python -m localcluster.compose > deploy/compose/compose.yaml"
     )
 
 
@@ -95,7 +95,7 @@ def test_table_scripts_and_modules_agree() -> None:
 
 @pytest.mark.parametrize("path", sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml")))
 def test_k8s_manifests_are_valid(path: str) -> None:
-    from nodemesh.validation import validate_object
+    from validation import validate_object
 
     for doc in yaml.safe_load_all((DEPLOY / "k8s" / path).read_text()):
         if not doc:

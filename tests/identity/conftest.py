@@ -17,9 +17,9 @@ from nodemesh.bus import Bus
 from nodemesh.messages.identity import Identity, IPCacheEntry, ip_key
 from nodemesh.messages.k8s import ObjectEvent, Synced
 from nodemesh.runtime import Service, run_service
-from nodemesh.testing.natsserver import NatsServer
 from services.identity.app import main as identity_main
 from services.identity.config import IdentityConfig
+from testkit.natsserver import NatsServer
 
 T = TypeVar("T")
 

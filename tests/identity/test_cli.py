@@ -10,9 +10,9 @@ from pathlib import Path
 import msgspec
 from cryptography import x509
 
+from localcluster.layout import ClusterInfo, NodeSpec
 from nodemesh.bus import Bus
-from nodemesh.local.layout import ClusterInfo, NodeSpec
-from nodemesh.testing.natsserver import NatsServer
+from testkit.natsserver import NatsServer
 
 from .conftest import Cluster, RunReplica, eventually, ipcache_entry
 
@@ -21,7 +21,7 @@ async def _cli(data_dir: Path, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "nodemesh.cli.main",
+        "meshctl.main",
         "--data-dir",
         str(data_dir),
         *args,

@@ -25,7 +25,7 @@ from nodemesh.k8scache import K8sCache
 from nodemesh.messages.k8s import Synced
 from nodemesh.natsauth import authd_user, datapath_user, local_auth
 from nodemesh.streams import provision
-from nodemesh.testing.natsserver import NatsServer
+from testkit.natsserver import NatsServer
 
 NODES = ["node-a", "node-b"]
 Connect = Callable[[str], Awaitable[tuple[Client, list[str]]]]

@@ -14,7 +14,7 @@ from nodemesh.codec import encode
 from nodemesh.config import ServiceConfig, load_config
 from nodemesh.errors import ConfigError
 from nodemesh.runtime import RequestError, Service, run_service
-from nodemesh.testing.natsserver import NatsServer
+from testkit.natsserver import NatsServer
 
 
 class Echo(msgspec.Struct):

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from nodemesh.bus import Bus
-from nodemesh.testing.envoy import Envoy
-from nodemesh.testing.natsserver import NatsServer, free_port
 from services.datapath.cleanup import cleanup_all
 from services.datapath.config import DatapathConfig
 from services.xds.bootstrap import render_bootstrap
+from testkit.envoy import Envoy
+from testkit.natsserver import NatsServer, free_port
 from tests.datapath import k8s
 from tests.datapath.test_privileged_service import Harness
 from tests.l7policy.test_privileged_l7policy import cnp, request
@@ -32,14 +32,14 @@ pytestmark = pytest.mark.privileged
 
 
 def echo_pod(name: str, node: str) -> dict[str, Any]:
-    """An HTTP echo server (nodemesh.echo) on 8080 and 9090."""
+    """An HTTP echo server (echoserver.echo) on 8080 and 9090."""
     c = {
         "name": "main",
         "image": "local/python",
         "command": [
             sys.executable,
             "-c",
-            "import sys, runpy; runpy.run_module('nodemesh.echo', run_name='__main__')",
+            "import sys, runpy; runpy.run_module('echoserver.echo', run_name='__main__')",
         ],
         "env": [
             {"name": "HTTP_PORT", "value": "8080"},

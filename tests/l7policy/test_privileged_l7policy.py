@@ -19,9 +19,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from nodemesh.conformance.envoyfs import FileXds, bootstrap
+from conformance.envoyfs import FileXds, bootstrap
 from nodemesh.messages.flow import Flow
-from nodemesh.testing.envoy import Envoy
 from services.datapath import l7redirect
 from services.datapath.accesslog.server import AccessLogServer
 from services.datapath.pods.netns import netns_socket
@@ -30,6 +29,7 @@ from services.datapath.policy.resolve import resolve
 from services.xds.bootstrap import ALS_CLUSTER, render_bootstrap
 from services.xds.translate import Translation
 from services.xds.translate.l7policy import L7PolicyInput, l7_policy
+from testkit.envoy import Envoy
 from tests.datapath.conftest import TNode, TPod
 
 pytestmark = pytest.mark.privileged

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from nodemesh.local import supervisor as sup
-from nodemesh.local.layout import ClusterInfo
-from nodemesh.local.processes import PROCESSES
+from localcluster import supervisor as sup
+from localcluster.layout import ClusterInfo
+from localcluster.processes import PROCESSES
 
 
 def test_plan_writes_run_files_and_wires_every_process(tmp_path: Path) -> None:

@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from nodemesh.local.cleanup import MARKER_ENV, cluster_pids
+from localcluster.cleanup import MARKER_ENV, cluster_pids
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
 
 def nm(d: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nodemesh.cli.main", "--data-dir", str(d), *args],
+        [sys.executable, "-m", "meshctl.main", "--data-dir", str(d), *args],
         capture_output=True,
         text=True,
         timeout=timeout,

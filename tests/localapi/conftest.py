@@ -6,7 +6,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from nodemesh.localapi.app import LocalApi
+from localcluster.apiserver.app import LocalApi
 from tests.localapi.helpers import Client
 
 

@@ -10,7 +10,7 @@ from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
-from nodemesh.localapi.app import LocalApi
+from localcluster.apiserver.app import LocalApi
 
 
 def _api(url: str) -> k8s.ApiClient:

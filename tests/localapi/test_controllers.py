@@ -7,9 +7,9 @@ import asyncio
 import re
 from typing import Any
 
+from localcluster.apiserver.app import LocalApi
+from localcluster.apiserver.controllers.hashing import compute_hash
 from nodemesh.kinds import by_kind
-from nodemesh.localapi.app import LocalApi
-from nodemesh.localapi.controllers.hashing import compute_hash
 from tests.localapi.helpers import Client, until
 
 NS = "/api/v1/namespaces/default"

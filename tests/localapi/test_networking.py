@@ -8,8 +8,8 @@ from typing import Any
 
 import aiohttp
 
+from localcluster.apiserver.app import LocalApi
 from nodemesh.kinds import by_kind
-from nodemesh.localapi.app import LocalApi
 from tests.localapi.helpers import Client, pod, until
 
 NS = "/api/v1/namespaces/default"

@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from nodemesh.localapi.app import LocalApi
+from localcluster.apiserver.app import LocalApi
 from tests.localapi.helpers import Client, pod, until
 
 PODS = "/api/v1/namespaces/default/pods"
@@ -211,7 +211,7 @@ async def test_bad_input_gets_status_errors_and_server_keeps_running(client: Cli
         st == 422 and err["reason"] == "Invalid" and err["details"]["causes"][0]["field"] == "metadata.name"
     )
     st, err = await client.post(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nospec"}})
-    assert st == 422 and err["reason"] == "Invalid"  # schema validation (nodemesh.validation) rejects it
+    assert st == 422 and err["reason"] == "Invalid"  # schema validation (validation) rejects it
     st, err = await client.post(PODS, [1, 2])
     assert st == 400
     st, err = await client.patch(f"{PODS}/none", {"x": 1}, "text/plain")
@@ -223,20 +223,20 @@ async def test_bad_input_gets_status_errors_and_server_keeps_running(client: Cli
 
 
 def test_runs_as_a_process(tmp_path: Path) -> None:
-    """``python -m nodemesh.localapi`` serves the protocol and stops cleanly on SIGTERM."""
+    """``python -m localcluster.apiserver`` serves the protocol and stops cleanly on SIGTERM."""
     import json
     import subprocess
     import sys
     import urllib.request
 
-    from nodemesh.testing.natsserver import free_port
+    from testkit.natsserver import free_port
 
     port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "nodemesh.localapi",
+            "localcluster.apiserver",
             "--data-dir",
             str(tmp_path),
             "--port",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodemesh.localapi.controllers.rollout import RsState, plan, resolve
+from localcluster.apiserver.controllers.rollout import RsState, plan, resolve
 
 ROLLING: dict[str, object] = {}
 RECREATE = {"type": "Recreate"}

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from nodemesh.flowfilter import FilterError, FlowFilter, build_filters, matches
+from meshctl.flowfilter import FilterError, FlowFilter, build_filters, matches
 from tests.observe.flows import DEV, FE, HTTP_REQ, WEB, WORLD, flow
 
 F_FE_WEB = flow(FE, WEB)  # prod/fe-abc → prod/web-7d9f:80 tcp, trace, forwarded, ingress

@@ -16,14 +16,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from localcluster.layout import ClusterInfo
+from meshctl.main import main
 from nodemesh import subjects
 from nodemesh.bus import connect
-from nodemesh.cli.main import main
 from nodemesh.codec import encode
-from nodemesh.local.layout import ClusterInfo
 from nodemesh.messages.flow import Flow
 from nodemesh.streams import provision
-from nodemesh.testing.natsserver import NatsServer
+from testkit.natsserver import NatsServer
 from tests.observe.flows import DEV, FE, WEB, WORLD, flow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,7 +177,7 @@ def test_no_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_follow_prints_new_matching_flows(data_dir: Path, nats_server: NatsServer) -> None:
     publish(nats_server, [flow(FE, WEB, dport=1)])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nodemesh.cli.main", "--data-dir", str(data_dir), "observe", "-f",
+        [sys.executable, "-m", "meshctl.main", "--data-dir", str(data_dir), "observe", "-f",
          "--last", "1", "-o", "json", "--from-pod", "prod/fe"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},

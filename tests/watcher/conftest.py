@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from nodemesh.localapi.app import LocalApi
+from localcluster.apiserver.app import LocalApi
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from localcluster.apiserver.app import LocalApi
 from nodemesh.bus import Bus
 from nodemesh.k8scache import K8sCache
-from nodemesh.localapi.app import LocalApi
 from nodemesh.runtime import Service, run_service
 from nodemesh.streams import BUCKET_LEASES
 from services.watcher.app import LEASE_KEY

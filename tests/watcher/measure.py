@@ -10,12 +10,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from localcluster.apiserver.app import LocalApi
 from nodemesh.bus import connect
 from nodemesh.k8scache import K8sCache
 from nodemesh.kinds import by_kind
-from nodemesh.localapi.app import LocalApi
 from nodemesh.streams import provision
-from nodemesh.testing.natsserver import NatsServer
+from testkit.natsserver import NatsServer
 from tests.watcher.harness import InProcessWatcher, ProcessWatcher, api_state, cache_state, lease_holder
 
 

@@ -9,10 +9,10 @@ from typing import Any
 from aiohttp import web
 
 from nodemesh.kinds import by_kind
-from nodemesh.testing.natsserver import free_port
 from services.watcher.kube import KubeClient
 from services.watcher.metrics import WatcherMetrics
 from services.watcher.sync import KindSync
+from testkit.natsserver import free_port
 from tests.localapi.helpers import until
 
 CM = by_kind("ConfigMap")

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from localcluster.apiserver.app import LocalApi
 from nodemesh import subjects
 from nodemesh.bus import connect
 from nodemesh.k8scache import K8sCache
 from nodemesh.kinds import by_kind
-from nodemesh.localapi.app import LocalApi
 from nodemesh.messages.k8s import StatusPatch
 from nodemesh.natsauth import local_auth
-from nodemesh.testing.natsserver import NatsServer
+from testkit.natsserver import NatsServer
 from tests.localapi.helpers import until
 from tests.watcher.harness import InProcessWatcher, converged
 

@@ -6,15 +6,15 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from localcluster.apiserver.app import LocalApi
 from nodemesh import subjects
 from nodemesh.bus import Bus
 from nodemesh.codec import decode
 from nodemesh.k8scache import K8sCache
 from nodemesh.kinds import KINDS, by_kind
-from nodemesh.localapi.app import LocalApi
 from nodemesh.messages.k8s import ObjectEvent, StatusPatch
 from nodemesh.streams import STREAM_K8S
-from nodemesh.testing.natsserver import NatsServer
+from testkit.natsserver import NatsServer
 from tests.localapi.helpers import until
 from tests.watcher.harness import InProcessWatcher, ProcessWatcher, converged, lease_holder
 

@@ -13,13 +13,13 @@ from aiohttp import web
 from nodemesh import subjects
 from nodemesh.bus import Bus
 from nodemesh.messages.xds import XdsAck
-from nodemesh.testing.envoy import Envoy
-from nodemesh.testing.natsserver import free_port
 from services.xds.acks import AckEvent, Sent
 from services.xds.bootstrap import render_bootstrap
 from services.xds.cache import SnapshotCache
 from services.xds.publish import AckRelay
 from services.xds.server import AdsServer, Hooks
+from testkit.envoy import Envoy
+from testkit.natsserver import free_port
 
 
 class Backends:

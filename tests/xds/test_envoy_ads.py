@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from nodemesh.bus import Bus
-from nodemesh.testing.envoy import envoy_binary
-from nodemesh.testing.natsserver import free_port
 from services.xds.bootstrap import render_bootstrap
 from services.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
+from testkit.envoy import envoy_binary
+from testkit.natsserver import free_port
 from tests.xds.ads_resources import (
     cluster,
     endpoints,

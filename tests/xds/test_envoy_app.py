@@ -16,20 +16,20 @@ from typing import Any
 import aiohttp
 import pytest
 
+from meshctl.main import main as cli_main
 from nodemesh import subjects
 from nodemesh.bus import Bus
-from nodemesh.cli.main import main as cli_main
 from nodemesh.kinds import by_kind
 from nodemesh.messages.k8s import ObjectEvent, StatusPatch, Synced
 from nodemesh.messages.xds import XdsStatusReply, XdsStatusRequest
 from nodemesh.runtime import Service, run_service
-from nodemesh.testing.envoy import Envoy
-from nodemesh.testing.natsserver import NatsServer, free_port
 from services.xds.app import XdsApp
 from services.xds.app import start as xds_start
 from services.xds.bootstrap import render_bootstrap
 from services.xds.config import XdsConfig
 from services.xds.snapshot import LISTENER
+from testkit.envoy import Envoy
+from testkit.natsserver import NatsServer, free_port
 from tests.xds.envoy_fixtures import Backends, eventually, serves
 
 pytestmark = pytest.mark.envoy

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from nodemesh.conformance import objects as o
-from nodemesh.conformance.checks import status_check
-from nodemesh.conformance.client import http_request
-from nodemesh.conformance.runner import expect_eventually
-from nodemesh.conformance.standalone import Standalone
+from conformance import objects as o
+from conformance.checks import status_check
+from conformance.client import http_request
+from conformance.runner import expect_eventually
+from conformance.standalone import Standalone
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="Gateways bind ports 80/443 on loopback addresses")
 pytestmark = [ROOT_ONLY, pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from nodemesh.conformance import objects as o
-from nodemesh.conformance.client import http_request
-from nodemesh.conformance.standalone import Standalone
-from nodemesh.testing.natsserver import free_port
+from conformance import objects as o
+from conformance.client import http_request
+from conformance.standalone import Standalone
+from testkit.natsserver import free_port
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="Gateways bind ports 80/443 on loopback addresses")
 pytestmark = [ROOT_ONLY, pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from nodemesh.conformance import objects as o
-from nodemesh.conformance.cases import Generated
-from nodemesh.conformance.client import http_request, tls_exchange
-from nodemesh.conformance.runner import expect_eventually
-from nodemesh.conformance.standalone import Standalone
+from conformance import objects as o
+from conformance.cases import Generated
+from conformance.client import http_request, tls_exchange
+from conformance.runner import expect_eventually
+from conformance.standalone import Standalone
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="Gateways bind ports 80/443 on loopback addresses")
 pytestmark = [ROOT_ONLY, pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]

@@ -6,8 +6,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from nodemesh.conformance import objects as o
-from nodemesh.conformance.cases import Generated
+from conformance import objects as o
+from conformance.cases import Generated
 from services.xds.translate import CLUSTER, ROUTE, TranslateInput, Translation, translate
 
 NS = "btls"

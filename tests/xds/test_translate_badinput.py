@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nodemesh.conformance import objects as o
+from conformance import objects as o
 from services.xds.translate import LISTENER, TranslateInput, translate
 
 KINDS = [

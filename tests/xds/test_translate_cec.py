@@ -6,7 +6,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from nodemesh.conformance import objects as o
+from conformance import objects as o
 from services.xds.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, TranslateInput, Translation, translate
 
 NS = "team"

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from nodemesh.conformance import objects as o
-from nodemesh.conformance.certs import self_signed
+from conformance import objects as o
+from conformance.certs import self_signed
 from services.xds.translate import LISTENER, TranslateInput, Translation, translate, with_programmed
 
 NS = "infra"
@@ -322,7 +322,7 @@ def test_key_not_matching_the_certificate_is_invalid() -> None:
 
 
 def test_long_gateway_names_use_the_shortened_service_name() -> None:
-    from nodemesh.localapi.controllers.gateway import gateway_service_name as api_side
+    from localcluster.apiserver.controllers.gateway import gateway_service_name as api_side
     from services.xds.translate.ingest_gateway import gateway_service_name
 
     name = "g" * 60

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from nodemesh.conformance import objects as o
+from conformance import objects as o
 from services.xds.translate import CLUSTER, ENDPOINT, ROUTE, TranslateInput, translate
 
 NS = "infra"

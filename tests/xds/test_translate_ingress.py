@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from nodemesh.conformance import objects as o
-from nodemesh.conformance.certs import self_signed
+from conformance import objects as o
+from conformance.certs import self_signed
 from services.xds.translate import CLUSTER, LISTENER, ROUTE, SECRET, TranslateInput, Translation, translate
 
 NS = "shop"

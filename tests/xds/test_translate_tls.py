@@ -6,8 +6,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from nodemesh.conformance import objects as o
-from nodemesh.conformance.certs import self_signed
+from conformance import objects as o
+from conformance.certs import self_signed
 from services.xds.translate import LISTENER, ROUTE, SECRET, TranslateInput, Translation, translate
 
 NS = "infra"

@@ -1,6 +1,6 @@
 """Local mode: run a pod's first container as a process in the pod's netns, probe it, report status.
 
-There is no container runtime: the image maps to a command (:func:`nodemesh.images.image_command`),
+There is no container runtime: the image maps to a command (:func:`.images.image_command`),
 started with ``nsenter --net=/run/netns/<ns>`` (which, unlike ``ip netns exec``, leaves /sys alone)
 in its own session, with the container's env (downward-API ``fieldRef``s resolved), stdout/stderr
 appended to ``<data-dir>/pods/<ns>_<name>.log``. ``restartPolicy`` is honoured with exponential
@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from nodemesh.images import image_command
+from services.datapath.pods.images import image_command
 from services.datapath.pods.netns import netns_path, netns_socket
 
 __all__ = ["PodRunner", "container_env", "probe_once", "workload_base_env"]

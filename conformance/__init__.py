@@ -1,0 +1,1 @@
+"""Gateway API conformance: the corpus runner (``python -m conformance``) and its harness."""

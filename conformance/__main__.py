@@ -1,0 +1,93 @@
+"""``python -m conformance [--case NAME ...] [--report docs/conformance.md] [--dir PATH]``.
+
+Runs the corpus cases one at a time (each in isolation: applied, checked, deleted) and prints one
+line per case; ``--report`` writes the per-feature Markdown report. ``--mode standalone`` (the
+default) uses translate + a real Envoy + echo processes; ``--mode cluster`` is for a cluster started
+with ``nodemesh up`` (``--data-dir`` or ``$NODEMESH_DATA_DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+import yaml
+
+from .cases import Generated, corpus_dir, load_case, load_index
+from .report import write_report
+from .runner import CaseResult, run_case
+
+CLASS, CONTROLLER = "nodemesh", "nodemesh.io/gateway-controller"
+
+
+async def _main(args: argparse.Namespace) -> int:
+    root = corpus_dir(args.dir)
+    try:
+        index = load_index(root)
+    except (OSError, yaml.YAMLError, AttributeError) as e:
+        print(f"conformance: cannot read the corpus index in {root}: {e}", file=sys.stderr)
+        return 2
+    names = [c["name"] for c in index]
+    if args.case:
+        unknown = [n for n in args.case if n not in names]
+        if unknown:
+            print(f"unknown case(s): {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        names = [n for n in names if n in args.case]
+    cluster: Any
+    if args.mode == "cluster":
+        from nodemesh.errors import NodemeshError
+
+        from .cluster import LocalCluster
+
+        try:
+            cluster = LocalCluster(args.data_dir)
+        except (NodemeshError, OSError) as e:
+            print(f"conformance: {e}", file=sys.stderr)
+            return 2
+        mode = f"cluster (nodemesh up, {cluster.info.data_dir})"
+    else:
+        from .standalone import Standalone
+
+        cluster = Standalone(CLASS, CONTROLLER)
+        mode = "standalone (translate + Envoy 1.40 + echo processes)"
+    gen = Generated()
+    results: list[CaseResult] = []
+    t0 = time.monotonic()
+    async with cluster:
+        for name in names:
+            try:
+                case = load_case(root, name, CLASS, CONTROLLER)
+            except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as e:
+                r = CaseResult(name, "", False, f"cannot read the case: {e}")
+            else:
+                r = await run_case(cluster, case, gen, CONTROLLER, args.scale)
+            results.append(r)
+            mark = "PASS" if r.passed else "FAIL"
+            print(
+                f"{mark} {r.name} ({r.feature}, {r.seconds}s){'' if r.passed else ': ' + r.reason}",
+                flush=True,
+            )
+    passed = sum(r.passed for r in results)
+    print(f"{passed}/{len(results)} passed in {time.monotonic() - t0:.0f}s")
+    if args.report:
+        write_report(args.report, results, index, mode)
+    return 0 if passed == len(results) else 1
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m conformance", description=__doc__)
+    p.add_argument("--case", action="append", help="run only this case (repeatable)")
+    p.add_argument("--report", help="write the Markdown report here")
+    p.add_argument("--dir", help="corpus directory (default $NODEMESH_CONFORMANCE_DIR or ../shared/...)")
+    p.add_argument("--mode", choices=("standalone", "cluster"), default="standalone")
+    p.add_argument("--data-dir", help="local cluster data directory (--mode cluster)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every timeout")
+    sys.exit(asyncio.run(_main(p.parse_args())))
+
+
+if __name__ == "__main__":
+    main()

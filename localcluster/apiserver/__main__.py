@@ -1,0 +1,63 @@
+"""``python -m localcluster.apiserver --data-dir D --port P --nodes N [--manifests DIR] [--lb-pool CIDR]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import signal
+
+from localcluster.apiserver.app import LocalApi
+from nodemesh.log import setup_logging
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="nodemesh-localapi", description="nodemesh local Kubernetes-protocol API server"
+    )
+    p.add_argument("--data-dir", required=True, help="state directory; the store is <data-dir>/api/store.db")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="listen port (0: a free one, printed at start)")
+    p.add_argument("--nodes", type=int, default=1, help="simulated nodes node-1..N (Node objects)")
+    p.add_argument("--manifests", default=None, help="directory of YAML manifests kept applied")
+    p.add_argument("--lb-pool", default="127.0.100.0/24", help="LB-IPAM pool for LoadBalancer Services")
+    p.add_argument("--history", type=int, default=10_000, help="watch events kept (older RVs get 410)")
+    p.add_argument("--bookmark-interval", type=float, default=5.0, help="seconds between watch BOOKMARKs")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", default="json", help="json or text")
+    args = p.parse_args(argv)
+    try:
+        ipaddress.ip_network(args.lb_pool, strict=False)
+    except ValueError as e:
+        p.error(f"--lb-pool: {e}")
+    if args.nodes < 0 or args.nodes > 250:
+        p.error("--nodes must be between 0 and 250 (node-i gets 10.244.i.0/24 and 127.0.50.i)")
+    setup_logging("apiserver", "", args.log_level, args.log_format)
+
+    async def run() -> None:
+        api = LocalApi(
+            args.data_dir,
+            host=args.host,
+            port=args.port,
+            nodes=args.nodes,
+            manifests=args.manifests,
+            lb_pool=args.lb_pool,
+            history=args.history,
+            bookmark_interval=args.bookmark_interval,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await api.start()
+        print(f"listening on {api.url}", flush=True)
+        await stop.wait()
+        await api.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The one table of every process a nodemesh cluster runs, and how each is invoked.
+
+The local supervisor (``python -m <module>``), the compose file (``<script>`` in one image) and the
+Kubernetes manifests (``<script>`` in containers) are all derived from :data:`PROCESSES` and
+:func:`service_args`, so the three cannot drift: ``tests/deploy`` compares them.
+
+A process's settings reach it as flags that every :class:`nodemesh.config.ServiceConfig` knows
+(``--nats-url --node --data-dir --health-addr --log-format``) plus ``NODEMESH_*`` environment
+variables for service-specific settings (an environment variable that names no config field is
+ignored by :func:`nodemesh.config.load_config`, an unknown flag is an error), so a service that does
+not know a setting yet still starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "PROCESSES",
+    "Context",
+    "ProcSpec",
+    "instance_name",
+    "module_available",
+    "node_index",
+    "service_args",
+    "service_env",
+]
+
+Probe = Literal["readyz", "apiserver", "nats", "envoy"]
+
+
+class ProcSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One kind of process. Per-node kinds run once per simulated node."""
+
+    service: str
+    """Service name: nats | apiserver | watcher | identity | xds | datapath | authd | envoy."""
+    module: str = ""
+    """``python -m`` module (local supervisor); empty for a binary."""
+    script: str = ""
+    """Console script (pyproject ``[project.scripts]``) or binary run by compose and Kubernetes."""
+    per_node: bool = False
+    replicas: int = 1
+    nats_user: str = ""
+    """NATS user from the generated auth config; ``{node}`` is the node name."""
+    probe: Probe = "readyz"
+    """How readiness is checked: a service's ``/readyz`` on its health port, the API server's
+    ``/readyz``, nats-server's monitoring ``/healthz``, or Envoy's admin ``/ready``."""
+    privileged: bool = False
+    doc: str = ""
+
+
+# Start order is table order; `down` stops in reverse.
+PROCESSES: tuple[ProcSpec, ...] = (
+    ProcSpec(service="nats", script="nats-server", probe="nats", doc="embedded nats-server, JetStream on"),
+    ProcSpec(
+        service="apiserver",
+        module="localcluster.apiserver",
+        script="nodemesh-localapi",
+        probe="apiserver",
+        doc="local Kubernetes-protocol API server and controllers (the manifest store)",
+    ),
+    ProcSpec(
+        service="watcher",
+        module="services.watcher",
+        script="nodemesh-watcher",
+        replicas=2,
+        nats_user="watcher",
+        doc="the only API client; active + standby (lease in KV)",
+    ),
+    ProcSpec(
+        service="identity", module="services.identity", script="nodemesh-identity", nats_user="identity"
+    ),
+    ProcSpec(service="xds", module="services.xds", script="nodemesh-xds", nats_user="xds"),
+    ProcSpec(
+        service="datapath",
+        module="services.datapath",
+        script="nodemesh-datapath",
+        per_node=True,
+        nats_user="datapath-{node}",
+        privileged=True,
+    ),
+    ProcSpec(
+        service="authd",
+        module="services.authd",
+        script="nodemesh-authd",
+        per_node=True,
+        nats_user="authd-{node}",
+    ),
+    ProcSpec(
+        service="envoy",
+        module="localcluster.envoy",
+        script="nodemesh-envoy",
+        per_node=True,
+        probe="envoy",
+        doc="one Envoy per node, fed by xds ADS (the module renders the bootstrap, then execs envoy)",
+    ),
+)
+
+
+class Context(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the processes of one cluster find each other (local mode or compose)."""
+
+    nats_url: str
+    api_url: str
+    xds_addr: str  # host:port of the ADS server (what Envoy and `--xds-addr` use)
+    data_dir: str  # cluster data dir; per-node services get <data_dir>/nodes/<node>
+    nodes: tuple[str, ...] = ("node-1",)
+    manifests: str = ""
+    log_format: str = "json"
+    bind_host: str = "127.0.0.1"
+    """Where servers (API server, xds ADS) listen: loopback locally, all interfaces in containers."""
+
+
+def instance_name(spec: ProcSpec, replica: int = 0, node: str = "") -> str:
+    """``watcher-0``, ``identity``, ``datapath@node-1``."""
+    if spec.per_node:
+        return f"{spec.service}@{node}"
+    if spec.replicas > 1:
+        return f"{spec.service}-{replica}"
+    return spec.service
+
+
+def service_args(spec: ProcSpec, ctx: Context, node: str, health_addr: str) -> list[str]:
+    """The flags a process gets after its module/script (``health_addr``: Envoy's admin port)."""
+    if spec.service == "envoy":
+        _host, _, admin = health_addr.rpartition(":")
+        boot = f"{ctx.data_dir}/nodes/{node}/envoy/bootstrap.json"
+        args = ["--node", node, "--xds-addr", ctx.xds_addr, "--admin-port", admin, "--bootstrap", boot]
+        # The node's datapath receives access logs (L7 flows) on <its data dir>/als.sock by default.
+        return [*args, "--als-socket", f"{ctx.data_dir}/nodes/{node}/als.sock"]
+    if spec.service == "apiserver":
+        _host, _, port = ctx.api_url.rpartition(":")
+        args = ["--data-dir", ctx.data_dir, "--host", ctx.bind_host, "--port", port]
+        args += ["--nodes", str(len(ctx.nodes))]
+        if ctx.manifests:
+            args += ["--manifests", ctx.manifests]
+        return args
+    data = f"{ctx.data_dir}/nodes/{node}" if spec.per_node else f"{ctx.data_dir}/{spec.service}"
+    return [
+        "--nats-url",
+        ctx.nats_url,
+        "--node",
+        node,
+        "--data-dir",
+        data,
+        "--health-addr",
+        health_addr,
+        "--log-format",
+        ctx.log_format,
+    ]
+
+
+def node_index(node: str) -> int:
+    """``node-3`` → 3 (the simulated node's number; its pod CIDR and address derive from it)."""
+    _, _, num = node.rpartition("-")
+    return int(num) if num.isdigit() else 1
+
+
+def service_env(spec: ProcSpec, ctx: Context, node: str, instance: str) -> dict[str, str]:
+    """Service-specific settings as ``NODEMESH_*`` variables (ignored by services without the field)."""
+    i = node_index(node)
+    env = {"NODEMESH_CLUSTER_DATA_DIR": ctx.data_dir}
+    if spec.service == "watcher":
+        env["NODEMESH_API_URL"] = ctx.api_url
+        env["NODEMESH_WATCHER_ID"] = instance
+    elif spec.service == "xds":
+        env["NODEMESH_GRPC_ADDR"] = f"{ctx.bind_host}:{ctx.xds_addr.rpartition(':')[2]}"
+        env["NODEMESH_NODES"] = ",".join(ctx.nodes)
+    elif spec.service == "datapath":
+        env["NODEMESH_POD_CIDR"] = f"10.244.{i}.0/24"
+        env["NODEMESH_NODE_IP"] = f"127.0.50.{i}"
+    return env
+
+
+def module_available(module: str) -> bool:
+    """Whether ``python -m module`` can run here (others build some services in parallel)."""
+    if not module:
+        return True
+    try:
+        return importlib.util.find_spec(module + ".__main__") is not None
+    except (ImportError, ValueError):
+        return False

@@ -1,0 +1,79 @@
+"""``nodemesh exec POD [-n NS] [--node NODE] -- CMD…``: run a command in a pod's network namespace.
+
+Like ``kubectl exec`` for local mode: the pod's netns name is derived from (node, namespace, pod)
+exactly as the datapath names it, so no API call is needed; without ``--node`` every node of the
+local cluster (``run/cluster.json``) is tried. The command runs through ``nsenter --net`` (not
+``ip netns exec``, which would remount /sys), with this terminal's stdin/stdout/stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+from localcluster.layout import load_cluster
+from nodemesh.errors import NodemeshError
+
+__all__ = ["find_netns", "register"]
+
+
+def find_netns(pod: str, namespace: str, nodes: list[tuple[str, str]]) -> str:
+    """The path of the pod's netns on whichever of ``nodes`` ((node, scope) pairs) hosts it."""
+    from services.datapath.pods.netns import netns_exists, netns_name, netns_path
+
+    for node, scope in nodes:
+        name = netns_name(node, namespace, pod, scope)
+        if netns_exists(name):
+            return netns_path(name)
+    names = ", ".join(n for n, _ in nodes) or "any node"
+    raise NodemeshError(f"pod {namespace}/{pod} has no network namespace on {names}")
+
+
+def _scope(cluster_dir: str, node: str) -> str:
+    """The node's naming scope, as its datapath recorded it (``nodes/<node>/datapath.json``)."""
+    from services.datapath.pods.netns import scope_for
+
+    node_dir = Path(cluster_dir) / "nodes" / node
+    try:
+        return str(json.loads((node_dir / "datapath.json").read_text()).get("scope", ""))
+    except (OSError, ValueError, AttributeError):
+        return scope_for(str(node_dir))
+
+
+def _run(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    # options may follow the pod (``exec POD -n NS -- CMD``): REMAINDER captured them, parse them here
+    if "--" in cmd:
+        i = cmd.index("--")
+        opts, cmd = cmd[:i], cmd[i + 1 :]
+        late = argparse.ArgumentParser(prog="nodemesh exec", add_help=False, exit_on_error=False)
+        late.add_argument("-n", "--namespace", default=args.namespace)
+        late.add_argument("--node", default=args.node)
+        try:
+            ns = late.parse_args(opts)
+        except (argparse.ArgumentError, SystemExit) as e:
+            raise NodemeshError(f"bad exec options {opts}: {e}") from e
+        args.namespace, args.node = ns.namespace, ns.node
+    if not cmd:
+        raise NodemeshError("no command given: nodemesh exec POD -- CMD…")
+    cluster = load_cluster(args.data_dir)
+    names = [args.node] if args.node else [n.name for n in cluster.nodes]
+    nodes = [(n, _scope(cluster.data_dir, n)) for n in names]
+    path = find_netns(args.pod, args.namespace, nodes)
+    nsenter = shutil.which("nsenter")
+    if nsenter is None:
+        raise NodemeshError("nsenter not found (util-linux)")
+    os.execv(nsenter, [nsenter, f"--net={path}", "--", *cmd])
+    return 0  # not reached
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("exec", help="run a command in a pod's network namespace (like kubectl exec)")
+    p.add_argument("pod")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("--node", default="", help="the pod's node (default: try every node of the local cluster)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS…]")
+    p.set_defaults(func=_run)

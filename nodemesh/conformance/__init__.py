@@ -1,1 +1,0 @@
-"""Gateway API conformance: the corpus runner (``python -m nodemesh.conformance``) and its harness."""
