@@ -173,7 +173,7 @@ async def _serve_http(bind: str) -> list[Any]:
     from echoserver.echo_h2c import serve_h2c
 
     h2c = await serve_h2c(bind)
-    return [runner, h2c] if h2c is not None else [runner]
+    return [runner, h2c]
 
 
 async def _tcp_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool) -> None:

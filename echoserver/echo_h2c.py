@@ -94,9 +94,5 @@ async def _conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def serve_h2c(bind: str) -> asyncio.Server | None:
-    try:
-        import h2  # noqa: F401
-    except ImportError:
-        return None
+async def serve_h2c(bind: str) -> asyncio.Server:
     return await asyncio.start_server(_conn, bind, int(os.environ.get("H2C_PORT") or 3001))

@@ -8,16 +8,15 @@ itself was killed. Network namespaces and links are the datapath's: its hook
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import importlib
-import inspect
 import logging
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+from services.datapath.cleanup import cleanup_all
 
 __all__ = [
     "MARKER_ENV",
@@ -77,18 +76,9 @@ def kill_pids(pids: list[int], grace: float = 5.0) -> None:
 
 
 def cleanup_datapath(data_dir: Path) -> None:
-    """Run the datapath's cleanup hook (namespaces, links, pinned maps) if it exists."""
+    """Run the datapath's cleanup (namespaces, links, pinned maps, cgroup programs)."""
     try:
-        mod = importlib.import_module("services.datapath.cleanup")
-    except ImportError:
-        return
-    fn = getattr(mod, "cleanup_all", None)
-    if fn is None:
-        return
-    try:
-        result = fn(str(data_dir))
-        if inspect.iscoroutine(result):
-            asyncio.run(result)
+        cleanup_all(str(data_dir))
     except Exception:
         log.exception("datapath cleanup failed")
 

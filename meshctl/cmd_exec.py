@@ -9,21 +9,20 @@ local cluster (``run/cluster.json``) is tried. The command runs through ``nsente
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 from pathlib import Path
 
 from localcluster.layout import load_cluster
 from nodemesh.errors import NodemeshError
+from nodemesh.netns import netns_exists, netns_name, netns_path, scope_for
+from nodemesh.nodestate import read_datapath_state
 
 __all__ = ["find_netns", "register"]
 
 
 def find_netns(pod: str, namespace: str, nodes: list[tuple[str, str]]) -> str:
     """The path of the pod's netns on whichever of ``nodes`` ((node, scope) pairs) hosts it."""
-    from services.datapath.pods.netns import netns_exists, netns_name, netns_path
-
     for node, scope in nodes:
         name = netns_name(node, namespace, pod, scope)
         if netns_exists(name):
@@ -34,13 +33,9 @@ def find_netns(pod: str, namespace: str, nodes: list[tuple[str, str]]) -> str:
 
 def _scope(cluster_dir: str, node: str) -> str:
     """The node's naming scope, as its datapath recorded it (``nodes/<node>/datapath.json``)."""
-    from services.datapath.pods.netns import scope_for
-
     node_dir = Path(cluster_dir) / "nodes" / node
-    try:
-        return str(json.loads((node_dir / "datapath.json").read_text()).get("scope", ""))
-    except (OSError, ValueError, AttributeError):
-        return scope_for(str(node_dir))
+    state = read_datapath_state(node_dir)
+    return state.scope if state is not None else scope_for(str(node_dir))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -25,11 +25,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from localcluster.layout import data_dir, load_cluster, load_credentials
-from meshctl.flowfilter import RESERVED_NAMES, FilterError, FlowFilter, build_filters, matches
+from meshctl.flowfilter import FilterError, FlowFilter, build_filters, matches
 from nodemesh import subjects
 from nodemesh.bus import connect
 from nodemesh.codec import decode
 from nodemesh.errors import DecodeError, NodemeshError
+from nodemesh.labels import RESERVED_NAMES
 from nodemesh.messages.flow import Endpoint, Flow
 from nodemesh.streams import STREAM_FLOWS
 

@@ -21,11 +21,11 @@ from typing import Any
 
 import msgspec
 
+from nodemesh.labels import RESERVED_IDS
 from nodemesh.messages.flow import Endpoint, Flow
 
 __all__ = [
     "EVENT_TYPES",
-    "RESERVED_NAMES",
     "FilterError",
     "FlowFilter",
     "build_filters",
@@ -36,12 +36,6 @@ __all__ = [
 
 #: Hubble/Cilium monitor event types by ``--type`` name.
 EVENT_TYPES = {"drop": 1, "trace": 4, "policy-verdict": 5, "l7": 129}
-_RESERVED = {
-    "host": 1, "world": 2, "unmanaged": 3, "health": 4, "init": 5, "remote-node": 6,
-    "kube-apiserver": 7, "ingress": 8, "world-ipv4": 9, "world-ipv6": 10,
-}  # fmt: skip
-#: Reserved identity number → name, for display.
-RESERVED_NAMES = {v: k for k, v in _RESERVED.items()}
 _PROTOCOLS = ("tcp", "udp", "icmp", "sctp")
 _VERDICTS = ("FORWARDED", "DROPPED", "ERROR", "AUDIT", "REDIRECTED", "TRACED", "TRANSLATED")
 
@@ -209,8 +203,8 @@ def matches(flow: Flow, allow: Sequence[FlowFilter], deny: Sequence[FlowFilter] 
 # --- building filters from CLI flags --------------------------------------------------------------
 def parse_identity(value: str) -> int:
     v = value.strip().lower().removeprefix("reserved:")
-    if v in _RESERVED:
-        return _RESERVED[v]
+    if v in RESERVED_IDS:
+        return RESERVED_IDS[v]
     if v.isdigit():
         return int(v)
     raise FilterError(f"identity {value!r} is not a number or a reserved identity name")

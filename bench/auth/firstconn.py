@@ -18,9 +18,9 @@ import shutil
 import socket
 import time
 
+from nodemesh.policy.model import PolicyKey, PolicyValue
 from services.datapath.maps import IPCacheValue
 from services.datapath.pods.netns import netns_socket
-from services.datapath.policy.model import PolicyKey, PolicyValue
 from tests.authd.dpglue import NODE_IDS, Glue
 from tests.authd.harness import Cluster
 from tests.datapath.conftest import TNode, ingress_policy

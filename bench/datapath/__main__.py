@@ -33,12 +33,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nodemesh.netns import netns_path
+from nodemesh.policy.model import EndpointPolicy, PolicyKey, PolicyValue
 from services.datapath.bpfsys import prog_test_run
 from services.datapath.endpoints import PolicyWriter
 from services.datapath.loader import Loader, detach_tc
 from services.datapath.maps import STAT_EVENTS, STAT_LOST_EVENTS, IPCacheValue
-from services.datapath.pods.netns import create_pod_netns, delete_pod_netns, netns_path
-from services.datapath.policy.model import EndpointPolicy, PolicyKey, PolicyValue
+from services.datapath.pods.netns import create_pod_netns, delete_pod_netns
 
 SIZES = (100, 1_000, 10_000, 60_000)
 A_IP, B_IP = "10.199.7.2", "10.199.7.3"

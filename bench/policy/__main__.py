@@ -15,8 +15,8 @@ import statistics
 import time
 from typing import Any
 
-from services.datapath.policy.incremental import PolicyEngine
-from services.datapath.policy.model import Endpoint
+from nodemesh.policy.incremental import PolicyEngine
+from nodemesh.policy.model import Endpoint
 
 
 def policy(ports: int, last_port: int) -> dict[str, Any]:

@@ -6,18 +6,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
+from nodemesh.labels import MIN_ALLOCATED
 from nodemesh.messages.auth import AuthEntry, AuthKey
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
 from services.authd.policy import Pair
 
 __all__ = ["Entry", "Topology", "desired_keys", "invalid_reason", "is_primary", "is_reserved", "renew_at"]
 
-RESERVED_MAX = 255  # Cilium: identities below 256 are reserved (host, world, ...)
-
 
 def is_reserved(identity: int, identities: Mapping[int, Identity]) -> bool:
     ident = identities.get(identity)
-    return identity <= RESERVED_MAX or (ident is not None and ident.reserved)
+    return identity < MIN_ALLOCATED or (ident is not None and ident.reserved)
 
 
 class Topology:

@@ -29,15 +29,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
+from nodemesh.netns import netns_name
 from services.authd.manager import AuthManager
 from services.authd.svids import Purpose, Svid, SvidStore
 
 __all__ = ["Attestation", "WorkloadApi", "pod_addresses"]
-
-try:  # the datapath's naming of pod network namespaces (nm-<hash of node, namespace, pod>)
-    from services.datapath.pods.netns import netns_name as _netns_name
-except ImportError:  # pragma: no cover - authd without the datapath package: inode + address only
-    _netns_name = None  # type: ignore[assignment]
 
 log = logging.getLogger("nodemesh.authd.workload")
 HEADER = ("workload.spiffe.io", "true")
@@ -131,7 +127,7 @@ class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                 continue
             # The namespace must be the one the datapath made for *this* pod, not merely one that
             # holds its address.
-            if _netns_name is not None and _netns_name(self.manager.me, entry.namespace, entry.pod) != netns:
+            if netns_name(self.manager.me, entry.namespace, entry.pod) != netns:
                 return Attestation(pid, None, f"{netns} is not the network namespace of pod {entry.pod}")
             ids.add(entry.identity)
         if len(ids) != 1:

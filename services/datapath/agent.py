@@ -20,9 +20,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from nodemesh import kinds, subjects
 from nodemesh.bus import Bus
+from nodemesh.labels import RESERVED
 from nodemesh.messages.auth import AuthVerdict
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
 from nodemesh.messages.k8s import ObjectEvent, StatusPatch
+from nodemesh.policy.incremental import Changes, PolicyEngine
+from nodemesh.policy.model import Endpoint, PolicyRef
 from services.datapath.config import DatapathConfig
 from services.datapath.endpoints import PolicyWriter
 from services.datapath.loader import Loader
@@ -30,8 +33,6 @@ from services.datapath.maps import AuthKey, IPCacheValue, NodeMaps, ip_to_be32
 from services.datapath.nodeids import NodeIds
 from services.datapath.pods.ipam import Ipam
 from services.datapath.pods.manager import PodEndpoint, PodManager, on_node
-from services.datapath.policy.incremental import Changes, PolicyEngine
-from services.datapath.policy.model import Endpoint, PolicyRef
 
 __all__ = ["POLICY_KINDS", "Agent", "pod_identity_labels", "router_ip"]
 
@@ -52,7 +53,7 @@ def pod_identity_labels(
     pod: dict[str, Any], namespace: dict[str, Any] | None, cluster: str
 ) -> tuple[str, ...]:
     """The pod's identity labels, exactly as the identity service derives them."""
-    from services.identity.labels import pod_labels
+    from nodemesh.labels import pod_labels
 
     try:
         return tuple(pod_labels(pod, namespace, cluster))
@@ -189,7 +190,7 @@ class Agent:
 
     def _write_endpoint(self, ep: PodEndpoint) -> None:
         assert self.writer is not None
-        from services.datapath.policy.model import EndpointPolicy
+        from nodemesh.policy.model import EndpointPolicy
 
         policy = self.engine.policy(ep.key) or EndpointPolicy()
         self.writer.set_endpoint(ep.link.host_ifindex, ep.ep_id, ep.identity, ep.ip, policy)
@@ -363,10 +364,8 @@ class Agent:
         return (e.namespace, e.pod) if e else ("", "")
 
     def labels_of(self, identity: int) -> list[str]:
-        from services.datapath.policy.model import RESERVED_IDENTITIES
-
-        if identity in RESERVED_IDENTITIES:
-            return [f"reserved:{RESERVED_IDENTITIES[identity]}"]
+        if identity in RESERVED and identity:
+            return list(RESERVED[identity])
         return self.labels.get(identity, [])
 
     def node_name(self, node_id: int) -> str:

@@ -9,8 +9,6 @@ node's pods and open its readiness gate.
 from __future__ import annotations
 
 import asyncio
-import json
-from pathlib import Path
 
 from nats.aio.msg import Msg
 
@@ -18,6 +16,9 @@ from nodemesh import subjects
 from nodemesh.k8scache import K8sCache
 from nodemesh.messages.auth import AuthVerdict
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
+from nodemesh.netns import scope_for
+from nodemesh.nodestate import DatapathState, write_datapath_state
+from nodemesh.policy.model import ProxyPorts
 from nodemesh.runtime import Service
 from nodemesh.streams import BUCKET_IDENTITIES, BUCKET_IPCACHE, BUCKET_NODES
 from services.datapath.accesslog import mirror_enricher, start_configured
@@ -28,25 +29,21 @@ from services.datapath.kvwatch import watch_bucket
 from services.datapath.l7redirect import configure as configure_proxy
 from services.datapath.l7redirect import ensure_proxy_route
 from services.datapath.loader import Loader
-from services.datapath.pods.netns import scope_for
-from services.datapath.policy.model import ProxyPorts
 
 __all__ = ["main", "write_state"]
 
 
 def write_state(cfg: DatapathConfig, pin_dir: str, scope: str, pod_cidr: str = "") -> None:
     """What ``cleanup_all`` (and ``nodemesh exec``) need to find everything this node made."""
-    d = Path(cfg.data_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    state: dict[str, str | bool] = {
-        "node": cfg.node,
-        "scope": scope,
-        "pin_dir": pin_dir,
-        "node_ip": cfg.node_ip,
-    }
-    state["local_mode"] = cfg.local_mode
-    state["router_ip"] = router_ip(pod_cidr or cfg.pod_cidr)
-    (d / "datapath.json").write_text(json.dumps(state))
+    state = DatapathState(
+        node=cfg.node,
+        scope=scope,
+        pin_dir=pin_dir,
+        node_ip=cfg.node_ip,
+        local_mode=cfg.local_mode,
+        router_ip=router_ip(pod_cidr or cfg.pod_cidr),
+    )
+    write_datapath_state(cfg.data_dir, state)
 
 
 async def main(svc: Service) -> None:

@@ -23,7 +23,9 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from services.datapath.pods.netns import delete_pod_netns, host_ifname, netns_name
+from nodemesh.netns import host_ifname, netns_name
+from nodemesh.nodestate import STATE_FILE, read_datapath_state
+from services.datapath.pods.netns import delete_pod_netns
 
 __all__ = ["cleanup_all", "cleanup_node"]
 
@@ -31,12 +33,10 @@ log = logging.getLogger("nodemesh.datapath.cleanup")
 
 
 def cleanup_node(node_dir: Path) -> None:
-    try:
-        state = json.loads((node_dir / "datapath.json").read_text())
-    except (FileNotFoundError, ValueError):
+    state = read_datapath_state(node_dir)
+    if state is None:
         return
-    node = str(state.get("node", ""))
-    scope = str(state.get("scope", ""))
+    node, scope = state.node, state.scope
     try:
         pods = json.loads((node_dir / "ipam.json").read_text()).get("pods", {})
     except (FileNotFoundError, ValueError, AttributeError):
@@ -48,7 +48,7 @@ def cleanup_node(node_dir: Path) -> None:
             delete_pod_netns(netns_name(node, ns, name, scope), host_ifname(node, ns, name, scope))
         except Exception as e:
             log.warning("removing pod %s: %s", key, e)
-    pin_dir = str(state.get("pin_dir", ""))
+    pin_dir = state.pin_dir
     if pin_dir.startswith("/sys/fs/bpf/"):
         shutil.rmtree(pin_dir, ignore_errors=True)
         if scope and os.path.basename(os.path.dirname(pin_dir)) == scope:
@@ -60,8 +60,8 @@ def cleanup_node(node_dir: Path) -> None:
                         os.unlink(os.path.join(scope_dir, name))
             with contextlib.suppress(OSError):
                 os.rmdir(scope_dir)  # the scope dir, once its last node is gone
-    addrs = [str(state.get(k, "")) for k in ("node_ip", "router_ip")]
-    if state.get("local_mode"):
+    addrs = [state.node_ip, state.router_ip]
+    if state.local_mode:
         with IPRoute() as ipr:
             for a in addrs:
                 if not a or a == "127.0.0.1":
@@ -71,7 +71,7 @@ def cleanup_node(node_dir: Path) -> None:
                 except NetlinkError as e:
                     if e.code not in (errno.EADDRNOTAVAIL, errno.ENOENT):
                         log.warning("removing address %s from lo: %s", a, e)
-    for f in ("ipam.json", "datapath.json", "nodeids.json"):
+    for f in ("ipam.json", STATE_FILE, "nodeids.json"):
         (node_dir / f).unlink(missing_ok=True)
 
 

@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
+from nodemesh.policy.model import EndpointPolicy, PolicyKey, PolicyValue
 from services.datapath.maps import (
     EP_ENFORCE_EGRESS,
     EP_ENFORCE_INGRESS,
@@ -22,7 +23,6 @@ from services.datapath.maps import (
     ip_to_be32,
 )
 from services.datapath.plan import diff, encode_key, encode_policy, encode_value
-from services.datapath.policy.model import EndpointPolicy, PolicyKey, PolicyValue
 
 __all__ = ["ApplyStats", "PolicyWriter", "endpoint_flags"]
 

@@ -17,8 +17,8 @@ import logging
 
 from pyroute2 import IPRoute, NetlinkError
 
+from nodemesh.policy.model import ProxyPorts
 from services.datapath.maps import NodeMaps, ip_to_be32
-from services.datapath.policy.model import ProxyPorts
 
 __all__ = [
     "MARK_MASK",

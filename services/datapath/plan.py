@@ -16,13 +16,13 @@ from collections.abc import Mapping
 
 import msgspec
 
+from nodemesh.policy.model import PolicyKey, PolicyValue
 from services.datapath.maps import (
     POLICY_DENY,
     POLICY_STATIC_PREFIX,
     PolicyKeyC,
     PolicyValueC,
 )
-from services.datapath.policy.model import PolicyKey, PolicyValue
 
 __all__ = [
     "PolicyDiff",

@@ -28,11 +28,7 @@ from typing import Any
 
 import msgspec
 
-from nodemesh.messages.identity import Identity, IdentityRef
-
-from .batch import BATCH_IDENTITIES, BatchMixin
-from .kvmirror import Conflict, KvMirror
-from .labels import (
+from nodemesh.labels import (
     RESERVED,
     id_key,
     id_range,
@@ -43,6 +39,10 @@ from .labels import (
     parse_endpoint,
     validate_labels,
 )
+from nodemesh.messages.identity import Identity, IdentityRef
+
+from .batch import BATCH_IDENTITIES, BatchMixin
+from .kvmirror import Conflict, KvMirror
 
 __all__ = ["BATCH_IDENTITIES", "AllocationError", "Allocator", "id_key", "identity_type_for", "labels_key"]
 

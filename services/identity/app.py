@@ -19,6 +19,7 @@ from prometheus_client import Gauge
 
 from nodemesh import subjects
 from nodemesh.k8scache import K8sCache
+from nodemesh.labels import EXTERNAL_PREFIX, LabelError, is_reserved
 from nodemesh.messages.identity import (
     AllocateReply,
     AllocateRequest,
@@ -37,7 +38,6 @@ from .allocator import AllocationError, Allocator, identity_type_for
 from .config import IdentityConfig
 from .controller import Controller
 from .kvmirror import KvMirror
-from .labels import EXTERNAL_PREFIX, LabelError, is_reserved
 from .lease import Lease
 from .signer import Signer
 

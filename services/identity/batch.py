@@ -16,9 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from nodemesh.codec import encode
+from nodemesh.labels import id_key, label_hash, labels_key, validate_labels
 from nodemesh.messages.identity import Identity, IdentityRef
-
-from .labels import id_key, label_hash, labels_key, validate_labels
 
 if TYPE_CHECKING:
     from .kvmirror import KvMirror

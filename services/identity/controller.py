@@ -23,13 +23,13 @@ from prometheus_client import CollectorRegistry, Counter
 from nodemesh import subjects
 from nodemesh.bus import Bus
 from nodemesh.k8scache import K8sCache
+from nodemesh.labels import LabelError, parse_endpoint, pod_labels
 from nodemesh.messages.identity import Identity, IPCacheEntry, IPCacheEvent, NodeInfo, ip_key
 from nodemesh.messages.k8s import ObjectEvent
 
 from .allocator import Allocator
 from .endpoints import Owner, entry, node_entries, node_info, owner_of, pod_endpoint
 from .kvmirror import Conflict, KvMirror
-from .labels import LabelError, parse_endpoint, pod_labels
 
 __all__ = ["Controller"]
 

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nodemesh.labels import REMOTE_NODE, endpoint_key
 from nodemesh.messages.identity import IPCacheEntry, NodeInfo
-
-from .labels import REMOTE_NODE, endpoint_key
 
 __all__ = ["PodEndpoint", "entry", "node_entries", "node_info", "owner_of", "pod_endpoint"]
 

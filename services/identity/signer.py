@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from nodemesh import subjects
 from nodemesh.bus import Bus
+from nodemesh.labels import is_reserved, parse_endpoint
 from nodemesh.messages.identity import (
     CaRotateReply,
     CaRotateRequest,
@@ -39,7 +40,6 @@ from .ca import MAX_CSR_BYTES, CaKeyPair, CsrError, issue_svid
 from .castore import CaStoreError, load_ca, merge_bundle, rotate_ca
 from .config import IdentityConfig
 from .kvmirror import Conflict, KvMirror
-from .labels import is_reserved, parse_endpoint
 
 __all__ = ["BUNDLE_KEY", "Signer"]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from nodemesh.policy.model import PolicyKey, PolicyValue
 from services.datapath.maps import IPCacheValue
-from services.datapath.policy.model import PolicyKey, PolicyValue
 from tests.authd.dpglue import NODE_IDS, Glue
 from tests.authd.harness import Cluster, poll
 from tests.datapath.conftest import TNode, ingress_policy

@@ -1,4 +1,4 @@
-"""Pure parts of authd: leaf checks, SNI parsing, the fallback policy reading, entry decisions."""
+"""Pure parts of authd: leaf checks, SNI parsing, the policy pairs it pre-authenticates, entry decisions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
-from services.authd.policy import auth_pairs
+from services.authd.policy import Pair, PolicyPairs
 from services.authd.spiffe import AuthFailure, check_leaf, identity_from_sni, identity_from_spiffe_id
 from services.authd.table import Topology, desired_keys, invalid_reason, is_primary, renew_at
 from tests.authd.ca import SpiffeCA
@@ -63,8 +63,14 @@ def _cnp(ns: str, spec: object, kind: str = "CiliumNetworkPolicy") -> dict[str, 
     return {"kind": kind, "metadata": {"name": "p", "namespace": ns}, "spec": spec}
 
 
-def test_fallback_policy_reading() -> None:
-    ids = [_ident(1, "web"), _ident(2, "db"), _ident(3, "web", "other"), _ident(4, "cli", "other")]
+def auth_pairs(policies: list[dict[str, object]], ids: list[Identity]) -> tuple[set[Pair], list[str]]:
+    return PolicyPairs().compute(policies, ids, None)
+
+
+def test_policy_pairs() -> None:
+    # Allocated identities (>= 256): authd resolves only those as local endpoints.
+    a, b, c, d = 1001, 1002, 1003, 1004
+    ids = [_ident(a, "web"), _ident(b, "db"), _ident(c, "web", "other"), _ident(d, "cli", "other")]
     ingress = {
         "endpointSelector": {"matchLabels": {"app": "db"}},
         "ingress": [
@@ -72,7 +78,7 @@ def test_fallback_policy_reading() -> None:
         ],
     }
     pairs, errs = auth_pairs([_cnp("default", ingress)], ids)
-    assert pairs == {(2, 1, 1)} and not errs  # the peer selector is confined to the policy's namespace
+    assert pairs == {(b, a, 1)} and not errs  # the peer selector is confined to the policy's namespace
     cross_ns = {
         "endpointSelector": {},
         "egress": [
@@ -85,28 +91,33 @@ def test_fallback_policy_reading() -> None:
         ],
     }
     pairs, _ = auth_pairs([_cnp("other", cross_ns)], ids)
-    assert pairs == {(s, p, 2) for s in (3, 4) for p in (1, 2, 3, 4)}
+    assert pairs == {(s, p, 2) for s in (c, d) for p in (a, b, c, d)}
     l4_only = {
         "endpointSelector": {"matchLabels": {"app": "db"}},
-        "ingress": [{"authentication": {"mode": "required"}}],
-    }
+        "ingress": [{"toPorts": [{"ports": [{"port": "80"}]}], "authentication": {"mode": "required"}}],
+    }  # an L4-only rule: every peer
     pairs, _ = auth_pairs([_cnp("", l4_only, "CiliumClusterwideNetworkPolicy")], ids)
-    assert pairs == {(2, p, 1) for p in (1, 2, 3, 4)}
+    assert {(b, p, 1) for p in (a, b, c, d)} <= pairs and {s for s, _, _ in pairs} == {b}
     entities = {
         "endpointSelector": {},
         "ingress": [{"fromEntities": ["world"], "authentication": {"mode": "required"}}],
     }
-    assert auth_pairs([_cnp("default", entities)], ids)[0] == {(1, 2, 1), (2, 2, 1)}
+    assert {(s, r) for s, r, _ in auth_pairs([_cnp("default", entities)], ids)[0]} >= {(a, 2), (b, 2)}
     disabled = {"endpointSelector": {}, "ingress": [{"authentication": {"mode": "disabled"}}]}
     assert auth_pairs([_cnp("default", disabled)], ids)[0] == set()
     # Malformed policies are reported, never raised, and do not hide the good ones.
     bad = [
-        _cnp("default", "not a map"),
-        _cnp("default", {"endpointSelector": {"matchExpressions": [{"key": "app", "operator": "Near"}]}}),
+        {**_cnp("default", "not a map"), "metadata": {"name": "bad1", "namespace": "default"}},
+        {
+            **_cnp(
+                "default", {"endpointSelector": {"matchExpressions": [{"key": "app", "operator": "Near"}]}}
+            ),
+            "metadata": {"name": "bad2", "namespace": "default"},
+        },
         _cnp("default", ingress),
     ]
     pairs, errs = auth_pairs(bad, ids)
-    assert pairs == {(2, 1, 1)} and len(errs) == 2
+    assert pairs == {(b, a, 1)} and len(errs) == 2 and all("bad" in e for e in errs)
 
 
 def test_desired_keys_invalidation_and_renewal_order() -> None:
@@ -134,8 +145,6 @@ def test_desired_keys_invalidation_and_renewal_order() -> None:
 def test_policy_without_namespace_is_removed_from_the_engine() -> None:
     # The engine files a namespaced policy with no metadata.namespace under "default"; authd must
     # delete it under the same key, or its pairs outlive the policy.
-    from services.authd.policy import PolicyPairs
-
     ids = [_ident(300, "db"), _ident(301, "web")]
     spec = {
         "endpointSelector": {"matchLabels": {"app": "db"}},

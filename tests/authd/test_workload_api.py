@@ -17,7 +17,7 @@ import pytest
 from spiffe import WorkloadApiClient
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
-from services.datapath.pods.netns import netns_name
+from nodemesh.netns import netns_name
 from tests.authd.harness import Cluster, poll
 
 POD_A, POD_B = ("10.244.1.21", 1001), ("10.244.1.22", 1006)

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from nodemesh.netns import host_ifname, netns_name
+from nodemesh.policy.model import EndpointPolicy, PolicyKey, PolicyValue
 from services.datapath.endpoints import PolicyWriter
 from services.datapath.loader import Loader
 from services.datapath.maps import Event, IPCacheValue, ip_to_be32
-from services.datapath.pods.netns import PodLink, create_pod_netns, delete_pod_netns, host_ifname, netns_name
-from services.datapath.policy.model import EndpointPolicy, PolicyKey, PolicyValue
+from services.datapath.pods.netns import PodLink, create_pod_netns, delete_pod_netns
 
 
 @dataclass

@@ -6,9 +6,9 @@ from typing import Any
 
 import yaml
 
-from services.datapath.policy.model import Endpoint
-from services.datapath.policy.render import render_policy
-from services.datapath.policy.resolve import Resolved, resolve
+from nodemesh.policy.model import Endpoint
+from nodemesh.policy.render import render_policy
+from nodemesh.policy.resolve import Resolved, resolve
 
 IDENTITIES: dict[int, list[str]] = {
     1000: [

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from nodemesh.policy.model import PolicyKey, PolicyValue, port_range_chunks
 from services.datapath.maps import PolicyKeyC
 from services.datapath.plan import (
     decode_key,
@@ -17,7 +18,6 @@ from services.datapath.plan import (
     encode_value_ctypes,
     fold_deny,
 )
-from services.datapath.policy.model import PolicyKey, PolicyValue, port_range_chunks
 
 
 def _random_keys(n: int) -> list[tuple[PolicyKey, PolicyValue]]:

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from services.datapath.policy.incremental import Changes, PolicyEngine
-from services.datapath.policy.model import AuthPair, Endpoint, PolicyKey, PolicyRef, PolicyValue
-from services.datapath.policy.render import render_entry
-from services.datapath.policy.resolve import resolve
+from nodemesh.policy.incremental import Changes, PolicyEngine
+from nodemesh.policy.model import AuthPair, Endpoint, PolicyKey, PolicyRef, PolicyValue
+from nodemesh.policy.render import render_entry
+from nodemesh.policy.resolve import resolve
 from tests.datapath.policy_helpers import IDENTITIES, NAMES, docs
 
 WEB = Endpoint(key="prod/web", identity=1000)
@@ -308,7 +308,7 @@ def test_random_sequence_matches_full_resolve_and_diffs_replay(seed: int) -> Non
 
 def test_required_auth_pairs_cluster_wide_from_raw_policies() -> None:
     from nodemesh.messages.identity import Identity
-    from services.datapath.policy import required_auth_pairs
+    from nodemesh.policy import required_auth_pairs
 
     pol = cnp(
         "p",

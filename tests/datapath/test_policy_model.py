@@ -1,7 +1,7 @@
 """Model helpers: port range chunks, key coverage/intersection, and deny-wins through the lookup.
 
 The property test builds random allow/deny rule sets, resolves them, and checks every packet with
-the datapath's lookup (services/datapath/policy/lookup.py): deny if any deny rule matches, else allow
+the datapath's lookup (nodemesh/policy/lookup.py): deny if any deny rule matches, else allow
 if any allow rule matches, else no hit — whatever the specificity of the rules involved.
 """
 
@@ -12,10 +12,10 @@ import random
 import pytest
 import yaml
 
-from services.datapath.policy.compute import intersect
-from services.datapath.policy.lookup import lookup
-from services.datapath.policy.model import PolicyKey, port_range_chunks
-from services.datapath.policy.resolve import resolve
+from nodemesh.policy.compute import intersect
+from nodemesh.policy.lookup import lookup
+from nodemesh.policy.model import PolicyKey, port_range_chunks
+from nodemesh.policy.resolve import resolve
 from tests.datapath.policy_helpers import IDENTITIES, WEB
 
 

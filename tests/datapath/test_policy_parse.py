@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.datapath.policy.model import PolicyRef
-from services.datapath.policy.parse import parse_policy
-from services.datapath.policy.resolve import resolve
+from nodemesh.policy.model import PolicyRef
+from nodemesh.policy.parse import parse_policy
+from nodemesh.policy.resolve import resolve
 from tests.datapath.policy_helpers import IDENTITIES, WEB, docs
 
 CNP = "kind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n"

@@ -1,12 +1,12 @@
 # ruff: noqa: E501  (one YAML policy per table row reads better on long lines)
 """Table-driven: one policy feature per case → the exact policy map of endpoint prod/web (identity
-1000). Lines read ``direction peer proto/port verdict`` (see services/datapath/policy/render.py)."""
+1000). Lines read ``direction peer proto/port verdict`` (see nodemesh/policy/render.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.datapath.policy.model import Endpoint
+from nodemesh.policy.model import Endpoint
 from tests.datapath.policy_helpers import lines
 
 CNP = "kind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n"
@@ -418,7 +418,7 @@ def test_allow_localhost_can_be_disabled() -> None:
 
 
 def test_proxy_ports_configurable() -> None:
-    from services.datapath.policy.model import ProxyPorts
+    from nodemesh.policy.model import ProxyPorts
 
     got = lines(
         CNP + "  ingress:\n  - toPorts: [{ports: [{port: '80'}], rules: {http: [{}]}}]\n",

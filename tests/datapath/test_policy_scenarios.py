@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from services.datapath.policy.model import Endpoint
-from services.datapath.policy.render import render_policy
-from services.datapath.policy.resolve import resolve
+from nodemesh.policy.model import Endpoint
+from nodemesh.policy.render import render_policy
+from nodemesh.policy.resolve import resolve
 
 HERE = Path(__file__).parent / "scenarios"
 SCENARIOS = sorted(p.name for p in HERE.iterdir() if (p / "input.yaml").exists())

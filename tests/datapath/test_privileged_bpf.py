@@ -10,8 +10,8 @@ import socket
 
 import pytest
 
+from nodemesh.policy.model import EndpointPolicy, PolicyKey, PolicyValue
 from services.datapath.maps import EVT_DROP, EVT_TRACE
-from services.datapath.policy.model import EndpointPolicy, PolicyKey, PolicyValue
 from tests.datapath.conftest import TNode, ingress_policy
 from tests.datapath.net import echo, eventually, ping_ok, servers, tcp_ok, tcp_open, udp_ok, wait_for
 
@@ -106,7 +106,7 @@ def test_privileged_deny_beats_allow_and_precedence(make_node, subnet) -> None: 
 
 
 def test_privileged_port_ranges_and_egress(make_node, subnet) -> None:  # type: ignore[no-untyped-def]
-    from services.datapath.policy.model import port_range_chunks
+    from nodemesh.policy.model import port_range_chunks
 
     n = make_node()
     a = n.add_pod("a", subnet + "2", 1001)

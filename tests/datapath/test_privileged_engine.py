@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from nodemesh.policy.incremental import Changes, PolicyEngine
+from nodemesh.policy.model import Endpoint
 from services.datapath.maps import IPCacheValue
-from services.datapath.policy.incremental import Changes, PolicyEngine
-from services.datapath.policy.model import Endpoint
 from tests.datapath.conftest import TNode, TPod
 from tests.datapath.net import eventually, ping_ok, servers, tcp_ok, udp_ok, wait_for
 

@@ -12,7 +12,8 @@ import msgspec
 import pytest
 
 from localcluster.layout import ClusterInfo, NodeSpec
-from services.datapath.pods.netns import create_pod_netns, delete_pod_netns, host_ifname, netns_name
+from nodemesh.netns import host_ifname, netns_name
+from services.datapath.pods.netns import create_pod_netns, delete_pod_netns
 
 pytestmark = pytest.mark.privileged
 

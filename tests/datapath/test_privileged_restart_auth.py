@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from nodemesh.policy.model import PolicyKey, PolicyValue
 from services.datapath.maps import EVT_AUTH_REQUIRED, STAT_AUTH_SUPPRESSED, AuthKey, IPCacheValue
-from services.datapath.policy.model import PolicyKey, PolicyValue
 from tests.datapath.conftest import TNode, ingress_policy
 from tests.datapath.net import echo, eventually, servers, tcp_ok, tcp_open, udp_ok, wait_for
 

@@ -20,12 +20,12 @@ from nodemesh.bus import Bus
 from nodemesh.messages.auth import AuthKey, AuthRequired, AuthVerdict
 from nodemesh.messages.flow import Flow
 from nodemesh.messages.k8s import StatusPatch
+from nodemesh.netns import netns_exists, netns_name, scope_for
 from nodemesh.runtime import run_service
 from services.datapath.app import main as datapath_main
 from services.datapath.cleanup import cleanup_all
 from services.datapath.config import DatapathConfig
 from services.datapath.maps import NodeMaps, PolicyKeyC
-from services.datapath.pods.netns import netns_exists, netns_name, scope_for
 from testkit.natsserver import NatsServer, free_port
 from tests.datapath import k8s
 from tests.datapath.net import echo, tcp_ok, tcp_open

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from services.datapath.pods.netns import netns_name
+from nodemesh.netns import netns_name
 
 pytestmark = pytest.mark.privileged
 

@@ -11,10 +11,10 @@ import pytest
 
 from nodemesh import subjects
 from nodemesh.bus import Bus, RemoteError, connect
+from nodemesh.labels import label_hash
 from nodemesh.messages.identity import AllocateReply, AllocateRequest, IdentityRef, ReleaseRequest
 from services.identity.allocator import Allocator, id_key, identity_type_for, labels_key
 from services.identity.kvmirror import KvMirror
-from services.identity.labels import label_hash
 from testkit.natsserver import NatsServer
 
 from .conftest import RunReplica, eventually, identity

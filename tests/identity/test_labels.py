@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.identity.endpoints import node_entries, node_info, pod_endpoint
-from services.identity.labels import (
+from nodemesh.labels import (
     RESERVED,
     LabelError,
     canonical,
@@ -15,6 +14,7 @@ from services.identity.labels import (
     pod_labels,
     validate_labels,
 )
+from services.identity.endpoints import node_entries, node_info, pod_endpoint
 
 
 @pytest.mark.parametrize(

@@ -21,11 +21,11 @@ from prometheus_client import CollectorRegistry
 
 from conformance.envoyfs import FileXds, bootstrap
 from nodemesh.messages.flow import Flow
+from nodemesh.policy.model import Endpoint, ProxyPorts
+from nodemesh.policy.resolve import resolve
 from services.datapath import l7redirect
 from services.datapath.accesslog.server import AccessLogServer
 from services.datapath.pods.netns import netns_socket
-from services.datapath.policy.model import Endpoint, ProxyPorts
-from services.datapath.policy.resolve import resolve
 from services.xds.bootstrap import ALS_CLUSTER, render_bootstrap
 from services.xds.translate import Translation
 from services.xds.translate.l7policy import L7PolicyInput, l7_policy

@@ -1,4 +1,4 @@
-"""The supervisor's plan: ports, run files, per-process argv/env, skipped modules, one user per process."""
+"""The supervisor's plan: ports, run files, per-process argv/env, one user per process; no Envoy, no plan."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from localcluster import supervisor as sup
 from localcluster.layout import ClusterInfo
 from localcluster.processes import PROCESSES
+from nodemesh.errors import NodemeshError
 
 
 def test_plan_writes_run_files_and_wires_every_process(tmp_path: Path) -> None:
@@ -38,7 +39,7 @@ def test_plan_writes_run_files_and_wires_every_process(tmp_path: Path) -> None:
     assert len(ports) == len(set(ports))
     for name, p in procs.items():
         assert p.env["NODEMESH_CLUSTER_DATA_DIR"] == str(tmp_path)
-        if p.state.skipped or p.spec.service in ("nats", "apiserver", "envoy"):
+        if p.spec.service in ("nats", "apiserver", "envoy"):
             continue
         argv = p.argv
         assert argv[1:3] == ["-m", p.spec.module]
@@ -49,20 +50,18 @@ def test_plan_writes_run_files_and_wires_every_process(tmp_path: Path) -> None:
             assert p.env["NODEMESH_NATS_USER"] == user, name
             assert p.env["NODEMESH_NATS_PASSWORD"] == creds[user]["password"]
     api = procs["apiserver"]
-    if not api.state.skipped:
-        assert api.argv[api.argv.index("--manifests") + 1] == str(tmp_path)
+    assert api.argv[api.argv.index("--manifests") + 1] == str(tmp_path)
     assert procs["watcher-0"].env.get("NODEMESH_WATCHER_ID") == "watcher-0"
     assert procs["watcher-1"].env.get("NODEMESH_API_URL") == cluster.api_url
 
 
-def test_missing_module_is_skipped_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sup, "module_available", lambda module: module != "services.identity")
+def test_missing_envoy_is_an_error_not_a_partial_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sup, "envoy_binary", lambda: None)
     s = sup.Supervisor(sup.Options(data_dir=str(tmp_path), nodes=1), progress=lambda _m: None)
-    procs = {p.state.name: p for p in s.plan()}
-    assert "not found" in procs["identity"].state.skipped and procs["identity"].argv == []
-    assert not procs["watcher-0"].state.skipped
-    assert s.snapshot().pending  # skipped ones are not pending, the others are (not started)
-    assert all(p.name != "identity" for p in s.snapshot().pending)
+    with pytest.raises(NodemeshError, match="envoy binary not found"):
+        s.plan()
 
 
 def test_user_environment_does_not_leak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodemesh.netns import host_ifname, netns_name
 from services.datapath.pods.ipam import Ipam
-from services.datapath.pods.netns import PodLink, create_pod_netns, delete_pod_netns, host_ifname, netns_name
+from services.datapath.pods.netns import PodLink, create_pod_netns, delete_pod_netns
 from services.datapath.pods.runner import PodRunner
 
 __all__ = ["PodEndpoint", "PodManager", "on_node"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import os
 import socket
 import threading
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute, netns
 from pyroute2 import config as pyroute2_config
 from pyroute2.netlink.exceptions import NetlinkError
+
+from nodemesh.netns import netns_exists, netns_path
 
 # pyroute2 forks a child per netns operation and stops it with SIGTERM. Without this the child
 # keeps the parent's Python SIGTERM handler, whose signal byte goes to the *parent's* wakeup fd
@@ -36,48 +37,12 @@ __all__ = [
     "PodLink",
     "create_pod_netns",
     "delete_pod_netns",
-    "host_ifname",
-    "netns_exists",
-    "netns_name",
-    "netns_path",
     "netns_socket",
-    "scope_for",
 ]
 
 GATEWAY = "169.254.1.1"
-NETNS_DIR = "/run/netns"
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("/".join(parts).encode()).hexdigest()
-
-
-def scope_for(data_dir: str) -> str:
-    """A short token naming one agent's state (its data dir): several local clusters on one machine
-    may all have a ``node-1`` with a ``default/web`` pod, and must not share netns, links or pins."""
-    return hashlib.sha256(os.path.realpath(data_dir).encode()).hexdigest()[:8]
-
-
-def netns_name(node: str, namespace: str, pod: str, scope: str = "") -> str:
-    """``nm-<hash>``: stable per (scope, node, namespace, pod), so a restarted agent finds it again."""
-    parts = (scope, node, namespace, pod) if scope else (node, namespace, pod)
-    return f"nm-{_digest(*parts)[:16]}"
-
-
-def host_ifname(node: str, namespace: str, pod: str, scope: str = "") -> str:
-    """``lxc<11 hex>`` (14 characters, within IFNAMSIZ)."""
-    parts = (scope, node, namespace, pod) if scope else (node, namespace, pod)
-    return f"lxc{_digest(*parts)[:11]}"
-
-
-def netns_path(name: str) -> str:
-    return os.path.join(NETNS_DIR, name)
-
-
-def netns_exists(name: str) -> bool:
-    return os.path.exists(netns_path(name))
 
 
 @dataclass(frozen=True)

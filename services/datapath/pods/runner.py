@@ -22,8 +22,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from nodemesh.netns import netns_path
 from services.datapath.pods.images import image_command
-from services.datapath.pods.netns import netns_path, netns_socket
+from services.datapath.pods.netns import netns_socket
 
 __all__ = ["PodRunner", "container_env", "probe_once", "workload_base_env"]
 

@@ -16,7 +16,7 @@ The datapath redirects every flow whose policy entry carries a proxy port to the
   address, restored by the ``original_dst`` listener filter.
 
 Which rules apply is decided by the same engine the datapath runs
-(:func:`services.datapath.policy.resolve.resolve`), over the node's pods, with identities derived
+(:func:`nodemesh.policy.resolve.resolve`), over the node's pods, with identities derived
 from the pods' labels (numbers are local to this translation; only the label → address mapping
 matters here). Peers that are pods become their addresses; CIDR peers their CIDRs; ``host`` the
 node address; ``world`` anything that is not a pod; identity 0 anything.
@@ -31,8 +31,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from services.datapath.policy.model import DIR_EGRESS, DIR_INGRESS, Endpoint, HTTPRule, PolicyKey, ProxyPorts
-from services.datapath.policy.resolve import resolve
+from nodemesh.policy.model import DIR_EGRESS, DIR_INGRESS, Endpoint, HTTPRule, PolicyKey, ProxyPorts
+from nodemesh.policy.resolve import resolve
 
 from .l7policy_envoy import chain, cidrs, cluster, cluster_name, listener, listener_name
 from .types import CLUSTER, LISTENER, TranslateInput, Translation
@@ -77,7 +77,7 @@ def _d(x: Any) -> Mapping[str, Any]:
 
 def _pods(inp: L7PolicyInput) -> tuple[list[_Pod], dict[int, list[str]]]:
     """Running pods with an address, and an identity per distinct label set (stable: sorted)."""
-    from services.identity.labels import pod_labels  # the identity service's own label rules
+    from nodemesh.labels import pod_labels  # the identity service's own label rules
 
     ns_by_name = {
         str(_d(n.get("metadata")).get("name", "")): n for n in inp.namespaces if isinstance(n, Mapping)

@@ -26,7 +26,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 )
 from google.protobuf import json_format
 
-from services.datapath.policy.model import DIR_EGRESS, DIR_INGRESS
+from nodemesh.policy.model import DIR_EGRESS, DIR_INGRESS
 
 __all__ = [
     "MARK_PROXY_EGRESS",

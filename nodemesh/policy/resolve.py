@@ -1,6 +1,6 @@
 """Resolve policies from scratch: every endpoint's policy map and the CIDR identities.
 
-``resolve`` feeds everything to a fresh :class:`~services.datapath.policy.incremental.PolicyEngine`,
+``resolve`` feeds everything to a fresh :class:`~nodemesh.policy.incremental.PolicyEngine`,
 so a full resolve and a sequence of incremental changes share one code path and must agree (a test
 checks that they do).
 """
@@ -12,9 +12,9 @@ from typing import Any
 
 import msgspec
 
-from services.datapath.policy.incremental import PolicyEngine
-from services.datapath.policy.model import AuthPair, Endpoint, EndpointPolicy, PolicyRef, ProxyPorts
-from services.datapath.policy.rules import ParseError
+from nodemesh.policy.incremental import PolicyEngine
+from nodemesh.policy.model import AuthPair, Endpoint, EndpointPolicy, PolicyRef, ProxyPorts
+from nodemesh.policy.rules import ParseError
 
 __all__ = ["Resolved", "required_auth_pairs", "resolve"]
 

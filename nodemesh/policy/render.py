@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from services.datapath.policy.model import (
+from nodemesh.policy.model import (
     PROTO_ANY,
     PROTO_ICMP,
     PROTO_ICMPV6,

@@ -5,6 +5,6 @@ computes every endpoint's map from scratch, ``incremental.PolicyEngine`` keeps s
 what a change affects. ``model`` holds the types the datapath consumes. See docs/policy.md.
 """
 
-from services.datapath.policy.resolve import required_auth_pairs, resolve
+from nodemesh.policy.resolve import required_auth_pairs, resolve
 
 __all__ = ["required_auth_pairs", "resolve"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from services.datapath.policy.model import PROTO_ANY, PolicyKey, PolicyValue
+from nodemesh.policy.model import PROTO_ANY, PolicyKey, PolicyValue
 
 __all__ = ["lookup", "specificity"]
 

@@ -21,8 +21,9 @@ from typing import Any
 
 import msgspec
 
-from services.datapath.policy.labels import NS_LABEL, LabelReq, Selector
-from services.datapath.policy.model import (
+from nodemesh.labels import RESERVED_IDS
+from nodemesh.policy.labels import NS_LABEL, LabelReq, Selector
+from nodemesh.policy.model import (
     AUTH_ALWAYS_FAIL,
     AUTH_NONE,
     AUTH_SPIRE,
@@ -35,7 +36,7 @@ from services.datapath.policy.model import (
     HTTPRule,
     PolicyRef,
 )
-from services.datapath.policy.parse_common import (
+from nodemesh.policy.parse_common import (
     Errors,
     as_list,
     as_map,
@@ -43,7 +44,7 @@ from services.datapath.policy.parse_common import (
     parse_port,
     parse_selector,
 )
-from services.datapath.policy.rules import (
+from nodemesh.policy.rules import (
     Enforce,
     ParsedPolicy,
     ParseResult,
@@ -61,11 +62,7 @@ POLICY_KINDS = (CNP, CCNP, KNP)
 
 AUTH_MODES = {"required": AUTH_SPIRE, "test-always-fail": AUTH_ALWAYS_FAIL, "disabled": AUTH_NONE}
 
-_RESERVED_SEL = {
-    name: Selector((LabelReq("reserved", name, "Exists"),))
-    for name in ("host", "world", "world-ipv4", "world-ipv6", "remote-node", "health", "init",
-                 "unmanaged", "kube-apiserver", "ingress")
-}  # fmt: skip
+_RESERVED_SEL = {name: Selector((LabelReq("reserved", name, "Exists"),)) for name in RESERVED_IDS}
 #: Cilium's entity → selectors (pkg/policy/api/entity.go). ``cluster`` adds every pod identity.
 ENTITIES: dict[str, tuple[Peer, ...]] = {
     "all": (Peer("all"),),
@@ -112,7 +109,7 @@ def policy_ref(obj: Mapping[str, Any]) -> PolicyRef:
 
 def parse_policy(obj: Mapping[str, Any]) -> ParseResult:
     """Parse one policy object (a Kubernetes-shaped dict). Never raises on bad input."""
-    from services.datapath.policy.parse_k8s import parse_network_policy
+    from nodemesh.policy.parse_k8s import parse_network_policy
 
     ref = policy_ref(obj)
     errs = Errors()

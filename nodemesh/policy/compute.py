@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from services.datapath.policy.model import (
+from nodemesh.policy.model import (
     DIR_EGRESS,
     DIR_INGRESS,
     PROTO_ANY,
@@ -30,7 +30,7 @@ from services.datapath.policy.model import (
     ProxyPorts,
     port_range_chunks,
 )
-from services.datapath.policy.rules import Peer, PortSpec, Rule
+from nodemesh.policy.rules import Peer, PortSpec, Rule
 
 __all__ = ["compute_endpoint", "intersect", "port_keys"]
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from services.datapath.policy.compute import _Allow, _deny_wins, _inherit_auth, intersect, port_keys
-from services.datapath.policy.labels import Selector
-from services.datapath.policy.model import (
+from nodemesh.policy.compute import _Allow, _deny_wins, _inherit_auth, intersect, port_keys
+from nodemesh.policy.labels import Selector
+from nodemesh.policy.model import (
     DIR_EGRESS,
     DIR_INGRESS,
     PROTO_ANY,
@@ -29,7 +29,7 @@ from services.datapath.policy.model import (
     PolicyValue,
     ProxyPorts,
 )
-from services.datapath.policy.rules import Peer, Rule
+from nodemesh.policy.rules import Peer, Rule
 
 __all__ = ["EndpointState", "Triple"]
 

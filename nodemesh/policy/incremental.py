@@ -21,10 +21,11 @@ from typing import Any
 
 import msgspec
 
-from services.datapath.policy.compute import compute_endpoint
-from services.datapath.policy.endpoint_state import EndpointState
-from services.datapath.policy.labels import LabelSet
-from services.datapath.policy.model import (
+from nodemesh.labels import RESERVED
+from nodemesh.policy.compute import compute_endpoint
+from nodemesh.policy.endpoint_state import EndpointState
+from nodemesh.policy.labels import LabelSet
+from nodemesh.policy.model import (
     DIR_EGRESS,
     DIR_INGRESS,
     LOCAL_IDENTITY_BASE,
@@ -38,8 +39,8 @@ from services.datapath.policy.model import (
     PolicyValue,
     ProxyPorts,
 )
-from services.datapath.policy.parse import parse_policy
-from services.datapath.policy.rules import ParsedPolicy, ParseError, Peer, Rule
+from nodemesh.policy.parse import parse_policy
+from nodemesh.policy.rules import ParsedPolicy, ParseError, Peer, Rule
 
 __all__ = ["Changes", "EndpointChange", "PolicyEngine", "auth_pairs"]
 
@@ -72,8 +73,7 @@ class Changes(msgspec.Struct, kw_only=True):
 
 
 def _reserved_labels(ident: int) -> list[str]:
-    name = RESERVED_IDENTITIES[ident]
-    return [f"reserved:{name}", "reserved:remote-node"] if name == "kube-apiserver" else [f"reserved:{name}"]
+    return list(RESERVED[ident])
 
 
 class PolicyEngine:

@@ -12,6 +12,8 @@ from typing import Literal
 
 import msgspec
 
+from nodemesh.labels import NAMESPACE_LABELS, POD_NAMESPACE
+
 __all__ = [
     "NS_LABEL",
     "NS_LABELS_PREFIX",
@@ -23,9 +25,9 @@ __all__ = [
 ]
 
 #: The namespace label every pod identity carries (Cilium: ``k8s:io.kubernetes.pod.namespace``).
-NS_LABEL = "io.kubernetes.pod.namespace"
+NS_LABEL = POD_NAMESPACE
 #: Namespace labels are copied to pod identities under this prefix.
-NS_LABELS_PREFIX = "io.cilium.k8s.namespace.labels."
+NS_LABELS_PREFIX = NAMESPACE_LABELS + "."
 
 Op = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 

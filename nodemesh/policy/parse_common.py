@@ -11,8 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from services.datapath.policy.labels import LabelReq, Selector, split_key
-from services.datapath.policy.model import (
+from nodemesh.policy.labels import LabelReq, Selector, split_key
+from nodemesh.policy.model import (
     PROTO_ANY,
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -20,7 +20,7 @@ from services.datapath.policy.model import (
     PROTO_TCP,
     PROTO_UDP,
 )
-from services.datapath.policy.rules import ParseError, PortSpec
+from nodemesh.policy.rules import ParseError, PortSpec
 
 __all__ = [
     "PROTOCOLS",

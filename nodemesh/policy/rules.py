@@ -13,8 +13,8 @@ from typing import Literal
 
 import msgspec
 
-from services.datapath.policy.labels import Selector
-from services.datapath.policy.model import HTTPRule, PolicyRef
+from nodemesh.policy.labels import Selector
+from nodemesh.policy.model import HTTPRule, PolicyRef
 
 __all__ = ["Enforce", "ParseError", "ParseResult", "ParsedPolicy", "Peer", "PortSpec", "Rule"]
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.datapath.policy.labels import NS_LABEL, NS_LABELS_PREFIX, LabelReq, Selector
-from services.datapath.policy.model import DIR_EGRESS, DIR_INGRESS, PolicyRef
-from services.datapath.policy.parse_common import (
+from nodemesh.policy.labels import NS_LABEL, NS_LABELS_PREFIX, LabelReq, Selector
+from nodemesh.policy.model import DIR_EGRESS, DIR_INGRESS, PolicyRef
+from nodemesh.policy.parse_common import (
     Errors,
     as_list,
     as_map,
@@ -23,7 +23,7 @@ from services.datapath.policy.parse_common import (
     parse_port,
     parse_selector,
 )
-from services.datapath.policy.rules import Enforce, Peer, PortSpec, Rule
+from nodemesh.policy.rules import Enforce, Peer, PortSpec, Rule
 
 __all__ = ["parse_network_policy"]
 

@@ -1,6 +1,6 @@
 """The policy engine's output model: per-endpoint policy-map entries, as Cilium's policy map holds them.
 
-This module is the contract between the pure policy engine (``services.datapath.policy``) and the
+This module is the contract between the pure policy engine (``nodemesh.policy``) and the
 datapath that writes BPF maps. A :class:`PolicyKey` mirrors Cilium's ``struct policy_key`` (identity,
 direction, protocol, destination port with an LPM prefix over the port) and a :class:`PolicyValue`
 mirrors ``struct policy_entry`` (deny, auth type, proxy port). Lookup precedence, as in Cilium's
@@ -11,6 +11,8 @@ ANY/ANY/ANY; the engine already folds deny-wins into the entries, so the first h
 from __future__ import annotations
 
 import msgspec
+
+from nodemesh.labels import RESERVED_IDS, RESERVED_NAMES
 
 __all__ = [
     "AUTH_ALWAYS_FAIL",
@@ -52,22 +54,8 @@ AUTH_NONE = 0
 AUTH_SPIRE = 1
 AUTH_ALWAYS_FAIL = 2
 
-#: Cilium's reserved identities (pkg/identity/numericidentity.go): id → name.
-RESERVED_IDENTITIES: dict[int, str] = {
-    1: "host",
-    2: "world",
-    3: "unmanaged",
-    4: "health",
-    5: "init",
-    6: "remote-node",
-    7: "kube-apiserver",
-    8: "ingress",
-    9: "world-ipv4",
-    10: "world-ipv6",
-    11: "encrypted-overlay",
-}
-#: name → id, the inverse of :data:`RESERVED_IDENTITIES`.
-RESERVED_IDS: dict[str, int] = {v: k for k, v in RESERVED_IDENTITIES.items()}
+#: Cilium's reserved identities: id → name (one table, in :mod:`nodemesh.labels`).
+RESERVED_IDENTITIES: dict[int, str] = RESERVED_NAMES
 
 #: Node-local identities (CIDR identities) start here: Cilium's ``IdentityScopeLocal = 1 << 24``.
 LOCAL_IDENTITY_BASE = 1 << 24

@@ -50,6 +50,10 @@ RESERVED: dict[int, tuple[str, ...]] = {
     10: ("reserved:world-ipv6",),
     11: ("reserved:encrypted-overlay",),
 }
+#: id → entity name ("host", "world", …): the one table every display and selector derives from.
+RESERVED_NAMES: dict[int, str] = {n: labels[0].partition(":")[2] for n, labels in RESERVED.items() if n}
+#: entity name → id, the inverse of :data:`RESERVED_NAMES`.
+RESERVED_IDS: dict[str, int] = {v: k for k, v in RESERVED_NAMES.items()}
 HOST = 1
 WORLD = 2
 REMOTE_NODE = 6
