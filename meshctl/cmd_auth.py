@@ -20,6 +20,7 @@ from nodemesh import subjects
 from nodemesh.bus import Bus, connect
 from nodemesh.errors import BusError, NodemeshError
 from nodemesh.messages.auth import AUTH_TYPE_NAMES, AuthEntry, AuthListReply, AuthListRequest
+from nodemesh.streams import BUCKET_NODES
 
 __all__ = ["register", "render_table"]
 
@@ -50,7 +51,7 @@ async def _connect(args: argparse.Namespace) -> tuple[Bus, list[str]]:
 
 async def _nodes(bus: Bus, fallback: list[str]) -> list[str]:
     try:
-        kv = await bus.kv("nodes")
+        kv = await bus.kv(BUCKET_NODES.name)
         return sorted(await kv.keys())
     except Exception:  # no bucket or no keys yet
         return fallback

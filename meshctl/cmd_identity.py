@@ -21,6 +21,14 @@ from nodemesh.bus import Bus, connect
 from nodemesh.codec import decode
 from nodemesh.errors import DecodeError, NodemeshError
 from nodemesh.messages.identity import CaRotateReply, CaRotateRequest, Identity, IPCacheEntry, TrustBundle
+from nodemesh.streams import (
+    BUCKET_IDENTITIES,
+    BUCKET_IPCACHE,
+    BUCKET_TRUST,
+    IDENTITY_KEY_PREFIX,
+    TRUST_BUNDLE_KEY,
+    identity_key,
+)
 
 __all__ = ["register", "render_identities", "render_identity", "render_ipcache"]
 
@@ -156,7 +164,9 @@ async def _identity_list(args: argparse.Namespace, out: TextIO | None = None) ->
     out = out or sys.stdout
     bus = await _bus(args)
     try:
-        idents = list((await read_bucket(bus, "identities", Identity, "id.")).values())
+        idents = list(
+            (await read_bucket(bus, BUCKET_IDENTITIES.name, Identity, IDENTITY_KEY_PREFIX)).values()
+        )
     finally:
         await bus.nc.close()
     idents.sort(key=lambda i: i.id)
@@ -171,9 +181,9 @@ async def _identity_get(args: argparse.Namespace, out: TextIO | None = None) -> 
     out = out or sys.stdout
     bus = await _bus(args)
     try:
-        kv = await bus.kv("identities")
+        kv = await bus.kv(BUCKET_IDENTITIES.name)
         try:
-            entry = await kv.get(f"id.{args.id}")
+            entry = await kv.get(identity_key(args.id))
         except NotFoundError as e:
             raise NodemeshError(f"identity {args.id} not found") from e
         try:
@@ -193,8 +203,13 @@ async def _ipcache_list(args: argparse.Namespace, out: TextIO | None = None) -> 
     out = out or sys.stdout
     bus = await _bus(args)
     try:
-        entries: list[IPCacheEntry] = list((await read_bucket(bus, "ipcache", IPCacheEntry)).values())
-        idents = {i.id: i for i in (await read_bucket(bus, "identities", Identity, "id.")).values()}
+        entries: list[IPCacheEntry] = list(
+            (await read_bucket(bus, BUCKET_IPCACHE.name, IPCacheEntry)).values()
+        )
+        idents = {
+            i.id: i
+            for i in (await read_bucket(bus, BUCKET_IDENTITIES.name, Identity, IDENTITY_KEY_PREFIX)).values()
+        }
     finally:
         await bus.nc.close()
     if args.output == "json":
@@ -208,8 +223,8 @@ async def _trust_bundle(args: argparse.Namespace, out: TextIO | None = None) -> 
     out = out or sys.stdout
     bus = await _bus(args)
     try:
-        kv = await bus.kv("trust")
-        entry = await kv.get("bundle")
+        kv = await bus.kv(BUCKET_TRUST.name)
+        entry = await kv.get(TRUST_BUNDLE_KEY)
         bundle = decode(entry.value or b"", TrustBundle, subject="trust.bundle")
     except NotFoundError as e:
         raise NodemeshError("no trust bundle published yet (is the identity service running?)") from e

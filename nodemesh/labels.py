@@ -24,12 +24,10 @@ __all__ = [
     "canonical",
     "endpoint_key",
     "filter_labels",
-    "id_key",
     "id_range",
     "is_pod_ref",
     "is_reserved",
     "label_hash",
-    "labels_key",
     "parse_endpoint",
     "pod_labels",
     "validate_labels",
@@ -198,14 +196,6 @@ def label_hash(labels: Iterable[str]) -> str:
 
 
 # --- KV keys (bucket ``identities``) ---------------------------------------------------------------
-def id_key(n: int) -> str:
-    return f"id.{n}"
-
-
-def labels_key(h: str) -> str:
-    return f"labels.{h}"
-
-
 # --- endpoints ---------------------------------------------------------------------------------
 def endpoint_key(node: str, namespace: str, pod: str) -> str:
     """The reference an endpoint holds on its identity: ``<node>/<namespace>/<pod>``."""

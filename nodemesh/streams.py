@@ -15,7 +15,24 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from nodemesh import subjects
 
-__all__ = ["BUCKETS", "STREAMS", "Bucket", "Stream", "provision"]
+__all__ = [
+    "BUCKETS",
+    "IDENTITY_KEY_PREFIX",
+    "LABELS_KEY_PREFIX",
+    "LEASE_IDENTITY",
+    "LEASE_WATCHER",
+    "STREAMS",
+    "TRUST_BUNDLE_KEY",
+    "Bucket",
+    "Stream",
+    "auth_key",
+    "auth_node_prefix",
+    "identity_key",
+    "ipcache_key",
+    "labels_key",
+    "node_key",
+    "provision",
+]
 
 log = logging.getLogger("nodemesh.streams")
 
@@ -82,6 +99,46 @@ BUCKETS: tuple[Bucket, ...] = (
     BUCKET_LEASES,
     BUCKET_AUTH,
 )
+
+
+# --- keys: every KV key is built here, next to its bucket -------------------------------------
+#: ``identities``: ``id.<n>`` → Identity; ``labels.<hash>`` → IdentityRef (the allocation index).
+IDENTITY_KEY_PREFIX = "id."
+LABELS_KEY_PREFIX = "labels."
+#: ``trust``: the one trust bundle.
+TRUST_BUNDLE_KEY = "bundle"
+#: ``leases``: one key per leader role.
+LEASE_WATCHER = "watcher"
+LEASE_IDENTITY = "identity"
+
+
+def identity_key(n: int) -> str:
+    return f"{IDENTITY_KEY_PREFIX}{n}"
+
+
+def labels_key(label_hash: str) -> str:
+    return f"{LABELS_KEY_PREFIX}{label_hash}"
+
+
+def ipcache_key(ip: str) -> str:
+    """``ipcache`` key of an IP or prefix (KV keys cannot contain ':', and '.' splits tokens)."""
+    return ip.replace(".", "-").replace(":", "_").replace("/", "__")
+
+
+def node_key(node: str) -> str:
+    """``nodes`` key of a node (its name as one subject token)."""
+    return subjects.token(node)
+
+
+def auth_key(node: str, local: int, remote: int, remote_node: str, auth_type: int) -> str:
+    """``auth`` key of an entry: ``<node>.<local>.<remote>.<remote node>.<type>``; NATS permissions
+    let only ``node``'s authd write under ``<node>.``."""
+    return f"{subjects.token(node)}.{local}.{remote}.{subjects.token(remote_node)}.{auth_type}"
+
+
+def auth_node_prefix(node: str) -> str:
+    """The keys of one node's ``auth`` entries (a KV watch filter / permission subject suffix)."""
+    return f"{subjects.token(node)}.>"
 
 
 def _stream_config(s: Stream, replicas: int) -> StreamConfig:

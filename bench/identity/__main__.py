@@ -42,9 +42,9 @@ from nats.js.api import DeliverPolicy
 from nodemesh import subjects
 from nodemesh.bus import connect
 from nodemesh.codec import decode
-from nodemesh.messages.identity import IPCacheEntry, IPCacheEvent, SvidReply, SvidRequest, ip_key
+from nodemesh.messages.identity import IPCacheEntry, IPCacheEvent, SvidReply, SvidRequest
 from nodemesh.messages.k8s import ObjectEvent, Synced
-from nodemesh.streams import provision
+from nodemesh.streams import ipcache_key, provision
 from testkit.natsserver import NatsServer
 
 
@@ -226,7 +226,7 @@ async def bench_service(url: str, n_pods: int, n_csrs: int, workdir: str) -> lis
 
         # CSR → SVID for an identity hosted on node-1 (the shared one).
         kv = await bus.kv("ipcache")
-        hosted = decode((await kv.get(ip_key("10.250.0.1"))).value or b"", IPCacheEntry).identity
+        hosted = decode((await kv.get(ipcache_key("10.250.0.1"))).value or b"", IPCacheEntry).identity
         csrs = []
         for _ in range(n_csrs):
             priv = ec.generate_private_key(ec.SECP256R1())

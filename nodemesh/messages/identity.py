@@ -28,7 +28,6 @@ __all__ = [
     "SvidReply",
     "SvidRequest",
     "TrustBundle",
-    "ip_key",
 ]
 
 
@@ -147,8 +146,3 @@ class CaRotateReply(msgspec.Struct, kw_only=True):
     bundle: TrustBundle
     new_root_fingerprint: str  # SHA-256 of the new root certificate (hex)
     old_root_kept_until: float  # unix time the previous root leaves the bundle
-
-
-def ip_key(ip: str) -> str:
-    """KV key of an IP in the ipcache bucket (KV keys cannot contain ':' and '.' splits tokens)."""
-    return ip.replace(".", "-").replace(":", "_").replace("/", "__")

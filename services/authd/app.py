@@ -17,6 +17,15 @@ from nodemesh.k8scache import K8sCache
 from nodemesh.messages.auth import AuthEntry, AuthListReply, AuthListRequest, AuthRequired
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo, TrustBundle
 from nodemesh.runtime import Service
+from nodemesh.streams import (
+    BUCKET_AUTH,
+    BUCKET_IDENTITIES,
+    BUCKET_IPCACHE,
+    BUCKET_NODES,
+    BUCKET_TRUST,
+    IDENTITY_KEY_PREFIX,
+    TRUST_BUNDLE_KEY,
+)
 from services.authd.config import AuthdConfig
 from services.authd.kvmirror import KvMirror
 from services.authd.manager import AuthManager
@@ -46,15 +55,15 @@ async def main(svc: Service) -> None:
     def touch(*_: Any) -> None:
         changed.set()
 
-    identities = KvMirror(bus, "identities", Identity, touch, prefix="id.")
-    ipcache = KvMirror(bus, "ipcache", IPCacheEntry, touch)
-    nodes = KvMirror(bus, "nodes", NodeInfo, touch)
+    identities = KvMirror(bus, BUCKET_IDENTITIES.name, Identity, touch, prefix=IDENTITY_KEY_PREFIX)
+    ipcache = KvMirror(bus, BUCKET_IPCACHE.name, IPCacheEntry, touch)
+    nodes = KvMirror(bus, BUCKET_NODES.name, NodeInfo, touch)
 
     def on_trust(key: str, value: TrustBundle | None) -> None:
-        if key == "bundle" and value is not None:
+        if key == TRUST_BUNDLE_KEY and value is not None:
             store.set_bundle(value)
 
-    trust = KvMirror(bus, "trust", TrustBundle, on_trust)
+    trust = KvMirror(bus, BUCKET_TRUST.name, TrustBundle, on_trust)
     policies = K8sCache(bus, kinds=POLICY_KINDS, on_change=lambda ev, prev: touch())
     for mirror in (identities, ipcache, nodes, trust):
         svc.spawn(mirror.run(), f"kv-{mirror.bucket}")
@@ -152,7 +161,7 @@ async def main(svc: Service) -> None:
 
 async def _stored_entries(svc: Service, node: str) -> list[AuthEntry]:
     """What a previous run of this node's authd left in KV ``auth`` (undecodable values skipped)."""
-    kv = await svc.bus.kv("auth")
+    kv = await svc.bus.kv(BUCKET_AUTH.name)
     out: list[AuthEntry] = []
     try:
         keys = await kv.keys()  # (filters= only logs a warning on this server version)

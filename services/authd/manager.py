@@ -29,6 +29,7 @@ from nodemesh.messages.auth import (
     AuthVerdict,
 )
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
+from nodemesh.streams import BUCKET_AUTH, auth_key
 from services.authd.config import AuthdConfig
 from services.authd.handshake import ResponderResult, initiate
 from services.authd.metrics import Metrics
@@ -55,10 +56,7 @@ KV_PUT, KV_DEL = "\x00kv-put", "\x00kv-del"  # markers in the publisher queue (n
 def kv_key(node: str, key: AuthKey) -> str:
     """Key of an entry in KV ``auth``: ``<node>.<local>.<remote>.<remote node>.<type>`` (NATS
     permissions let only this node's authd write under ``<node>.``)."""
-    return (
-        f"{subjects.token(node)}.{key.local_identity}.{key.remote_identity}."
-        f"{subjects.token(key.remote_node)}.{key.auth_type}"
-    )
+    return auth_key(node, key.local_identity, key.remote_identity, key.remote_node, key.auth_type)
 
 
 TRANSIENT = frozenset({"not-hosted", "no-svid", "no-bundle"})  # reasons that clear up by themselves
@@ -214,7 +212,7 @@ class AuthManager:
     async def publisher(self) -> None:
         """Publish verdicts and events in order; mirror granted entries into KV ``auth`` (the
         datapath re-seeds its map from there after a restart, and authd restores from it)."""
-        kv = await self.bus.kv("auth")
+        kv = await self.bus.kv(BUCKET_AUTH.name)
         while True:
             subject, msg = await self._out.get()
             try:

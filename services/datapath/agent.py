@@ -26,6 +26,7 @@ from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
 from nodemesh.messages.k8s import ObjectEvent, StatusPatch
 from nodemesh.policy.incremental import Changes, PolicyEngine
 from nodemesh.policy.model import Endpoint, PolicyRef
+from nodemesh.streams import IDENTITY_KEY_PREFIX
 from services.datapath.config import DatapathConfig
 from services.datapath.endpoints import PolicyWriter
 from services.datapath.loader import Loader
@@ -265,7 +266,7 @@ class Agent:
 
     # --- KV: identities, ipcache, nodes -------------------------------------------------------
     def on_identity(self, key: str, ident: Identity | None) -> None:
-        if not key.startswith("id."):
+        if not key.startswith(IDENTITY_KEY_PREFIX):
             return
         try:
             n = int(key[3:])

@@ -20,7 +20,7 @@ from nodemesh.netns import scope_for
 from nodemesh.nodestate import DatapathState, write_datapath_state
 from nodemesh.policy.model import ProxyPorts
 from nodemesh.runtime import Service
-from nodemesh.streams import BUCKET_IDENTITIES, BUCKET_IPCACHE, BUCKET_NODES
+from nodemesh.streams import BUCKET_IDENTITIES, BUCKET_IPCACHE, BUCKET_NODES, IDENTITY_KEY_PREFIX
 from services.datapath.accesslog import mirror_enricher, start_configured
 from services.datapath.agent import POLICY_KINDS, Agent, router_ip
 from services.datapath.config import DatapathConfig
@@ -75,7 +75,7 @@ async def main(svc: Service) -> None:
             Identity,
             lambda k, new, _old: agent.on_identity(k, new),
             synced["identities"],
-            keys="id.>",  # the labels.<hash> index keys hold IdentityRefs, not Identities
+            keys=IDENTITY_KEY_PREFIX + ">",  # the labels.<hash> index keys hold IdentityRefs, not Identities
         ),
         "kv-identities",
     )

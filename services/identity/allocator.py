@@ -30,21 +30,20 @@ import msgspec
 
 from nodemesh.labels import (
     RESERVED,
-    id_key,
     id_range,
     is_pod_ref,
     is_reserved,
     label_hash,
-    labels_key,
     parse_endpoint,
     validate_labels,
 )
 from nodemesh.messages.identity import Identity, IdentityRef
+from nodemesh.streams import IDENTITY_KEY_PREFIX, LABELS_KEY_PREFIX, identity_key, labels_key
 
 from .batch import BATCH_IDENTITIES, BatchMixin
 from .kvmirror import Conflict, KvMirror
 
-__all__ = ["BATCH_IDENTITIES", "AllocationError", "Allocator", "id_key", "identity_type_for", "labels_key"]
+__all__ = ["BATCH_IDENTITIES", "AllocationError", "Allocator", "identity_type_for"]
 
 log = logging.getLogger("nodemesh.identity.allocator")
 MAX_ATTEMPTS = 64
@@ -55,9 +54,9 @@ class AllocationError(Exception):
 
 
 def identity_type_for(key: str) -> type[Any] | None:
-    if key.startswith("id."):
+    if key.startswith(IDENTITY_KEY_PREFIX):
         return Identity
-    if key.startswith("labels."):
+    if key.startswith(LABELS_KEY_PREFIX):
         return IdentityRef
     return None
 
@@ -92,7 +91,7 @@ class Allocator(BatchMixin):
             self._index(key, value, rev)
 
     def _index(self, key: str, value: Any, _rev: int) -> None:
-        if not key.startswith("id."):
+        if not key.startswith(IDENTITY_KEY_PREFIX):
             return
         try:
             n = int(key[3:])
@@ -118,7 +117,7 @@ class Allocator(BatchMixin):
 
     # --- queries ------------------------------------------------------------------------------
     def identity(self, n: int) -> Identity | None:
-        held = self.m.get(id_key(n))
+        held = self.m.get(identity_key(n))
         return held[0] if held is not None and isinstance(held[0], Identity) else None
 
     def identities(self) -> list[Identity]:
@@ -133,15 +132,15 @@ class Allocator(BatchMixin):
         """Publish the reserved identities 0-11 (idempotent)."""
         for n, lbls in RESERVED.items():
             want = Identity(id=n, labels=sorted(lbls), reserved=True)
-            held = self.m.get(id_key(n))
+            held = self.m.get(identity_key(n))
             if held is not None and held[0] == want:
                 continue
             try:
-                await self.m.update(id_key(n), want, last=held[1] if held else 0)
+                await self.m.update(identity_key(n), want, last=held[1] if held else 0)
             except Conflict:
-                current, rev = await self.m.fetch(id_key(n))
+                current, rev = await self.m.fetch(identity_key(n))
                 if current != want:
-                    await self.m.update(id_key(n), want, last=rev)
+                    await self.m.update(identity_key(n), want, last=rev)
 
     # --- allocation -----------------------------------------------------------------------------
     async def allocate(self, labels: list[str], endpoint: str = "") -> tuple[Identity, bool]:
@@ -182,9 +181,9 @@ class Allocator(BatchMixin):
     def _pick(self) -> int | None:
         for _ in range(64):
             n = self.rng.randint(self.lo, self.hi)
-            if id_key(n) not in self.m.present:
+            if identity_key(n) not in self.m.present:
                 return n
-        free = [n for n in range(self.lo, self.hi + 1) if id_key(n) not in self.m.present]
+        free = [n for n in range(self.lo, self.hi + 1) if identity_key(n) not in self.m.present]
         return self.rng.choice(free) if free else None
 
     async def _create(self, labels: list[str], hkey: str, endpoint: str) -> Identity | None:
@@ -203,7 +202,7 @@ class Allocator(BatchMixin):
             created=now,
         )
         try:
-            rev = await self.m.create(id_key(n), ident)
+            rev = await self.m.create(identity_key(n), ident)
         except Conflict:
             return None  # number taken; the caller picks another
         try:
@@ -214,7 +213,7 @@ class Allocator(BatchMixin):
             value, _ = await self.m.fetch(hkey)
             if not (isinstance(value, IdentityRef) and value.id == n):
                 try:
-                    await self.m.delete(id_key(n), last=rev)
+                    await self.m.delete(identity_key(n), last=rev)
                 except Conflict:
                     log.info("identity %d changed before it could be dropped; GC will collect it", n)
                 return None
@@ -248,7 +247,7 @@ class Allocator(BatchMixin):
         self, n: int, endpoint: str, *, expect_labels: list[str] | None = None
     ) -> Identity | None:
         """Take ``endpoint``'s reference on ``n``; None if ``n`` is gone (or has other labels)."""
-        key = id_key(n)
+        key = identity_key(n)
         for _ in range(MAX_ATTEMPTS):
             held = self.m.get(key)
             if held is None or (expect_labels is not None and held[0].labels != expect_labels):
@@ -272,7 +271,7 @@ class Allocator(BatchMixin):
         raise AllocationError(f"identity {n}: too much contention adding a reference")
 
     async def remove_ref(self, n: int, endpoint: str) -> None:
-        key = id_key(n)
+        key = identity_key(n)
         for _ in range(MAX_ATTEMPTS):
             held = self.m.get(key)
             if held is None or not isinstance(held[0], Identity) or endpoint not in held[0].refs:
@@ -295,19 +294,19 @@ class Allocator(BatchMixin):
         for ident in self.identities():
             if is_reserved(ident.id) or ident.refs:
                 continue
-            held = self.m.get(id_key(ident.id))
+            held = self.m.get(identity_key(ident.id))
             if held is None:
                 continue
             rev = held[1]
             try:
                 if ident.unused_since <= 0:
                     await self.m.update(
-                        id_key(ident.id), msgspec.structs.replace(ident, unused_since=now), last=rev
+                        identity_key(ident.id), msgspec.structs.replace(ident, unused_since=now), last=rev
                     )
                     continue
                 if now - ident.unused_since < grace:
                     continue
-                await self.m.delete(id_key(ident.id), last=rev)
+                await self.m.delete(identity_key(ident.id), last=rev)
             except Conflict:
                 continue  # changed under us (a new reference): not garbage
             removed.append(ident.id)

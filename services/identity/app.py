@@ -33,6 +33,16 @@ from nodemesh.messages.identity import (
     TrustBundle,
 )
 from nodemesh.runtime import RequestError, Service
+from nodemesh.streams import (
+    BUCKET_IDENTITIES,
+    BUCKET_IPCACHE,
+    BUCKET_LEASES,
+    BUCKET_NODES,
+    BUCKET_TRUST,
+    IDENTITY_KEY_PREFIX,
+    LEASE_IDENTITY,
+    TRUST_BUNDLE_KEY,
+)
 
 from .allocator import AllocationError, Allocator, identity_type_for
 from .config import IdentityConfig
@@ -53,15 +63,21 @@ async def main(svc: Service) -> None:
     gate = svc.gate("synced")
 
     mirrors: dict[str, KvMirror[Any]] = {
-        "identities": KvMirror(await bus.kv("identities"), "identities", identity_type_for),
-        "ipcache": KvMirror(await bus.kv("ipcache"), "ipcache", lambda _k: IPCacheEntry),
-        "nodes": KvMirror(await bus.kv("nodes"), "nodes", lambda _k: NodeInfo),
-        "trust": KvMirror(await bus.kv("trust"), "trust", lambda k: TrustBundle if k == "bundle" else None),
+        "identities": KvMirror(
+            await bus.kv(BUCKET_IDENTITIES.name), BUCKET_IDENTITIES.name, identity_type_for
+        ),
+        "ipcache": KvMirror(await bus.kv(BUCKET_IPCACHE.name), BUCKET_IPCACHE.name, lambda _k: IPCacheEntry),
+        "nodes": KvMirror(await bus.kv(BUCKET_NODES.name), BUCKET_NODES.name, lambda _k: NodeInfo),
+        "trust": KvMirror(
+            await bus.kv(BUCKET_TRUST.name),
+            BUCKET_TRUST.name,
+            lambda k: TrustBundle if k == TRUST_BUNDLE_KEY else None,
+        ),
     }
     alloc = Allocator(mirrors["identities"], cluster_id=cfg.cluster_id)
     holder = f"{socket.gethostname()}:{os.getpid()}:{id(svc):x}"
     leader_event = asyncio.Event()
-    lease = Lease(await bus.kv("leases"), "identity", holder, renew=cfg.lease_renew)
+    lease = Lease(await bus.kv(BUCKET_LEASES.name), LEASE_IDENTITY, holder, renew=cfg.lease_renew)
     cache = K8sCache(bus, kinds=("Pod", "Namespace", "Node"))
     ctl = Controller(
         bus,
@@ -129,7 +145,9 @@ async def main(svc: Service) -> None:
     gauge_ids = Gauge(
         "nodemesh_identity_identities", "Identities in KV (allocated + reserved)", registry=svc.registry
     )
-    gauge_ids.set_function(lambda: float(sum(1 for k in mirrors["identities"].items if k.startswith("id."))))
+    gauge_ids.set_function(
+        lambda: float(sum(1 for k in mirrors["identities"].items if k.startswith(IDENTITY_KEY_PREFIX)))
+    )
     gauge_ip = Gauge("nodemesh_identity_ipcache_entries", "ipcache entries in KV", registry=svc.registry)
     gauge_ip.set_function(lambda: float(len(mirrors["ipcache"].items)))
     gauge_leader = Gauge("nodemesh_identity_leader", "1 on the replica that writes", registry=svc.registry)

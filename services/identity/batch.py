@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from nodemesh.codec import encode
-from nodemesh.labels import id_key, label_hash, labels_key, validate_labels
+from nodemesh.labels import label_hash, validate_labels
 from nodemesh.messages.identity import Identity, IdentityRef
+from nodemesh.streams import identity_key, labels_key
 
 if TYPE_CHECKING:
     from .kvmirror import KvMirror
@@ -117,7 +118,7 @@ class BatchMixin:
             taken.add(n)
             ident = Identity(id=n, labels=labels, unused_since=now, created=now)
             idents.append(ident)
-            msgs.append((id_key(n), ident, self.m._revs.get(id_key(n), 0)))
+            msgs.append((identity_key(n), ident, self.m._revs.get(identity_key(n), 0)))
             msgs.append((labels_key(h), IdentityRef(id=n), 0))  # the lock: create-if-absent only
         nc = self.m.kv._js._nc
         batch_id = f"alloc-{self.rng.getrandbits(64):016x}"

@@ -24,8 +24,9 @@ from nodemesh import subjects
 from nodemesh.bus import Bus
 from nodemesh.k8scache import K8sCache
 from nodemesh.labels import LabelError, parse_endpoint, pod_labels
-from nodemesh.messages.identity import Identity, IPCacheEntry, IPCacheEvent, NodeInfo, ip_key
+from nodemesh.messages.identity import Identity, IPCacheEntry, IPCacheEvent, NodeInfo
 from nodemesh.messages.k8s import ObjectEvent
+from nodemesh.streams import ipcache_key
 
 from .allocator import Allocator
 from .endpoints import Owner, entry, node_entries, node_info, owner_of, pod_endpoint
@@ -207,7 +208,7 @@ class Controller:
         want: dict[str, IPCacheEntry] = {}
         if ep is not None and ident is not None:
             for ip in ep.ips:
-                want[ip_key(ip)] = entry(ip, ident.id, node=ep.node, namespace=ns, pod=name)
+                want[ipcache_key(ip)] = entry(ip, ident.id, node=ep.node, namespace=ns, pod=name)
         await self._converge_ips(owner, want)
 
     async def reconcile_node(self, name: str) -> None:
@@ -218,7 +219,7 @@ class Controller:
             await self._cas(self.nodes, name, info)
         elif info is None and held is not None:
             await self._cas_delete(self.nodes, name)
-        want = {ip_key(e.ip): e for e in node_entries(node)} if node is not None else {}
+        want = {ipcache_key(e.ip): e for e in node_entries(node)} if node is not None else {}
         await self._converge_ips(("node", "", name), want)
 
     # --- ipcache writes --------------------------------------------------------------------------

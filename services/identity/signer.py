@@ -34,17 +34,17 @@ from nodemesh.messages.identity import (
     TrustBundle,
 )
 from nodemesh.runtime import RequestError
+from nodemesh.streams import TRUST_BUNDLE_KEY, identity_key
 
-from .allocator import Allocator, id_key
+from .allocator import Allocator
 from .ca import MAX_CSR_BYTES, CaKeyPair, CsrError, issue_svid
 from .castore import CaStoreError, load_ca, merge_bundle, rotate_ca
 from .config import IdentityConfig
 from .kvmirror import Conflict, KvMirror
 
-__all__ = ["BUNDLE_KEY", "Signer"]
+__all__ = ["Signer"]
 
 log = logging.getLogger("nodemesh.identity.ca")
-BUNDLE_KEY = "bundle"
 
 
 class Signer:
@@ -96,7 +96,7 @@ class Signer:
         """Merge our signing root into the KV bundle (CAS) and announce a change on trust.bundle."""
         assert self.ca is not None
         while True:
-            held = self.trust.get(BUNDLE_KEY)
+            held = self.trust.get(TRUST_BUNDLE_KEY)
             prev = held[0] if held else None
             if prev is not None and prev.roots_pem and prev.trust_domain == self.cfg.trust_domain:
                 head = _cert(prev.roots_pem[0])
@@ -113,7 +113,9 @@ class Signer:
                 return prev
             try:
                 await self.trust.update(
-                    BUNDLE_KEY, bundle, last=held[1] if held else self.trust._revs.get(BUNDLE_KEY, 0)
+                    TRUST_BUNDLE_KEY,
+                    bundle,
+                    last=held[1] if held else self.trust._revs.get(TRUST_BUNDLE_KEY, 0),
                 )
             except Conflict:
                 continue
@@ -156,7 +158,7 @@ class Signer:
         async with self._lock:
             log.info("CA rotation requested (%s)", req.reason or "no reason given")
             old, new = await self._rotate()
-        held = self.trust.get(BUNDLE_KEY)
+        held = self.trust.get(TRUST_BUNDLE_KEY)
         if held is None:
             raise RequestError(503, "trust bundle not published")
         return CaRotateReply(
@@ -184,7 +186,7 @@ class Signer:
             raise RequestError(403, f"identity {req.identity} is reserved; reserved identities get no SVID")
         ident = self.alloc.identity(req.identity)
         if ident is None or not _hosted(ident, node):
-            value, _ = await self.alloc.m.fetch(id_key(req.identity))  # the mirror may lag a new pod
+            value, _ = await self.alloc.m.fetch(identity_key(req.identity))  # the mirror may lag a new pod
             ident = value if isinstance(value, Identity) else None
         if ident is None:
             raise RequestError(404, f"identity {req.identity} does not exist")
@@ -203,7 +205,7 @@ class Signer:
             )
         except CsrError as e:
             raise RequestError(e.code, e.reason) from e
-        held = self.trust.get(BUNDLE_KEY)
+        held = self.trust.get(TRUST_BUNDLE_KEY)
         roots = held[0].roots_pem if held else [ca.cert_pem]
         return SvidReply(
             identity=req.identity,

@@ -16,7 +16,7 @@ from typing import Any
 from nodemesh.errors import ConfigError
 from nodemesh.kinds import KINDS, Kind, lookup
 from nodemesh.runtime import Service
-from nodemesh.streams import BUCKET_LEASES
+from nodemesh.streams import BUCKET_LEASES, LEASE_WATCHER
 from services.watcher.config import WatcherConfig
 from services.watcher.kube import KubeClient
 from services.watcher.lease import Lease
@@ -24,9 +24,7 @@ from services.watcher.metrics import WatcherMetrics
 from services.watcher.status import StatusApplier, pull_status_patches
 from services.watcher.sync import ActiveWatcher, LostLeadership
 
-__all__ = ["LEASE_KEY", "main", "select_kinds"]
-
-LEASE_KEY = "watcher"
+__all__ = ["LEASE_WATCHER", "main", "select_kinds"]
 
 
 def select_kinds(spec: str) -> list[Kind]:
@@ -52,7 +50,7 @@ async def main(svc: Service) -> None:
     metrics = WatcherMetrics(svc.registry)
     lease = Lease(
         await svc.bus.kv(BUCKET_LEASES.name),
-        LEASE_KEY,
+        LEASE_WATCHER,
         watcher_id,
         grace=cfg.lease_grace_s,
         timeout=min(cfg.lease_renew_s, cfg.lease_grace_s / 2),

@@ -16,9 +16,10 @@ from nodemesh import subjects
 from nodemesh.bus import Bus
 from nodemesh.codec import decode, encode
 from nodemesh.messages.auth import AuthEvent, AuthKey, AuthVerdict
-from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo, ip_key
+from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
 from nodemesh.messages.k8s import ObjectEvent, Synced
 from nodemesh.runtime import Service, run_service
+from nodemesh.streams import ipcache_key
 from services.authd.app import main as authd_main
 from services.authd.config import AuthdConfig
 from services.authd.manager import AuthManager
@@ -118,10 +119,10 @@ class Cluster:
 
     async def add_pod(self, ip: str, ident: int, node: str, pod: str = "", ns: str = NS) -> None:
         entry = IPCacheEntry(ip=ip, identity=ident, node=node, namespace=ns, pod=pod or f"pod-{ip}")
-        await (await self.bus.kv("ipcache")).put(ip_key(ip), encode(entry))
+        await (await self.bus.kv("ipcache")).put(ipcache_key(ip), encode(entry))
 
     async def remove_pod(self, ip: str) -> None:
-        await (await self.bus.kv("ipcache")).delete(ip_key(ip))
+        await (await self.bus.kv("ipcache")).delete(ipcache_key(ip))
 
     async def put_policy(self, name: str, spec: dict[str, Any], ns: str = NS) -> None:
         obj = {

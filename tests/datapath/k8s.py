@@ -9,8 +9,9 @@ from typing import Any
 from nodemesh import kinds, subjects
 from nodemesh.bus import Bus
 from nodemesh.codec import encode
-from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo, ip_key
+from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
 from nodemesh.messages.k8s import ObjectEvent, Synced
+from nodemesh.streams import ipcache_key
 
 
 async def put_obj(bus: Bus, obj: dict[str, Any]) -> None:
@@ -49,7 +50,7 @@ async def put_identity(bus: Bus, ident: int, labels: list[str]) -> None:
 async def put_ipcache(bus: Bus, ip: str, ident: int, node: str, namespace: str = "", pod: str = "") -> None:
     kv = await bus.kv("ipcache")
     entry = IPCacheEntry(ip=ip, identity=ident, node=node, namespace=namespace, pod=pod)
-    await kv.put(ip_key(ip), encode(entry))
+    await kv.put(ipcache_key(ip), encode(entry))
 
 
 async def put_node(bus: Bus, name: str, address: str, pod_cidr: str) -> None:

@@ -14,9 +14,10 @@ from nats.js.errors import NotFoundError
 
 from nodemesh import subjects
 from nodemesh.bus import Bus
-from nodemesh.messages.identity import Identity, IPCacheEntry, ip_key
+from nodemesh.messages.identity import Identity, IPCacheEntry
 from nodemesh.messages.k8s import ObjectEvent, Synced
 from nodemesh.runtime import Service, run_service
+from nodemesh.streams import ipcache_key
 from services.identity.app import main as identity_main
 from services.identity.config import IdentityConfig
 from testkit.natsserver import NatsServer
@@ -179,7 +180,7 @@ async def kv_value(bus: Bus, bucket: str, key: str, tp: type[T]) -> T | None:
 
 
 async def ipcache_entry(bus: Bus, ip: str) -> IPCacheEntry | None:
-    return await kv_value(bus, "ipcache", ip_key(ip), IPCacheEntry)
+    return await kv_value(bus, "ipcache", ipcache_key(ip), IPCacheEntry)
 
 
 async def identity(bus: Bus, n: int) -> Identity | None:

@@ -13,7 +13,8 @@ from nodemesh import subjects
 from nodemesh.bus import Bus, RemoteError, connect
 from nodemesh.labels import label_hash
 from nodemesh.messages.identity import AllocateReply, AllocateRequest, IdentityRef, ReleaseRequest
-from services.identity.allocator import Allocator, id_key, identity_type_for, labels_key
+from nodemesh.streams import identity_key, labels_key
+from services.identity.allocator import Allocator, identity_type_for
 from services.identity.kvmirror import KvMirror
 from testkit.natsserver import NatsServer
 
@@ -169,7 +170,7 @@ async def test_gc_loop_in_service_respects_grace(bus: Bus, run_replica: RunRepli
     await eventually(lambda: _gone(bus, n), what="identity collected")
     # The loop's clock says it deleted no earlier than the grace: the record it deleted had this mark.
     kv = await bus.kv("identities")
-    history = await kv.history(id_key(n))
+    history = await kv.history(identity_key(n))
     assert history[-1].operation == "DEL"
     assert history[-1].created is not None and history[-1].created.timestamp() >= unused_since + 1.5
 
@@ -187,7 +188,7 @@ async def test_corrupt_entries_are_skipped_and_never_corrupt_the_mapping(
     x, _ = await a.allocate(LABEL_SETS[0], endpoint="n/d/x")
     # Garbage under a free number and under x's label index.
     squatted = next(n for n in range(256, 263) if n != x.id)
-    await kv.put(id_key(squatted), b"\xc1 not msgpack")
+    await kv.put(identity_key(squatted), b"\xc1 not msgpack")
     await kv.put(labels_key(label_hash(LABEL_SETS[0])), b"\xff\xfe")
     await eventually(
         lambda: _true(labels_key(label_hash(LABEL_SETS[0])) in a.m.bad), what="mirror saw corruption"
@@ -234,12 +235,12 @@ async def test_atomic_batches_allocate_like_single_allocations(
     predict.setstate(a.rng.getstate())
     squatted = predict.randint(a.lo, a.hi)
     kv = await bus.kv("identities")
-    await kv.put(id_key(squatted), b"squatter")
+    await kv.put(identity_key(squatted), b"squatter")
     more = [[f"k8s:app=late-{i}", "k8s:io.kubernetes.pod.namespace=default"] for i in range(20)]
     late = await a.allocate_batch(more)
     assert "atomic batch rejected" in caplog.text and "wrong last sequence" in caplog.text
     assert squatted not in {g.id for g in late} and len({g.id for g in late}) == 20
-    assert (await kv.get(id_key(squatted))).value == b"squatter"
+    assert (await kv.get(identity_key(squatted))).value == b"squatter"
     for g, s in zip(late, more, strict=True):
         assert (await b.allocate(s))[0].id == g.id
     await b.m.stop()
@@ -261,10 +262,10 @@ async def test_lagging_mirror_never_condemns_a_valid_index(nats_server: NatsServ
     await y.m.stop()  # y's mirror now lags: it keeps believing id.<n> is A
     kv = await bus.kv("identities")
     # Elsewhere: A is collected and n is reused for B (as GC + a new allocation would do).
-    await kv.delete(id_key(n))
+    await kv.delete(identity_key(n))
     await kv.delete(labels_key(label_hash(LABEL_SETS[0])))
     b_labels = sorted(LABEL_SETS[1])
-    await kv.create(id_key(n), encode(Identity(id=n, labels=b_labels)))
+    await kv.create(identity_key(n), encode(Identity(id=n, labels=b_labels)))
     await kv.create(labels_key(label_hash(b_labels)), encode(IdentityRef(id=n)))
     got, created = await y.allocate(b_labels)
     assert got.id == n and not created

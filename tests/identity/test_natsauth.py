@@ -24,7 +24,7 @@ from nodemesh.codec import encode
 from nodemesh.k8scache import K8sCache
 from nodemesh.messages.k8s import Synced
 from nodemesh.natsauth import authd_user, datapath_user, local_auth
-from nodemesh.streams import provision
+from nodemesh.streams import ipcache_key, provision
 from testkit.natsserver import NatsServer
 
 NODES = ["node-a", "node-b"]
@@ -205,7 +205,7 @@ async def test_identity_service_runs_as_its_least_privileged_user(
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from nodemesh.bus import RemoteError
-    from nodemesh.messages.identity import IPCacheEntry, SvidReply, SvidRequest, ip_key
+    from nodemesh.messages.identity import IPCacheEntry, SvidReply, SvidRequest
     from nodemesh.runtime import run_service
     from services.identity.app import main as identity_main
     from services.identity.config import IdentityConfig
@@ -233,7 +233,7 @@ async def test_identity_service_runs_as_its_least_privileged_user(
         kv = await admin.jetstream().key_value("ipcache")
 
         async def entry() -> IPCacheEntry | None:
-            e = await kv.get(ip_key("10.244.1.2"))
+            e = await kv.get(ipcache_key("10.244.1.2"))
             return msgspec.msgpack.decode(e.value or b"", type=IPCacheEntry)
 
         hosted = (await eventually(entry, what="ipcache entry written by the identity user")).identity

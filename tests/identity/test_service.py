@@ -18,8 +18,8 @@ from nodemesh.messages.identity import (
     IPCacheEntry,
     IPCacheEvent,
     NodeInfo,
-    ip_key,
 )
+from nodemesh.streams import ipcache_key
 
 from .conftest import Cluster, RunReplica, eventually, identity, ipcache_entry, kv_value
 
@@ -219,15 +219,15 @@ async def test_corrupt_ipcache_entries_are_replaced_or_removed(
 ) -> None:
     caplog.set_level(logging.WARNING)
     kv = await bus.kv("ipcache")
-    await kv.put(ip_key("10.244.1.40"), b"\xc1 garbage")  # a live pod's IP
-    await kv.put(ip_key("10.244.9.9"), b"\xc1 garbage")  # nobody's
+    await kv.put(ipcache_key("10.244.1.40"), b"\xc1 garbage")  # a live pod's IP
+    await kv.put(ipcache_key("10.244.9.9"), b"\xc1 garbage")  # nobody's
     await cluster.namespace("default")
     await cluster.pod("default", "p", {"app": "p"}, "node-1", "10.244.1.40")
     await cluster.synced()
     await run_replica()
     fixed = await eventually(lambda: ipcache_entry(bus, "10.244.1.40"), what="entry rewritten")
     assert fixed.pod == "p" and fixed.identity >= 256
-    await eventually(lambda: _gone_key(kv, ip_key("10.244.9.9")), what="orphan garbage deleted")
+    await eventually(lambda: _gone_key(kv, ipcache_key("10.244.9.9")), what="orphan garbage deleted")
     assert "skipping corrupt KV entry" in caplog.text
 
 
