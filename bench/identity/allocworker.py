@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 from nodemesh.bus import connect
+from nodemesh.kvmirror import KvMirror
 from services.identity.allocator import BATCH_IDENTITIES, Allocator, identity_type_for
-from services.identity.kvmirror import KvMirror
 
 # Each allocator is its own process (as each replica is), with its own mirror of the bucket.
 # (name, in flight, trust a mirror miss, every set raced by 2, atomic batches)
@@ -28,7 +28,7 @@ async def _worker_main(
 ) -> Any:
     b = await connect(url, name=f"bench-alloc-{seed}", max_wait=10)
     b.js._timeout = 60.0  # a loaded 2-core machine queues requests; a timeout here is not a result
-    m: KvMirror[Any] = KvMirror(await b.kv("identities"), "identities", identity_type_for)
+    m: KvMirror[Any] = KvMirror(b, "identities", identity_type_for)
     await m.start()
     await m.synced.wait()
     a = Allocator(m, rng=random.Random(seed * 7919 + len(sets)))

@@ -14,6 +14,7 @@ from nodemesh import subjects
 from nodemesh.codec import decode
 from nodemesh.errors import DecodeError
 from nodemesh.k8scache import K8sCache
+from nodemesh.kvmirror import KvMirror
 from nodemesh.messages.auth import AuthEntry, AuthListReply, AuthListRequest, AuthRequired
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo, TrustBundle
 from nodemesh.runtime import Service
@@ -27,7 +28,6 @@ from nodemesh.streams import (
     TRUST_BUNDLE_KEY,
 )
 from services.authd.config import AuthdConfig
-from services.authd.kvmirror import KvMirror
 from services.authd.manager import AuthManager
 from services.authd.metrics import Metrics
 from services.authd.server import AuthServer
@@ -55,15 +55,17 @@ async def main(svc: Service) -> None:
     def touch(*_: Any) -> None:
         changed.set()
 
-    identities = KvMirror(bus, BUCKET_IDENTITIES.name, Identity, touch, prefix=IDENTITY_KEY_PREFIX)
-    ipcache = KvMirror(bus, BUCKET_IPCACHE.name, IPCacheEntry, touch)
-    nodes = KvMirror(bus, BUCKET_NODES.name, NodeInfo, touch)
+    identities = KvMirror(
+        bus, BUCKET_IDENTITIES.name, Identity, keys=IDENTITY_KEY_PREFIX + ">", on_update=touch
+    )
+    ipcache = KvMirror(bus, BUCKET_IPCACHE.name, IPCacheEntry, on_update=touch)
+    nodes = KvMirror(bus, BUCKET_NODES.name, NodeInfo, on_update=touch)
 
-    def on_trust(key: str, value: TrustBundle | None) -> None:
+    def on_trust(key: str, value: TrustBundle | None, _old: TrustBundle | None) -> None:
         if key == TRUST_BUNDLE_KEY and value is not None:
             store.set_bundle(value)
 
-    trust = KvMirror(bus, BUCKET_TRUST.name, TrustBundle, on_trust)
+    trust = KvMirror(bus, BUCKET_TRUST.name, TrustBundle, on_update=on_trust)
     policies = K8sCache(bus, kinds=POLICY_KINDS, on_change=lambda ev, prev: touch())
     for mirror in (identities, ipcache, nodes, trust):
         svc.spawn(mirror.run(), f"kv-{mirror.bucket}")
@@ -80,9 +82,9 @@ async def main(svc: Service) -> None:
             await asyncio.sleep(0.002)  # coalesce a burst of changes into one recompute
             changed.clear()
             manager.update(
-                {i.id: i for i in identities.values.values()},
-                ipcache.values.values(),
-                nodes.values,
+                {i.id: i for i in identities.values().values()},
+                ipcache.values().values(),
+                nodes.values(),
                 [o for kind in POLICY_KINDS for o in policies.list(kind)],
             )
             if first:
@@ -103,7 +105,7 @@ async def main(svc: Service) -> None:
         address = cfg.listen_address
         while not address:
             await nodes.synced.wait()
-            info = nodes.values.get(cfg.node)
+            info = nodes.value(cfg.node)
             if info is not None and info.address:
                 address = info.address
                 break

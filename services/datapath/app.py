@@ -9,11 +9,13 @@ node's pods and open its readiness gate.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from nats.aio.msg import Msg
 
 from nodemesh import subjects
 from nodemesh.k8scache import K8sCache
+from nodemesh.kvmirror import KvMirror
 from nodemesh.messages.auth import AuthVerdict
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
 from nodemesh.netns import scope_for
@@ -25,7 +27,6 @@ from services.datapath.accesslog import mirror_enricher, start_configured
 from services.datapath.agent import POLICY_KINDS, Agent, router_ip
 from services.datapath.config import DatapathConfig
 from services.datapath.events import EventPump
-from services.datapath.kvwatch import watch_bucket
 from services.datapath.l7redirect import configure as configure_proxy
 from services.datapath.l7redirect import ensure_proxy_route
 from services.datapath.loader import Loader
@@ -66,23 +67,20 @@ async def main(svc: Service) -> None:
     pump.start()
     svc.spawn(pump.run(), "flows")
 
-    synced = {b: asyncio.Event() for b in ("nodes", "identities", "ipcache")}
-    svc.spawn(watch_bucket(svc.bus, BUCKET_NODES.name, NodeInfo, agent.on_node, synced["nodes"]), "kv-nodes")
-    svc.spawn(
-        watch_bucket(
+    mirrors: dict[str, KvMirror[Any]] = {
+        "nodes": KvMirror(svc.bus, BUCKET_NODES.name, NodeInfo, on_update=agent.on_node),
+        "identities": KvMirror(
             svc.bus,
             BUCKET_IDENTITIES.name,
             Identity,
-            lambda k, new, _old: agent.on_identity(k, new),
-            synced["identities"],
             keys=IDENTITY_KEY_PREFIX + ">",  # the labels.<hash> index keys hold IdentityRefs, not Identities
+            on_update=lambda k, new, _old: agent.on_identity(k, new),
         ),
-        "kv-identities",
-    )
-    svc.spawn(
-        watch_bucket(svc.bus, BUCKET_IPCACHE.name, IPCacheEntry, agent.on_ipcache, synced["ipcache"]),
-        "kv-ipcache",
-    )
+        "ipcache": KvMirror(svc.bus, BUCKET_IPCACHE.name, IPCacheEntry, on_update=agent.on_ipcache),
+    }
+    for name, mirror in mirrors.items():
+        svc.spawn(mirror.run(), f"kv-{name}")
+    synced = {name: m.synced for name, m in mirrors.items()}
 
     async def granted(v: AuthVerdict, _m: Msg) -> None:
         agent.on_auth_granted(v)

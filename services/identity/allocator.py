@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from nodemesh.kvmirror import Conflict, KvMirror
 from nodemesh.labels import (
     RESERVED,
     id_range,
@@ -41,7 +42,6 @@ from nodemesh.messages.identity import Identity, IdentityRef
 from nodemesh.streams import IDENTITY_KEY_PREFIX, LABELS_KEY_PREFIX, identity_key, labels_key
 
 from .batch import BATCH_IDENTITIES, BatchMixin
-from .kvmirror import Conflict, KvMirror
 
 __all__ = ["BATCH_IDENTITIES", "AllocationError", "Allocator", "identity_type_for"]
 
@@ -87,10 +87,10 @@ class Allocator(BatchMixin):
         self._by_pod: dict[tuple[str, str], set[tuple[int, str]]] = {}
         self._refs_of_id: dict[int, list[str]] = {}
         mirror.on_update = self._index
-        for key, (value, rev) in list(mirror.items.items()):
-            self._index(key, value, rev)
+        for key, (value, _rev) in list(mirror.items.items()):
+            self._index(key, value, None)
 
-    def _index(self, key: str, value: Any, _rev: int) -> None:
+    def _index(self, key: str, value: Any, _old: Any) -> None:
         if not key.startswith(IDENTITY_KEY_PREFIX):
             return
         try:

@@ -19,7 +19,9 @@ from prometheus_client import Gauge
 
 from nodemesh import subjects
 from nodemesh.k8scache import K8sCache
+from nodemesh.kvmirror import KvMirror
 from nodemesh.labels import EXTERNAL_PREFIX, LabelError, is_reserved
+from nodemesh.lease import Lease
 from nodemesh.messages.identity import (
     AllocateReply,
     AllocateRequest,
@@ -47,8 +49,6 @@ from nodemesh.streams import (
 from .allocator import AllocationError, Allocator, identity_type_for
 from .config import IdentityConfig
 from .controller import Controller
-from .kvmirror import KvMirror
-from .lease import Lease
 from .signer import Signer
 
 __all__ = ["main"]
@@ -63,21 +63,15 @@ async def main(svc: Service) -> None:
     gate = svc.gate("synced")
 
     mirrors: dict[str, KvMirror[Any]] = {
-        "identities": KvMirror(
-            await bus.kv(BUCKET_IDENTITIES.name), BUCKET_IDENTITIES.name, identity_type_for
-        ),
-        "ipcache": KvMirror(await bus.kv(BUCKET_IPCACHE.name), BUCKET_IPCACHE.name, lambda _k: IPCacheEntry),
-        "nodes": KvMirror(await bus.kv(BUCKET_NODES.name), BUCKET_NODES.name, lambda _k: NodeInfo),
-        "trust": KvMirror(
-            await bus.kv(BUCKET_TRUST.name),
-            BUCKET_TRUST.name,
-            lambda k: TrustBundle if k == TRUST_BUNDLE_KEY else None,
-        ),
+        "identities": KvMirror(bus, BUCKET_IDENTITIES.name, identity_type_for),
+        "ipcache": KvMirror(bus, BUCKET_IPCACHE.name, IPCacheEntry),
+        "nodes": KvMirror(bus, BUCKET_NODES.name, NodeInfo),
+        "trust": KvMirror(bus, BUCKET_TRUST.name, lambda k: TrustBundle if k == TRUST_BUNDLE_KEY else None),
     }
     alloc = Allocator(mirrors["identities"], cluster_id=cfg.cluster_id)
     holder = f"{socket.gethostname()}:{os.getpid()}:{id(svc):x}"
     leader_event = asyncio.Event()
-    lease = Lease(await bus.kv(BUCKET_LEASES.name), LEASE_IDENTITY, holder, renew=cfg.lease_renew)
+    lease = Lease(await bus.kv(BUCKET_LEASES.name), LEASE_IDENTITY, holder, renew_every=cfg.lease_renew)
     cache = K8sCache(bus, kinds=("Pod", "Namespace", "Node"))
     ctl = Controller(
         bus,

@@ -21,7 +21,7 @@ from nodemesh.messages.identity import Identity, IdentityRef
 from nodemesh.streams import identity_key, labels_key
 
 if TYPE_CHECKING:
-    from .kvmirror import KvMirror
+    from nodemesh.kvmirror import KvMirror
 
 __all__ = ["BATCH_IDENTITIES", "BatchMixin"]
 
@@ -50,7 +50,7 @@ class BatchMixin:
     # --- batched allocation (JetStream atomic batch) --------------------------------------------
     async def enable_batching(self) -> bool:
         """Turn on atomic batch publish for the bucket's stream (nats-server >= 2.12); False if refused."""
-        js = self.m.kv._js
+        js = self.m.bus.js
         try:
             info = await js.stream_info(f"KV_{self.m.bucket}")
             if not info.config.allow_atomic:
@@ -83,7 +83,7 @@ class BatchMixin:
             )
             if ident is not None and ident.labels == labels:
                 out[h] = ident
-            elif labels_key(h) in self.m._revs:
+            elif labels_key(h) in self.m.revisions:
                 # The index key exists or existed: resolving it needs the checks of allocate();
                 # a batch only ever *creates* index keys (expected revision 0).
                 single[h] = labels
@@ -118,9 +118,9 @@ class BatchMixin:
             taken.add(n)
             ident = Identity(id=n, labels=labels, unused_since=now, created=now)
             idents.append(ident)
-            msgs.append((identity_key(n), ident, self.m._revs.get(identity_key(n), 0)))
+            msgs.append((identity_key(n), ident, self.m.revisions.get(identity_key(n), 0)))
             msgs.append((labels_key(h), IdentityRef(id=n), 0))  # the lock: create-if-absent only
-        nc = self.m.kv._js._nc
+        nc = self.m.bus.nc
         batch_id = f"alloc-{self.rng.getrandbits(64):016x}"
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox, max_msgs=1)

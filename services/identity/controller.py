@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter
 from nodemesh import subjects
 from nodemesh.bus import Bus
 from nodemesh.k8scache import K8sCache
+from nodemesh.kvmirror import Conflict, KvMirror
 from nodemesh.labels import LabelError, parse_endpoint, pod_labels
 from nodemesh.messages.identity import Identity, IPCacheEntry, IPCacheEvent, NodeInfo
 from nodemesh.messages.k8s import ObjectEvent
@@ -30,7 +31,6 @@ from nodemesh.streams import ipcache_key
 
 from .allocator import Allocator
 from .endpoints import Owner, entry, node_entries, node_info, owner_of, pod_endpoint
-from .kvmirror import Conflict, KvMirror
 
 __all__ = ["Controller"]
 
@@ -70,7 +70,7 @@ class Controller:
         self._owner_of_key: dict[str, Owner] = {}
         ipcache.on_update = self._index_ipcache
         for key, (value, _) in ipcache.items.items():
-            self._index_ipcache(key, value, 0)
+            self._index_ipcache(key, value, None)
         self._errors = Counter(
             "nodemesh_identity_reconcile_errors", "Failed reconciles (retried)", registry=registry
         )
@@ -177,7 +177,7 @@ class Controller:
             await self.reconcile_node(name)
         elif kind == "Corrupt" and name in self.ipc.bad:
             async with self._ip_locks[name]:
-                rev = self.ipc._revs.get(name, 0)
+                rev = self.ipc.revisions.get(name, 0)
                 log.warning("deleting corrupt ipcache entry %s (revision %d)", name, rev)
                 try:
                     await self.ipc.delete(name, last=rev)
@@ -258,7 +258,7 @@ class Controller:
 
     def _absent_rev(self, key: str) -> int:
         # A deleted key's create needs the delete marker's revision; the mirror knows it.
-        return self.ipc._revs.get(key, 0)
+        return self.ipc.revisions.get(key, 0)
 
     async def _publish(self, ev: IPCacheEvent, key: str) -> None:
         await self.bus.js_publish(subjects.IPCACHE_EVENTS, ev, msg_id=f"ipcache:{key}:{ev.revision}")
@@ -270,7 +270,7 @@ class Controller:
             if held is not None and held[0] == value:
                 return
             try:
-                await mirror.update(key, value, last=held[1] if held else mirror._revs.get(key, 0))
+                await mirror.update(key, value, last=held[1] if held else mirror.revisions.get(key, 0))
                 return
             except Conflict:
                 continue
@@ -283,7 +283,7 @@ class Controller:
                 continue
 
     # --- index -----------------------------------------------------------------------------------
-    def _index_ipcache(self, key: str, value: IPCacheEntry | None, _rev: int) -> None:
+    def _index_ipcache(self, key: str, value: IPCacheEntry | None, _old: IPCacheEntry | None) -> None:
         old = self._owner_of_key.pop(key, None)
         if old is not None:
             self._by_owner[old].discard(key)

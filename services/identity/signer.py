@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from nodemesh import subjects
 from nodemesh.bus import Bus
+from nodemesh.kvmirror import Conflict, KvMirror
 from nodemesh.labels import is_reserved, parse_endpoint
 from nodemesh.messages.identity import (
     CaRotateReply,
@@ -40,7 +41,6 @@ from .allocator import Allocator
 from .ca import MAX_CSR_BYTES, CaKeyPair, CsrError, issue_svid
 from .castore import CaStoreError, load_ca, merge_bundle, rotate_ca
 from .config import IdentityConfig
-from .kvmirror import Conflict, KvMirror
 
 __all__ = ["Signer"]
 
@@ -115,7 +115,7 @@ class Signer:
                 await self.trust.update(
                     TRUST_BUNDLE_KEY,
                     bundle,
-                    last=held[1] if held else self.trust._revs.get(TRUST_BUNDLE_KEY, 0),
+                    last=held[1] if held else self.trust.revisions.get(TRUST_BUNDLE_KEY, 0),
                 )
             except Conflict:
                 continue

@@ -15,11 +15,11 @@ from typing import Any
 
 from nodemesh.errors import ConfigError
 from nodemesh.kinds import KINDS, Kind, lookup
+from nodemesh.lease import Lease
 from nodemesh.runtime import Service
 from nodemesh.streams import BUCKET_LEASES, LEASE_WATCHER
 from services.watcher.config import WatcherConfig
 from services.watcher.kube import KubeClient
-from services.watcher.lease import Lease
 from services.watcher.metrics import WatcherMetrics
 from services.watcher.status import StatusApplier, pull_status_patches
 from services.watcher.sync import ActiveWatcher, LostLeadership

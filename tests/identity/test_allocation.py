@@ -11,11 +11,11 @@ import pytest
 
 from nodemesh import subjects
 from nodemesh.bus import Bus, RemoteError, connect
+from nodemesh.kvmirror import KvMirror
 from nodemesh.labels import label_hash
 from nodemesh.messages.identity import AllocateReply, AllocateRequest, IdentityRef, ReleaseRequest
 from nodemesh.streams import identity_key, labels_key
 from services.identity.allocator import Allocator, identity_type_for
-from services.identity.kvmirror import KvMirror
 from testkit.natsserver import NatsServer
 
 from .conftest import RunReplica, eventually, identity
@@ -27,7 +27,7 @@ async def _allocator(
     url: str, *, lo: int | None = None, hi: int | None = None, seed: int = 0
 ) -> tuple[Allocator, Bus]:
     b = await connect(url, name=f"alloc-{seed}", max_wait=10)
-    m: KvMirror[object] = KvMirror(await b.kv("identities"), "identities", identity_type_for)
+    m: KvMirror[object] = KvMirror(b, "identities", identity_type_for)
     await m.start()
     await m.synced.wait()
     a = Allocator(m, rng=random.Random(seed))

@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from localcluster.apiserver.app import LocalApi
 from nodemesh.bus import Bus
 from nodemesh.k8scache import K8sCache
+from nodemesh.lease import LeaseRecord
 from nodemesh.runtime import Service, run_service
-from nodemesh.streams import BUCKET_LEASES
-from services.watcher.app import LEASE_KEY
+from nodemesh.streams import BUCKET_LEASES, LEASE_WATCHER
 from services.watcher.app import main as watcher_main
 from services.watcher.config import WatcherConfig
 from tests.localapi.helpers import until
@@ -128,7 +130,7 @@ class ProcessWatcher:
 async def lease_holder(bus: Bus) -> str:
     kv = await bus.kv(BUCKET_LEASES.name)
     try:
-        entry = await kv.get(LEASE_KEY)
+        entry = await kv.get(LEASE_WATCHER)
     except Exception:
         return ""
-    return (entry.value or b"").decode()
+    return msgspec.json.decode(entry.value or b"", type=LeaseRecord).holder
