@@ -16,8 +16,8 @@ from nodemesh.bus import connect
 from nodemesh.messages.flow import Endpoint
 from services.datapath.accesslog.convert import convert
 from services.datapath.accesslog.server import AccessLogServer, bus_publisher
+from testkit.accesslog_entries import entry, message
 from testkit.natsserver import NatsServer
-from tests.accesslog.entries import entry, message
 
 PODS = {
     "10.244.1.5": Endpoint(identity=300, namespace="shop", pod_name="web-5d8f7c9b6-abcde"),

@@ -33,9 +33,9 @@ from nodemesh.messages.auth import AuthRequired
 from nodemesh.streams import provision
 from services.authd.handshake import initiate, respond
 from services.authd.tlsctx import client_context, server_context
+from testkit.authd_cluster import Cluster, key, poll
 from testkit.natsserver import NatsServer
-from tests.authd.ca import SpiffeCA
-from tests.authd.harness import Cluster, key, poll
+from testkit.spiffe_ca import SpiffeCA
 
 ADDRS = ("127.0.50.1", "127.0.50.2", "127.0.50.3", "127.0.50.4")
 

@@ -21,10 +21,10 @@ import time
 from nodemesh.policy.model import PolicyKey, PolicyValue
 from services.datapath.maps import IPCacheValue
 from services.datapath.pods.netns import netns_socket
-from tests.authd.dpglue import NODE_IDS, Glue
-from tests.authd.harness import Cluster
-from tests.datapath.conftest import TNode, ingress_policy
-from tests.datapath.net import servers
+from testkit.authd_cluster import Cluster
+from testkit.authd_datapath import NODE_IDS, Glue
+from testkit.datapath_node import TNode, ingress_policy
+from testkit.podnet import servers
 
 ING, TCP = 0, 6
 AUTH_REQUIRED = 189  # drop reason (Cilium's DROP_POLICY_AUTH_REQUIRED)

@@ -16,7 +16,7 @@ from services.datapath.accesslog.convert import (
 )
 from services.datapath.accesslog.enrich import mirror_enricher
 from services.datapath.accesslog.metrics import reporter
-from tests.accesslog.entries import entry
+from testkit.accesslog_entries import entry
 
 PODS = {
     "10.244.1.5": Endpoint(

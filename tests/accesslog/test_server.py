@@ -29,8 +29,8 @@ from services.datapath.accesslog.server import (
     listen_address,
     start_configured,
 )
+from testkit.accesslog_entries import entry, message
 from testkit.natsserver import NatsServer
-from tests.accesslog.entries import entry, message
 from tests.xds.envoy_fixtures import eventually
 
 METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"

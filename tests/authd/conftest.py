@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from nodemesh.bus import Bus
+from testkit.authd_cluster import Cluster
 from testkit.natsserver import NatsServer
-from tests.authd.ca import SpiffeCA
-from tests.authd.harness import Cluster
+from testkit.spiffe_ca import SpiffeCA
 
 ADDRESSES = ("127.0.50.1", "127.0.50.2", "127.0.50.3")
 

@@ -7,7 +7,7 @@ import socket
 from nodemesh import subjects
 from nodemesh.bus import RemoteError
 from nodemesh.messages.auth import AuthListReply, AuthListRequest, AuthRequired
-from tests.authd.harness import Cluster, key, poll
+from testkit.authd_cluster import Cluster, key, poll
 from tests.authd.test_paths import CLIENT, INGRESS_AUTH, SERVER, _pods
 
 

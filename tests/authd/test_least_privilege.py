@@ -13,9 +13,9 @@ from nodemesh.messages.auth import AuthListReply, AuthListRequest, AuthRequired
 from nodemesh.natsauth import authd_user, datapath_user, local_auth
 from nodemesh.streams import provision
 from services.authd.manager import kv_key
+from testkit.authd_cluster import Cluster, key, poll
 from testkit.natsserver import NatsServer
-from tests.authd.ca import SpiffeCA
-from tests.authd.harness import Cluster, key, poll
+from testkit.spiffe_ca import SpiffeCA
 from tests.authd.test_paths import BOTH_AUTH, CLIENT, EGRESS_AUTH, SERVER, _pods
 
 

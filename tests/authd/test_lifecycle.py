@@ -13,8 +13,8 @@ from nodemesh.codec import decode, encode
 from nodemesh.messages.auth import AuthEntry, AuthListReply, AuthListRequest, AuthRequired
 from nodemesh.messages.identity import TrustBundle
 from services.authd.manager import kv_key
-from tests.authd.ca import SpiffeCA
-from tests.authd.harness import Cluster, key, poll
+from testkit.authd_cluster import Cluster, key, poll
+from testkit.spiffe_ca import SpiffeCA
 from tests.authd.test_paths import CLIENT, CLIENT2, EGRESS_AUTH, INGRESS_AUTH, SERVER, _pods
 
 TTL = 6.0

@@ -9,7 +9,7 @@ import time
 
 from nodemesh import subjects
 from nodemesh.messages.auth import AuthRequired
-from tests.authd.harness import Cluster, dump, key, poll
+from testkit.authd_cluster import Cluster, dump, key, poll
 
 CLIENT, SERVER, CLIENT2 = 1001, 1002, 1003
 

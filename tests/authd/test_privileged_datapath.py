@@ -16,10 +16,10 @@ import pytest
 
 from nodemesh.policy.model import PolicyKey, PolicyValue
 from services.datapath.maps import IPCacheValue
-from tests.authd.dpglue import NODE_IDS, Glue
-from tests.authd.harness import Cluster, poll
-from tests.datapath.conftest import TNode, ingress_policy
-from tests.datapath.net import servers, tcp_ok, udp_ok
+from testkit.authd_cluster import Cluster, poll
+from testkit.authd_datapath import NODE_IDS, Glue
+from testkit.datapath_node import TNode, ingress_policy
+from testkit.podnet import servers, tcp_ok, udp_ok
 
 pytestmark = pytest.mark.privileged
 

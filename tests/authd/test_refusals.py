@@ -7,8 +7,8 @@ import time
 
 from nodemesh import subjects
 from nodemesh.messages.auth import AuthRequired
-from tests.authd.ca import SpiffeCA
-from tests.authd.harness import Cluster, key, poll
+from testkit.authd_cluster import Cluster, key, poll
+from testkit.spiffe_ca import SpiffeCA
 from tests.authd.rogue import RogueResponder, rogue_initiate
 
 LOCAL, ROGUE_ID, OTHER, SERVER, ELSEWHERE = 1001, 1003, 1004, 1002, 1005

@@ -12,8 +12,8 @@ from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
 from services.authd.policy import Pair, PolicyPairs
 from services.authd.spiffe import AuthFailure, check_leaf, identity_from_sni, identity_from_spiffe_id
 from services.authd.table import Topology, desired_keys, invalid_reason, is_primary, renew_at
-from tests.authd.ca import SpiffeCA
-from tests.authd.harness import key
+from testkit.authd_cluster import key
+from testkit.spiffe_ca import SpiffeCA
 
 TD = "cluster.local"
 

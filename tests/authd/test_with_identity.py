@@ -14,8 +14,8 @@ from nodemesh.messages.k8s import ObjectEvent, Synced
 from nodemesh.runtime import Service, run_service
 from services.identity.app import main as identity_main
 from services.identity.config import IdentityConfig
+from testkit.authd_cluster import Seen, key, poll
 from testkit.natsserver import NatsServer
-from tests.authd.harness import Seen, key, poll
 from tests.authd.test_paths import INGRESS_AUTH
 
 # Addresses no other test uses: the identity service always announces auth port 4250.
@@ -32,7 +32,7 @@ async def _put(bus: Bus, kind: str, obj: dict[str, Any], api: str = "v1") -> Non
 
 
 async def test_authd_with_the_identity_service(nats_server: NatsServer, bus: Bus) -> None:
-    from tests.authd.harness import Cluster  # reuse start_authd
+    from testkit.authd_cluster import Cluster  # reuse start_authd
 
     seen = Seen()
     await seen.start(bus)

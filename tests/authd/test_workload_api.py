@@ -18,7 +18,7 @@ from spiffe import WorkloadApiClient
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from nodemesh.netns import netns_name
-from tests.authd.harness import Cluster, poll
+from testkit.authd_cluster import Cluster, poll
 
 POD_A, POD_B = ("10.244.1.21", 1001), ("10.244.1.22", 1006)
 

@@ -12,8 +12,8 @@ import pytest
 
 from nodemesh.policy.model import EndpointPolicy, PolicyKey, PolicyValue
 from services.datapath.maps import EVT_DROP, EVT_TRACE
-from tests.datapath.conftest import TNode, ingress_policy
-from tests.datapath.net import echo, eventually, ping_ok, servers, tcp_ok, tcp_open, udp_ok, wait_for
+from testkit.datapath_node import TNode, ingress_policy
+from testkit.podnet import echo, eventually, ping_ok, servers, tcp_ok, tcp_open, udp_ok, wait_for
 
 pytestmark = pytest.mark.privileged
 

@@ -15,8 +15,8 @@ import yaml
 from nodemesh.policy.incremental import Changes, PolicyEngine
 from nodemesh.policy.model import Endpoint
 from services.datapath.maps import IPCacheValue
-from tests.datapath.conftest import TNode, TPod
-from tests.datapath.net import eventually, ping_ok, servers, tcp_ok, udp_ok, wait_for
+from testkit.datapath_node import TNode, TPod
+from testkit.podnet import eventually, ping_ok, servers, tcp_ok, udp_ok, wait_for
 
 pytestmark = pytest.mark.privileged
 

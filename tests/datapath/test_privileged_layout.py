@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from services.datapath.maps import LAYOUT_STRUCTS
-from tests.datapath.conftest import TNode
+from testkit.datapath_node import TNode
 
 pytestmark = pytest.mark.privileged
 

@@ -8,8 +8,8 @@ import pytest
 
 from nodemesh.policy.model import PolicyKey, PolicyValue
 from services.datapath.maps import EVT_AUTH_REQUIRED, STAT_AUTH_SUPPRESSED, AuthKey, IPCacheValue
-from tests.datapath.conftest import TNode, ingress_policy
-from tests.datapath.net import echo, eventually, servers, tcp_ok, tcp_open, udp_ok, wait_for
+from testkit.datapath_node import TNode, ingress_policy
+from testkit.podnet import echo, eventually, servers, tcp_ok, tcp_open, udp_ok, wait_for
 
 pytestmark = pytest.mark.privileged
 

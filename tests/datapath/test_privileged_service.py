@@ -27,8 +27,8 @@ from services.datapath.cleanup import cleanup_all
 from services.datapath.config import DatapathConfig
 from services.datapath.maps import NodeMaps, PolicyKeyC
 from testkit.natsserver import NatsServer, free_port
+from testkit.podnet import echo, tcp_ok, tcp_open
 from tests.datapath import k8s
-from tests.datapath.net import echo, tcp_ok, tcp_open
 
 pytestmark = pytest.mark.privileged
 

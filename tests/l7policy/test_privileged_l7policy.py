@@ -29,8 +29,8 @@ from services.datapath.pods.netns import netns_socket
 from services.xds.bootstrap import ALS_CLUSTER, render_bootstrap
 from services.xds.translate import Translation
 from services.xds.translate.l7policy import L7PolicyInput, l7_policy
+from testkit.datapath_node import TNode, TPod
 from testkit.envoy import Envoy
-from tests.datapath.conftest import TNode, TPod
 
 pytestmark = pytest.mark.privileged
 

@@ -111,8 +111,9 @@ class SpiffeCA:
             node = subjects.untoken(msg.subject.rsplit(".", 1)[-1])
             req = decode(msg.data, SvidRequest)
             if self.refuse(node, req.identity):
-                await msg.respond(
-                    b"", headers={"Nats-Service-Error": "refused", "Nats-Service-Error-Code": "403"}
+                # nats-py's Msg.respond has no headers argument: publish the error reply directly.
+                await msg._client.publish(
+                    msg.reply, b"", headers={"Nats-Service-Error": "refused", "Nats-Service-Error-Code": "403"}
                 )
                 return
             csr = x509.load_pem_x509_csr(req.csr_pem.encode())

@@ -24,7 +24,7 @@ from services.authd.app import main as authd_main
 from services.authd.config import AuthdConfig
 from services.authd.manager import AuthManager
 from testkit.natsserver import free_port
-from tests.authd.ca import SpiffeCA
+from testkit.spiffe_ca import SpiffeCA
 
 NS = "default"
 
@@ -175,7 +175,7 @@ class Cluster:
         self._tasks[node] = asyncio.create_task(
             run_service("authd", cfg, main, install_signals=False, stop=stop)
         )
-        svc = await poll(lambda: holder.get("svc"), 30, f"authd {node} to start")
+        svc: Service = await poll(lambda: holder.get("svc"), 30, f"authd {node} to start")
         await poll(lambda: svc.ready, 60, f"authd {node} to be ready")
         self.services[node] = svc
         return svc

@@ -11,8 +11,8 @@ from typing import Any
 from nodemesh import subjects
 from nodemesh.messages.auth import AuthRequired, AuthVerdict
 from services.datapath.maps import EVT_AUTH_REQUIRED, AuthKey
-from tests.authd.harness import Cluster, key
-from tests.datapath.conftest import TNode
+from testkit.authd_cluster import Cluster, key
+from testkit.datapath_node import TNode
 
 NODE_IDS = {"node-x": 5, "node-y": 7}
 ING = 0
