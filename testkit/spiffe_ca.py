@@ -113,7 +113,9 @@ class SpiffeCA:
             if self.refuse(node, req.identity):
                 # nats-py's Msg.respond has no headers argument: publish the error reply directly.
                 await msg._client.publish(
-                    msg.reply, b"", headers={"Nats-Service-Error": "refused", "Nats-Service-Error-Code": "403"}
+                    msg.reply,
+                    b"",
+                    headers={"Nats-Service-Error": "refused", "Nats-Service-Error-Code": "403"},
                 )
                 return
             csr = x509.load_pem_x509_csr(req.csr_pem.encode())
