@@ -35,10 +35,11 @@ $(VENV)/.installed: pyproject.toml scripts/install-system.sh
 	$(PY) -c 'import bcc, nats, envoy.config.listener.v3.listener_pb2, spiffe' # fail early if a component is missing
 	touch $@
 
-check: install ## Lint and type-check
+check: install ## Lint, type-check and check the layering contract (import-linter)
 	$(VENV)/bin/ruff check $(SRC) tests bench
 	$(VENV)/bin/ruff format --check $(SRC)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 fmt: install ## Format the code
 	$(VENV)/bin/ruff format $(SRC) tests bench

@@ -18,8 +18,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from conformance.envoy import Envoy
 from services.xds.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Translation
-from testkit.envoy import Envoy
 
 __all__ = ["FileXds", "bootstrap"]
 

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from conformance.envoy import Envoy
 from services.xds.translate import TranslateInput, Translation, translate, with_programmed
 from services.xds.translate.ingest_gateway import gateway_service_name
-from testkit.envoy import Envoy
 
 from .envoyfs import FileXds, bootstrap
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from localcluster.cells import CELLS
 from nodemesh.natsauth import local_auth
 
 __all__ = ["free_port", "nats_server_binary", "render_nats_config", "write_credentials"]
@@ -38,7 +39,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _auth(nodes: list[str], data_dir: Path) -> tuple[str, dict[str, dict[str, Any]]]:
-    text, creds = local_auth(nodes, str(data_dir))
+    text, creds = local_auth(CELLS, nodes, str(data_dir))
     return str(text), {str(k): dict(v) for k, v in creds.items()}
 
 

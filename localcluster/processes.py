@@ -17,6 +17,8 @@ from typing import Literal
 
 import msgspec
 
+from localcluster.cells import AUTHD, DATAPATH, IDENTITY, WATCHER, XDS
+
 __all__ = [
     "PROCESSES",
     "Context",
@@ -65,19 +67,19 @@ PROCESSES: tuple[ProcSpec, ...] = (
         module="services.watcher",
         script="nodemesh-watcher",
         replicas=2,
-        nats_user="watcher",
+        nats_user=WATCHER.user(),
         doc="the only API client; active + standby (lease in KV)",
     ),
     ProcSpec(
-        service="identity", module="services.identity", script="nodemesh-identity", nats_user="identity"
+        service="identity", module="services.identity", script="nodemesh-identity", nats_user=IDENTITY.user()
     ),
-    ProcSpec(service="xds", module="services.xds", script="nodemesh-xds", nats_user="xds"),
+    ProcSpec(service="xds", module="services.xds", script="nodemesh-xds", nats_user=XDS.user()),
     ProcSpec(
         service="datapath",
         module="services.datapath",
         script="nodemesh-datapath",
         per_node=True,
-        nats_user="datapath-{node}",
+        nats_user=DATAPATH.user("{node}"),
         privileged=True,
     ),
     ProcSpec(
@@ -85,7 +87,7 @@ PROCESSES: tuple[ProcSpec, ...] = (
         module="services.authd",
         script="nodemesh-authd",
         per_node=True,
-        nats_user="authd-{node}",
+        nats_user=AUTHD.user("{node}"),
     ),
     ProcSpec(
         service="envoy",

@@ -2,11 +2,13 @@
 
 :func:`local_auth` returns the nats-server ``authorization { users = [...] }`` block and the
 credentials (``{user: {"user": …, "password": …}}``) the supervisor hands each process as
-``NODEMESH_NATS_USER`` / ``NODEMESH_NATS_PASSWORD``. Permissions are derived from
-:mod:`nodemesh.subjects` and :mod:`nodemesh.streams`, never typed twice.
+``NODEMESH_NATS_USER`` / ``NODEMESH_NATS_PASSWORD``. Permissions are derived from each service's
+declaration (``services/<name>/cell.py``, a :class:`nodemesh.cell.Cell`), never listed here:
+a subscription a cell does not declare is denied by nats-server.
 
-Users: ``admin`` (everything; the CLI), ``watcher``, ``identity``, ``xds`` and, per node,
-``datapath-<node>`` and ``authd-<node>``. The apiserver does not speak NATS.
+Users: ``admin`` (everything; the CLI), one per central service (``watcher``, ``identity``,
+``xds``, …) and, per node, ``<service>-<node>`` (``datapath-node-1``, ``authd-node-1``). The
+apiserver does not speak NATS.
 
 What the subject permissions guarantee (and tests/identity/test_natsauth.py proves):
 
@@ -39,15 +41,13 @@ from pathlib import Path
 
 import msgspec
 
-from nodemesh import subjects
+from nodemesh.cell import Cell
 from nodemesh.streams import BUCKETS, STREAMS
 
 __all__ = [
     "ADMIN",
-    "SERVICE_USERS",
     "Permissions",
-    "authd_user",
-    "datapath_user",
+    "cell_permissions",
     "kv_stream",
     "kv_subject",
     "local_auth",
@@ -56,16 +56,7 @@ __all__ = [
 ]
 
 ADMIN = "admin"
-SERVICE_USERS = ("watcher", "identity", "xds")
 JS_API = "$JS.API"
-
-
-def datapath_user(node: str) -> str:
-    return f"datapath-{node}"
-
-
-def authd_user(node: str) -> str:
-    return f"authd-{node}"
 
 
 def kv_stream(bucket: str) -> str:
@@ -137,86 +128,28 @@ def _perms(publish: Iterable[str], subscribe: Iterable[str]) -> Permissions:
     return Permissions(publish=tuple(pub), subscribe=tuple(sub))
 
 
-def user_permissions(nodes: Iterable[str]) -> dict[str, Permissions]:
-    """Username → permissions for a cluster with these nodes (pure)."""
-    k8s = _read_stream("K8S")
-    events = _read_stream("EVENTS")
-    users: dict[str, Permissions] = {
-        ADMIN: Permissions(publish=(">",), subscribe=(">",)),
-        "watcher": _perms(
-            [
-                subjects.K8S_OBJ_ALL,
-                subjects.K8S_SYNCED,
-                kv_subject("leases"),
-                *k8s,
-                *_read_stream("STATUS"),  # the durable work queue of status patches
-                *_read_kv("leases"),
-            ],
-            [subjects.K8S_STATUS_ALL],
-        ),
-        "identity": _perms(
-            [
-                subjects.IDENTITY_EVENTS,
-                subjects.IPCACHE_EVENTS,
-                subjects.TRUST_BUNDLE,
-                *(kv_subject(b) for b in ("identities", "ipcache", "nodes", "trust")),
-                kv_subject("leases", "identity"),  # the replicas' leader lease
-                f"{JS_API}.STREAM.UPDATE.{kv_stream('identities')}",  # turns on atomic batches
-                *k8s,
-                *events,
-                *_read_kv("identities", "ipcache", "nodes", "trust", "leases"),
-            ],
-            [
-                subjects.SVID_SIGN_ALL,
-                subjects.IDENTITY_ALLOCATE,
-                subjects.IDENTITY_RELEASE,
-                subjects.IDENTITY_CA_ROTATE,
-            ],
-        ),
-        "xds": _perms(
-            [
-                subjects.K8S_STATUS_ALL,
-                subjects.xds_ack("*"),
-                *k8s,
-                *_read_kv("nodes", "identities", "ipcache"),
-            ],
-            [subjects.xds_ack("*"), subjects.XDS_STATUS],
-        ),
-    }
-    for node in nodes:
-        users[datapath_user(node)] = _perms(
-            [
-                subjects.flows(node),
-                subjects.auth_required(node),
-                # pod status patches: the subject names the pod, not its node, so this cannot be
-                # narrowed to this node's pods (see docs/identity.md)
-                subjects.k8s_status("pod", "*", "*"),
-                # policy status (an invalid policy's error condition), written by the datapath
-                subjects.k8s_status("CiliumNetworkPolicy", "*", "*"),
-                subjects.k8s_status("CiliumClusterwideNetworkPolicy", "*", "*"),
-                subjects.k8s_status("NetworkPolicy", "*", "*"),
-                *k8s,
-                *events,
-                *_read_kv("ipcache", "identities", "nodes", "auth"),
-            ],
-            [
-                subjects.auth_granted(node),
-                subjects.auth_revoked(node),
-            ],
-        )
-        users[authd_user(node)] = _perms(
-            [
-                subjects.svid_sign(node),
-                subjects.auth_granted(node),
-                subjects.auth_revoked(node),
-                subjects.auth_events(node),
-                kv_subject("auth", f"{subjects.token(node)}.>"),
-                *k8s,
-                *events,
-                *_read_kv("identities", "ipcache", "nodes", "trust", "auth"),
-            ],
-            [subjects.auth_required(node), subjects.auth_list(node)],
-        )
+def cell_permissions(cell: Cell, node: str = "") -> Permissions:
+    """One service's NATS permissions, derived from its :class:`~nodemesh.cell.Cell` (pure)."""
+    c = cell.for_node(node) if cell.per_node else cell
+    reads: list[str] = []
+    for stream in c.reads_streams:
+        reads += _read_stream(stream)
+    reads += _read_kv(*c.reads_buckets)
+    writes = [kv_subject(w.bucket, w.keys) for w in c.writes]
+    return _perms([*c.publishes, *writes, *c.js_api, *reads], c.subscribes)
+
+
+def user_permissions(cells: Iterable[Cell], nodes: Iterable[str]) -> dict[str, Permissions]:
+    """Username → permissions for a cluster running these services on these nodes (pure).
+
+    ``admin`` (the CLI) may do everything; every service gets exactly what its cell declares, per
+    node for per-node services.
+    """
+    nodes = list(nodes)
+    users: dict[str, Permissions] = {ADMIN: Permissions(publish=(">",), subscribe=(">",))}
+    for cell in cells:
+        for node in nodes if cell.per_node else [""]:
+            users[cell.user(node)] = cell_permissions(cell, node)
     return users
 
 
@@ -245,8 +178,10 @@ def _credentials_path(data_dir: str) -> Path:
     return Path(data_dir) / "run" / "credentials.json"
 
 
-def local_auth(nodes: list[str], data_dir: str) -> tuple[str, dict[str, dict[str, str]]]:
-    """(authorization config text, credentials) for a local cluster with ``nodes``.
+def local_auth(
+    cells: Iterable[Cell], nodes: list[str], data_dir: str
+) -> tuple[str, dict[str, dict[str, str]]]:
+    """(authorization config text, credentials) for a local cluster of ``cells`` on ``nodes``.
 
     Passwords already in ``<data_dir>/run/credentials.json`` are kept (a supervisor restart must
     not lock out running processes); missing users get a fresh random password. The file is
@@ -262,7 +197,7 @@ def local_auth(nodes: list[str], data_dir: str) -> tuple[str, dict[str, dict[str
             }
     except (OSError, ValueError):
         old = {}
-    perms = user_permissions(nodes)
+    perms = user_permissions(cells, nodes)
     creds: dict[str, dict[str, str]] = {}
     for name in perms:
         password = old.get(name, {}).get("password") or secrets.token_urlsafe(24)

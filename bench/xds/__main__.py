@@ -25,12 +25,12 @@ import sys
 import time
 from typing import Any
 
+from conformance.envoy import Envoy
 from services.xds.acks import AckEvent, AckTracker, Sent
 from services.xds.bootstrap import render_bootstrap
 from services.xds.cache import SnapshotCache
 from services.xds.server import AdsServer, Hooks
 from services.xds.snapshot import CLUSTER, ENDPOINT, ROUTE, Snapshot
-from testkit.envoy import Envoy
 from testkit.natsserver import free_port
 
 from . import scenario as sc

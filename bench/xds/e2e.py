@@ -15,6 +15,7 @@ import statistics
 import time
 from typing import Any
 
+from conformance.envoy import Envoy
 from nodemesh import subjects
 from nodemesh.bus import connect
 from nodemesh.kinds import by_kind
@@ -27,7 +28,6 @@ from services.xds.app import start as xds_start
 from services.xds.bootstrap import render_bootstrap
 from services.xds.config import XdsConfig
 from services.xds.snapshot import ROUTE
-from testkit.envoy import Envoy
 from testkit.natsserver import NatsServer, free_port
 
 NS = "default"

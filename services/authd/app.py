@@ -27,6 +27,7 @@ from nodemesh.streams import (
     IDENTITY_KEY_PREFIX,
     TRUST_BUNDLE_KEY,
 )
+from services.authd.cell import CELL
 from services.authd.config import AuthdConfig
 from services.authd.manager import AuthManager
 from services.authd.metrics import Metrics
@@ -66,7 +67,7 @@ async def main(svc: Service) -> None:
             store.set_bundle(value)
 
     trust = KvMirror(bus, BUCKET_TRUST.name, TrustBundle, on_update=on_trust)
-    policies = K8sCache(bus, kinds=POLICY_KINDS, on_change=lambda ev, prev: touch())
+    policies = K8sCache(bus, kinds=CELL.kinds, on_change=lambda ev, prev: touch())
     for mirror in (identities, ipcache, nodes, trust):
         svc.spawn(mirror.run(), f"kv-{mirror.bucket}")
     await policies.start()

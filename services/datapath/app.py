@@ -24,7 +24,8 @@ from nodemesh.policy.model import ProxyPorts
 from nodemesh.runtime import Service
 from nodemesh.streams import BUCKET_IDENTITIES, BUCKET_IPCACHE, BUCKET_NODES, IDENTITY_KEY_PREFIX
 from services.datapath.accesslog import mirror_enricher, start_configured
-from services.datapath.agent import POLICY_KINDS, Agent, router_ip
+from services.datapath.agent import Agent, router_ip
+from services.datapath.cell import CELL
 from services.datapath.config import DatapathConfig
 from services.datapath.events import EventPump
 from services.datapath.l7redirect import configure as configure_proxy
@@ -91,7 +92,7 @@ async def main(svc: Service) -> None:
     await svc.bus.subscribe(subjects.auth_granted(cfg.node), AuthVerdict, granted)
     await svc.bus.subscribe(subjects.auth_revoked(cfg.node), AuthVerdict, revoked)
 
-    cache = K8sCache(svc.bus, kinds=("Pod", "Namespace", "Node", *POLICY_KINDS), on_change=agent.on_k8s)
+    cache = K8sCache(svc.bus, kinds=CELL.kinds, on_change=agent.on_k8s)
     agent.k8s = cache
     await cache.start()
     svc.spawn(agent.reconcile_loop(), "reconcile")

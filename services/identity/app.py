@@ -45,6 +45,7 @@ from nodemesh.streams import (
     LEASE_IDENTITY,
     TRUST_BUNDLE_KEY,
 )
+from services.identity.cell import CELL
 
 from .allocator import AllocationError, Allocator, identity_type_for
 from .config import IdentityConfig
@@ -72,7 +73,7 @@ async def main(svc: Service) -> None:
     holder = f"{socket.gethostname()}:{os.getpid()}:{id(svc):x}"
     leader_event = asyncio.Event()
     lease = Lease(await bus.kv(BUCKET_LEASES.name), LEASE_IDENTITY, holder, renew_every=cfg.lease_renew)
-    cache = K8sCache(bus, kinds=("Pod", "Namespace", "Node"))
+    cache = K8sCache(bus, kinds=CELL.kinds)
     ctl = Controller(
         bus,
         cache,

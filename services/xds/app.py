@@ -24,6 +24,7 @@ from nodemesh.messages.xds import XdsAck, XdsStatusReply, XdsStatusRequest
 from nodemesh.runtime import Service
 from services.xds.acks import AckEvent
 from services.xds.cache import SnapshotCache
+from services.xds.cell import CELL
 from services.xds.config import XdsConfig
 from services.xds.isolate import ObjRef, translate_isolating
 from services.xds.publish import AckRelay
@@ -32,15 +33,8 @@ from services.xds.server import AdsServer
 from services.xds.translate import TranslateInput, Translation, translate
 from services.xds.translate.l7policy import has_http_rules
 
-__all__ = ["KINDS", "XdsApp", "main", "start"]
+__all__ = ["XdsApp", "main", "start"]
 
-#: Every kind translation reads (CiliumNetworkPolicy for L7 rules), referenced kinds first.
-KINDS = (
-    "Namespace", "Node", "GatewayClass", "IngressClass", "Secret", "ConfigMap", "Service", "EndpointSlice",
-    "ReferenceGrant", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "Pod", "Gateway", "HTTPRoute",
-    "GRPCRoute", "TLSRoute", "TCPRoute", "BackendTLSPolicy", "Ingress", "CiliumEnvoyConfig",
-    "CiliumClusterwideEnvoyConfig",
-)  # fmt: skip
 #: Kinds whose status xds itself writes: a status-only change of these needs no re-translation.
 _OWN_STATUS = frozenset(
     {"Gateway", "GatewayClass", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "Ingress"}
@@ -93,7 +87,7 @@ class XdsApp:
         self.cache = SnapshotCache()
         self.relay = AckRelay(svc.bus, registry=svc.registry, on_change=self._acked)
         self.server = AdsServer(self.cache, self.relay.hooks())
-        self.k8s = K8sCache(svc.bus, KINDS, on_change=self._k8s_changed)
+        self.k8s = K8sCache(svc.bus, CELL.kinds, on_change=self._k8s_changed)
         self.book = StatusBook()
         self.translation: Translation | None = None
         self.snaps: Snapshots | None = None
@@ -192,7 +186,8 @@ class XdsApp:
 
     async def retranslate(self) -> None:
         self._dirty.clear()
-        store = {k: dict(self.k8s.store.get(k, {})) for k in KINDS}  # objects are replaced, never mutated
+        # Objects are replaced, never mutated: a shallow copy per kind is a consistent snapshot.
+        store = {k: dict(self.k8s.store.get(k, {})) for k in CELL.kinds}
         if self.translation is None:
             suspects = {(k, ns, n) for k, objs in store.items() for (ns, n) in objs}
         else:
@@ -208,7 +203,7 @@ class XdsApp:
         started = time.perf_counter()
         try:
             (tr, snaps), bad, first_error = await asyncio.to_thread(
-                translate_isolating, run, store, suspects, frozenset(self._quarantine), KINDS
+                translate_isolating, run, store, suspects, frozenset(self._quarantine), CELL.kinds
             )
         except Exception:
             # Even the unchanged objects fail: keep serving the last good snapshots.

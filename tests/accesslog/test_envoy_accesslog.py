@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conformance.envoy import Envoy
 from meshctl.cmd_observe import format_row
 from meshctl.flowfilter import build_filters, matches
 from nodemesh import codec, subjects
@@ -30,7 +31,6 @@ from services.datapath.accesslog.server import AccessLogServer, bus_publisher
 from services.xds.bootstrap import ALS_CLUSTER, render_bootstrap
 from services.xds.snapshot import Snapshot
 from services.xds.translate import TranslateInput, translate
-from testkit.envoy import Envoy
 from testkit.natsserver import free_port
 from tests.xds.envoy_fixtures import Backends, Xds, eventually, serves
 

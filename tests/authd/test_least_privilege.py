@@ -7,10 +7,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from localcluster.cells import AUTHD, CELLS, DATAPATH
 from nodemesh import subjects
 from nodemesh.bus import connect
 from nodemesh.messages.auth import AuthListReply, AuthListRequest, AuthRequired
-from nodemesh.natsauth import authd_user, datapath_user, local_auth
+from nodemesh.natsauth import local_auth
 from nodemesh.streams import provision
 from services.authd.manager import kv_key
 from testkit.authd_cluster import Cluster, key, poll
@@ -21,7 +22,7 @@ from tests.authd.test_paths import BOTH_AUTH, CLIENT, EGRESS_AUTH, SERVER, _pods
 
 async def test_authd_as_its_own_nats_user(node_addresses: tuple[str, ...]) -> None:
     with tempfile.TemporaryDirectory(prefix="nm-authd-perm-") as tmp:
-        config, creds = local_auth(["node-1", "node-2"], tmp)
+        config, creds = local_auth(CELLS, ["node-1", "node-2"], tmp)
         with NatsServer(config=config) as server:
 
             def login(user: str) -> dict[str, str]:
@@ -37,8 +38,8 @@ async def test_authd_as_its_own_nats_user(node_addresses: tuple[str, ...]) -> No
                 await _pods(c)
                 await c.put_policy("server-in", BOTH_AUTH)
                 await c.put_policy("client-out", EGRESS_AUTH)
-                await c.start_authd("node-1", **login(authd_user("node-1")))
-                await c.start_authd("node-2", proactive=False, **login(authd_user("node-2")))
+                await c.start_authd("node-1", **login(AUTHD.user("node-1")))
+                await c.start_authd("node-2", proactive=False, **login(AUTHD.user("node-2")))
                 k1, k2 = key(CLIENT, SERVER, "node-2"), key(SERVER, CLIENT, "node-1")
                 await poll(lambda: c.seen.grants("node-1", k1), 30, "node-1's proactive verdict")
                 await poll(lambda: c.seen.grants("node-2", k2), 30, "node-2's verdict as responder")
@@ -48,8 +49,8 @@ async def test_authd_as_its_own_nats_user(node_addresses: tuple[str, ...]) -> No
                 dp = await connect(
                     server.url,
                     name="dp",
-                    user=datapath_user("node-2"),
-                    password=creds[datapath_user("node-2")]["password"],
+                    user=DATAPATH.user("node-2"),
+                    password=creds[DATAPATH.user("node-2")]["password"],
                 )
                 await dp.publish(subjects.auth_required("node-2"), AuthRequired(key=k2))
                 await dp.nc.flush()

@@ -18,12 +18,13 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from localcluster.cells import AUTHD, CELLS, DATAPATH
 from nodemesh import subjects
 from nodemesh.bus import Bus
 from nodemesh.codec import encode
 from nodemesh.k8scache import K8sCache
 from nodemesh.messages.k8s import Synced
-from nodemesh.natsauth import authd_user, datapath_user, local_auth
+from nodemesh.natsauth import local_auth
 from nodemesh.streams import ipcache_key, provision
 from testkit.natsserver import NatsServer
 
@@ -33,7 +34,7 @@ Connect = Callable[[str], Awaitable[tuple[Client, list[str]]]]
 
 @pytest.fixture
 def secured(tmp_path: Path) -> Iterator[tuple[NatsServer, dict[str, dict[str, str]]]]:
-    config, creds = local_auth(NODES, str(tmp_path))
+    config, creds = local_auth(CELLS, NODES, str(tmp_path))
     with NatsServer(config=config) as server:
         yield server, creds
 
@@ -68,7 +69,7 @@ async def _violation(errors: list[str], subject: str) -> bool:
 
 
 def test_credentials_file_is_private_and_stable(tmp_path: Path) -> None:
-    config, creds = local_auth(NODES, str(tmp_path))
+    config, creds = local_auth(CELLS, NODES, str(tmp_path))
     path = tmp_path / "run" / "credentials.json"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert set(creds) == {
@@ -76,10 +77,10 @@ def test_credentials_file_is_private_and_stable(tmp_path: Path) -> None:
         "watcher",
         "identity",
         "xds",
-        *(f(n) for n in NODES for f in (datapath_user, authd_user)),
+        *(f(n) for n in NODES for f in (DATAPATH.user, AUTHD.user)),
     }
     assert len({c["password"] for c in creds.values()}) == len(creds)
-    again, creds2 = local_auth([*NODES, "node-c"], str(tmp_path))
+    again, creds2 = local_auth(CELLS, [*NODES, "node-c"], str(tmp_path))
     assert creds2["identity"] == creds["identity"]  # a supervisor restart keeps passwords
     assert "datapath-node-c" in creds2 and "datapath-node-c" not in config and "datapath-node-c" in again
 
@@ -88,7 +89,7 @@ async def test_every_user_can_provision_and_follow_k8s(connect_as: Connect) -> N
     admin, _ = await connect_as("admin")
     await provision(admin.jetstream())
     await admin.jetstream().publish(subjects.K8S_SYNCED, encode(Synced(watcher="w", epoch=1, stream_seq=0)))
-    for user in ["watcher", "identity", "xds", *(f(n) for n in NODES for f in (datapath_user, authd_user))]:
+    for user in ["watcher", "identity", "xds", *(f(n) for n in NODES for f in (DATAPATH.user, AUTHD.user))]:
         nc, errors = await connect_as(user)
         await provision(nc.jetstream())  # what nodemesh.runtime does at start
         cache = K8sCache(Bus(nc))
@@ -107,14 +108,14 @@ async def test_svid_sign_only_by_own_authd(connect_as: Connect) -> None:
 
     await identity.subscribe(subjects.SVID_SIGN_ALL, queue="identity", cb=sign)
     await identity.flush()
-    authd_a, errors_a = await connect_as(authd_user("node-a"))
+    authd_a, errors_a = await connect_as(AUTHD.user("node-a"))
     reply = await authd_a.request(subjects.svid_sign("node-a"), b"csr", timeout=5)
     assert reply.data == b"svid.sign.node-a"  # allowed twin (reply delivered via allow_responses)
     with pytest.raises(nats.errors.TimeoutError):
         await authd_a.request(subjects.svid_sign("node-b"), b"csr", timeout=0.5)
     assert await _violation(errors_a, subjects.svid_sign("node-b"))
 
-    datapath_a, errors_d = await connect_as(datapath_user("node-a"))
+    datapath_a, errors_d = await connect_as(DATAPATH.user("node-a"))
     for node in NODES:
         with pytest.raises(nats.errors.TimeoutError):
             await datapath_a.request(subjects.svid_sign(node), b"csr", timeout=0.5)
@@ -131,8 +132,8 @@ async def test_node_cannot_publish_on_other_nodes_subjects(connect_as: Connect) 
     await admin.subscribe("auth.>", cb=record)
     await admin.subscribe("flows.>", cb=record)
     await admin.flush()
-    authd_a, errors = await connect_as(authd_user("node-a"))
-    datapath_a, derrors = await connect_as(datapath_user("node-a"))
+    authd_a, errors = await connect_as(AUTHD.user("node-a"))
+    datapath_a, derrors = await connect_as(DATAPATH.user("node-a"))
     await authd_a.publish(subjects.auth_granted("node-b"), b"v")
     await authd_a.publish(subjects.auth_revoked("node-b"), b"v")
     await datapath_a.publish(subjects.auth_required("node-b"), b"v")
@@ -164,13 +165,13 @@ async def test_only_identity_writes_identity_buckets(connect_as: Connect) -> Non
     kv = await identity.jetstream().key_value("identities")
     await kv.put("id.256", b"owned")
     # Through the KV API once (what a client would do) …
-    datapath_a, derrors = await connect_as(datapath_user("node-a"))
+    datapath_a, derrors = await connect_as(DATAPATH.user("node-a"))
     forged = await datapath_a.jetstream().key_value("identities")
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(forged.put("id.256", b"forged"), 1)
     assert await _violation(derrors, "$KV.identities.id.256")
     # … and on the raw subjects for every other user and bucket.
-    for user in ["watcher", "xds", datapath_user("node-b"), authd_user("node-a")]:
+    for user in ["watcher", "xds", DATAPATH.user("node-b"), AUTHD.user("node-a")]:
         nc, errors = await connect_as(user)
         for bucket in ("identities", "ipcache", "nodes", "trust"):
             await nc.publish(f"$KV.{bucket}.id.256", b"forged")
@@ -182,7 +183,7 @@ async def test_only_identity_writes_identity_buckets(connect_as: Connect) -> Non
 
 
 async def test_no_one_but_watcher_forges_cluster_state_or_replies(connect_as: Connect) -> None:
-    datapath_a, errors = await connect_as(datapath_user("node-a"))
+    datapath_a, errors = await connect_as(DATAPATH.user("node-a"))
     await datapath_a.publish(subjects.k8s_object("pod", "default", "evil"), b"x")
     await datapath_a.publish("_INBOX.someone-elses-request", b"forged reply")
     await datapath_a.flush()
@@ -245,14 +246,14 @@ async def test_identity_service_runs_as_its_least_privileged_user(
             .public_bytes(serialization.Encoding.PEM)
             .decode()
         )
-        authd_a, errors = await connect_as(authd_user("node-a"))
+        authd_a, errors = await connect_as(AUTHD.user("node-a"))
         reply = await Bus(authd_a).request(
             subjects.svid_sign("node-a"), SvidRequest(identity=hosted, csr_pem=csr), SvidReply, timeout=10
         )
         leaf = x509.load_pem_x509_certificate(reply.cert_chain_pem.encode())
         assert leaf.not_valid_after_utc > dt.datetime.now(dt.UTC)
         # node-b's authd is refused by NATS before the CA sees anything …
-        authd_b, errors_b = await connect_as(authd_user("node-b"))
+        authd_b, errors_b = await connect_as(AUTHD.user("node-b"))
         with pytest.raises(Exception, match="timed out"):
             await Bus(authd_b).request(
                 subjects.svid_sign("node-a"),

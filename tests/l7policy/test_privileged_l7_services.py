@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
+from conformance.envoy import Envoy
 from nodemesh.bus import Bus
 from services.datapath.cleanup import cleanup_all
 from services.datapath.config import DatapathConfig
 from services.xds.bootstrap import render_bootstrap
-from testkit.envoy import Envoy
 from testkit.natsserver import NatsServer, free_port
 from tests.datapath import k8s
 from tests.datapath.test_privileged_service import Harness

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from conformance.envoy import Envoy
 from conformance.envoyfs import FileXds, bootstrap
 from nodemesh.messages.flow import Flow
 from nodemesh.policy.model import Endpoint, ProxyPorts
@@ -30,7 +31,6 @@ from services.xds.bootstrap import ALS_CLUSTER, render_bootstrap
 from services.xds.translate import Translation
 from services.xds.translate.l7policy import L7PolicyInput, l7_policy
 from testkit.datapath_node import TNode, TPod
-from testkit.envoy import Envoy
 
 pytestmark = pytest.mark.privileged
 

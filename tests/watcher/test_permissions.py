@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from localcluster.apiserver.app import LocalApi
+from localcluster.cells import CELLS
 from nodemesh import subjects
 from nodemesh.bus import connect
 from nodemesh.k8scache import K8sCache
@@ -23,7 +24,7 @@ async def test_watcher_as_its_nats_user(
     tmp_path: Path, api: LocalApi, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="nodemesh.bus")
-    config, creds = local_auth(["node-1"], str(tmp_path / "cluster"))
+    config, creds = local_auth(CELLS, ["node-1"], str(tmp_path / "cluster"))
     pod_kind = by_kind("Pod")
     api.store.create(
         pod_kind,

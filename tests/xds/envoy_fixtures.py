@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from conformance.envoy import Envoy
 from nodemesh import subjects
 from nodemesh.bus import Bus
 from nodemesh.messages.xds import XdsAck
@@ -18,7 +19,6 @@ from services.xds.bootstrap import render_bootstrap
 from services.xds.cache import SnapshotCache
 from services.xds.publish import AckRelay
 from services.xds.server import AdsServer, Hooks
-from testkit.envoy import Envoy
 from testkit.natsserver import free_port
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from conformance.envoy import envoy_binary
 from nodemesh.bus import Bus
 from services.xds.bootstrap import render_bootstrap
 from services.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
-from testkit.envoy import envoy_binary
 from testkit.natsserver import free_port
 from tests.xds.ads_resources import (
     cluster,

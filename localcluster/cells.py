@@ -1,0 +1,12 @@
+"""Every service's cell, for the tools that deploy them all (NATS users, compose, manifests)."""
+
+from nodemesh.cell import Cell
+from services.authd.cell import CELL as AUTHD
+from services.datapath.cell import CELL as DATAPATH
+from services.identity.cell import CELL as IDENTITY
+from services.watcher.cell import CELL as WATCHER
+from services.xds.cell import CELL as XDS
+
+__all__ = ["AUTHD", "CELLS", "DATAPATH", "IDENTITY", "WATCHER", "XDS"]
+
+CELLS: tuple[Cell, ...] = (WATCHER, IDENTITY, XDS, DATAPATH, AUTHD)

@@ -1,0 +1,31 @@
+"""What a node's datapath touches: its own node's subjects only."""
+
+from nodemesh import subjects
+from nodemesh.cell import Cell
+from nodemesh.policy.parse import POLICY_KINDS
+from nodemesh.streams import (
+    BUCKET_AUTH,
+    BUCKET_IDENTITIES,
+    BUCKET_IPCACHE,
+    BUCKET_NODES,
+    STREAM_EVENTS,
+    STREAM_K8S,
+)
+
+CELL = Cell(
+    name="datapath",
+    per_node=True,
+    kinds=("Pod", "Namespace", "Node", *POLICY_KINDS),
+    reads_streams=(STREAM_K8S.name, STREAM_EVENTS.name),
+    reads_buckets=(BUCKET_IPCACHE.name, BUCKET_IDENTITIES.name, BUCKET_NODES.name, BUCKET_AUTH.name),
+    publishes=(
+        subjects.flows("{node}"),
+        subjects.auth_required("{node}"),
+        # Pod status patches: the subject names the pod, not its node, so this cannot be narrowed
+        # to this node's pods (docs/identity.md).
+        subjects.k8s_status("pod", "*", "*"),
+        # Policy status (an invalid policy's error condition).
+        *(subjects.k8s_status(kind, "*", "*") for kind in POLICY_KINDS),
+    ),
+    subscribes=(subjects.auth_granted("{node}"), subjects.auth_revoked("{node}")),
+)
