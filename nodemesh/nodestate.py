@@ -20,9 +20,9 @@ STATE_FILE = "datapath.json"
 class DatapathState(msgspec.Struct, kw_only=True):
     node: str
     #: Naming scope of this agent's netns, links and pins (:func:`nodemesh.netns.scope_for`).
-    scope: str
+    scope: str = ""
     #: Where the node's BPF maps are pinned.
-    pin_dir: str
+    pin_dir: str = ""
     node_ip: str = ""
     local_mode: bool = True
     #: The host-side address pods' traffic to the host leaves from (``.1`` of the pod CIDR).

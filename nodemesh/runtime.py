@@ -276,6 +276,11 @@ async def run_service(
         if svc._bus is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(svc.bus.nc.drain(), timeout=5)
+            # A drain that timed out leaves the connection and its subscriptions alive: a stopped
+            # instance would keep taking its share of queue-group requests and never answer them.
+            if not svc.bus.nc.is_closed:
+                with contextlib.suppress(Exception):
+                    await svc.bus.nc.close()
         await runner.cleanup()
         svc.log.info("stopped", extra={"exit_code": code})
     return code

@@ -27,6 +27,7 @@ import msgspec
 from localcluster.apiserver.admission import admit
 from localcluster.apiserver.errors import ApiError, already_exists, conflict, expired, invalid, not_found
 from nodemesh.kinds import KINDS, Kind
+from validation import validate_object
 
 __all__ = ["Store", "WatchEvent", "clone", "now", "random_suffix"]
 
@@ -64,16 +65,9 @@ def random_suffix(n: int = 5) -> str:
 
 
 def _validate_hook(obj: dict[str, Any]) -> list[str]:
-    """Schema validation by ``validation`` when that module is present."""
+    """Schema validation of every stored object (:mod:`validation`), as admission would."""
     try:
-        from nodemesh import validation  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return []
-    fn = getattr(validation, "validate_object", None)
-    if fn is None:
-        return []
-    try:
-        return list(fn(obj))
+        return list(validate_object(obj))
     except Exception as e:  # a validator bug must not take the API server down
         log.warning("validation hook failed: %r", e)
         return []

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
+import nodemesh.netns as nodemesh_netns
 from localcluster.cleanup import MARKER_ENV, cluster_pids
+from nodemesh.nodestate import read_datapath_state
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
@@ -134,18 +136,12 @@ def test_privileged_down_leaves_nothing(cluster: Path, tmp_path: Path) -> None:
         return out.returncode == 0 and json.loads(out.stdout).get("status", {}).get("phase") == "Running"
 
     wait_for(running, 90, "the pod to run")
-    from services.datapath.pods import netns as dpnetns
 
-    # The datapath names a pod's netns by (node, namespace, pod), newer versions also by a
-    # token of its data dir (so several clusters on one machine never collide): accept either.
-    names = {dpnetns.netns_name("node-2", ns, "echo")}
-    scope_for = getattr(dpnetns, "scope_for", None)
-    if scope_for is not None:
-        for base in (cluster / "nodes" / "node-2", cluster):
-            names.add(dpnetns.netns_name("node-2", ns, "echo", scope=scope_for(str(base))))
-    existing = [Path("/run/netns") / n for n in names if (Path("/run/netns") / n).exists()]
-    assert len(existing) == 1, names
-    netns = existing[0]
+    # The datapath names a pod's netns by (scope, node, namespace, pod) and records its scope.
+    state = read_datapath_state(cluster / "nodes" / "node-2")
+    assert state is not None and state.scope
+    netns = Path(nodemesh_netns.netns_path(nodemesh_netns.netns_name("node-2", ns, "echo", state.scope)))
+    assert netns.exists(), netns
     assert cluster_pids(cluster)
 
     down = nm(cluster, "down")
