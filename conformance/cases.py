@@ -16,7 +16,7 @@ from . import certs
 
 __all__ = ["Case", "Generated", "corpus_dir", "load_case", "load_index"]
 
-DEFAULT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "gateway"
+DEFAULT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "conformance" / "gateway"
 
 
 def corpus_dir(path: str | None = None) -> Path:
