@@ -148,3 +148,16 @@ def test_k8s_shape() -> None:
 def test_dockerfile_installs_the_project() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert "pip install" in text and "python3-bpfcc" in text and "--system-site-packages" in text
+
+
+def test_dockerfile_copies_every_package_a_console_script_runs() -> None:
+    # The image runs the console scripts (compose and the manifests name them): a package a script
+    # lives in, and every package of ours that package imports at start, must be in the image.
+    import tomllib
+
+    text = (DEPLOY / "Dockerfile").read_text()
+    scripts = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    needed = {target.split(":")[0].split(".")[0] for target in scripts.values()}
+    needed |= {"nodemesh", "validation", "echoserver"}  # the core; admission; demo pods' image
+    missing = sorted(p for p in needed if f"COPY {p} ./{p}" not in text)
+    assert not missing, f"deploy/Dockerfile does not copy {missing}"
