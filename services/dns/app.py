@@ -17,6 +17,7 @@ from nodemesh.k8scache import K8sCache
 from nodemesh.messages.k8s import ObjectEvent
 from nodemesh.runtime import Service
 from services.dns.answer import Responder
+from services.dns.cell import CELL
 from services.dns.config import DnsConfig
 from services.dns.forward import Forwarder
 from services.dns.metrics import DnsMetrics
@@ -24,9 +25,7 @@ from services.dns.server import DnsServer
 from services.dns.upstreams import Upstreams, parse_hostport
 from services.dns.zone import Zone
 
-__all__ = ["KINDS", "DnsApp", "listen_addresses", "main", "start"]
-
-KINDS = ("Namespace", "Service", "EndpointSlice")
+__all__ = ["DnsApp", "listen_addresses", "main", "start"]
 
 
 def listen_addresses(spec: str) -> list[tuple[str, int]]:
@@ -68,7 +67,7 @@ async def start(svc: Service) -> DnsApp:
     def changed(ev: ObjectEvent, _prev: dict[str, Any] | None) -> None:
         zone.apply(ev.kind, ev.type == "delete", ev.namespace, ev.name, ev.obj)
 
-    k8s = K8sCache(svc.bus, KINDS, on_change=changed)
+    k8s = K8sCache(svc.bus, CELL.kinds, on_change=changed)
     await k8s.start()
     svc.on_stop(k8s.stop)
 

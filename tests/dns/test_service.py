@@ -16,7 +16,7 @@ import dns.rcode
 import pytest
 
 from nodemesh.bus import Bus
-from nodemesh.testing.natsserver import NatsServer
+from testkit.natsserver import NatsServer
 from tests.dns.harness import (
     FakeUpstream,
     Running,
