@@ -79,8 +79,8 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def dns_service(nats_url: str, **settings: Any) -> AsyncIterator[Running]:
-    """One DNS server in-process (the real service runtime) listening on 127.0.0.1, a free port."""
-    cfg = DnsConfig(nats_url=nats_url, listen="127.0.0.1:0", **settings)
+    """One DNS server in-process (the real service runtime); by default on 127.0.0.1, a free port."""
+    cfg = DnsConfig(nats_url=nats_url, **{"listen": "127.0.0.1:0", **settings})
     run = Running()
 
     async def main(svc: Service) -> None:
