@@ -5,7 +5,8 @@ the response with dnspython. The fast path is why one core serves tens of thousa
 second: an answer built once is kept, keyed by the query bytes after the 2-byte ID (flags, counts,
 question and any EDNS record, exactly as the client sent them) per transport, and replayed with the
 client's ID in front. The key holds everything the answer depends on besides the zone, so a hit is
-exactly the answer the slow path would build; a new zone generation drops them all.
+exactly the answer the slow path would build; a zone change drops the answers of the names it
+changed (and only those).
 
 Rules, as an authoritative server for the cluster domain with recursion through forwarding:
 
@@ -118,7 +119,13 @@ def _rdtype(r: Record) -> int:
 
 
 class Responder:
-    """Answers queries from a :class:`Zone`; holds the cache of built answers."""
+    """Answers queries from a :class:`Zone`; holds the cache of built answers.
+
+    Cached: whole answers by query bytes (the fast path), and the dnspython RRsets and SOA they are
+    built from. An answer is filed under every zone name it was derived from (the question, a
+    CNAME's target, SRV targets); when the zone reports names as changed, exactly their answers and
+    RRsets are dropped, so a busy cluster's churn costs rebuilding only what it touched.
+    """
 
     def __init__(self, zone: Zone, *, cache_entries: int = 100_000, udp_payload: int = UDP_PAYLOAD) -> None:
         self.zone = zone
@@ -126,26 +133,48 @@ class Responder:
         self.udp_payload = udp_payload
         self._udp: dict[bytes, tuple[bytes, int]] = {}
         self._tcp: dict[bytes, tuple[bytes, int]] = {}
-        self._generation = -1
+        self._keys: dict[str, list[tuple[bool, bytes]]] = {}  # zone name → cached answers from it
+        self._rrsets: dict[str, dict[int, dns.rrset.RRset]] = {}  # owner → rdtype → RRset
+        self._soas: dict[str, tuple[int, dns.rrset.RRset]] = {}  # apex → (generation, SOA RRset)
+        self._deps: list[str] = []
+
+    @property
+    def cached(self) -> int:
+        return len(self._udp) + len(self._tcp)
 
     # --- entry point --------------------------------------------------------------------------------
     def handle(self, wire: bytes, tcp: bool = False) -> Outcome:
-        if self._generation != self.zone.generation:
-            self._udp.clear()
-            self._tcp.clear()
-            self._generation = self.zone.generation
-        cache = self._tcp if tcp else self._udp
-        hit = cache.get(wire[2:])
+        if self.zone.changed:
+            self._invalidate()
+        hit = (self._tcp if tcp else self._udp).get(wire[2:])
         if hit is not None:
             return Reply(wire[:2] + hit[0][2:], hit[1], True)
-        return self._slow(wire, tcp, cache)
+        return self._slow(wire, tcp)
 
     def servfail(self, query: dns.message.Message, why: str, code: dns.edns.EDECode) -> Reply:
         """SERVFAIL for ``query``, with an Extended DNS Error saying why when the client speaks EDNS."""
         return self._error(query, dns.rcode.SERVFAIL, why, code)
 
+    def _invalidate(self) -> None:
+        changed, self.zone.changed = self.zone.changed, set()
+        for name in changed:
+            for tcp, key in self._keys.pop(name, ()):
+                (self._tcp if tcp else self._udp).pop(key, None)
+            self._rrsets.pop(name, None)
+
+    def _remember(self, tcp: bool, key: bytes, reply: Reply) -> None:
+        if self.cached >= self.cache_entries:
+            self._udp.clear()
+            self._tcp.clear()
+            self._keys.clear()
+            if self.cache_entries <= 0:
+                return
+        (self._tcp if tcp else self._udp)[key] = (reply.wire, reply.rcode)
+        for name in self._deps:
+            self._keys.setdefault(name, []).append((tcp, key))
+
     # --- slow path ------------------------------------------------------------------------------
-    def _slow(self, wire: bytes, tcp: bool, cache: dict[bytes, tuple[bytes, int]]) -> Outcome:
+    def _slow(self, wire: bytes, tcp: bool) -> Outcome:
         if len(wire) < 12:
             return Drop("malformed")
         if wire[2] & 0x80:  # the QR bit: an answer sent to us is never answered
@@ -163,7 +192,9 @@ class Responder:
         if len(query.question) != 1:
             return self._error(query, dns.rcode.FORMERR, bad="malformed")
         q = query.question[0]
-        look = self.zone.lookup(q.name.to_text())
+        qname = normalize(q.name.to_text())
+        self._deps = [qname]
+        look = self.zone.lookup(qname)
         if look.status == "forward":
             return Forward(query, wire)
         if not self.zone.synced:
@@ -172,43 +203,40 @@ class Responder:
         if q.rdclass not in (IN, dns.rdataclass.ANY) or q.rdtype in (_T.AXFR, _T.IXFR):
             return self._error(query, dns.rcode.REFUSED)
         try:
-            reply = self._answer(query, q, look, tcp)
+            reply = self._answer(query, qname, q.rdtype, look, tcp)
         except dns.exception.DNSException:
             return self._error(query, dns.rcode.SERVFAIL)
-        if len(cache) >= self.cache_entries:
-            cache.clear()
-        cache[wire[2:]] = (reply.wire, reply.rcode)
+        self._remember(tcp, wire[2:], reply)
         return reply
 
-    def _answer(self, query: dns.message.Message, q: dns.rrset.RRset, look: Lookup, tcp: bool) -> Reply:
+    def _answer(self, query: dns.message.Message, qname: str, qtype: int, look: Lookup, tcp: bool) -> Reply:
         resp = dns.message.make_response(query, recursion_available=True, our_payload=self.udp_payload)
         resp.flags |= dns.flags.AA
-        ttl = self.zone.ttl
         if look.status == "nxdomain":
             resp.set_rcode(dns.rcode.NXDOMAIN)
             resp.authority.append(self._soa(look.apex))
         else:
-            self._fill(resp, q, look.records, q.rdtype, ttl)
+            self._fill(resp, qname, look.records, qtype)
             if not resp.answer:
                 resp.authority.append(self._soa(look.apex))
         return Reply(self._to_wire(resp, query, tcp), resp.rcode())
 
-    def _fill(
-        self, resp: dns.message.Message, q: dns.rrset.RRset, records: tuple[Record, ...], qtype: int, ttl: int
-    ) -> None:
-        owner: dns.name.Name = q.name
+    def _fill(self, resp: dns.message.Message, owner: str, records: tuple[Record, ...], qtype: int) -> None:
+        # Owners are lower case: the renderer compresses an owner equal to the question into a
+        # pointer to it, so the client still reads its name as it spelled it.
         for _ in range(_MAX_CNAME_CHAIN):
             cnames = [r for r in records if isinstance(r, Cname)]
             if cnames and qtype not in (_T.CNAME, _T.ANY):
-                resp.answer.append(self._rrset(owner, _T.CNAME, cnames, ttl))
+                resp.answer.append(self._rrset(owner, _T.CNAME, cnames))
                 target = cnames[0].target
+                self._deps.append(target)
                 look = self.zone.lookup(target)
                 if look.status != "answer":
                     return  # outside the zone (ExternalName): the client resolves the target
-                owner, records = _name(target), look.records
+                owner, records = target, look.records
                 continue
             break
-        if qtype == _T.SOA and normalize(owner.to_text()) == self.zone.domain:
+        if qtype == _T.SOA and owner == self.zone.domain:
             resp.answer.append(self._soa(self.zone.domain))
             return
         by_type: dict[int, list[Record]] = {}
@@ -217,32 +245,40 @@ class Responder:
             if qtype in (t, _T.ANY):
                 by_type.setdefault(t, []).append(r)
         for t, recs in by_type.items():
-            resp.answer.append(self._rrset(owner, t, recs, ttl))
+            resp.answer.append(self._rrset(owner, t, recs))
         for r in by_type.get(_T.SRV, ()):
             assert isinstance(r, Srv)
+            self._deps.append(r.target)
             look = self.zone.lookup(r.target)
             addrs = [a for a in look.records if isinstance(a, Addr)]
             for t in (_T.A, _T.AAAA):
                 same = [a for a in addrs if _rdtype(a) == t]
                 if same:
-                    name = _name(r.target)
-                    if not any(rr.name == name and rr.rdtype == t for rr in resp.additional):
-                        resp.additional.append(self._rrset(name, t, same, ttl))
+                    rrset = self._rrset(r.target, t, same)
+                    if rrset not in resp.additional:
+                        resp.additional.append(rrset)
 
-    @staticmethod
-    def _rrset(owner: dns.name.Name, rdtype: int, records: Sequence[Record], ttl: int) -> dns.rrset.RRset:
-        rrset = dns.rrset.RRset(owner, IN, dns.rdatatype.RdataType.make(rdtype))
-        for r in records:
-            rrset.add(_rdata(r), ttl)
+    def _rrset(self, owner: str, rdtype: int, records: Sequence[Record]) -> dns.rrset.RRset:
+        by_type = self._rrsets.setdefault(owner, {})
+        rrset = by_type.get(rdtype)
+        if rrset is None:
+            rrset = dns.rrset.RRset(_name(owner), IN, dns.rdatatype.RdataType.make(rdtype))
+            for r in records:
+                rrset.add(_rdata(r), self.zone.ttl)
+            by_type[rdtype] = rrset
         return rrset
 
     def _soa(self, apex: str) -> dns.rrset.RRset:
+        held = self._soas.get(apex)
+        if held is not None and held[0] == self.zone.generation:
+            return held[1]
         s = self.zone.soa(apex)
         rd = _SOA(
             IN, _T.SOA, _name(s.mname), _name(s.rname), s.serial, s.refresh, s.retry, s.expire, s.minimum
         )
         rrset = dns.rrset.RRset(_name(apex), IN, _T.SOA)
         rrset.add(rd, s.minimum)
+        self._soas[apex] = (self.zone.generation, rrset)
         return rrset
 
     def _to_wire(self, resp: dns.message.Message, query: dns.message.Message, tcp: bool) -> bytes:

@@ -23,9 +23,11 @@ Names that exist without records of their own (``svc.<zone>``, ``<ns>.svc.<zone>
 namespace, ``_tcp.<svc>…``) exist for NODATA; every other name in the zone is NXDOMAIN; a name outside
 the zone (and a reverse name we hold no PTR for) is for the upstream resolvers.
 
-Each change recomputes the names of the one Service it touches and bumps :attr:`Zone.generation`
-(the responder drops its cached answers on a new generation). A malformed object never raises: what
-cannot become a record is left out and counted in :attr:`Zone.rejected`.
+Each change recomputes the names of the one Service it touches, bumps :attr:`Zone.generation` (the
+SOA serial) and adds every name whose answer may differ to :attr:`Zone.changed` (its records, and
+names that start or stop existing as parents); the responder drops the cached answers of exactly
+those names. A malformed object never raises: what cannot become a record is left out and counted in
+:attr:`Zone.rejected`.
 """
 
 from __future__ import annotations
@@ -190,6 +192,8 @@ class Zone:
     generation: int = 0
     synced: bool = False
     rejected: int = 0
+    changed: set[str] = field(default_factory=set)
+    """Names whose answers may have changed since the reader last emptied this set."""
     _services: dict[Key, _Service] = field(default_factory=dict)
     _slices: dict[Key, _Slice] = field(default_factory=dict)
     _slices_of: dict[Key, set[str]] = field(default_factory=dict)
@@ -248,6 +252,7 @@ class Zone:
             self._namespaces.discard(name)
         if before != exists:
             self.generation += 1
+            self.changed.update((f"{name}{self._svc_suffix}", f"{name}.pod.{self.domain}"))
 
     # --- queries --------------------------------------------------------------------------------
     @property
@@ -384,6 +389,10 @@ class Zone:
         else:
             self._owned.pop(key, None)
         self.generation += 1
+        self.changed.update(old)
+        self.changed.update(new)
+        if key == ("kube-system", "kube-dns"):
+            self.changed.add(f"ns.dns.{self.domain}")  # answered with kube-dns' addresses
 
     def _count_ancestors(self, name: str, delta: int) -> None:
         """Keep the names between ``name`` and ``svc.<zone>`` existing (empty non-terminals)."""
@@ -396,5 +405,11 @@ class Zone:
             if cur == stop or not cur:
                 return
             self._ents[cur] += delta
-            if self._ents[cur] <= 0:
+            count = self._ents[cur]
+            if count <= 0:
                 del self._ents[cur]
+            if count <= 0 or count == delta == 1:  # stopped or started existing
+                self.changed.add(cur)
+                ns, _, rest = cur.partition(".")
+                if rest == stop:  # <ns>.pod.<zone> exists while <ns>.svc.<zone> does
+                    self.changed.add(f"{ns}.pod.{self.domain}")

@@ -440,3 +440,61 @@ def test_malformed_objects_are_counted_not_raised(zone: Zone) -> None:
     assert answers(ask(r, "db.demo.svc.cluster.local")) == ["10.244.1.5", "10.244.2.6", "10.244.2.8"]
     resp = ask(r, "weird.demo.svc.cluster.local")
     assert resp.rcode() == dns.rcode.NOERROR and not resp.answer
+
+
+def _cached(r: Responder, name: str, rdtype: str = "A") -> tuple[bool, dns.message.Message]:
+    out = r.handle(query(name, rdtype).to_wire())
+    assert isinstance(out, Reply)
+    return out.cached, dns.message.from_wire(out.wire)
+
+
+def test_a_change_drops_only_the_answers_it_touches(zone: Zone) -> None:
+    r = Responder(zone)
+    names = ["echo-b.demo.svc.cluster.local", "db.demo.svc.cluster.local", "new.demo.svc.cluster.local"]
+    for n in names:
+        _cached(r, n)
+    assert [_cached(r, n)[0] for n in names] == [True, True, True]
+    load(zone, endpoint_slice("db-abc", "db", [endpoint("10.244.7.7")]), service("new", ip="10.96.0.77"))
+    hit, echo = _cached(r, names[0])
+    assert hit and answers(echo) == ["10.96.0.20"]  # untouched: still served from the cache
+    hit, db = _cached(r, names[1])
+    assert not hit and answers(db) == ["10.244.7.7"]
+    hit, new = _cached(r, names[2])
+    assert not hit and answers(new) == ["10.96.0.77"]  # a cached NXDOMAIN does not outlive the Service
+
+
+def test_names_that_start_existing_drop_their_negative_answers(zone: Zone) -> None:
+    r = Responder(zone)
+    for name in ("fresh.svc.cluster.local", "fresh.pod.cluster.local", "_tcp.web.fresh.svc.cluster.local"):
+        assert _cached(r, name)[1].rcode() == dns.rcode.NXDOMAIN
+        assert _cached(r, name)[0]
+    load(zone, service("web", ns="fresh", ip="10.96.0.88", ports=[("http", 80, "TCP")]))
+    for name in ("fresh.svc.cluster.local", "fresh.pod.cluster.local", "_tcp.web.fresh.svc.cluster.local"):
+        hit, resp = _cached(r, name)
+        assert not hit and resp.rcode() == dns.rcode.NOERROR and not resp.answer, name
+    zone.apply("Service", True, "fresh", "web", {})
+    assert _cached(r, "fresh.svc.cluster.local")[1].rcode() == dns.rcode.NXDOMAIN
+
+
+def test_answers_through_a_cname_follow_the_target(zone: Zone) -> None:
+    load(zone, service("alias", ip=None, type="ExternalName", externalName="echo-b.demo.svc.cluster.local"))
+    r = Responder(zone)
+    assert answers(_cached(r, "alias.demo.svc.cluster.local")[1]) == ["10.96.0.20"]
+    load(zone, service("echo-b", ip="10.96.0.21"))
+    hit, resp = _cached(r, "alias.demo.svc.cluster.local")
+    assert not hit and answers(resp) == ["10.96.0.21"]
+    kube_dns = _cached(r, "ns.dns.cluster.local")[1]
+    assert answers(kube_dns) == ["10.96.0.10"]
+    load(zone, service("kube-dns", ns="kube-system", ip="10.96.0.11"))
+    assert answers(_cached(r, "ns.dns.cluster.local")[1]) == ["10.96.0.11"]
+
+
+def test_cache_size_is_bounded(zone: Zone) -> None:
+    r = Responder(zone, cache_entries=10)
+    for i in range(25):
+        _cached(r, f"n{i}.demo.svc.cluster.local")
+        assert r.cached <= 10
+    off = Responder(zone, cache_entries=0)
+    for _ in range(2):
+        hit, resp = _cached(off, "echo-b.demo.svc.cluster.local")
+        assert not hit and answers(resp) == ["10.96.0.20"]
