@@ -9,6 +9,7 @@ callback, so answers follow a change as soon as this replica has read it.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,10 @@ async def start(svc: Service) -> DnsApp:
     async def initial_sync() -> None:
         await k8s.synced.wait()
         zone.synced = True
+        # The replayed cluster state is long-lived: out of the collector's sight, a full collection
+        # no longer walks every Service's objects (tens of ms with 10,000) in the middle of queries.
+        gc.collect()
+        gc.freeze()
         gate.set()
         svc.log.info(
             "initial sync done; serving the cluster domain",
