@@ -44,8 +44,8 @@ from nodemesh import subjects
 from nodemesh.bus import Bus, connect
 from nodemesh.messages.k8s import ObjectEvent, Synced
 from nodemesh.streams import provision
-from nodemesh.testing.natsserver import NatsServer, free_port
-from tests.dns.objects import endpoint, endpoint_slice, service
+from testkit.k8sobjects import endpoint, endpoint_slice, service
+from testkit.natsserver import NatsServer, free_port
 
 HOST = "127.0.0.1"
 

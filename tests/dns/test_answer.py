@@ -21,7 +21,7 @@ import pytest
 
 from services.dns.answer import Drop, Forward, Reply, Responder
 from services.dns.zone import Zone
-from tests.dns.objects import endpoint, endpoint_slice, namespace, service
+from testkit.k8sobjects import endpoint, endpoint_slice, namespace, service
 
 DB_PORTS = [("pg", 5432, "TCP")]
 

@@ -13,6 +13,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from localcluster.cells import CELLS
 from nodemesh import subjects
 from nodemesh.bus import Bus, connect
 from nodemesh.codec import encode
@@ -20,10 +21,9 @@ from nodemesh.k8scache import K8sCache
 from nodemesh.messages.k8s import Synced
 from nodemesh.natsauth import local_auth
 from nodemesh.streams import provision
-from localcluster.cells import CELLS
+from testkit.k8sobjects import namespace, service
 from testkit.natsserver import NatsServer
 from tests.dns.harness import addresses, dns_service, eventually, mark_synced, put, query
-from tests.dns.objects import namespace, service
 
 Creds = dict[str, dict[str, str]]
 

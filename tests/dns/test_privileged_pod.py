@@ -20,21 +20,16 @@ import dns.query
 import dns.rcode
 import pytest
 
+from localcluster.dnsaddr import add_dns_address, remove_dns_address
+from localcluster.layout import DNS_ADDR
 from nodemesh.bus import Bus
-from nodemesh.local.dnsaddr import add_dns_address, remove_dns_address
-from nodemesh.local.layout import DNS_ADDR
-from nodemesh.testing.natsserver import NatsServer
-from services.datapath.pods.netns import (
-    create_pod_netns,
-    delete_pod_netns,
-    host_ifname,
-    netns_name,
-    netns_socket,
-)
+from nodemesh.netns import host_ifname, netns_name
+from services.datapath.pods.netns import create_pod_netns, delete_pod_netns, netns_socket
 from services.datapath.pods.resolvconf import PodDns
 from services.datapath.pods.runner import PodRunner
+from testkit.k8sobjects import endpoint, endpoint_slice, namespace, service
+from testkit.natsserver import NatsServer
 from tests.dns.harness import Running, addresses, dns_service, eventually, mark_synced, put
-from tests.dns.objects import endpoint, endpoint_slice, namespace, service
 
 pytestmark = pytest.mark.privileged
 

@@ -16,6 +16,7 @@ import dns.rcode
 import pytest
 
 from nodemesh.bus import Bus
+from testkit.k8sobjects import endpoint, endpoint_slice, namespace, service
 from testkit.natsserver import NatsServer
 from tests.dns.harness import (
     FakeUpstream,
@@ -28,7 +29,6 @@ from tests.dns.harness import (
     put,
     query,
 )
-from tests.dns.objects import endpoint, endpoint_slice, namespace, service
 
 PORTS = [("http", 80, "TCP")]
 

@@ -1,4 +1,4 @@
-"""Kubernetes objects as the watcher publishes them, for the DNS tests (and bench/dns)."""
+"""Service, EndpointSlice and Namespace objects as the watcher publishes them (tests/dns, bench/dns)."""
 
 from __future__ import annotations
 
