@@ -66,6 +66,7 @@ bench: install ## Run every benchmark (interleaved A/B, as root); then update be
 	$(PY) -m bench.xds
 	$(PY) -m bench.l7policy
 	$(PY) -m bench.accesslog
+	$(PY) -m bench.dns
 
 bench-doc: ## Rebuild docs/benchmarks.md from bench/*/RESULTS.md
 	python3 scripts/collect-benchmarks.py

@@ -79,6 +79,10 @@ def render() -> dict[str, Any]:
                 svc.setdefault("volumes", []).append(f"{node}:{ctx.data_dir}/nodes/{node}")
             if spec.service == "xds":
                 svc["hostname"] = "xds"
+            if spec.service == "dns":
+                # Pods live in the host's network namespaces (the datapath's): the DNS server listens
+                # on the host's DNS address (which must be on the host's lo, see docs/dns.md).
+                svc["network_mode"] = "host"
             svc["restart"] = "unless-stopped"
             services[name] = svc
     return {

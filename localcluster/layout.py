@@ -26,6 +26,7 @@ import msgspec
 from nodemesh.errors import NodemeshError
 
 __all__ = [
+    "DNS_ADDR",
     "ClusterInfo",
     "NodeSpec",
     "ProcState",
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 DEFAULT_DATA_DIR = "/var/lib/nodemesh"
+#: Where the cluster DNS server listens (on ``lo``; NodeLocal DNSCache's address, see dnsaddr.py).
+DNS_ADDR = "169.254.20.10"
 
 
 class NodeSpec(msgspec.Struct, kw_only=True):
@@ -55,6 +58,9 @@ class ClusterInfo(msgspec.Struct, kw_only=True):
     nodes: list[NodeSpec]
     lb_pool: str = "127.0.100.0/24"
     trust_domain: str = "cluster.local"
+    dns_addr: str = ""  # the DNS server's address on lo ("" = none); pods reach it as kube-dns
+    cluster_dns: str = "10.96.0.10"  # kube-dns' ClusterIP: the nameserver in every pod's resolv.conf
+    cluster_domain: str = "cluster.local"
     version: str = ""
 
 

@@ -17,7 +17,8 @@ from typing import Literal
 
 import msgspec
 
-from localcluster.cells import AUTHD, DATAPATH, IDENTITY, WATCHER, XDS
+from localcluster.cells import AUTHD, DATAPATH, DNS, IDENTITY, WATCHER, XDS
+from localcluster.layout import DNS_ADDR
 
 __all__ = [
     "PROCESSES",
@@ -36,7 +37,7 @@ class ProcSpec(msgspec.Struct, frozen=True, kw_only=True):
     """One kind of process. Per-node kinds run once per simulated node."""
 
     service: str
-    """Service name: nats | apiserver | watcher | identity | xds | datapath | authd | envoy."""
+    """Service name: nats | apiserver | watcher | identity | xds | dns | datapath | authd | envoy."""
     module: str = ""
     """``python -m`` module (local supervisor); empty for a binary."""
     script: str = ""
@@ -75,6 +76,13 @@ PROCESSES: tuple[ProcSpec, ...] = (
     ),
     ProcSpec(service="xds", module="services.xds", script="nodemesh-xds", nats_user=XDS.user()),
     ProcSpec(
+        service="dns",
+        module="services.dns",
+        script="nodemesh-dns",
+        nats_user=DNS.user(),
+        doc="cluster DNS on the DNS address (kube-dns' endpoint); Kubernetes has CoreDNS instead",
+    ),
+    ProcSpec(
         service="datapath",
         module="services.datapath",
         script="nodemesh-datapath",
@@ -112,6 +120,9 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     log_format: str = "json"
     bind_host: str = "127.0.0.1"
     """Where servers (API server, xds ADS) listen: loopback locally, all interfaces in containers."""
+    dns_addr: str = DNS_ADDR
+    """Where the cluster DNS server listens (port 53) and kube-dns' EndpointSlice points
+    (localcluster/dnsaddr.py); "" = no kube-dns Service."""
 
 
 def instance_name(spec: ProcSpec, replica: int = 0, node: str = "") -> str:
@@ -135,6 +146,8 @@ def service_args(spec: ProcSpec, ctx: Context, node: str, health_addr: str) -> l
         _host, _, port = ctx.api_url.rpartition(":")
         args = ["--data-dir", ctx.data_dir, "--host", ctx.bind_host, "--port", port]
         args += ["--nodes", str(len(ctx.nodes))]
+        if ctx.dns_addr:
+            args += ["--dns-addr", ctx.dns_addr]
         if ctx.manifests:
             args += ["--manifests", ctx.manifests]
         return args
@@ -169,6 +182,8 @@ def service_env(spec: ProcSpec, ctx: Context, node: str, instance: str) -> dict[
     elif spec.service == "xds":
         env["NODEMESH_GRPC_ADDR"] = f"{ctx.bind_host}:{ctx.xds_addr.rpartition(':')[2]}"
         env["NODEMESH_NODES"] = ",".join(ctx.nodes)
+    elif spec.service == "dns":
+        env["NODEMESH_LISTEN"] = f"{ctx.dns_addr}:53"
     elif spec.service == "datapath":
         env["NODEMESH_POD_CIDR"] = f"10.244.{i}.0/24"
         env["NODEMESH_NODE_IP"] = f"127.0.50.{i}"

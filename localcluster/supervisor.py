@@ -24,10 +24,12 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
+from pyroute2.netlink.exceptions import NetlinkError
 
 from localcluster.cleanup import MARKER_ENV, cleanup_datapath, pid_alive, unmount_under
+from localcluster.dnsaddr import add_dns_address, remove_dns_address
 from localcluster.envoy import envoy_binary
-from localcluster.layout import ClusterInfo, NodeSpec, ProcState, SupervisorState
+from localcluster.layout import DNS_ADDR, ClusterInfo, NodeSpec, ProcState, SupervisorState
 from localcluster.natsconf import free_port, nats_server_binary, render_nats_config, write_credentials
 from localcluster.probes import probe
 from localcluster.processes import (
@@ -183,6 +185,7 @@ class Supervisor:
             xds_addr=f"127.0.0.1:{xds_port}",
             nodes=nodes,
             version=__version__,
+            dns_addr=DNS_ADDR,
         )
         ctx = Context(
             nats_url=self.cluster.nats_url,
@@ -191,6 +194,7 @@ class Supervisor:
             data_dir=str(self.dir),
             nodes=tuple(names),
             manifests=str(Path(self.opts.manifests).absolute()) if self.opts.manifests else "",
+            dns_addr=self.cluster.dns_addr,
         )
         conf, creds = render_nats_config(self.dir, nats_port, mon_port, names)
         (self.dir / "nats" / "nats.conf").write_text(conf)
@@ -310,6 +314,8 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stop.set)
         try:
             self.plan()
+            # pyroute2 runs its own event loop: netlink calls go to a thread
+            await asyncio.to_thread(self._add_dns_address)
             async with aiohttp.ClientSession() as session:
                 tasks = [
                     asyncio.create_task(self._state_loop()),
@@ -328,11 +334,29 @@ class Supervisor:
         finally:
             cleanup_datapath(self.dir)
             unmount_under(self.dir)
+            await asyncio.to_thread(self._remove_dns_address)
             for f in ("state.json", "cluster.json", "supervisor.pid"):
                 with contextlib.suppress(FileNotFoundError):
                     (self.run_dir / f).unlink()
         self.progress("stopped")
         return 0
+
+    def _add_dns_address(self) -> None:
+        """The DNS server's address on lo (pods reach it through their veth, see dnsaddr.py)."""
+        if self.cluster is None or not self.cluster.dns_addr:
+            return
+        try:
+            add_dns_address(self.cluster.dns_addr)
+        except (OSError, NetlinkError) as e:  # no privileges: the DNS server then cannot bind
+            self.progress(f"cannot add the DNS address {self.cluster.dns_addr} to lo: {e}")
+
+    def _remove_dns_address(self) -> None:
+        if self.cluster is None or not self.cluster.dns_addr:
+            return
+        try:
+            remove_dns_address(self.cluster.dns_addr)
+        except (OSError, NetlinkError) as e:
+            self.progress(f"cannot remove the DNS address {self.cluster.dns_addr} from lo: {e}")
 
     async def _start_all(self) -> None:
         for p in self.procs:

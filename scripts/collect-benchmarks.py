@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = (ROOT / "docs" / "benchmarks.head.md").read_text()
-ORDER = ["datapath", "policy", "l7policy", "identity", "auth", "xds", "accesslog"]
+ORDER = ["datapath", "policy", "l7policy", "identity", "auth", "xds", "accesslog", "dns"]
 
 parts = [HEAD.rstrip() + "\n"]
 for area in ORDER + sorted(

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what nodemesh needs from Debian on a fresh machine (idempotent; needs root):
-# BCC and its Python bindings, bpftool, iproute2, kernel headers for BCC, load tools for bench/.
+# BCC and its Python bindings, bpftool, iproute2, kernel headers for BCC, load tools for bench/
+# (wrk, hey, iperf3, dnsperf).
 set -euo pipefail
 
 PKGS=(python3-bpfcc libbpfcc bpftool iproute2 python3-venv linux-headers-amd64 iptables nftables iperf3 wrk
-      nghttp2-client hey iputils-ping procps psmisc curl)
+      nghttp2-client hey iputils-ping procps psmisc curl dnsperf)
 
 missing=()
 for p in "${PKGS[@]}"; do

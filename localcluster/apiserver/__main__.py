@@ -1,4 +1,5 @@
-"""``python -m localcluster.apiserver --data-dir D --port P --nodes N [--manifests DIR] [--lb-pool CIDR]``."""
+"""``python -m localcluster.apiserver --data-dir D --port P --nodes N [--manifests DIR] [--lb-pool CIDR]
+[--dns-addr IP]``."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nodes", type=int, default=1, help="simulated nodes node-1..N (Node objects)")
     p.add_argument("--manifests", default=None, help="directory of YAML manifests kept applied")
     p.add_argument("--lb-pool", default="127.0.100.0/24", help="LB-IPAM pool for LoadBalancer Services")
+    p.add_argument(
+        "--dns-addr",
+        default="",
+        help="the cluster DNS server's address: creates kube-system/kube-dns (10.96.0.10) pointing there",
+    )
     p.add_argument("--history", type=int, default=10_000, help="watch events kept (older RVs get 410)")
     p.add_argument("--bookmark-interval", type=float, default=5.0, help="seconds between watch BOOKMARKs")
     p.add_argument("--log-level", default="info")
@@ -31,6 +37,11 @@ def main(argv: list[str] | None = None) -> None:
         ipaddress.ip_network(args.lb_pool, strict=False)
     except ValueError as e:
         p.error(f"--lb-pool: {e}")
+    if args.dns_addr:
+        try:
+            ipaddress.ip_address(args.dns_addr)
+        except ValueError as e:
+            p.error(f"--dns-addr: {e}")
     if args.nodes < 0 or args.nodes > 250:
         p.error("--nodes must be between 0 and 250 (node-i gets 10.244.i.0/24 and 127.0.50.i)")
     setup_logging("apiserver", "", args.log_level, args.log_format)
@@ -45,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
             lb_pool=args.lb_pool,
             history=args.history,
             bookmark_interval=args.bookmark_interval,
+            dns_addr=args.dns_addr,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

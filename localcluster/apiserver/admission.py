@@ -3,7 +3,8 @@
 - Namespace: the label ``kubernetes.io/metadata.name`` (NamespaceDefaultLabelName), phase Active.
 - Service: ``type: ClusterIP``, port ``protocol: TCP`` and ``targetPort`` = ``port``, and a
   ``spec.clusterIP``/``clusterIPs`` allocated from the service CIDR (``10.96.0.0/16`` by default,
-  ``.1`` reserved as Kubernetes reserves it for the ``kubernetes`` Service). ``clusterIP: None``
+  ``.1`` reserved as Kubernetes reserves it for the ``kubernetes`` Service, ``.10`` for ``kube-dns``
+  as kubeadm's convention has it, so pods' resolv.conf can name it up front). ``clusterIP: None``
   (headless) is kept; on update an omitted clusterIP keeps the allocated one, as kube-apiserver does.
 """
 
@@ -15,9 +16,11 @@ from typing import Any
 
 from nodemesh.kinds import Kind
 
-__all__ = ["SERVICE_CIDR", "admit"]
+__all__ = ["DNS_SERVICE_IP", "SERVICE_CIDR", "admit"]
 
 SERVICE_CIDR = "10.96.0.0/16"
+#: kube-dns' ClusterIP (kubelet's ``--cluster-dns``): never allocated to another Service.
+DNS_SERVICE_IP = "10.96.0.10"
 
 
 def admit(
@@ -74,6 +77,6 @@ def _allocate(services: Iterable[dict[str, Any]], cidr: str, meta: dict[str, Any
     hosts = net.hosts()
     next(hosts, None)  # .1 belongs to the `kubernetes` Service
     for a in hosts:
-        if str(a) not in used:
+        if str(a) not in used and str(a) != DNS_SERVICE_IP:
             return str(a)
     return ""  # range exhausted: leave it unset rather than fail the write

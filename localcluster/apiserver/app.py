@@ -33,14 +33,18 @@ class LocalApi:
         history: int = 10_000,
         bookmark_interval: float = 5.0,
         controllers: bool = True,
+        dns_addr: str = "",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
         self.nodes = nodes
+        self.dns_addr = dns_addr
         self.store = Store(self.data_dir / "api", history=history)
         self.server = ApiServer(self.store, bookmark_interval=bookmark_interval)
-        self.controllers = ControllerManager(self.store, lb_pool=lb_pool) if controllers else None
+        self.controllers = (
+            ControllerManager(self.store, lb_pool=lb_pool, dns_addr=dns_addr) if controllers else None
+        )
         self.manifests = ManifestDir(self.store, manifests) if manifests else None
         self._runner: web.AppRunner | None = None
 
@@ -49,7 +53,7 @@ class LocalApi:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        bootstrap(self.store, self.nodes)
+        bootstrap(self.store, self.nodes, self.dns_addr)
         if self.controllers is not None:
             await self.controllers.start()
         if self.manifests is not None:

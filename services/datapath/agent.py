@@ -34,6 +34,7 @@ from services.datapath.maps import AuthKey, IPCacheValue, NodeMaps, ip_to_be32
 from services.datapath.nodeids import NodeIds
 from services.datapath.pods.ipam import Ipam
 from services.datapath.pods.manager import PodEndpoint, PodManager, on_node
+from services.datapath.pods.resolvconf import PodDns
 
 __all__ = ["POLICY_KINDS", "Agent", "pod_identity_labels", "router_ip"]
 
@@ -106,6 +107,7 @@ class Agent:
                 run_containers=self.cfg.local_mode,
                 scope=self.scope,
                 host_src=router_ip(self.pod_cidr) if self.cfg.local_mode else "",
+                dns=PodDns(self.cfg.cluster_dns, self.cfg.cluster_domain),
             )
         return self.pods
 

@@ -22,5 +22,10 @@ class DatapathConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fi
     """Envoy access-log receiver (L7 flows, docs/l7-visibility.md): "" = unix socket
     ``<data_dir>/als.sock``; ``PORT`` / ``127.0.0.1:PORT``; ``unix:PATH``; ``off``."""
     cluster_name: str = "default"
+    cluster_dns: str = "10.96.0.10"
+    """kubelet's ``--cluster-dns``: the nameserver of local pods' resolv.conf (kube-dns' ClusterIP);
+    "" = pods see the host's resolv.conf."""
+    cluster_domain: str = "cluster.local"
+    """kubelet's ``--cluster-domain``: the search path of local pods' resolv.conf."""
     event_queue_batches: int = 4096
     """Batches of ring-buffer events held for publishing before further ones are counted as lost."""

@@ -152,6 +152,14 @@ CONNECT = (
 )
 
 
+# Run inside a pod with `nodemesh exec`: resolve a name at a DNS server over UDP and TCP (dnspython).
+RESOLVE = (
+    "import sys,dns.message,dns.query; q=dns.message.make_query(sys.argv[2],'A'); "
+    "u=dns.query.udp(q,sys.argv[1],timeout=5); t=dns.query.tcp(q,sys.argv[1],timeout=5); "
+    "print(' '.join(sorted(rd.address for r in (u, t) for rr in r.answer for rd in rr)))"
+)
+
+
 class Cluster:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -366,6 +374,38 @@ def test_privileged_auth_list_and_identity_list(cluster: Cluster) -> None:
     assert "app=server" in table and "app=client" in table and "namespace=e2e" in table
 
 
+def test_privileged_pods_on_both_nodes_resolve_services_at_the_dns_address(cluster: Cluster) -> None:
+    kube_dns = cluster.json("get", "services", "kube-dns", "-n", "kube-system")
+    assert kube_dns["spec"]["clusterIP"] == "10.96.0.10"
+    server_ip = cluster.json("get", "services", "server", "-n", NS)["spec"]["clusterIP"]
+    # the one DNS server on the host, reached through each pod's veth (until the socket LB
+    # translates 10.96.0.10 to it): from node-1's client and node-2's server
+    for app in ("client", "server"):
+        pod = cluster.pod(app)
+        p = cluster.run(
+            "exec", pod["metadata"]["name"], "-n", NS, "--", sys.executable, "-c", RESOLVE,
+            "169.254.20.10", "server.e2e.svc.cluster.local",
+            check=False,
+        )  # fmt: skip
+        assert p.returncode == 0, (app, p.stdout + p.stderr)
+        assert p.stdout.split() == [server_ip, server_ip], app
+
+
+def test_privileged_pod_processes_see_kubelets_resolv_conf(cluster: Cluster) -> None:
+    with open("/etc/resolv.conf") as fh:
+        host = fh.read()
+        host_search = next((line.split()[1:] for line in host.splitlines() if line.startswith("search")), [])
+    search = ["e2e.svc.cluster.local", "svc.cluster.local", "cluster.local", *host_search]
+    want = f"search {' '.join(search)}\nnameserver 10.96.0.10\noptions ndots:5\n"  # as kubelet writes it
+    for pod in cluster.pods():
+        node, name = pod["spec"]["nodeName"], pod["metadata"]["name"]
+        pid = (cluster.data_dir / "nodes" / node / "pods" / f"{NS}_{name}.pid").read_text().split()[0]
+        # the workload's own view of the filesystem: its private mount of the pod's file
+        assert Path(f"/proc/{pid}/root/etc/resolv.conf").read_text() == want, name
+    with open("/etc/resolv.conf") as fh:
+        assert fh.read() == host  # the host's file is untouched
+
+
 def test_privileged_down_leaves_nothing(cluster: Cluster) -> None:
     data = cluster.data_dir
     states = [json.loads((data / "nodes" / n / "datapath.json").read_text()) for n in ("node-1", "node-2")]
@@ -390,6 +430,8 @@ def test_privileged_down_leaves_nothing(cluster: Cluster) -> None:
     for scope in scopes:
         assert not Path(f"/sys/fs/bpf/nodemesh/{scope}").exists()
     assert cluster.run("status", check=False).returncode == 1
+    lo = subprocess.run(["ip", "-4", "addr", "show", "lo"], capture_output=True, text=True, check=True).stdout
+    assert "169.254.20.10" not in lo  # the DNS address went with the cluster
 
 
 def _ip_netns() -> list[str]:

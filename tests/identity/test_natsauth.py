@@ -77,6 +77,7 @@ def test_credentials_file_is_private_and_stable(tmp_path: Path) -> None:
         "watcher",
         "identity",
         "xds",
+        "dns",
         *(f(n) for n in NODES for f in (DATAPATH.user, AUTHD.user)),
     }
     assert len({c["password"] for c in creds.values()}) == len(creds)
@@ -89,7 +90,13 @@ async def test_every_user_can_provision_and_follow_k8s(connect_as: Connect) -> N
     admin, _ = await connect_as("admin")
     await provision(admin.jetstream())
     await admin.jetstream().publish(subjects.K8S_SYNCED, encode(Synced(watcher="w", epoch=1, stream_seq=0)))
-    for user in ["watcher", "identity", "xds", *(f(n) for n in NODES for f in (DATAPATH.user, AUTHD.user))]:
+    for user in [
+        "watcher",
+        "identity",
+        "xds",
+        "dns",
+        *(f(n) for n in NODES for f in (DATAPATH.user, AUTHD.user)),
+    ]:
         nc, errors = await connect_as(user)
         await provision(nc.jetstream())  # what nodemesh.runtime does at start
         cache = K8sCache(Bus(nc))
@@ -171,7 +178,7 @@ async def test_only_identity_writes_identity_buckets(connect_as: Connect) -> Non
         await asyncio.wait_for(forged.put("id.256", b"forged"), 1)
     assert await _violation(derrors, "$KV.identities.id.256")
     # … and on the raw subjects for every other user and bucket.
-    for user in ["watcher", "xds", DATAPATH.user("node-b"), AUTHD.user("node-a")]:
+    for user in ["watcher", "xds", "dns", DATAPATH.user("node-b"), AUTHD.user("node-a")]:
         nc, errors = await connect_as(user)
         for bucket in ("identities", "ipcache", "nodes", "trust"):
             await nc.publish(f"$KV.{bucket}.id.256", b"forged")

@@ -18,7 +18,7 @@ def test_plan_writes_run_files_and_wires_every_process(tmp_path: Path) -> None:
         sup.Options(data_dir=str(tmp_path), nodes=2, manifests=str(tmp_path)), progress=lambda _m: None
     )
     procs = {p.state.name: p for p in s.plan()}
-    expected = {"nats", "apiserver", "watcher-0", "watcher-1", "identity", "xds"}
+    expected = {"nats", "apiserver", "watcher-0", "watcher-1", "identity", "xds", "dns"}
     expected |= {f"{svc}@node-{i}" for svc in ("datapath", "authd", "envoy") for i in (1, 2)}
     assert set(procs) == expected
 
@@ -53,6 +53,10 @@ def test_plan_writes_run_files_and_wires_every_process(tmp_path: Path) -> None:
     assert api.argv[api.argv.index("--manifests") + 1] == str(tmp_path)
     assert procs["watcher-0"].env.get("NODEMESH_WATCHER_ID") == "watcher-0"
     assert procs["watcher-1"].env.get("NODEMESH_API_URL") == cluster.api_url
+    # cluster DNS: the server listens on the DNS address, which kube-dns' EndpointSlice names
+    assert cluster.dns_addr == "169.254.20.10" and cluster.cluster_dns == "10.96.0.10"
+    assert procs["dns"].env["NODEMESH_LISTEN"] == "169.254.20.10:53"
+    assert api.argv[api.argv.index("--dns-addr") + 1] == cluster.dns_addr
 
 
 def test_missing_envoy_is_an_error_not_a_partial_cluster(

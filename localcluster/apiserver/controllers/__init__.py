@@ -4,7 +4,8 @@ Each controller is a level-triggered ``reconcile(store)`` pass over the whole st
 only differences, so a pass that finds nothing to do writes nothing and the loop settles. The
 :class:`ControllerManager` runs every pass after any change (debounced), in a fixed order:
 garbage collection, bootstrap objects, Deployments, ReplicaSets, scheduling, Gateway Services,
-Ingress Services, LB-IPAM, EndpointSlices.
+Ingress Services, LB-IPAM, EndpointSlices, and kube-dns' EndpointSlice when the cluster runs a DNS
+server (controllers/clusterdns.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from localcluster.apiserver.controllers.clusterdns import ClusterDns
 from localcluster.apiserver.controllers.endpointslices import reconcile_endpointslices
 from localcluster.apiserver.controllers.gateway import reconcile_gateways
 from localcluster.apiserver.controllers.gc import reconcile_gc
@@ -31,7 +33,9 @@ log = logging.getLogger("localcluster.apiserver.controllers")
 
 
 class ControllerManager:
-    def __init__(self, store: Store, *, lb_pool: str = "127.0.100.0/24", debounce: float = 0.02) -> None:
+    def __init__(
+        self, store: Store, *, lb_pool: str = "127.0.100.0/24", debounce: float = 0.02, dns_addr: str = ""
+    ) -> None:
         self.store = store
         self.debounce = debounce
         self.lbipam = LbIpam(lb_pool)
@@ -48,6 +52,8 @@ class ControllerManager:
             ("lb-ipam", self.lbipam.reconcile),
             ("endpointslice", reconcile_endpointslices),
         ]
+        if dns_addr:
+            self._controllers.append(("cluster-dns", ClusterDns(dns_addr).reconcile))
 
     def _on_event(self, _: WatchEvent) -> None:
         self._dirty.set()

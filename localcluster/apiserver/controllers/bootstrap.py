@@ -1,21 +1,26 @@
 """Objects a fresh local cluster starts with: namespaces, one Node per simulated node, classes.
 
-Namespaces ``default`` and ``kube-system`` and the Nodes are ensured on every start (the node count
-may change); the GatewayClasses ``nodemesh``/``cilium`` and IngressClasses ``nodemesh``/``cilium``
-only on the first start, so a user who deletes one keeps it deleted.
+Namespaces ``default`` and ``kube-system``, the Nodes and (when the cluster runs a DNS server) the
+``kube-system/kube-dns`` Service are ensured on every start (the node count may change); the
+GatewayClasses ``nodemesh``/``cilium`` and IngressClasses ``nodemesh``/``cilium`` only on the first
+start, so a user who deletes one keeps it deleted.
 """
 
 from __future__ import annotations
 
+import logging
 import platform
 from typing import Any
 
+from localcluster.apiserver.controllers.clusterdns import ensure_dns_service
 from localcluster.apiserver.controllers.util import set_status
 from localcluster.apiserver.store import Store
 from nodemesh import __version__
 from nodemesh.kinds import by_kind
 
 __all__ = ["bootstrap", "node_object"]
+
+log = logging.getLogger("localcluster.apiserver.bootstrap")
 
 
 def node_object(i: int) -> dict[str, Any]:
@@ -69,9 +74,11 @@ def _ensure(store: Store, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     return cur if cur is not None else store.create(k, obj, validate=False)
 
 
-def bootstrap(store: Store, nodes: int) -> None:
+def bootstrap(store: Store, nodes: int, dns_addr: str = "") -> None:
     for ns in ("default", "kube-system"):
         _ensure(store, "Namespace", {"metadata": {"name": ns}})
+    if dns_addr and ensure_dns_service(store) is None:
+        log.error("kube-system/kube-dns not created: another Service holds its ClusterIP")
     for i in range(1, nodes + 1):
         node = _ensure(store, "Node", node_object(i))
         set_status(store, node, _node_status(i))

@@ -2,10 +2,12 @@
 
 Endpoints are pods in the Service's namespace that match its selector, are not terminal and have a
 ``status.podIP``. ``ready``/``serving`` follow the pod's Ready condition (set by the datapath through
-the status subresource). Named targetPorts are resolved per pod from its container ports; pods
-that resolve to the same ports share slices of at most 100 endpoints, as Kubernetes groups them.
-Slices carry ``kubernetes.io/service-name`` and ``endpointslice.kubernetes.io/managed-by`` and are
-owned by the Service. A Service with no endpoints keeps one empty placeholder slice.
+the status subresource); a pod whose ``spec.subdomain`` is the Service's name carries its
+``spec.hostname`` (its DNS name under a headless Service). Named targetPorts are resolved per pod
+from its container ports; pods that resolve to the same ports share slices of at most 100 endpoints,
+as Kubernetes groups them. Slices carry ``kubernetes.io/service-name`` and
+``endpointslice.kubernetes.io/managed-by`` and are owned by the Service. A Service with no
+endpoints keeps one empty placeholder slice.
 """
 
 from __future__ import annotations
@@ -69,9 +71,13 @@ def desired_slices(
                 "uid": pod["metadata"]["uid"],
             },
         }
-        node = (pod.get("spec") or {}).get("nodeName")
+        pod_spec = pod.get("spec") or {}
+        node = pod_spec.get("nodeName")
         if node:
             ep["nodeName"] = node
+        # A pod named into the Service's DNS subdomain (StatefulSet style): <hostname>.<svc>.<ns>.svc
+        if pod_spec.get("hostname") and pod_spec.get("subdomain") == svc["metadata"]["name"]:
+            ep["hostname"] = pod_spec["hostname"]
         family = "IPv6" if ":" in ip else "IPv4"
         groups.setdefault((family, tuple(ports)), []).append(ep)
     return groups

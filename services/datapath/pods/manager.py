@@ -19,6 +19,7 @@ from typing import Any
 from nodemesh.netns import host_ifname, netns_name
 from services.datapath.pods.ipam import Ipam
 from services.datapath.pods.netns import PodLink, create_pod_netns, delete_pod_netns
+from services.datapath.pods.resolvconf import PodDns
 from services.datapath.pods.runner import PodRunner
 
 __all__ = ["PodEndpoint", "PodManager", "on_node"]
@@ -68,10 +69,12 @@ class PodManager:
         run_containers: bool = True,
         scope: str = "",
         host_src: str = "",
+        dns: PodDns | None = None,
     ) -> None:
         self.node = node
         self.scope = scope
         self.host_src = host_src
+        self.dns = dns
         self.ipam = ipam
         self.log_dir = log_dir
         self.on_added = on_added
@@ -123,7 +126,7 @@ class PodManager:
                 async def report(status: dict[str, Any], ep: PodEndpoint = ep) -> None:
                     await self.report(ep, status)
 
-                ep.runner = PodRunner(pod, nsname, alloc.ip, self.node, self.log_dir, report)
+                ep.runner = PodRunner(pod, nsname, alloc.ip, self.node, self.log_dir, report, self.dns)
                 ep.runner.start()
             log.info("pod endpoint up", extra={"pod": key, "ip": alloc.ip, "ep_id": alloc.ep_id})
             return ep

@@ -3,7 +3,11 @@
 There is no container runtime: the image maps to a command (:func:`.images.image_command`),
 started with ``nsenter --net=/run/netns/<ns>`` (which, unlike ``ip netns exec``, leaves /sys alone)
 in its own session, with the container's env (downward-API ``fieldRef``s resolved), stdout/stderr
-appended to ``<data-dir>/pods/<ns>_<name>.log``. ``restartPolicy`` is honoured with exponential
+appended to ``<data-dir>/pods/<ns>_<name>.log``. Pods share the host's filesystem, so the resolv.conf
+kubelet would give the pod (:mod:`.resolvconf`) is written to ``<data-dir>/pods/<ns>_<name>.resolv.conf``
+and bind-mounted over /etc/resolv.conf in a private mount namespace of the workload's own
+(``unshare --mount``; the mount dies with the workload and never shows on the host), removed with the
+pod. ``restartPolicy`` is honoured with exponential
 backoff (1 s doubling to 30 s, as CrashLoopBackOff). Readiness: a ``tcpSocket`` or ``httpGet`` probe
 run from inside the netns; without a probe the pod is ready while its process runs. Status goes out
 through ``report`` only when it changes (phase, podIP, Ready/ContainersReady conditions,
@@ -25,11 +29,16 @@ from typing import Any
 from nodemesh.netns import netns_path
 from services.datapath.pods.images import image_command
 from services.datapath.pods.netns import netns_socket
+from services.datapath.pods.resolvconf import PodDns, pod_resolv_conf
 
 __all__ = ["PodRunner", "container_env", "probe_once", "workload_base_env"]
 
 log = logging.getLogger("nodemesh.datapath.runner")
 Report = Callable[[dict[str, Any]], Awaitable[None]]
+HOST_RESOLV_CONF = "/etc/resolv.conf"
+# Runs inside the workload's new mount namespace: $0 is the pod's file, "$@" the workload's argv
+# (exec keeps the pid, so the pid file and adoption still name the workload itself).
+_BIND_RESOLV = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
 
 
 def _now() -> str:
@@ -118,7 +127,14 @@ class PodRunner:
     """Runs, restarts, probes and reports one pod (local mode)."""
 
     def __init__(
-        self, pod: dict[str, Any], netns: str, ip: str, node: str, log_dir: Path, report: Report
+        self,
+        pod: dict[str, Any],
+        netns: str,
+        ip: str,
+        node: str,
+        log_dir: Path,
+        report: Report,
+        dns: PodDns | None = None,
     ) -> None:
         self.pod = pod
         self.netns = netns
@@ -134,6 +150,8 @@ class PodRunner:
         self.restart_policy = str(spec.get("restartPolicy") or "Always")
         self.log_path = log_dir / f"{meta.get('namespace', 'default')}_{meta.get('name', '')}.log"
         self.pid_path = self.log_path.with_suffix(".pid")
+        self.resolv_path = self.log_path.with_suffix(".resolv.conf")
+        self.dns = dns
         self.uid = str(meta.get("uid", ""))
         self.pid = 0  # the workload's pid (its process group), ours or adopted from a previous agent
         self.report = report
@@ -154,6 +172,7 @@ class PodRunner:
         await self.detach()
         await self._kill()
         self.pid_path.unlink(missing_ok=True)
+        self.resolv_path.unlink(missing_ok=True)
 
     async def detach(self) -> None:
         """The agent stops: leave the workload running (a restarted agent adopts it, as a kubelet
@@ -208,6 +227,26 @@ class PodRunner:
             return []
         return image_command(str(c.get("image", "")), [str(x) for x in command], [str(x) for x in args])
 
+    def command(self, argv: list[str]) -> list[str]:
+        """The full command line: into the pod's netns, and under its own resolv.conf if it has one."""
+        enter = ["nsenter", f"--net={netns_path(self.netns)}", "--"]
+        if self.dns is None:
+            return [*enter, *argv]
+        try:
+            host = Path(HOST_RESOLV_CONF).read_text()
+        except OSError:
+            host = ""
+        text = pod_resolv_conf(self.pod, self.dns, host)
+        if text is None:
+            return [*enter, *argv]
+        self.resolv_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.resolv_path.with_name(self.resolv_path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o644)
+        tmp.replace(self.resolv_path)
+        unshare = ["unshare", "--mount", "--propagation", "private", "--"]
+        return [*enter, *unshare, "sh", "-c", _BIND_RESOLV, str(self.resolv_path), *argv]
+
     async def _run(self) -> None:
         backoff = 1.0
         adopt = self._adoptable()
@@ -231,10 +270,7 @@ class PodRunner:
             with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - a local append, opened once per start
                 try:
                     self.proc = await asyncio.create_subprocess_exec(
-                        "nsenter",
-                        f"--net={netns_path(self.netns)}",
-                        "--",
-                        *argv,
+                        *self.command(argv),
                         stdout=out,
                         stderr=out,
                         stdin=asyncio.subprocess.DEVNULL,
