@@ -74,7 +74,11 @@ async def main(svc: Service) -> None:
     svc.on_stop(policies.stop)
 
     async def recompute() -> None:
-        await asyncio.gather(identities.synced.wait(), ipcache.synced.wait(), nodes.synced.wait())
+        # Policies too: a first pass without them would find no pair required and revoke every
+        # entry just restored from KV (a restart must not cost authenticated pairs).
+        await asyncio.gather(
+            identities.synced.wait(), ipcache.synced.wait(), nodes.synced.wait(), policies.synced.wait()
+        )
         restored = manager.restore(await _stored_entries(svc, cfg.node))
         if restored:
             svc.log.info("restored %d auth entries from KV auth", restored)
