@@ -28,9 +28,25 @@ test: install ## Run the whole test suite (privileged tests included: run as roo
 
 install: $(VENV)/.installed ## Install system packages, kernel headers for BCC, and the venv (idempotent)
 
-$(VENV)/.installed: pyproject.toml scripts/install-system.sh
+# The venv holds exactly what pyproject.toml declares, whatever Python packages Debian has installed:
+# it is made WITHOUT --system-site-packages, because with Debian's site-packages visible pip takes e.g.
+# Debian's requests 2.28 as satisfying the kubernetes client and installs only a newer urllib3 next to
+# it, and the suite fails at import (issue #17). The one package from Debian is BCC's bindings
+# (python3-bpfcc: tied to this release's libbcc, not on PyPI). Only that package directory is linked
+# into the venv; bcc imports nothing but the standard library and loads libbcc.so through ctypes.
+# A venv made the old way (pyvenv.cfg says include-system-site-packages = true) forces a rebuild.
+SYSTEM_SITE_VENV := $(shell grep -qsiE '^include-system-site-packages *= *true' $(VENV)/pyvenv.cfg && echo yes)
+
+$(VENV)/.installed: pyproject.toml scripts/install-system.sh $(if $(SYSTEM_SITE_VENV),FORCE)
 	bash scripts/install-system.sh
-	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@if grep -qsiE '^include-system-site-packages *= *true' $(VENV)/pyvenv.cfg; then \
+	  echo "install: $(VENV) sees Debian's site-packages (--system-site-packages); recreating it"; \
+	  rm -rf $(VENV); \
+	fi
+	test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
+	bcc="$$(/usr/bin/python3 -I -c 'import importlib.util as u; print(u.find_spec("bcc").submodule_search_locations[0])')" && \
+	  site="$$($(PY) -I -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" && \
+	  ln -sfn "$$bcc" "$$site/bcc"
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	$(PY) -c 'import bcc, nats, envoy.config.listener.v3.listener_pb2, spiffe' # fail early if a component is missing
 	touch $@
@@ -73,5 +89,7 @@ bench-doc: ## Rebuild docs/benchmarks.md from bench/*/RESULTS.md
 
 help: ## This help
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2} /^##@/ {printf "\n%s\n", substr($$0, 5)}' $(MAKEFILE_LIST)
+
+FORCE:
 
 .PHONY: demo test install check fmt compose down conformance conformance-cluster bench bench-doc help

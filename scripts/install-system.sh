@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # Installs what nodemesh needs from Debian on a fresh machine (idempotent; needs root):
 # BCC and its Python bindings, bpftool, iproute2, kernel headers for BCC, load tools for bench/
-# (wrk, hey, iperf3, dnsperf).
+# (wrk, hey, iperf3, dnsperf), docker-compose (validates deploy/compose/compose.yaml with `docker-compose config`).
 set -euo pipefail
 
 PKGS=(python3-bpfcc libbpfcc bpftool iproute2 python3-venv linux-headers-amd64 iptables nftables iperf3 wrk
-      nghttp2-client hey iputils-ping procps psmisc curl dnsperf)
+      nghttp2-client hey iputils-ping procps psmisc curl dnsperf docker-compose)
+
+# python3-bpfcc is the one Python package nodemesh takes from Debian: BCC's bindings are tied to the
+# libbcc of this release and are not on PyPI. The venv does NOT see Debian's site-packages; `make install`
+# links only the bcc package directory into it (bcc imports nothing but the standard library and loads
+# libbcc.so through ctypes), so everything else comes from pyproject.toml, whatever Debian has installed.
+#
+# These Debian Python packages are not used by nodemesh. They are installed on purpose, so every CI run
+# proves the venv is independent of them (issue #17): with Debian's site-packages visible, pip took
+# Debian's requests 2.28 as satisfying the kubernetes client and the suite failed at collection.
+# tests/install/test_venv_isolation.py fails if any declared dependency resolves from outside the venv.
+PKGS+=(python3-requests python3-yaml python3-cryptography python3-grpcio)
 
 missing=()
 for p in "${PKGS[@]}"; do
