@@ -92,3 +92,49 @@ def test_compose_passwords_survive_nats_variable_substitution() -> None:
     # nats-server parses a substituted variable as a value: a leading digit or '-' makes it a number.
     for _ in range(200):
         assert re.fullmatch(r"nm[0-9a-f]{48}", deploygen.new_password())
+
+
+def test_k8s_secrets_cli_keeps_existing_passwords(tmp_path: Path) -> None:
+    # After adding a node, re-running with --keep must not change the running processes' passwords.
+    import base64
+    import subprocess
+    import sys
+
+    import kubernetes_validate
+    import yaml
+
+    def run(*args: str) -> list[dict[str, object]]:
+        cmd = [sys.executable, "-m", "localcluster.deploygen", "k8s-secrets", *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return [d for d in yaml.safe_load_all(out) if d]
+
+    first = run("--nodes", "a,b")
+    for doc in first:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    # What `kubectl get secret … -o json` returns: a List of Secrets with base64 data.
+    items = [
+        {"data": {k: base64.b64encode(v.encode()).decode() for k, v in d["stringData"].items()}}  # type: ignore[attr-defined]
+        for d in first
+    ]
+    (tmp_path / "old.json").write_text(json.dumps({"kind": "List", "items": items}))
+    second = run("--nodes", "a,b,c", "--keep", str(tmp_path / "old.json"))
+
+    def creds(docs: list[dict[str, object]]) -> dict[str, str]:
+        out = {}
+        for d in docs:
+            for k, v in d["stringData"].items():  # type: ignore[attr-defined]
+                if k.endswith(".json"):
+                    c = json.loads(v)
+                    out[c["nats_user"]] = c["nats_password"]
+        return out
+
+    old, new = creds(first), creds(second)
+    assert set(new) == set(old) | {"datapath-c", "authd-c"}
+    assert all(new[u] == old[u] for u in old)
+    assert new["datapath-c"] not in old.values()
+    bad = subprocess.run(
+        [sys.executable, "-m", "localcluster.deploygen", "k8s-secrets", "--nodes", ","],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "--nodes" in bad.stderr
