@@ -219,3 +219,26 @@ def test_cluster_dns_is_not_deployed_on_kubernetes() -> None:
     assert "nodemesh-dns" not in text and "services.dns" not in text and DNS_ADDR not in text
     for _doc, c, _cls in SERVICES:
         assert "NODEMESH_CLUSTER_DNS" not in {e["name"] for e in c.get("env", [])}
+
+
+def test_envoy_args_are_the_launchers_flags() -> None:
+    from localcluster.envoy import parser
+
+    ds = next(d for d in workloads() if d["metadata"]["name"] == "envoy")
+    c = pod_spec(ds)["containers"][0]
+    assert c["command"] == ["nodemesh-envoy"]
+    env = container_env(c, NODES[0])
+    ns = parser().parse_args([expand(a, env) for a in c["args"]])  # SystemExit on an unknown flag
+    assert ns.node == NODES[0] and ns.xds_addr == "xds.nodemesh-system.svc:18000"
+    # The datapath serves access logs on <its data dir>/als.sock; Envoy mounts that directory.
+    dp = next(d for d in workloads() if d["metadata"]["name"] == "datapath")
+    dp_c = pod_spec(dp)["containers"][0]
+    data_dir = dp_c["args"][dp_c["args"].index("--data-dir") + 1]
+    assert ns.als_socket == f"{data_dir}/als.sock"
+    dp_host = {v["name"]: v for v in pod_spec(dp)["volumes"]}
+    envoy_host = {v["name"]: v for v in pod_spec(ds)["volumes"]}
+    dp_state = next(m for m in dp_c["volumeMounts"] if m["mountPath"] == data_dir)
+    envoy_state = next(m for m in c["volumeMounts"] if ns.als_socket.startswith(m["mountPath"] + "/"))
+    assert (
+        dp_host[dp_state["name"]]["hostPath"]["path"] == envoy_host[envoy_state["name"]]["hostPath"]["path"]
+    )
