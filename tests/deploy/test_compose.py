@@ -54,10 +54,8 @@ def docker_compose() -> str:
     return found
 
 
-def _config(env_file: Path | None) -> subprocess.CompletedProcess[str]:
-    args = [docker_compose()]
-    if env_file is not None:
-        args += ["--env-file", str(env_file)]
+def _config(env_file: Path) -> subprocess.CompletedProcess[str]:
+    args = [docker_compose(), "--env-file", str(env_file)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_PASSWORD_")}
     return subprocess.run(
         [*args, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True, env=env, timeout=120
@@ -73,8 +71,10 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
     assert set(resolved["services"]) == {name for name, _kind, _node in _instances()}
 
 
-def test_docker_compose_refuses_to_run_without_passwords() -> None:
-    done = _config(None)
+def test_docker_compose_refuses_to_run_without_passwords(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.env"  # not deploy/compose/.env, which a developer may have made
+    empty.write_text("")
+    done = _config(empty)
     assert done.returncode != 0 and "deploygen compose-env" in done.stderr, done.stderr
 
 
