@@ -61,8 +61,9 @@ fmt: install ## Format the code
 	$(VENV)/bin/ruff format $(SRC) tests bench
 	$(VENV)/bin/ruff check --fix $(SRC) tests bench
 
-compose: install ## Regenerate deploy/compose/compose.yaml from the local process table
+compose: install ## Regenerate deploy/compose/compose.yaml and nats.conf from the process table and the cells
 	$(PY) -m localcluster.compose > deploy/compose/compose.yaml
+	$(PY) -m localcluster.deploygen compose-nats-conf > deploy/compose/nats.conf
 
 down: ## Stop a mesh started with `make demo`
 	-$(NM) down

@@ -3,8 +3,19 @@
 Every service runs the same entrypoint the local supervisor runs (``python -m <module>`` plus
 :func:`localcluster.processes.service_args`), in one image (``deploy/Dockerfile``), with
 container names instead of loopback ports. ``tests/deploy`` regenerates the file and compares, so
-it cannot drift from the table. NATS runs without authorization here (a development setup on a
-private compose network); local mode and Kubernetes use per-service users.
+it cannot drift from the table.
+
+NATS has one user per service and per node, as in local mode (``localcluster.deploygen``): its
+configuration is ``deploy/compose/nats.conf`` (generated, no secrets) and every password comes from
+``deploy/compose/.env`` (``python -m localcluster.deploygen compose-env > deploy/compose/.env``,
+never committed), which compose reads for ``${NATS_PASSWORD_…}``.
+
+The node agents (datapath, authd, Envoy) and the DNS server run on the host network: the datapath
+plumbs pods into the host's namespaces, authd listens on the node addresses it puts there, Envoy
+reaches pods through the host's routes and takes the datapath's TPROXY redirects, and the DNS server
+answers on the host's DNS address. They cannot resolve compose's service names, so NATS and the xds
+ADS port are published on the host's 127.0.0.1 and those processes dial that; each binds its own
+health port (they share one network namespace).
 """
 
 from __future__ import annotations
@@ -12,11 +23,21 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import msgspec
 import yaml
 
-from localcluster.processes import PROCESSES, Context, ProcSpec, instance_name, service_args, service_env
+from localcluster.deploygen import password_var
+from localcluster.processes import (
+    PROCESSES,
+    Context,
+    ProcSpec,
+    instance_name,
+    node_index,
+    service_args,
+    service_env,
+)
 
-__all__ = ["COMPOSE_CONTEXT", "HEALTH_PORT", "render"]
+__all__ = ["COMPOSE_CONTEXT", "HEALTH_PORT", "HOST_CONTEXT", "health_addr", "host_network", "render"]
 
 IMAGE = "nodemesh:dev"
 HEALTH_PORT = 8080
@@ -32,17 +53,49 @@ COMPOSE_CONTEXT = Context(
 )
 
 
+HOST_CONTEXT = msgspec.structs.replace(
+    COMPOSE_CONTEXT, nats_url="nats://127.0.0.1:4222", xds_addr="127.0.0.1:18000"
+)
+"""What host-network processes dial: the ports NATS and xds publish on the host's loopback."""
+HOST_NETWORK = ("dns", "datapath", "authd", "envoy")
+# Health (Envoy: admin) ports of host-network processes, which share the host's namespace.
+_HOST_PORTS = {"dns": 9870, "datapath": 9880, "authd": 9890, "envoy": 9900}
+NATS_CONF = "/etc/nats/nats.conf"
+
+
+def host_network(spec: ProcSpec) -> bool:
+    return spec.service in HOST_NETWORK
+
+
+def health_addr(spec: ProcSpec, node: str) -> str:
+    """Where a process serves /healthz (Envoy: its admin API)."""
+    if host_network(spec):
+        port = _HOST_PORTS[spec.service] + (node_index(node) if spec.per_node else 0)
+        return f"127.0.0.1:{port}"
+    return "0.0.0.0:9901" if spec.service == "envoy" else f"0.0.0.0:{HEALTH_PORT}"
+
+
+def context(spec: ProcSpec) -> Context:
+    return HOST_CONTEXT if host_network(spec) else COMPOSE_CONTEXT
+
+
 def _command(spec: ProcSpec, node: str) -> list[str]:
-    ctx = COMPOSE_CONTEXT
     if spec.service == "nats":
-        return ["nats-server", "-js", "-sd", "/var/lib/nodemesh/nats", "-p", "4222", "-m", "8222"]
-    health = "0.0.0.0:9901" if spec.service == "envoy" else f"0.0.0.0:{HEALTH_PORT}"
-    return ["python", "-m", spec.module, *service_args(spec, ctx, node, health)]
+        return ["nats-server", "-c", NATS_CONF]
+    return ["python", "-m", spec.module, *service_args(spec, context(spec), node, health_addr(spec, node))]
+
+
+def _required(var: str) -> str:
+    # Compose refuses to start (and `config` fails) when the variable is unset: no silent empty password.
+    return "${" + var + ":?run python -m localcluster.deploygen compose-env > deploy/compose/.env}"
 
 
 def render() -> dict[str, Any]:
+    from localcluster.deploygen import compose_users
+
     services: dict[str, Any] = {}
     ctx = COMPOSE_CONTEXT
+    users = list(compose_users(ctx.nodes))
     for spec in PROCESSES:
         placements = (
             [(0, n) for n in ctx.nodes]
@@ -54,9 +107,16 @@ def render() -> dict[str, Any]:
             svc: dict[str, Any] = {"image": IMAGE, "command": _command(spec, node)}
             env = {
                 k: v
-                for k, v in service_env(spec, ctx, node, name).items()
+                for k, v in service_env(spec, context(spec), node, name).items()
                 if k != "NODEMESH_CLUSTER_DATA_DIR"
             }
+            if spec.nats_user:
+                user = spec.nats_user.format(node=node)
+                env["NODEMESH_NATS_USER"] = user
+                env["NODEMESH_NATS_PASSWORD"] = _required(password_var(user))
+            if spec.service == "nats":
+                # nats-server resolves each user's $NATS_PASSWORD_<USER> from its environment.
+                env = {password_var(u): _required(password_var(u)) for u in users}
             if env:
                 svc["environment"] = dict(sorted(env.items()))
             if spec.service != "nats":
@@ -64,29 +124,38 @@ def render() -> dict[str, Any]:
             if spec.service == "apiserver":
                 svc["volumes"] = ["../../examples/demo:/manifests:ro", "api:/var/lib/nodemesh/api"]
             if spec.service == "nats":
-                svc["volumes"] = ["nats:/var/lib/nodemesh/nats"]
+                svc["volumes"] = ["./nats.conf:/etc/nats/nats.conf:ro", "nats:/var/lib/nodemesh/nats"]
+                # For the host-network processes, on the host's loopback only.
+                svc["ports"] = ["127.0.0.1:4222:4222"]
+            if spec.service == "xds":
+                svc["hostname"] = "xds"
+                svc["ports"] = ["127.0.0.1:18000:18000"]
+            if host_network(spec):
+                svc["network_mode"] = "host"
             if spec.privileged:
                 # The datapath loads BPF programs and creates pod namespaces on the host.
-                svc.update(privileged=True, network_mode="host", pid="host")
+                svc.update(privileged=True, pid="host")
                 svc["volumes"] = [
                     "/sys/fs/bpf:/sys/fs/bpf",
                     "/run/netns:/run/netns:shared",
                     "/lib/modules:/lib/modules:ro",
                 ]
+            if spec.service == "authd":
+                # Workload API attestation looks up pods' network namespaces where the datapath names them.
+                svc["volumes"] = ["/run/netns:/run/netns:ro"]
+            if spec.service == "envoy":
+                # Transparent (IP_TRANSPARENT) listeners for the datapath's L7 policy redirects.
+                svc["cap_add"] = ["NET_ADMIN"]
             if spec.service in ("datapath", "envoy"):
                 # A node's Envoy writes access logs to its datapath's socket (<node dir>/als.sock):
                 # both mount the node's volume there.
                 svc.setdefault("volumes", []).append(f"{node}:{ctx.data_dir}/nodes/{node}")
-            if spec.service == "xds":
-                svc["hostname"] = "xds"
-            if spec.service == "dns":
-                # Pods live in the host's network namespaces (the datapath's): the DNS server listens
-                # on the host's DNS address (which must be on the host's lo, see docs/dns.md).
-                svc["network_mode"] = "host"
+            # dns: pods live in the host's network namespaces (the datapath's), so the DNS server
+            # listens on the host's DNS address (which must be on the host's lo, see docs/dns.md).
             svc["restart"] = "unless-stopped"
             services[name] = svc
+    # No top-level `name:`: Compose v1 rejects it (the project is named after the directory, or -p).
     return {
-        "name": "nodemesh",
         "services": services,
         "volumes": {"nats": {}, "api": {}, **{n: {} for n in ctx.nodes}},
     }
@@ -96,6 +165,7 @@ HEADER = """\
 # GENERATED by `python -m localcluster.compose > deploy/compose/compose.yaml` from the process
 # table in localcluster/processes.py — do not edit; tests/deploy checks it is current.
 # Build the image first: docker build -f deploy/Dockerfile -t nodemesh:dev .
+# NATS passwords: python -m localcluster.deploygen compose-env > deploy/compose/.env  (never commit it)
 """
 
 

@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["envoy_binary", "main"]
+__all__ = ["envoy_binary", "main", "parser"]
 
 
 def envoy_binary() -> str | None:
@@ -22,7 +22,8 @@ def envoy_binary() -> str | None:
     return shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The launcher's flags (tests/deploy checks the manifests' Envoy args against them)."""
     p = argparse.ArgumentParser(prog="nodemesh-envoy", description=__doc__.split("\n")[0])
     p.add_argument("--node", required=True)
     p.add_argument("--xds-addr", required=True, help="host:port of the xds ADS server")
@@ -32,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="warn")
     p.add_argument("--als-socket", default="", help="the datapath's access log socket (L7 flows)")
     p.add_argument("--als-port", type=int, default=0, help="or its port on 127.0.0.1")
-    ns = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parser().parse_args(argv)
     from services.xds.bootstrap import render_bootstrap
 
     host, _, port = ns.xds_addr.rpartition(":")

@@ -62,12 +62,14 @@ def test_compose_commands_are_the_supervisor_entrypoints() -> None:
             expected.add(name)
             cmd = services[name]["command"]
             if spec.service == "nats":
-                assert cmd[0] == "nats-server" and "-js" in cmd
+                assert cmd == ["nats-server", "-c", "/etc/nats/nats.conf"]
                 continue
-            # The supervisor runs [sys.executable, "-m", module, *service_args(...)]: same module, same flags.
+            # The supervisor runs [sys.executable, "-m", module, *service_args(...)]: same module, same flags
+            # (with the addresses a container on its network reaches).
             assert cmd[:3] == ["python", "-m", spec.module], name
-            health = "0.0.0.0:9901" if spec.service == "envoy" else "0.0.0.0:8080"
-            assert cmd[3:] == service_args(spec, ctx, node, health), name
+            assert cmd[3:] == service_args(
+                spec, compose.context(spec), node, compose.health_addr(spec, node)
+            ), name
             assert importlib.util.find_spec(spec.module) is not None, spec.module
     assert set(services) == expected
     assert services["datapath-node-1"]["privileged"] is True
@@ -134,7 +136,9 @@ def test_k8s_shape() -> None:
     for ds in ("datapath", "authd", "envoy"):
         assert ("DaemonSet", ds) in docs
     dp = docs[("DaemonSet", "datapath")]["spec"]["template"]["spec"]
-    assert dp["hostNetwork"] is True and dp["containers"][0]["securityContext"]["privileged"] is True
+    assert (
+        dp["hostNetwork"] is True and "BPF" in dp["containers"][0]["securityContext"]["capabilities"]["add"]
+    )
     role = docs[("ClusterRole", "nodemesh-watcher")]
     resources = {r for rule in role["rules"] for r in rule["resources"]}
     from nodemesh.kinds import KINDS

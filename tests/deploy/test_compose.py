@@ -1,0 +1,141 @@
+"""deploy/compose: valid for Compose v1 (Debian's docker-compose), node agents on the host network
+reaching NATS and xds on the host's loopback, every process its own NATS user."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from localcluster import compose, deploygen
+from localcluster.cells import CELLS
+from localcluster.processes import PROCESSES, instance_name
+from tests.deploy.manifests import DEPLOY
+
+COMPOSE_FILE = DEPLOY / "compose" / "compose.yaml"
+HOST_NETWORK = {"dns", "datapath", "authd", "envoy"}
+
+
+def _services() -> dict[str, Any]:
+    services: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    return services
+
+
+def _instances() -> list[tuple[str, str, str]]:
+    """(compose service, process kind, node) for every process."""
+    ctx = compose.COMPOSE_CONTEXT
+    out = []
+    for spec in PROCESSES:
+        placements = (
+            [(0, n) for n in ctx.nodes]
+            if spec.per_node
+            else [(r, ctx.nodes[0]) for r in range(spec.replicas)]
+        )
+        out += [(instance_name(spec, r, n).replace("@", "-"), spec.service, n) for r, n in placements]
+    return out
+
+
+def _flag(cmd: list[str], flag: str) -> str:
+    return cmd[cmd.index(flag) + 1]
+
+
+def docker_compose() -> str:
+    found = shutil.which("docker-compose")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-compose is not installed (scripts/install-system.sh installs it)")
+        pytest.skip("docker-compose not installed (apt-get install docker-compose); CI runs this")
+    return found
+
+
+def _config(env_file: Path) -> subprocess.CompletedProcess[str]:
+    args = [docker_compose(), "--env-file", str(env_file)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_PASSWORD_")}
+    return subprocess.run(
+        [*args, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
+    env_file = tmp_path / "nodemesh.env"
+    env_file.write_text(deploygen.compose_env(list(compose.COMPOSE_CONTEXT.nodes)))
+    done = _config(env_file)
+    assert done.returncode == 0, done.stderr
+    resolved = yaml.safe_load(done.stdout)
+    assert set(resolved["services"]) == {name for name, _kind, _node in _instances()}
+
+
+def test_docker_compose_refuses_to_run_without_passwords(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.env"  # not deploy/compose/.env, which a developer may have made
+    empty.write_text("")
+    done = _config(empty)
+    assert done.returncode != 0 and "deploygen compose-env" in done.stderr, done.stderr
+
+
+def test_no_top_level_name() -> None:
+    # Compose v1 rejects `name:` ("does not match any of the regexes: '^x-'").
+    assert set(yaml.safe_load(COMPOSE_FILE.read_text())) == {"services", "volumes"}
+
+
+def test_host_network_processes_dial_the_hosts_loopback() -> None:
+    services = _services()
+    nats = services["nats"]
+    assert "127.0.0.1:4222:4222" in nats["ports"] and "127.0.0.1:18000:18000" in services["xds"]["ports"]
+    health_ports: dict[str, str] = {}
+    for name, kind, _node in _instances():
+        svc, cmd = services[name], services[name]["command"]
+        if kind not in HOST_NETWORK:
+            assert "network_mode" not in svc, name
+            continue
+        # On the host, compose's service names do not resolve: NATS and xds are published on 127.0.0.1.
+        assert svc["network_mode"] == "host", f"{name} must run on the host network"
+        if "--nats-url" in cmd:
+            assert urlsplit(_flag(cmd, "--nats-url")).hostname == "127.0.0.1", name
+        if "--xds-addr" in cmd:
+            assert _flag(cmd, "--xds-addr") == "127.0.0.1:18000", name
+        port = (
+            _flag(cmd, "--health-addr").rpartition(":")[2]
+            if "--health-addr" in cmd
+            else _flag(cmd, "--admin-port")
+        )
+        assert port not in health_ports, (
+            f"{name} and {health_ports.get(port)} both bind port {port} on the host"
+        )
+        health_ports[port] = name
+
+
+def test_envoy_may_open_transparent_listeners() -> None:
+    services = _services()
+    for name, kind, _node in _instances():
+        if kind == "envoy":
+            assert "NET_ADMIN" in services[name].get("cap_add", []), name
+
+
+def test_every_process_is_its_own_nats_user() -> None:
+    services = _services()
+    cells = {c.name: c for c in CELLS}
+    users = deploygen.compose_users(compose.COMPOSE_CONTEXT.nodes)
+    nats_env = services["nats"]["environment"]
+    assert set(nats_env) == {deploygen.password_var(u) for u in users}, "nats-server must get every password"
+    seen = set()
+    for name, kind, node in _instances():
+        if kind not in cells:
+            assert "NODEMESH_NATS_USER" not in services[name].get("environment", {}), name
+            continue
+        env = services[name]["environment"]
+        user = cells[kind].user(node)
+        assert env["NODEMESH_NATS_USER"] == user, name
+        assert env["NODEMESH_NATS_PASSWORD"].startswith("${" + deploygen.password_var(user) + ":?"), name
+        seen.add(user)
+    # Every user but the CLI's admin is some process's; nats.conf declares exactly these users.
+    assert seen | {"admin"} == set(users)
+    conf = (DEPLOY / "compose" / "nats.conf").read_text()
+    assert sorted(
+        line.split('user: "')[1].split('"')[0] for line in conf.splitlines() if 'user: "' in line
+    ) == sorted(users)
