@@ -87,6 +87,9 @@ class Service:
         self._bus: Bus | None = None
         self._micro: Any = None
         self._connected = False
+        # Set once main() has wired everything (and so declared every readiness gate): before that,
+        # no gate exists yet and readiness would be vacuously true.
+        self._wired = False
         self._ready_gauge = Gauge(
             "nodemesh_service_ready", "1 when the service is ready", registry=self.registry
         )
@@ -110,7 +113,7 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self._connected and all(g.open for g in self._gates.values())
+        return self._wired and self._connected and all(g.open for g in self._gates.values())
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run a background task for the service's lifetime; if it fails, the service stops."""
@@ -184,6 +187,7 @@ class Service:
             body = {
                 "service": self.name,
                 "ready": self.ready,
+                "wired": self._wired,
                 "nats": self._connected,
                 "gates": {n: g.open for n, g in self._gates.items()},
                 "version": self.version,
@@ -251,6 +255,7 @@ async def run_service(
             ),
         )
         await main(svc)
+        svc._wired = True
         await svc.stopping.wait()
         if svc._failure is not None:
             code = 1
@@ -261,26 +266,30 @@ async def run_service(
         code = 1
     finally:
         svc.stopping.set()
-        for t in list(svc._tasks):
-            t.cancel()
-        if svc._tasks:
-            await asyncio.wait(list(svc._tasks), timeout=5)
-        for fn in reversed(svc._cleanups):
-            try:
-                await asyncio.wait_for(fn(), timeout=5)
-            except Exception:
-                svc.log.exception("cleanup failed")
-        if svc._micro is not None:
-            with contextlib.suppress(Exception):
-                await svc._micro.stop()
-        if svc._bus is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(svc.bus.nc.drain(), timeout=5)
-            # A drain that timed out leaves the connection and its subscriptions alive: a stopped
-            # instance would keep taking its share of queue-group requests and never answer them.
-            if not svc.bus.nc.is_closed:
+        try:
+            # Stop serving requests first: a stopping instance must not take its queue-group share
+            # of requests it will never answer while its cleanups run.
+            if svc._micro is not None:
                 with contextlib.suppress(Exception):
-                    await svc.bus.nc.close()
+                    await svc._micro.stop()
+            for t in list(svc._tasks):
+                t.cancel()
+            if svc._tasks:
+                await asyncio.wait(list(svc._tasks), timeout=5)
+            for fn in reversed(svc._cleanups):
+                try:
+                    await asyncio.wait_for(fn(), timeout=5)
+                except Exception:
+                    svc.log.exception("cleanup failed")
+            if svc._bus is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(svc.bus.nc.drain(), timeout=5)
+        finally:
+            # Whatever happened above (a drain that timed out, a stop cancelled midway), the
+            # connection and its subscriptions go: nothing keeps receiving for a stopped service.
+            if svc._bus is not None and not svc.bus.nc.is_closed:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(svc.bus.nc.close())
         await runner.cleanup()
         svc.log.info("stopped", extra={"exit_code": code})
     return code
