@@ -209,3 +209,17 @@ def test_random_churn_never_inconsistent(seed: int) -> None:
     run(st, full)
     assert diff(st, full) == []
     assert set(st.backends) == set(st.refs)
+
+
+def test_full_diff_collects_orphans_of_an_interrupted_run() -> None:
+    st = LbState()
+    run(st, {FE: plan(be(1), timeout=60)})
+    rev = st.svc[FE].zero.rev_nat_id  # type: ignore[union-attr]
+    # what a crash between "slot 0 deleted" and the rest leaves behind
+    from services.datapath.lb.diff import DelSlot as D
+
+    st.apply(D(FE, 0))
+    assert st.revnat and st.aff_match
+    run(st, {})
+    assert st.svc == {} and st.revnat == {} and st.aff_match == {} and st.backends == {}
+    assert rev not in st.revnat

@@ -329,6 +329,18 @@ def diff(
         if fe not in desired and cur is not None:
             ops += _remove_ops(state, fe, cur)
 
+    # a full diff also drops what an interrupted run left without a frontend
+    if only is None:
+        live_revs = {e.zero.rev_nat_id for fe, e in state.svc.items() if fe in desired and e.zero is not None}
+        live_revs |= {o.zero.rev_nat_id for o in ops if isinstance(o, PutSlot) and o.zero is not None}
+        done = {o for o in ops if isinstance(o, DelAffMatch | DelRevNat)}
+        for rev in sorted(state.aff_match):
+            if rev not in live_revs:
+                ops += [o for b in sorted(state.aff_match[rev]) if (o := DelAffMatch(b, rev)) not in done]
+        for rev in sorted(state.revnat):
+            if rev not in live_revs and DelRevNat(rev) not in done:
+                ops.append(DelRevNat(rev))
+
     # 4. backends no slot names any more
     refs = _refs_after(state, ops)
     mine = set(ids.values())
