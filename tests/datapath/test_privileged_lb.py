@@ -504,3 +504,34 @@ async def test_privileged_lb_policy_applies_to_the_backend_after_translation(clu
     ]
     assert drops and all(f.drop_reason_desc == "POLICY_DENIED" for f in drops)
     assert {f.source.pod_name for f in drops if f.source} >= {"stranger-x", "stranger-y"}
+
+
+# --- layout --------------------------------------------------------------------------------------
+def test_privileged_lb_struct_layouts_match_btf(pin_root: str) -> None:
+    """Every struct of bpf/include/nm_lb.h and its ctypes mirror agree (size, field names, offsets)."""
+    import ctypes
+    import json
+    import subprocess
+
+    from services.datapath.lb.loader import SockLoader
+    from services.datapath.lb.maps import LAYOUT_STRUCTS
+
+    loader = SockLoader(os.path.join(pin_root, "layout"))
+    loader.load()  # compiled and loaded, not attached
+    try:
+        fd = loader.fds[10]
+        btf_id = json.loads(subprocess.check_output(["bpftool", "prog", "show", "id",
+                                                     str(cgroup.prog_info(fd).id), "-j"]))["btf_id"]  # fmt: skip
+        btf = json.loads(subprocess.check_output(["bpftool", "btf", "dump", "id", str(btf_id), "-j"]))
+        structs = {t["name"]: t for t in btf["types"] if t.get("kind") == "STRUCT" and t.get("name")}
+        for cname, pytype in LAYOUT_STRUCTS.items():
+            assert cname in structs, f"struct {cname} not in the program's BTF"
+            cs = structs[cname]
+            assert cs["size"] == ctypes.sizeof(pytype), (
+                f"{cname}: C {cs['size']}, Python {ctypes.sizeof(pytype)}"
+            )
+            c_fields = [(m["name"], m["bits_offset"] // 8) for m in cs["members"]]
+            py_fields = [(name, getattr(pytype, name).offset) for name, *_ in pytype._fields_]
+            assert c_fields == py_fields, f"{cname}: C {c_fields} != Python {py_fields}"
+    finally:
+        loader.close()
