@@ -520,8 +520,10 @@ def test_privileged_lb_struct_layouts_match_btf(pin_root: str) -> None:
     loader.load()  # compiled and loaded, not attached
     try:
         fd = loader.fds[10]
-        btf_id = json.loads(subprocess.check_output(["bpftool", "prog", "show", "id",
-                                                     str(cgroup.prog_info(fd).id), "-j"]))["btf_id"]  # fmt: skip
+        prog_id = str(cgroup.prog_info(fd).id)
+        btf_id = json.loads(subprocess.check_output(["bpftool", "prog", "show", "id", prog_id, "-j"]))[
+            "btf_id"
+        ]
         btf = json.loads(subprocess.check_output(["bpftool", "btf", "dump", "id", str(btf_id), "-j"]))
         structs = {t["name"]: t for t in btf["types"] if t.get("kind") == "STRUCT" and t.get("name")}
         for cname, pytype in LAYOUT_STRUCTS.items():
@@ -535,3 +537,50 @@ def test_privileged_lb_struct_layouts_match_btf(pin_root: str) -> None:
             assert c_fields == py_fields, f"{cname}: C {c_fields} != Python {py_fields}"
     finally:
         loader.close()
+
+
+def test_privileged_lb_crashed_start_replaced_and_orphans_detached(pin_root: str) -> None:
+    """A previous run's programs (still attached, as after a crash) are replaced in place, never
+    doubled — also when two copies were left; programs whose pins were removed by hand are found
+    and detached by the cleanup's orphan sweep."""
+    import shutil
+
+    from services.datapath.lb.loader import SockLoader, detach_node, detach_orphans
+
+    pin = os.path.join(pin_root, "crash")
+    first = SockLoader(pin)
+    first.load()
+    first.attach()
+    second = SockLoader(pin)  # a crashed start: loaded and attached, never cleaned up
+    second.load()
+    fd = os.open(cgroup.cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for t, prog_fd in second.fds.items():  # force a duplicate, as an interrupted attach could
+            cgroup.attach(fd, prog_fd, t)
+    finally:
+        os.close(fd)
+    assert set(_attached_for(pin).values()) == {2}
+    third = SockLoader(pin)
+    third.load()
+    assert third.attach() == {"replaced": 5, "duplicates": 5}
+    assert set(_attached_for(pin).values()) == {1}
+    for ld in (first, second, third):
+        ld.close()
+    assert detach_node(pin) == 5
+    assert set(_attached_for(pin).values()) == {0}
+
+    # orphans: attached, but the pin directory is gone
+    orphan = SockLoader(os.path.join(pin_root, "orphan"))
+    orphan.load()
+    orphan.attach()
+    ids = pinned_map_ids(orphan.pin_dir)
+    orphan.close()
+    shutil.rmtree(orphan.pin_dir)
+    fd = os.open(cgroup.cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert [p for p in cgroup.query(fd, 10) if ids & set(p.map_ids)]
+        assert detach_orphans() == 5
+        for t in cgroup.ATTACH_TYPES:
+            assert not [p for p in cgroup.query(fd, t) if ids & set(p.map_ids)]
+    finally:
+        os.close(fd)
