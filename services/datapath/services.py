@@ -57,6 +57,13 @@ def _meta(obj: dict[str, Any] | None) -> dict[str, Any]:
     return m if isinstance(m, dict) else {}
 
 
+def _service_of(es: dict[str, Any] | None) -> str:
+    """The Service an EndpointSlice belongs to (its ``kubernetes.io/service-name`` label)."""
+    labels = _meta(es).get("labels")
+    svc = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+    return svc if isinstance(svc, str) else ""
+
+
 class ServiceLB:
     def __init__(self, cfg: DatapathConfig, pin_dir: str, registry: CollectorRegistry) -> None:
         self.node = cfg.node
@@ -68,6 +75,7 @@ class ServiceLB:
         self.synced = False
         self.node_addrs: dict[str, str] = {}
         self.plans: dict[SvcKey, ServicePlan] = {}
+        self.slices: dict[SvcKey, dict[str, dict[str, Any]]] = {}  # Service → its EndpointSlices by name
         self.claims: dict[Frontend, set[SvcKey]] = {}  # who asks for a frontend (first one gets it)
         self.desired: dict[Frontend, FrontendPlan] = {}
         self.pod_cookies: dict[str, int] = {}  # pod key → netns cookie
@@ -81,7 +89,9 @@ class ServiceLB:
         self.backends = Gauge("nodemesh_lb_backends", "Backends in the map", registry=registry)
         self.update_seconds = Histogram(
             "nodemesh_lb_map_update_seconds",
-            "Time to plan and write one Service change (or the initial sync) into the maps",
+            "Time to plan and write into the maps: one Service's change (trigger=service: a Service, its "
+            "EndpointSlices, node addresses) or every Service (trigger=sync: the agent's initial sync)",
+            ["trigger"],
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             registry=registry,
         )
@@ -140,17 +150,17 @@ class ServiceLB:
 
     # --- inputs -------------------------------------------------------------------------------
     def on_k8s(self, ev: ObjectEvent, prev: dict[str, Any] | None) -> None:
-        if not self.synced or ev.kind not in LB_KINDS:
+        if ev.kind not in LB_KINDS:
             return
-        if ev.kind == "Service":
-            keys = {(ev.namespace, ev.name)}
-        else:  # a slice may move between Services (label change): re-plan both
-            keys = {
-                (ev.namespace, str(svc))
-                for o in (ev.obj, prev)
-                if (svc := (_meta(o).get("labels") or {}).get(SERVICE_NAME_LABEL))
-            }
-        if keys:
+        keys = {(ev.namespace, ev.name)}
+        if ev.kind == "EndpointSlice":  # a slice may move between Services (label change): both
+            old, new = _service_of(prev), "" if ev.type == "delete" else _service_of(ev.obj)
+            if old:
+                self.slices.get((ev.namespace, old), {}).pop(ev.name, None)
+            if new:
+                self.slices.setdefault((ev.namespace, new), {})[ev.name] = ev.obj
+            keys = {(ev.namespace, n) for n in (old, new) if n}
+        if keys and self.synced:
             self.update(keys)
 
     def on_node(self, key: str, info: NodeInfo | None, old: NodeInfo | None) -> None:
@@ -187,11 +197,7 @@ class ServiceLB:
         svc = self.k8s.get("Service", *key)
         if svc is None:
             return ServicePlan()
-        slices = [
-            es for es in self.k8s.list("EndpointSlice", key[0])
-            if (_meta(es).get("labels") or {}).get(SERVICE_NAME_LABEL) == key[1]
-        ]  # fmt: skip
-        sp = plan_service(svc, slices, ctx)
+        sp = plan_service(svc, list(self.slices.get(key, {}).values()), ctx)
         if sp.errors and sp.errors != self._errors.get(key):
             log.warning("service %s/%s: %s", key[0], key[1], "; ".join(sp.errors))
         self._errors[key] = sp.errors
@@ -233,10 +239,15 @@ class ServiceLB:
         self.plans.clear()
         self.claims.clear()
         self.desired.clear()
+        self.slices.clear()
+        for es in self.k8s.list("EndpointSlice"):
+            if svc := _service_of(es):
+                ns = str(_meta(es).get("namespace") or "default")
+                self.slices.setdefault((ns, svc), {})[str(_meta(es).get("name") or "")] = es
         self._replan(self._service_keys(), self._ctx())
         self._write(diff(self.state, self.desired, nodeports=nodeports_of(self.desired)))
         self.synced = True
-        self.update_seconds.observe(time.perf_counter() - t0)
+        self.update_seconds.labels("sync").observe(time.perf_counter() - t0)
         log.info(
             "services synced", extra={"frontends": len(self.desired), "backends": len(self.state.backends)}
         )
@@ -249,7 +260,7 @@ class ServiceLB:
         ops = diff(self.state, self.desired, only=touched,
                    nodeports=nodeports_of(self.desired) if np_changed else None)  # fmt: skip
         self._write(ops)
-        self.update_seconds.observe(time.perf_counter() - t0)
+        self.update_seconds.labels("service").observe(time.perf_counter() - t0)
         return ops
 
     def _is_node_port(self, fe: Frontend) -> bool:

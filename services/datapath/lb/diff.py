@@ -241,16 +241,20 @@ class LbState:
 
 
 class _Ids:
-    """Free ids for one diff: computed once, handed out in order."""
+    """Free ids for one diff, handed out in order (the used sets are built only if ids are needed:
+    a change that allocates nothing costs nothing here)."""
 
     def __init__(self, state: LbState) -> None:
-        self.used_rev = {e.zero.rev_nat_id for e in state.svc.values() if e.zero is not None}
-        self.used_rev |= set(state.revnat)
+        self.state = state
+        self.used_rev: set[int] | None = None
+        self.used_be: set[int] | None = None
         self.next_rev = 1
-        self.used_be = set(state.backends)
-        self.next_be = max(self.used_be, default=0) + 1
+        self.next_be = 1
 
     def rev(self) -> int:
+        if self.used_rev is None:
+            self.used_rev = {e.zero.rev_nat_id for e in self.state.svc.values() if e.zero is not None}
+            self.used_rev |= set(self.state.revnat)
         while self.next_rev <= MAX_REV_NAT_ID and self.next_rev in self.used_rev:
             self.next_rev += 1
         if self.next_rev > MAX_REV_NAT_ID:
@@ -259,6 +263,9 @@ class _Ids:
         return self.next_rev
 
     def backend(self) -> int:
+        if self.used_be is None:
+            self.used_be = set(self.state.backends)
+            self.next_be = max(self.used_be, default=0) + 1
         if self.next_be > MAX_BACKEND_ID:  # wrapped around: search the holes from 1
             self.next_be = 1
         while self.next_be in self.used_be:
@@ -353,9 +360,8 @@ def diff(
             if e is not None:
                 candidates.update(e.slots.values())
     for bid in sorted(candidates):
-        if bid in state.backends or bid in mine:
-            if not refs.get(bid):
-                ops.append(DelBackend(bid))
+        if (bid in state.backends or bid in mine) and not refs.get(bid, state.refs.get(bid, 0)):
+            ops.append(DelBackend(bid))
 
     # 5. the NodePort guard of bind4
     if nodeports is not None:
@@ -422,9 +428,10 @@ def _remove_ops(state: LbState, fe: Frontend, cur: SvcEntry) -> list[Op]:
     return ops
 
 
-def _refs_after(state: LbState, ops: list[Op]) -> Counter[int]:
-    """Slot references per backend id once ``ops`` are applied (without copying the state)."""
-    refs = Counter(state.refs)
+def _refs_after(state: LbState, ops: list[Op]) -> dict[int, int]:
+    """Slot references, once ``ops`` are applied, of the backend ids the ops touch (others keep
+    theirs; nothing is copied, so a small change stays cheap however large the maps)."""
+    refs: dict[int, int] = {}
     overlay: dict[tuple[Frontend, int], int] = {}
 
     def cur(fe: Frontend, slot: int) -> int:
@@ -433,14 +440,17 @@ def _refs_after(state: LbState, ops: list[Op]) -> Counter[int]:
         e = state.svc.get(fe)
         return e.slots.get(slot, 0) if e is not None else 0
 
+    def add(bid: int, n: int) -> None:
+        refs[bid] = refs.get(bid, state.refs.get(bid, 0)) + n
+
     for op in ops:
         if isinstance(op, PutSlot | DelSlot) and op.slot:
             old = cur(op.frontend, op.slot)
             if old:
-                refs[old] -= 1
+                add(old, -1)
             new = op.backend_id if isinstance(op, PutSlot) else 0
             if new:
-                refs[new] += 1
+                add(new, 1)
             overlay[(op.frontend, op.slot)] = new
     return refs
 
