@@ -7,7 +7,7 @@ for input that cannot be served (never an exception). What is translated:
   ``status.loadBalancer.ingress[].ip`` with each port, and for NodePort / LoadBalancer Services every node's
   address with ``nodePort``. Headless (``clusterIP: None``) and ExternalName Services are not
   load-balanced (kube-proxy skips them too); neither are Services whose traffic the node's Envoy
-  serves (Gateway and Ingress Services, ``service.cilium.io/lb-l7: enabled``): their addresses are
+  serves (Gateway and Ingress Services by their labels, ``service.cilium.io/lb-l7: enabled``): their addresses are
   Envoy's listeners, so the socket must reach them untranslated.
 - Backends come from the Service's EndpointSlices (label ``kubernetes.io/service-name``, IPv4):
   the slice port with the Service port's name and protocol gives the backend port, so a named
@@ -67,6 +67,7 @@ LB_L7_ANNOTATION = "service.cilium.io/lb-l7"
 ENVOY_SERVED_LABELS = (
     "io.cilium.gateway/owning-gateway",
     "ingress.cilium.io/owning-ingress",
+    "cilium.io/ingress",  # also on the shared (not owned) Ingress Service
 )
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as Kubernetes defaults ClientIP timeoutSeconds
 MAX_AFFINITY_TIMEOUT = 86400
