@@ -7,8 +7,8 @@ for input that cannot be served (never an exception). What is translated:
   ``status.loadBalancer.ingress[].ip`` with each port, and for NodePort / LoadBalancer Services every node's
   address with ``nodePort``. Headless (``clusterIP: None``) and ExternalName Services are not
   load-balanced (kube-proxy skips them too); neither are Services whose traffic the node's Envoy
-  serves (Gateway and Ingress Services by their labels, ``service.cilium.io/lb-l7: enabled``): their addresses are
-  Envoy's listeners, so the socket must reach them untranslated.
+  serves (Gateway and Ingress Services by their labels, ``service.cilium.io/lb-l7: enabled``):
+  their addresses are Envoy's listeners, so the socket must reach them untranslated.
 - Backends come from the Service's EndpointSlices (label ``kubernetes.io/service-name``, IPv4):
   the slice port with the Service port's name and protocol gives the backend port, so a named
   ``targetPort`` resolves per backend. Ready endpoints are used; when none is ready, endpoints that
