@@ -26,18 +26,39 @@ from pathlib import Path
 from typing import Any
 
 from nodemesh.bus import connect
+from nodemesh.netns import scope_for
 from nodemesh.runtime import run_service
 from nodemesh.streams import provision
-from nodemesh.testing.natsserver import NatsServer, free_port
 from services.datapath.app import main as datapath_main
 from services.datapath.bpfsys import KeyNotFound, MapFd
 from services.datapath.cleanup import cleanup_all
 from services.datapath.config import DatapathConfig
 from services.datapath.lb.maps import SvcValue, svc_key
 from services.datapath.lb.model import Frontend
-from services.datapath.pods.netns import scope_for
-from tests.datapath import k8s
-from tests.datapath.lb_helpers import endpoint, endpoint_slice, service
+from testkit.k8sstream import put_node, put_obj, synced
+from testkit.natsserver import NatsServer, free_port
+
+
+def _service(name: str, vip: str) -> dict[str, Any]:
+    return {
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"clusterIP": vip, "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+    }
+
+
+def _slice(svc: str, ips: list[str], node: str) -> dict[str, Any]:
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{svc}-1",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": svc},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip], "nodeName": node, "conditions": {"ready": True}} for ip in ips],
+    }
 
 
 def _count(m: MapFd, fe: Frontend) -> int:
@@ -74,16 +95,16 @@ async def run(services: int, backends: int, changes: int) -> dict[str, Any]:
             pod_cidr="10.233.0.0/24", node_ip="127.0.50.240", log_format="text", log_level="warning",
             health_addr=f"127.0.0.1:{free_port()}", lb_host_sockets=False,
         )  # fmt: skip
-        await k8s.put_node(bus, node, cfg.node_ip, "10.233.0.0/24")
+        await put_node(bus, node, cfg.node_ip, "10.233.0.0/24")
         fes = []
         for i in range(services):
             vip = f"10.97.{i // 250}.{i % 250 + 1}"
-            await k8s.put_obj(bus, service(f"s{i}", vip))
-            eps = [endpoint(f"10.234.{(i * backends + j) // 250 % 250}.{(i * backends + j) % 250 + 1}", node)
-                   for j in range(backends)]  # fmt: skip
-            await k8s.put_obj(bus, endpoint_slice(f"s{i}", f"s{i}-1", eps))
-            fes.append((Frontend(vip, 80, 6), f"s{i}", eps))
-        await k8s.synced(bus)
+            await put_obj(bus, _service(f"s{i}", vip))
+            n0 = i * backends
+            ips = [f"10.234.{(n0 + j) // 250 % 250}.{(n0 + j) % 250 + 1}" for j in range(backends)]
+            await put_obj(bus, _slice(f"s{i}", ips, node))
+            fes.append((Frontend(vip, 80, 6), f"s{i}", ips))
+        await synced(bus)
         stop = asyncio.Event()
         t0 = time.perf_counter()
         task = asyncio.create_task(
@@ -98,11 +119,11 @@ async def run(services: int, backends: int, changes: int) -> dict[str, Any]:
             t_sync = await _until(lambda: _count(m, last) == backends, 120) - t0
             lat: list[float] = []
             for n in range(changes):
-                fe, name, eps = fes[n % len(fes)]
+                fe, name, ips = fes[n % len(fes)]
                 shrink = (n // len(fes)) % 2 == 0
                 want = backends - 1 if shrink else backends
                 t1 = time.perf_counter()
-                await k8s.put_obj(bus, endpoint_slice(name, f"{name}-1", eps[:want]))
+                await put_obj(bus, _slice(name, ips[:want], node))
                 lat.append(await _until(lambda fe=fe, want=want: _count(m, fe) == want) - t1)
             import aiohttp
 

@@ -18,16 +18,16 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
+from localcluster.apiserver.controllers.endpointslices import desired_slices
 from nodemesh.bus import Bus
-from nodemesh.localapi.controllers.endpointslices import desired_slices
-from nodemesh.testing.natsserver import NatsServer, free_port
+from nodemesh.netns import scope_for
 from services.datapath.cleanup import cleanup_all
 from services.datapath.config import DatapathConfig
 from services.datapath.lb import cgroup
 from services.datapath.lb.loader import pinned_map_ids
 from services.datapath.lb.maps import LbMaps
 from services.datapath.lb.model import Backend, Frontend
-from services.datapath.pods.netns import scope_for
+from testkit.natsserver import NatsServer, free_port
 from tests.datapath import k8s
 from tests.datapath.lb_helpers import (
     endpoint,
