@@ -31,6 +31,7 @@ from services.datapath.config import DatapathConfig
 from services.datapath.events import EventPump
 from services.datapath.l7redirect import configure as configure_proxy
 from services.datapath.l7redirect import ensure_proxy_route
+from services.datapath.lb.loader import detach_node
 from services.datapath.loader import Loader
 from services.datapath.services import ServiceLB
 
@@ -62,6 +63,8 @@ async def main(svc: Service) -> None:
     if cfg.lb:  # Services translated at the socket (docs/services.md)
         agent.lb = ServiceLB(cfg, loader.pin_dir, svc.registry)
         await asyncio.to_thread(agent.lb.load)
+    else:  # switched off: a previous run's socket programs must not go on translating
+        await asyncio.to_thread(detach_node, loader.pin_dir)
     assert agent.maps is not None
     configure_proxy(agent.maps, cfg.node_ip, ProxyPorts())
     await asyncio.to_thread(ensure_proxy_route)
