@@ -187,4 +187,6 @@ def service_env(spec: ProcSpec, ctx: Context, node: str, instance: str) -> dict[
     elif spec.service == "datapath":
         env["NODEMESH_POD_CIDR"] = f"10.244.{i}.0/24"
         env["NODEMESH_NODE_IP"] = f"127.0.50.{i}"
+        # one machine, one host netns: node-1 translates host processes' sockets (docs/services.md)
+        env["NODEMESH_LB_HOST_SOCKETS"] = "true" if i == 1 else "false"
     return env

@@ -6,6 +6,9 @@
   ``.1`` reserved as Kubernetes reserves it for the ``kubernetes`` Service, ``.10`` for ``kube-dns``
   as kubeadm's convention has it, so pods' resolv.conf can name it up front). ``clusterIP: None``
   (headless) is kept; on update an omitted clusterIP keeps the allocated one, as kube-apiserver does.
+  NodePort and LoadBalancer Services (unless ``allocateLoadBalancerNodePorts: false``) get a
+  ``nodePort`` per port from 30000-32767 (the lowest free one; an update that omits it keeps the
+  allocated one).
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from typing import Any
 
 from nodemesh.kinds import Kind
 
-__all__ = ["DNS_SERVICE_IP", "SERVICE_CIDR", "admit"]
+__all__ = ["DNS_SERVICE_IP", "NODE_PORT_RANGE", "SERVICE_CIDR", "admit"]
 
 SERVICE_CIDR = "10.96.0.0/16"
 #: kube-dns' ClusterIP (kubelet's ``--cluster-dns``): never allocated to another Service.
 DNS_SERVICE_IP = "10.96.0.10"
+NODE_PORT_RANGE = range(30000, 32768)  # kube-apiserver's --service-node-port-range default
 
 
 def admit(
@@ -36,7 +40,7 @@ def admit(
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj.setdefault("status", {}).setdefault("phase", "Active")
     elif kind.kind == "Service":
-        _service(obj, old, services, service_cidr)
+        _service(obj, old, list(services), service_cidr)  # read twice: cluster IPs, node ports
 
 
 def _service(
@@ -62,6 +66,46 @@ def _service(
         spec["clusterIP"] = _allocate(services, cidr, obj["metadata"])
     if spec["clusterIP"] and not spec.get("clusterIPs"):
         spec["clusterIPs"] = [spec["clusterIP"]]
+    if spec["type"] == "NodePort" or (
+        spec["type"] == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts", True) is not False
+    ):
+        _node_ports(spec, old, services, obj["metadata"])
+
+
+def _node_ports(
+    spec: dict[str, Any], old: dict[str, Any] | None, services: Iterable[dict[str, Any]], meta: dict[str, Any]
+) -> None:
+    ports = [p for p in spec.get("ports") or [] if isinstance(p, dict)]
+    old_ports = [p for p in ((old or {}).get("spec") or {}).get("ports") or [] if isinstance(p, dict)]
+    used: set[int] = set()
+    for s in services:
+        sm = s["metadata"]
+        if (sm.get("namespace"), sm["name"]) == (meta.get("namespace"), meta["name"]):
+            continue
+        for p in (s.get("spec") or {}).get("ports") or []:
+            if isinstance(p, dict) and isinstance(p.get("nodePort"), int):
+                used.add(p["nodePort"])
+    used |= {p["nodePort"] for p in ports if isinstance(p.get("nodePort"), int)}
+    for p in ports:
+        if p.get("nodePort"):
+            continue
+        prev = next(
+            (
+                o.get("nodePort")
+                for o in old_ports
+                if (o.get("name"), o.get("port"), o.get("protocol", "TCP"))
+                == (p.get("name"), p.get("port"), p["protocol"])
+            ),
+            None,
+        )
+        if isinstance(prev, int) and prev not in used:
+            p["nodePort"] = prev
+        else:
+            free = next((n for n in NODE_PORT_RANGE if n not in used), None)
+            if free is None:
+                return  # range exhausted: leave it unset rather than fail the write
+            p["nodePort"] = free
+        used.add(p["nodePort"])
 
 
 def _allocate(services: Iterable[dict[str, Any]], cidr: str, meta: dict[str, Any]) -> str:

@@ -83,6 +83,7 @@ class Agent:
         self.labels: dict[int, list[str]] = {}
         self.nodes: dict[str, NodeInfo] = {}
         self.k8s: Any = None  # K8sCache, set by app
+        self.lb: Any = None  # services.ServiceLB (socket load-balancing), set by app
         self.synced = False
         self._policy_status: dict[PolicyRef, tuple[str, ...]] = {}
         self._dirty = asyncio.Event()
@@ -164,6 +165,8 @@ class Agent:
                 self.maps.del_endpoint(ifindex)
         for ep_id in [i for i, entries in self.writer.current.items() if entries and i not in live_ids]:
             self.writer.remove(ep_id)
+        if self.lb is not None:
+            self.lb.sweep_pods(e.key for e in eps)
 
     def _engine_endpoint(self, ep: PodEndpoint) -> Endpoint:
         ns_obj = self.k8s.get("Namespace", "", ep.namespace) if self.k8s is not None else None
@@ -189,6 +192,8 @@ class Agent:
         if policy is not None:
             self.writer.apply(ep.ep_id, policy)
         self._write_endpoint(ep)
+        if self.lb is not None:  # the pod's sockets reach Services from its first connect
+            await asyncio.to_thread(self.lb.pod_added, ep.key, ep.link.netns)
         await asyncio.to_thread(self.loader.attach, ep.link.host_ifindex)
 
     def _write_endpoint(self, ep: PodEndpoint) -> None:
@@ -201,6 +206,8 @@ class Agent:
     async def _ep_removed(self, ep: PodEndpoint) -> None:
         assert self.maps is not None and self.writer is not None
         self.maps.del_endpoint(ep.link.host_ifindex)
+        if self.lb is not None:
+            self.lb.pod_removed(ep.key)
         self.engine.delete_endpoint(ep.key)
         self.writer.remove(ep.ep_id)
 

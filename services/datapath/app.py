@@ -18,6 +18,7 @@ from nodemesh.k8scache import K8sCache
 from nodemesh.kvmirror import KvMirror
 from nodemesh.messages.auth import AuthVerdict
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
+from nodemesh.messages.k8s import ObjectEvent
 from nodemesh.netns import scope_for
 from nodemesh.nodestate import DatapathState, write_datapath_state
 from nodemesh.policy.model import ProxyPorts
@@ -30,7 +31,9 @@ from services.datapath.config import DatapathConfig
 from services.datapath.events import EventPump
 from services.datapath.l7redirect import configure as configure_proxy
 from services.datapath.l7redirect import ensure_proxy_route
+from services.datapath.lb.loader import detach_node
 from services.datapath.loader import Loader
+from services.datapath.services import ServiceLB
 
 __all__ = ["main", "write_state"]
 
@@ -57,6 +60,11 @@ async def main(svc: Service) -> None:
     await asyncio.to_thread(agent.load)
     svc.log.info("programs loaded", extra={"pin_dir": loader.pin_dir, "reused_pins": loader.reused_pins})
     # L7 redirect (docs/l7-policy.md): where the node's Envoy listens, and the proxy policy route
+    if cfg.lb:  # Services translated at the socket (docs/services.md)
+        agent.lb = ServiceLB(cfg, loader.pin_dir, svc.registry)
+        await asyncio.to_thread(agent.lb.load)
+    else:  # switched off: a previous run's socket programs must not go on translating
+        await asyncio.to_thread(detach_node, loader.pin_dir)
     assert agent.maps is not None
     configure_proxy(agent.maps, cfg.node_ip, ProxyPorts())
     await asyncio.to_thread(ensure_proxy_route)
@@ -68,8 +76,13 @@ async def main(svc: Service) -> None:
     pump.start()
     svc.spawn(pump.run(), "flows")
 
+    def on_node(key: str, info: NodeInfo | None, old: NodeInfo | None) -> None:
+        agent.on_node(key, info, old)
+        if agent.lb is not None:  # NodePorts follow the node addresses
+            agent.lb.on_node(key, info, old)
+
     mirrors: dict[str, KvMirror[Any]] = {
-        "nodes": KvMirror(svc.bus, BUCKET_NODES.name, NodeInfo, on_update=agent.on_node),
+        "nodes": KvMirror(svc.bus, BUCKET_NODES.name, NodeInfo, on_update=on_node),
         "identities": KvMirror(
             svc.bus,
             BUCKET_IDENTITIES.name,
@@ -92,8 +105,15 @@ async def main(svc: Service) -> None:
     await svc.bus.subscribe(subjects.auth_granted(cfg.node), AuthVerdict, granted)
     await svc.bus.subscribe(subjects.auth_revoked(cfg.node), AuthVerdict, revoked)
 
-    cache = K8sCache(svc.bus, kinds=CELL.kinds, on_change=agent.on_k8s)
+    async def on_k8s(ev: ObjectEvent, prev: dict[str, Any] | None) -> None:
+        await agent.on_k8s(ev, prev)
+        if agent.lb is not None:
+            agent.lb.on_k8s(ev, prev)
+
+    cache = K8sCache(svc.bus, kinds=CELL.kinds, on_change=on_k8s)
     agent.k8s = cache
+    if agent.lb is not None:
+        agent.lb.k8s = cache
     await cache.start()
     svc.spawn(agent.reconcile_loop(), "reconcile")
     gate = svc.gate("synced")
@@ -107,6 +127,9 @@ async def main(svc: Service) -> None:
         await asyncio.to_thread(agent.add_node_address)
         if agent.maps is not None:
             configure_proxy(agent.maps, agent.node_ip, ProxyPorts())  # the address may come from the KV
+        if agent.lb is not None:  # Services before pods: a pod's first connect finds them
+            agent.lb.sync()
+            await asyncio.to_thread(agent.lb.set_host_sockets)
         await agent.reconcile()
         gate.set()
         svc.log.info("synced", extra={"pods": len(agent.pods.endpoints) if agent.pods else 0})
@@ -119,5 +142,7 @@ async def main(svc: Service) -> None:
         if agent.pods is not None:
             await agent.pods.stop()
         loader.close()  # programs stay attached and maps pinned: enforcement continues
+        if agent.lb is not None:
+            agent.lb.close()  # socket programs too: Services keep being translated
 
     svc.on_stop(stop)

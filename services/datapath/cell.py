@@ -15,7 +15,8 @@ from nodemesh.streams import (
 CELL = Cell(
     name="datapath",
     per_node=True,
-    kinds=("Pod", "Namespace", "Node", *POLICY_KINDS),
+    # Service and EndpointSlice: socket load-balancing (services/datapath/services.py)
+    kinds=("Pod", "Namespace", "Node", *POLICY_KINDS, "Service", "EndpointSlice"),
     reads_streams=(STREAM_K8S.name, STREAM_EVENTS.name),
     reads_buckets=(BUCKET_IPCACHE.name, BUCKET_IDENTITIES.name, BUCKET_NODES.name, BUCKET_AUTH.name),
     publishes=(

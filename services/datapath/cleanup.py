@@ -1,4 +1,5 @@
-"""Remove everything a node's datapath made: pod netns and veths, pinned maps, the node address.
+"""Remove everything a node's datapath made: pod netns and veths, socket programs on the cgroup v2
+root, pinned maps, the node address.
 
 ``cleanup_all(data_dir)`` accepts a node data dir (``<cluster>/nodes/<node>``) or a cluster data
 dir (then every ``nodes/*``). It works from the state files the datapath writes
@@ -50,6 +51,7 @@ def cleanup_node(node_dir: Path) -> None:
             log.warning("removing pod %s: %s", key, e)
     pin_dir = state.pin_dir
     if pin_dir.startswith("/sys/fs/bpf/"):
+        _detach_socket_programs(pin_dir)  # before the pins go: they say which programs are the node's
         shutil.rmtree(pin_dir, ignore_errors=True)
         if scope and os.path.basename(os.path.dirname(pin_dir)) == scope:
             scope_dir = os.path.dirname(pin_dir)
@@ -73,6 +75,16 @@ def cleanup_node(node_dir: Path) -> None:
                         log.warning("removing address %s from lo: %s", a, e)
     for f in ("ipam.json", STATE_FILE, "nodeids.json"):
         (node_dir / f).unlink(missing_ok=True)
+
+
+def _detach_socket_programs(pin_dir: str) -> None:
+    """The node's Service load-balancing programs on the cgroup v2 root (services/datapath/lb)."""
+    from services.datapath.lb.loader import detach_node
+
+    try:
+        detach_node(pin_dir)
+    except Exception as e:
+        log.warning("detaching socket programs of %s: %s", pin_dir, e)
 
 
 def _kill_workloads(pod_dir: Path) -> None:
@@ -131,6 +143,21 @@ def _cleanup_all(data_dir: str) -> None:
         for d in sorted(nodes.iterdir()):
             cleanup_node(d)
     _drop_proxy_route_if_unused()
+    _detach_orphan_socket_programs()
+
+
+def _detach_orphan_socket_programs() -> None:
+    """Socket programs whose pinned maps are gone (a pin directory removed by hand, a node dir
+    lost): nothing else could ever detach them, and they sit on every socket of the machine."""
+    from services.datapath.lb.loader import detach_orphans
+
+    try:
+        n = detach_orphans()
+    except Exception as e:
+        log.warning("detaching orphaned socket programs: %s", e)
+        return
+    if n:
+        log.info("detached %d orphaned socket programs", n)
 
 
 def _drop_proxy_route_if_unused() -> None:

@@ -21,6 +21,13 @@ class DatapathConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fi
     accesslog: str = ""
     """Envoy access-log receiver (L7 flows, docs/l7-visibility.md): "" = unix socket
     ``<data_dir>/als.sock``; ``PORT`` / ``127.0.0.1:PORT``; ``unix:PATH``; ``off``."""
+    lb: bool = True
+    """Socket load-balancing of Services (bpf/nm_sock.c on the cgroup v2 root, docs/services.md)."""
+    lb_host_sockets: bool = True
+    """Translate host processes' sockets too (the host netns). With several simulated nodes on one
+    machine only one should (local mode: node-1); pods are always translated by their own node."""
+    cgroup_root: str = ""
+    """The cgroup v2 mount the socket programs attach to; empty = found in /proc/self/mounts."""
     cluster_name: str = "default"
     cluster_dns: str = "10.96.0.10"
     """kubelet's ``--cluster-dns``: the nameserver of local pods' resolv.conf (kube-dns' ClusterIP);

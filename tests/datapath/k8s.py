@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 from nodemesh import kinds, subjects
 from nodemesh.bus import Bus
 from nodemesh.codec import encode
-from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
-from nodemesh.messages.k8s import ObjectEvent, Synced
+from nodemesh.messages.identity import Identity, IPCacheEntry
+from nodemesh.messages.k8s import ObjectEvent
 from nodemesh.streams import ipcache_key
+from testkit.k8sstream import put_node, put_obj, synced
 
-
-async def put_obj(bus: Bus, obj: dict[str, Any]) -> None:
-    kind = obj["kind"]
-    meta = obj.setdefault("metadata", {})
-    meta.setdefault("uid", str(uuid.uuid4()))
-    ns = meta.get("namespace", "") if kinds.by_kind(kind).namespaced else ""
-    if kinds.by_kind(kind).namespaced and not ns:
-        ns = meta["namespace"] = "default"
-    ev = ObjectEvent(
-        type="upsert", kind=kind, api_version=obj.get("apiVersion", kinds.by_kind(kind).api_version),
-        namespace=ns, name=meta["name"], uid=meta["uid"], obj=obj,
-    )  # fmt: skip
-    await bus.js_publish(subjects.k8s_object(kind, ns, meta["name"]), ev)
+__all__ = ["del_obj", "pod", "put_identity", "put_ipcache", "put_node", "put_obj", "synced", "until"]
 
 
 async def del_obj(bus: Bus, kind: str, namespace: str, name: str) -> None:
@@ -33,13 +21,6 @@ async def del_obj(bus: Bus, kind: str, namespace: str, name: str) -> None:
         type="delete", kind=kind, api_version=kinds.by_kind(kind).api_version, namespace=namespace, name=name
     )
     await bus.js_publish(subjects.k8s_object(kind, namespace, name), ev)
-
-
-async def synced(bus: Bus) -> None:
-    info = await bus.js.stream_info("K8S")
-    await bus.js_publish(
-        subjects.K8S_SYNCED, Synced(watcher="test", epoch=1, stream_seq=int(info.state.last_seq) + 1)
-    )
 
 
 async def put_identity(bus: Bus, ident: int, labels: list[str]) -> None:
@@ -51,11 +32,6 @@ async def put_ipcache(bus: Bus, ip: str, ident: int, node: str, namespace: str =
     kv = await bus.kv("ipcache")
     entry = IPCacheEntry(ip=ip, identity=ident, node=node, namespace=namespace, pod=pod)
     await kv.put(ipcache_key(ip), encode(entry))
-
-
-async def put_node(bus: Bus, name: str, address: str, pod_cidr: str) -> None:
-    kv = await bus.kv("nodes")
-    await kv.put(name, encode(NodeInfo(name=name, address=address, pod_cidr=pod_cidr)))
 
 
 async def until(cond: Any, timeout: float = 30.0) -> Any:

@@ -374,21 +374,24 @@ def test_privileged_auth_list_and_identity_list(cluster: Cluster) -> None:
     assert "app=server" in table and "app=client" in table and "namespace=e2e" in table
 
 
-def test_privileged_pods_on_both_nodes_resolve_services_at_the_dns_address(cluster: Cluster) -> None:
+def test_privileged_pods_on_both_nodes_resolve_services_at_kube_dns(cluster: Cluster) -> None:
     kube_dns = cluster.json("get", "services", "kube-dns", "-n", "kube-system")
     assert kube_dns["spec"]["clusterIP"] == "10.96.0.10"
     server_ip = cluster.json("get", "services", "server", "-n", NS)["spec"]["clusterIP"]
-    # the one DNS server on the host, reached through each pod's veth (until the socket LB
-    # translates 10.96.0.10 to it): from node-1's client and node-2's server
+    # the one DNS server on the host, reached through each pod's veth: at its own address, and at
+    # kube-dns' ClusterIP (the pods' nameserver), which the socket load-balancer translates to it —
+    # UDP answers must come back from 10.96.0.10 (dnspython checks): from node-1's client and
+    # node-2's server
     for app in ("client", "server"):
         pod = cluster.pod(app)
-        p = cluster.run(
-            "exec", pod["metadata"]["name"], "-n", NS, "--", sys.executable, "-c", RESOLVE,
-            "169.254.20.10", "server.e2e.svc.cluster.local",
-            check=False,
-        )  # fmt: skip
-        assert p.returncode == 0, (app, p.stdout + p.stderr)
-        assert p.stdout.split() == [server_ip, server_ip], app
+        for nameserver in ("169.254.20.10", "10.96.0.10"):
+            p = cluster.run(
+                "exec", pod["metadata"]["name"], "-n", NS, "--", sys.executable, "-c", RESOLVE,
+                nameserver, "server.e2e.svc.cluster.local",
+                check=False,
+            )  # fmt: skip
+            assert p.returncode == 0, (app, nameserver, p.stdout + p.stderr)
+            assert p.stdout.split() == [server_ip, server_ip], (app, nameserver)
 
 
 def test_privileged_pod_processes_see_kubelets_resolv_conf(cluster: Cluster) -> None:

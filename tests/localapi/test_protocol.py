@@ -313,6 +313,17 @@ async def test_service_defaults_and_cluster_ip_allocation(client: Client) -> Non
     # A replace that omits clusterIP keeps the allocated one.
     st, a2 = await client.put(f"{svcs}/a", svc("a"))
     assert st == 200 and a2["spec"]["clusterIP"] == "10.96.0.2"
+    # NodePort / LoadBalancer: a nodePort per port, kept on replace, never one another Service has
+    _, n = await client.post(
+        svcs, svc("n", type="NodePort", ports=[{"port": 80}, {"port": 81, "nodePort": 30000}])
+    )
+    assert [p["nodePort"] for p in n["spec"]["ports"]] == [30001, 30000]
+    _, lb = await client.post(svcs, svc("lb", type="LoadBalancer"))
+    assert lb["spec"]["ports"][0]["nodePort"] == 30002
+    st, n2 = await client.put(f"{svcs}/n", svc("n", type="NodePort", ports=[{"port": 80}, {"port": 81}]))
+    assert st == 200 and [p["nodePort"] for p in n2["spec"]["ports"]] == [30001, 30000]
+    _, no = await client.post(svcs, svc("no", type="LoadBalancer", allocateLoadBalancerNodePorts=False))
+    assert "nodePort" not in no["spec"]["ports"][0] and "nodePort" not in a["spec"]["ports"][0]
 
 
 async def test_corrupt_stored_row_is_skipped_not_fatal(tmp_path: Path) -> None:
