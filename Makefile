@@ -18,6 +18,7 @@ demo: install ## Bring the mesh up on this machine (embedded NATS, 2 nodes, demo
 	@echo "    $(NM) status"
 	@echo "    $(NM) get pods -A"
 	@echo "    curl http://127.0.100.1:8080/a      # through the Gateway (address from the LB pool)"
+	@echo "    $(NM) exec <echo-a pod> -n demo -- curl -s http://echo-b.demo/   # a Service by name, from a pod"
 	@echo "    $(NM) observe --last 20"
 	@echo "    $(NM) down"
 

@@ -49,5 +49,21 @@ def test_privileged_exec_runs_in_pod_netns(tmp_path: Path, subnet: str) -> None:
         assert "127.0.50" not in out.stdout  # not the host's namespace
         missing = _nodemesh("--data-dir", str(tmp_path), "exec", "nope", "--", "true")
         assert missing.returncode == 1 and "no network namespace" in missing.stderr
+        # without a pod resolv.conf (pod with the host's DNS) the command sees the host's file
+        host_resolv = Path("/etc/resolv.conf").read_text()
+        seen = _nodemesh(
+            "--data-dir", str(tmp_path), "exec", "web", "-n", "team", "--", "cat", "/etc/resolv.conf"
+        )
+        assert seen.returncode == 0 and seen.stdout == host_resolv, seen.stderr
+        # with the one the datapath wrote for the pod (cluster DNS), the command sees that one, as the
+        # pod's workload does; the host's file stays as it was
+        pod_resolv = "search team.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\n"
+        (node_dir / "pods").mkdir()
+        (node_dir / "pods" / "team_web.resolv.conf").write_text(pod_resolv)
+        seen = _nodemesh(
+            "--data-dir", str(tmp_path), "exec", "web", "-n", "team", "--", "cat", "/etc/resolv.conf"
+        )
+        assert seen.returncode == 0 and seen.stdout == pod_resolv, seen.stderr
+        assert Path("/etc/resolv.conf").read_text() == host_resolv
     finally:
         delete_pod_netns(ns, ifname)

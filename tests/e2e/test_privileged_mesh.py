@@ -159,6 +159,13 @@ RESOLVE = (
     "print(' '.join(sorted(rd.address for r in (u, t) for rr in r.answer for rd in rr)))"
 )
 
+# Run inside a pod with `nodemesh exec`: GET / from a host by name (the pod's resolv.conf resolves it);
+# the peer address the socket reports (the Service's, after the socket load-balancer), then the body.
+GET_BY_NAME = (
+    "import http.client,sys; c=http.client.HTTPConnection(sys.argv[1],timeout=10); c.request('GET','/'); "
+    "r=c.getresponse(); print(c.sock.getpeername()[0]); print(r.status); print(r.read().decode())"
+)
+
 
 class Cluster:
     def __init__(self, data_dir: Path) -> None:
@@ -392,6 +399,39 @@ def test_privileged_pods_on_both_nodes_resolve_services_at_kube_dns(cluster: Clu
             )  # fmt: skip
             assert p.returncode == 0, (app, nameserver, p.stdout + p.stderr)
             assert p.stdout.split() == [server_ip, server_ip], (app, nameserver)
+
+
+def test_privileged_pods_on_both_nodes_reach_services_by_name(cluster: Cluster) -> None:
+    # as a workload calls another: by the Service's name, through cluster DNS and the socket LB.
+    # client (node-1) → Service server (its pod on node-2; authenticated); server (node-2) → Service
+    # client (pod on node-1); intruder (node-1) → Service client (same node). Short, namespaced and
+    # fully qualified names (the search path of the pod's resolv.conf completes the first two).
+    poll(lambda: _authenticated(cluster), "the client/server pair authenticated in `auth list`")
+    cases = [("client", "server", "server"), ("server", "client", "client.e2e"),
+             ("intruder", "client", "client.e2e.svc.cluster.local")]  # fmt: skip
+    for src, dst, host in cases:
+        src_pod, dst_pod = cluster.pod(src), cluster.pod(dst)
+        cluster_ip = cluster.json("get", "services", dst, "-n", NS)["spec"]["clusterIP"]
+        p = cluster.run(
+            "exec", src_pod["metadata"]["name"], "-n", NS, "--", sys.executable, "-c", GET_BY_NAME, host,
+            check=False,
+        )  # fmt: skip
+        assert p.returncode == 0, (src, host, p.stdout + p.stderr)
+        peer, status, body = p.stdout.split("\n", 2)
+        assert (peer, status) == (cluster_ip, "200"), (src, host)
+        assert json.loads(body)["pod"] == dst_pod["metadata"]["name"], (src, host)
+    # `observe` shows the connection pod to pod (the backend, after translation), allowed
+    client, server = cluster.pod("client"), cluster.pod("server")
+
+    def to_server() -> list[dict[str, Any]]:
+        return [
+            f
+            for f in cluster.flows("--from-pod", client["metadata"]["name"])
+            if f.get("IP", {}).get("destination") == server["status"]["podIP"]
+            and f.get("verdict") == "FORWARDED"
+        ]
+
+    assert poll(to_server, "client → server pod flows in `observe`", timeout=60)
 
 
 def test_privileged_pod_processes_see_kubelets_resolv_conf(cluster: Cluster) -> None:
