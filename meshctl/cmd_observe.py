@@ -51,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for side in ("from-", "to-", ""):
         either = " (either side)" if not side else ""
         p.add_argument(f"--{side}pod", **rep, help=f"[ns/]pod-name prefix{either}")
+        p.add_argument(f"--{side}service", **rep, help=f"[ns/]Service name prefix{either}")
         p.add_argument(f"--{side}label", **rep, help=f"key=value[,key2=value2] (k8s: optional){either}")
         p.add_argument(f"--{side}identity", **rep, help=f"numeric or reserved identity{either}")
         p.add_argument(f"--{side}ip", **rep, help=f"IP or CIDR{either}")
@@ -67,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def filters_from_args(args: argparse.Namespace) -> list[FlowFilter]:
     return build_filters(
         from_pod=args.from_pod, to_pod=args.to_pod, pod=args.pod, namespace=args.namespace,
+        from_service=args.from_service, to_service=args.to_service, service=args.service,
         from_label=args.from_label, to_label=args.to_label, label=args.label,
         from_identity=args.from_identity, to_identity=args.to_identity, identity=args.identity,
         from_ip=args.from_ip, to_ip=args.to_ip, ip=args.ip,

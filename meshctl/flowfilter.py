@@ -5,9 +5,11 @@ match (AND) and the values of one field are alternatives (OR); a flow is shown i
 allow filter (or there are none) and no deny filter. :func:`build_filters` turns ``hubble observe``
 style flags into filters the way the Hubble CLI does: ``--from-X``/``--to-X`` constrain one side,
 and an either-side flag (``--ip``, ``--pod``, ``--namespace``, ``--label``, ``--identity``,
-``--port``) yields two filters, one with the source side and one with the destination side.
+``--port``, ``--service``) yields two filters, one with the source side and one with the destination side.
 
 Values: pod ``ns/prefix``, ``ns/`` (whole namespace) or a bare pod-name prefix (any namespace);
+service the same, over the flow's ``source_service``/``destination_service`` (Hubble's
+``--from-service``/``--to-service``);
 label ``key=value``, ``key!=value``, ``key`` or ``!key``, comma-separated terms ANDed, ``k8s:``
 optional; identity a number or reserved name (``world``); ip an address or CIDR; protocol
 tcp/udp/icmp/sctp; verdict FORWARDED/DROPPED/…; type drop (1), trace (4), policy-verdict (5), l7.
@@ -22,7 +24,7 @@ from typing import Any
 import msgspec
 
 from nodemesh.labels import RESERVED_IDS
-from nodemesh.messages.flow import Endpoint, Flow
+from nodemesh.messages.flow import Endpoint, Flow, Service
 
 __all__ = [
     "EVENT_TYPES",
@@ -49,6 +51,8 @@ class FlowFilter(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     source_pod: list[str] = msgspec.field(default_factory=list)
     destination_pod: list[str] = msgspec.field(default_factory=list)
+    source_service: list[str] = msgspec.field(default_factory=list)
+    destination_service: list[str] = msgspec.field(default_factory=list)
     source_label: list[str] = msgspec.field(default_factory=list)
     destination_label: list[str] = msgspec.field(default_factory=list)
     source_identity: list[int] = msgspec.field(default_factory=list)
@@ -66,16 +70,22 @@ class FlowFilter(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 # --- matching -------------------------------------------------------------------------------------
-def _pod_match(ep: Endpoint | None, patterns: list[str]) -> bool:
-    if ep is None:
-        return False
+def _name_match(namespace: str, name: str, patterns: list[str]) -> bool:
     for p in patterns:
         ns, sep, prefix = p.partition("/")
-        if sep and ep.namespace == ns and ep.pod_name.startswith(prefix):
-            return True  # "ns/" is the whole namespace, "ns/pre" a pod-name prefix in it
-        if not sep and ep.pod_name and ep.pod_name.startswith(p):
+        if sep and namespace == ns and name.startswith(prefix):
+            return True  # "ns/" is the whole namespace, "ns/pre" a name prefix in it
+        if not sep and name and name.startswith(p):
             return True  # a bare prefix matches in any namespace
     return False
+
+
+def _pod_match(ep: Endpoint | None, patterns: list[str]) -> bool:
+    return ep is not None and _name_match(ep.namespace, ep.pod_name, patterns)
+
+
+def _service_match(svc: Service | None, patterns: list[str]) -> bool:
+    return svc is not None and bool(svc.name) and _name_match(svc.namespace, svc.name, patterns)
 
 
 def _parse_labels(labels: Iterable[str]) -> list[tuple[str, str, str]]:
@@ -175,6 +185,8 @@ def flow_matches(flow: Flow, f: FlowFilter) -> bool:
     checks: list[tuple[list[Any], Any]] = [
         (f.source_pod, lambda: _pod_match(src, f.source_pod)),
         (f.destination_pod, lambda: _pod_match(dst, f.destination_pod)),
+        (f.source_service, lambda: _service_match(flow.source_service, f.source_service)),
+        (f.destination_service, lambda: _service_match(flow.destination_service, f.destination_service)),
         (f.source_label, lambda: _label_match(src, f.source_label)),
         (f.destination_label, lambda: _label_match(dst, f.destination_label)),
         (f.source_identity, lambda: src is not None and src.identity in f.source_identity),
@@ -229,6 +241,9 @@ def build_filters(
     from_pod: Sequence[str] = (),
     to_pod: Sequence[str] = (),
     pod: Sequence[str] = (),
+    from_service: Sequence[str] = (),
+    to_service: Sequence[str] = (),
+    service: Sequence[str] = (),
     namespace: Sequence[str] = (),
     from_label: Sequence[str] = (),
     to_label: Sequence[str] = (),
@@ -266,6 +281,9 @@ def build_filters(
     both("source_pod", from_pod)
     both("destination_pod", to_pod)
     split("source_pod", "destination_pod", [*pod, *(n.rstrip("/") + "/" for n in namespace)])
+    both("source_service", from_service)
+    both("destination_service", to_service)
+    split("source_service", "destination_service", list(service))
     both("source_label", from_label)
     both("destination_label", to_label)
     split("source_label", "destination_label", list(label))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["HTTP", "IP", "L4", "L7", "TCP", "UDP", "Endpoint", "Flow", "ICMPv4", "TCPFlags"]
+__all__ = ["HTTP", "IP", "L4", "L7", "TCP", "UDP", "Endpoint", "Flow", "ICMPv4", "Service", "TCPFlags"]
 
 
 class Endpoint(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -18,6 +18,13 @@ class Endpoint(msgspec.Struct, kw_only=True, omit_defaults=True):
     labels: list[str] = msgspec.field(default_factory=list)
     pod_name: str = ""
     node_name: str = ""
+
+
+class Service(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Hubble's ``flow.Service``: the Kubernetes Service a flow's side belongs to."""
+
+    name: str = ""
+    namespace: str = ""
 
 
 class IP(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -91,3 +98,6 @@ class Flow(msgspec.Struct, kw_only=True, omit_defaults=True):
     auth_type: str = ""  # DISABLED | SPIRE | TEST_ALWAYS_FAIL
     policy_match_type: int = 0
     Summary: str = ""
+    # the Service whose backend the source answers as (replies) / the destination is (requests)
+    source_service: Service | None = None
+    destination_service: Service | None = None

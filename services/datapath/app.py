@@ -72,7 +72,8 @@ async def main(svc: Service) -> None:
     # L7 flows from the node's Envoy, enriched from the same ipcache/identity mirror as L3/L4 flows
     await start_configured(svc, cfg.node, cfg.accesslog, cfg.data_dir, mirror_enricher(agent))
 
-    pump = EventPump(loader, agent, svc.bus, svc.registry, cfg.event_queue_batches)
+    services = agent.lb.service_of if agent.lb is not None else None  # destination_service in flows
+    pump = EventPump(loader, agent, svc.bus, svc.registry, cfg.event_queue_batches, services)
     pump.start()
     svc.spawn(pump.run(), "flows")
 

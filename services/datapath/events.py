@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from nodemesh import subjects
 from nodemesh.bus import Bus
 from nodemesh.codec import encode
-from services.datapath.flows import DROP_REASONS, Directory, auth_required, event_to_flow
+from services.datapath.flows import DROP_REASONS, Directory, ServiceLookup, auth_required, event_to_flow
 from services.datapath.loader import Loader
 from services.datapath.maps import EVT_AUTH_REQUIRED, STAT_EVENTS, STAT_LOST_EVENTS, STAT_PACKETS, Event
 
@@ -40,9 +40,11 @@ class EventPump:
         bus: Bus,
         registry: CollectorRegistry,
         max_batches: int = 4096,
+        services: ServiceLookup | None = None,
     ) -> None:
         self.loader = loader
         self.dir = directory
+        self.services = services
         self.bus = bus
         self.max_batches = max_batches
         self.node = directory.node
@@ -121,7 +123,7 @@ class EventPump:
                         if ev.type == EVT_AUTH_REQUIRED:
                             await nc.publish(auth_subject, encode(auth_required(ev, self.dir, time.time())))
                             continue
-                        flow = event_to_flow(ev, self.dir, offset)
+                        flow = event_to_flow(ev, self.dir, offset, self.services)
                         await nc.publish(flow_subject, encode(flow))
                     except Exception as e:  # NATS down or a full outbound buffer: count, keep going
                         self.lost_publish += 1

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+from collections.abc import Callable
 from typing import Protocol
 
 from nodemesh.messages.auth import AuthKey, AuthRequired
-from nodemesh.messages.flow import IP, L4, TCP, UDP, Endpoint, Flow, ICMPv4, TCPFlags
+from nodemesh.messages.flow import IP, L4, TCP, UDP, Endpoint, Flow, ICMPv4, Service, TCPFlags
 from services.datapath.maps import DIR_EGRESS, EVT_DROP, Event, be32_to_ip
 
-__all__ = ["DROP_REASONS", "Directory", "auth_required", "event_to_flow", "tcp_flags"]
+__all__ = ["DROP_REASONS", "Directory", "ServiceLookup", "auth_required", "event_to_flow", "tcp_flags"]
 
 #: Cilium's DropReason names (flow.proto) for the reasons our programs produce.
 DROP_REASONS: dict[int, str] = {
@@ -28,6 +29,10 @@ DROP_REASONS: dict[int, str] = {
 }
 AUTH_TYPES = {0: "DISABLED", 1: "SPIRE", 2: "TEST_ALWAYS_FAIL"}
 _PROTO = {6: "TCP", 17: "UDP", 1: "ICMPv4", 132: "SCTP"}
+
+
+#: (ip, port, proto) → (namespace, name) of the Service that address is a backend of, or None
+ServiceLookup = Callable[[str, int, int], tuple[str, str] | None]
 
 
 class Directory(Protocol):
@@ -79,7 +84,19 @@ def _time(ts_ns: int, mono_to_wall_ns: int) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{wall % 1_000_000_000:09d}Z"
 
 
-def event_to_flow(ev: Event, d: Directory, mono_to_wall_ns: int) -> Flow:
+def _service(services: ServiceLookup | None, ip: str, port: int, proto: int) -> Service | None:
+    if services is None or proto not in (6, 17):
+        return None
+    ref = services(ip, port, proto)
+    return Service(namespace=ref[0], name=ref[1]) if ref is not None else None
+
+
+def event_to_flow(
+    ev: Event, d: Directory, mono_to_wall_ns: int, services: ServiceLookup | None = None
+) -> Flow:
+    """``services`` attributes backends to Services (docs/services.md, "Flows"): packets of a
+    socket-balanced connection carry the backend's address, so a request to a backend gets the
+    backend's Service as ``destination_service`` and a reply from it ``source_service``."""
     src_ip, dst_ip = be32_to_ip(ev.saddr), be32_to_ip(ev.daddr)
     egress = ev.dir == DIR_EGRESS
     # the local endpoint is the source at egress and the destination at ingress
@@ -101,6 +118,9 @@ def event_to_flow(ev: Event, d: Directory, mono_to_wall_ns: int) -> Flow:
         l4 = L4(icmpv4=ICMPv4(type=ev.icmp_type, code=ev.icmp_code))
         summary = f"ICMPv4 type {ev.icmp_type}"
     dropped = ev.type == EVT_DROP
+    reply = bool(ev.is_reply)
+    dst_svc = None if reply else _service(services, dst_ip, dport, int(ev.proto))
+    src_svc = _service(services, src_ip, sport, int(ev.proto)) if reply else None
     reason = DROP_REASONS.get(ev.drop_reason, str(ev.drop_reason)) if dropped else ""
     return Flow(
         ip=IP(source=src_ip, destination=dst_ip),
@@ -114,10 +134,12 @@ def event_to_flow(ev: Event, d: Directory, mono_to_wall_ns: int) -> Flow:
         traffic_direction="EGRESS" if egress else "INGRESS",
         drop_reason=int(ev.drop_reason) if dropped else 0,
         drop_reason_desc=reason,
-        is_reply=bool(ev.is_reply),
+        is_reply=reply,
         auth_type=AUTH_TYPES.get(ev.auth_type, str(ev.auth_type)) if ev.auth_type else "",
         policy_match_type=int(ev.match_type),
         Summary=f"{reason}; {summary}" if dropped else summary,
+        source_service=src_svc,
+        destination_service=dst_svc,
     )
 
 

@@ -27,10 +27,12 @@ from prometheus_client.registry import Collector
 from nodemesh.messages.identity import NodeInfo
 from nodemesh.messages.k8s import ObjectEvent
 from services.datapath.config import DatapathConfig
+from services.datapath.lb.attribution import BackendServices
 from services.datapath.lb.diff import LbState, Op, diff, nodeports_of
+from services.datapath.lb.listing import write_names
 from services.datapath.lb.loader import SockLoader
 from services.datapath.lb.maps import NS_HOST, NS_POD, LbMaps
-from services.datapath.lb.model import F_NODE_PORT, Frontend, FrontendPlan
+from services.datapath.lb.model import F_NODE_PORT, Frontend, FrontendPlan, ServiceRef
 from services.datapath.lb.plan import SERVICE_NAME_LABEL, PlanContext, ServicePlan, plan_service
 from services.datapath.pods.netns import netns_socket
 
@@ -67,6 +69,7 @@ def _service_of(es: dict[str, Any] | None) -> str:
 class ServiceLB:
     def __init__(self, cfg: DatapathConfig, pin_dir: str, registry: CollectorRegistry) -> None:
         self.node = cfg.node
+        self.node_dir = cfg.data_dir  # where service list finds the names of the frontends
         self.host_sockets = cfg.lb_host_sockets
         self.loader = SockLoader(pin_dir, cgroup_root=cfg.cgroup_root)
         self.maps: LbMaps | None = None
@@ -80,6 +83,8 @@ class ServiceLB:
         self.desired: dict[Frontend, FrontendPlan] = {}
         self.pod_cookies: dict[str, int] = {}  # pod key → netns cookie
         self.host_cookie = 0
+        self.by_backend = BackendServices()  # flows: which Service a backend address serves
+        self.names: dict[Frontend, tuple[int, ServiceRef]] = {}  # what NAMES_FILE holds
         self._errors: dict[SvcKey, list[str]] = {}
         self.services = Gauge(
             "nodemesh_lb_services", "Services load-balanced on this node", registry=registry
@@ -222,14 +227,17 @@ class ServiceLB:
                 self._errors.pop(key, None)
         for fe in touched:
             owners = self.claims.get(fe)
+            old_plan = self.desired.get(fe)
             if owners:
                 first = min(owners)
                 self.desired[fe] = self.plans[first].frontends[fe]
+                self.by_backend.set(fe, old_plan, self.desired[fe])
                 if len(owners) > 1:
                     log.warning("frontend %s claimed by %s; %s/%s keeps it", fe, sorted(owners), *first)
             else:
                 self.claims.pop(fe, None)
                 self.desired.pop(fe, None)
+                self.by_backend.set(fe, old_plan, None)
         return touched
 
     def sync(self) -> None:
@@ -239,13 +247,15 @@ class ServiceLB:
         self.plans.clear()
         self.claims.clear()
         self.desired.clear()
+        self.by_backend = BackendServices()
         self.slices.clear()
         for es in self.k8s.list("EndpointSlice"):
             if svc := _service_of(es):
                 ns = str(_meta(es).get("namespace") or "default")
                 self.slices.setdefault((ns, svc), {})[str(_meta(es).get("name") or "")] = es
-        self._replan(self._service_keys(), self._ctx())
+        touched = self._replan(self._service_keys(), self._ctx())
         self._write(diff(self.state, self.desired, nodeports=nodeports_of(self.desired)))
+        self._record_names(touched | set(self.names))
         self.synced = True
         self.update_seconds.labels("sync").observe(time.perf_counter() - t0)
         log.info(
@@ -260,8 +270,32 @@ class ServiceLB:
         ops = diff(self.state, self.desired, only=touched,
                    nodeports=nodeports_of(self.desired) if np_changed else None)  # fmt: skip
         self._write(ops)
+        self._record_names(touched)
         self.update_seconds.labels("service").observe(time.perf_counter() - t0)
         return ops
+
+    def service_of(self, ip: str, port: int, proto: int) -> tuple[str, str] | None:
+        """(namespace, name) of the Service whose backend ``ip:port/proto`` is (flows)."""
+        return self.by_backend.lookup(ip, port, proto)
+
+    def _record_names(self, frontends: Iterable[Frontend]) -> None:
+        """Rewrite NAMES_FILE if a frontend's rev-NAT id or Service changed (rare: backend churn
+        changes neither, so the file is not rewritten per EndpointSlice update)."""
+        changed = False
+        for fe in frontends:
+            fp, rid = self.desired.get(fe), self.state.rev_of.get(fe)
+            new = (rid, fp.service) if fp is not None and rid is not None else None
+            if new != self.names.get(fe):
+                changed = True
+                if new is None:
+                    self.names.pop(fe, None)
+                else:
+                    self.names[fe] = new
+        if changed:
+            try:
+                write_names(self.node_dir, self.names)
+            except OSError as e:  # listing loses names; the datapath itself is unaffected
+                log.warning("cannot record service names in %s: %s", self.node_dir, e)
 
     def _is_node_port(self, fe: Frontend) -> bool:
         fp = self.desired.get(fe)
