@@ -14,7 +14,7 @@ TIME_WAIT piling up across rounds), timing each connection. The same client for 
 - ``ipt-N``: no programs; the same N Services as kube-proxy's iptables mode writes them
   (KUBE-SERVICES → KUBE-SVC-<hash> with ``-m statistic --mode random --probability`` per endpoint
   → KUBE-SEP-<hash> DNAT, chain names hashed the way kube-proxy does), loaded with
-  ``iptables-restore --noflush`` into the host's nat table, jumped to from PREROUTING for packets
+  ``iptables-legacy-restore --noflush`` into the host's nat table, jumped to from PREROUTING for packets
   from the client pod's veth, removed after the round. The measured Service sits in the middle of
   KUBE-SERVICES (kube-proxy writes Services in map order: on average, half the list is walked).
 
@@ -46,6 +46,9 @@ from services.datapath.services import netns_cookie
 
 SIZES = (100, 1_000, 10_000)
 CLIENT_IP, SERVER_IP = "10.98.255.2", "10.98.255.3"
+# iptables-legacy (x_tables, kube-proxy's classic backend): iptables-nft-restore takes ~2 min to
+# load and remove 10k Services' rules on this machine, too long to interleave
+IPT, IPT_RESTORE = "iptables-legacy", "iptables-legacy-restore"
 PORTS = (8080, 8081)  # the measured Service's two endpoints: both in the server pod
 
 SERVER = r"""
@@ -208,18 +211,18 @@ class Bench:
     def set_ipt(self, n: int) -> None:
         text = self.ipt_rules(n)
         self.ipt_loaded = True
-        sh("iptables-restore", "--noflush", input=text)
+        sh(IPT_RESTORE, "--noflush", input=text)
 
     def clear_ipt(self) -> None:
         if not self.ipt_loaded:
             return
         assert self.client is not None
-        sh("iptables", "-t", "nat", "-D", "PREROUTING", "-i", self.client.host_ifname, "-j", self.top,
+        sh(IPT, "-t", "nat", "-D", "PREROUTING", "-i", self.client.host_ifname, "-j", self.top,
            check=False)  # fmt: skip
         chains = [self.top, self.masq, *self.svc_chains, *self.sep_chains]
         text = "*nat\n" + "".join(f":{c} - [0:0]\n" for c in chains)  # declaring a chain flushes it
         text += "".join(f"-X {c}\n" for c in chains) + "COMMIT\n"
-        sh("iptables-restore", "--noflush", input=text, check=False)
+        sh(IPT_RESTORE, "--noflush", input=text, check=False)
         self.ipt_loaded = False
 
     # --- measurement ----------------------------------------------------------------------------
@@ -284,15 +287,20 @@ def main() -> None:
     b = Bench(a.conns)
     try:
         b.setup()
-        for rep in range(a.reps):
+        for rep in range(a.reps):  # Ctrl-C: clean up, then report the repetitions that completed
             for c in configs:
                 t0 = time.perf_counter()
                 samples[c].append(r := b.run_config(c))
                 print(f"rep {rep} {c:10} {r['conn_per_s']:8.0f} conn/s p50 {r['p50_us']:7.1f} us "
                       f"p99 {r['p99_us']:7.1f} us err {r['errors']} ({time.perf_counter() - t0:.1f} s)",
                       flush=True)  # fmt: skip
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
     finally:
         b.close()
+    done = min(len(s) for s in samples.values())
+    samples = {c: s[:done] for c, s in samples.items()}
+    print(f"\ncomplete repetitions: {done}")
     # ratios per repetition (against that repetition's pod / ipt sample), then medians
     print("\n| config | conn/s | p50 µs | p99 µs | conn/s vs pod | p99 vs pod | conn/s vs ipt "
           "| p99 ipt/bpf |")  # fmt: skip
