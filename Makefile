@@ -85,6 +85,7 @@ bench: install ## Run every benchmark (interleaved A/B, as root); then update be
 	$(PY) -m bench.l7policy
 	$(PY) -m bench.accesslog
 	$(PY) -m bench.dns
+	$(PY) -m bench.services --reps 5 --conns 2000
 
 bench-doc: ## Rebuild docs/benchmarks.md from bench/*/RESULTS.md
 	python3 scripts/collect-benchmarks.py
