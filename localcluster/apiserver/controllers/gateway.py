@@ -13,7 +13,12 @@ import hashlib
 from typing import Any
 
 from localcluster.apiserver.controllers.lbipam import IPS_ANNOTATION
-from localcluster.apiserver.controllers.util import controlled_by, guarded, owner_ref
+from localcluster.apiserver.controllers.util import (
+    controlled_by,
+    guarded,
+    owner_ref,
+    with_allocated_node_ports,
+)
 from localcluster.apiserver.store import Store, clone
 from nodemesh.kinds import by_kind
 
@@ -102,7 +107,7 @@ def _reconcile_gateways_one(store: Store, gw: dict[str, Any], ours: set[str]) ->
     new["metadata"]["labels"] = want["metadata"]["labels"]
     if "annotations" in want["metadata"] or "annotations" in new["metadata"]:
         new["metadata"]["annotations"] = want["metadata"].get("annotations", {})
-    new["spec"].update(want["spec"])
+    new["spec"].update(with_allocated_node_ports(want["spec"], cur["spec"]))
     if new != cur:
         before = store.rv
         store.update(svc_kind, new, validate=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from localcluster.apiserver.controllers.util import owner_ref
+from localcluster.apiserver.controllers.util import owner_ref, with_allocated_node_ports
 from localcluster.apiserver.store import Store, clone
 from nodemesh.kinds import by_kind
 from services.xds.translate import TranslateInput, translate
@@ -65,7 +65,7 @@ def reconcile_ingresses(store: Store) -> int:
         new["metadata"]["labels"] = svc["metadata"]["labels"]
         if "ownerReferences" in svc["metadata"]:
             new["metadata"]["ownerReferences"] = svc["metadata"]["ownerReferences"]
-        new["spec"].update(svc["spec"])
+        new["spec"].update(with_allocated_node_ports(svc["spec"], cur["spec"]))
         if new != cur:
             before = store.rv
             store.update(svc_kind, new, validate=False)

@@ -80,3 +80,22 @@ def guarded(fn: Callable[..., int], store: Store, obj: dict[str, Any], *args: An
 def as_map(value: Any) -> dict[str, Any]:
     """``value`` if it is a JSON object, else an empty one (malformed input reads as absent)."""
     return value if isinstance(value, dict) else {}
+
+
+def with_allocated_node_ports(want: dict[str, Any], cur: dict[str, Any]) -> dict[str, Any]:
+    """``want`` (a Service spec) with the nodePorts admission already allocated in ``cur`` kept.
+
+    A controller owns the fields it sets, not what the API server allocated: without this, every
+    reconcile would write the ports without their nodePorts, admission would put them back, and the
+    controller would see a difference again — an endless update loop.
+    """
+    allocated = {
+        (p.get("name"), p.get("port"), p.get("protocol", "TCP")): p["nodePort"]
+        for p in cur.get("ports") or []
+        if isinstance(p, dict) and isinstance(p.get("nodePort"), int)
+    }
+    ports = []
+    for p in want.get("ports") or []:
+        key = (p.get("name"), p.get("port"), p.get("protocol", "TCP"))
+        ports.append({**p, "nodePort": allocated[key]} if key in allocated and "nodePort" not in p else p)
+    return {**want, "ports": ports} if "ports" in want else want
