@@ -84,6 +84,7 @@ bench: install ## Run every benchmark (interleaved A/B, as root); then update be
 	$(PY) -m bench.xds
 	$(PY) -m bench.l7policy
 	$(PY) -m bench.accesslog
+	$(PY) -m bench.lb --services 1000 --backends 10 --changes 300
 	$(PY) -m bench.dns
 	$(PY) -m bench.services --reps 5 --conns 2000
 
