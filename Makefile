@@ -70,7 +70,7 @@ down: ## Stop a mesh started with `make demo`
 	-$(NM) down
 
 conformance: install ## Run the 60 Gateway API conformance cases (translator + real Envoy + echo pods; root)
-	$(PY) -m conformance --report docs/conformance.md
+	$(PY) -m conformance --report docs/conformance.md --conformance-report docs/conformance-report.yaml
 
 conformance-cluster: install ## The conformance cases against a full local cluster (nodemesh up; root)
 	D=$$(mktemp -d) && $(NM) up --data-dir $$D --nodes 2 && $(PY) -m conformance --mode cluster --data-dir $$D; \

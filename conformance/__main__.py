@@ -19,6 +19,7 @@ import yaml
 from .cases import Generated, corpus_dir, load_case, load_index
 from .report import write_report
 from .runner import CaseResult, run_case
+from .upstream_report import conformance_report, write_conformance_report
 
 CLASS, CONTROLLER = "nodemesh", "nodemesh.io/gateway-controller"
 
@@ -66,16 +67,47 @@ async def _main(args: argparse.Namespace) -> int:
             else:
                 r = await run_case(cluster, case, gen, CONTROLLER, args.scale)
             results.append(r)
-            mark = "PASS" if r.passed else "FAIL"
-            print(
-                f"{mark} {r.name} ({r.feature}, {r.seconds}s){'' if r.passed else ': ' + r.reason}",
-                flush=True,
-            )
+            mark = {"passed": "PASS", "failed": "FAIL", "not checked": "NOT CHECKED"}[r.outcome]
+            why = r.reason or "; ".join(r.unchecked)
+            print(f"{mark} {r.name} ({r.feature}, {r.seconds}s){': ' + why if why else ''}", flush=True)
     passed = sum(r.passed for r in results)
-    print(f"{passed}/{len(results)} passed in {time.monotonic() - t0:.0f}s")
+    unchecked = sum(r.outcome == "not checked" for r in results)
+    print(
+        f"{passed}/{len(results)} passed"
+        + (f", {unchecked} not checked" if unchecked else "")
+        + f" in {time.monotonic() - t0:.0f}s"
+    )
     if args.report:
         write_report(args.report, results, index, mode)
+    if args.conformance_report:
+        impl: dict[str, Any] = {}
+        if args.implementation_url:
+            impl["url"] = args.implementation_url
+        if args.contact:
+            impl["contact"] = args.contact
+        write_conformance_report(
+            args.conformance_report,
+            conformance_report(
+                results,
+                index,
+                gateway_api_version=args.gateway_api_version or _corpus_version(root),
+                channel=args.gateway_api_channel,
+                implementation=impl,
+            ),
+        )
     return 0 if passed == len(results) else 1
+
+
+def _corpus_version(root: Any) -> str:
+    """The Gateway API version the corpus was taken from: its index names the upstream commit."""
+    try:
+        data = yaml.safe_load((root / "index.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return "unknown"
+    up = data.get("upstream") or {}
+    return str(
+        up.get("version") or (f"commit-{str(up.get('commit'))[:7]}" if up.get("commit") else "unknown")
+    )
 
 
 def main() -> None:
@@ -86,6 +118,14 @@ def main() -> None:
     p.add_argument("--mode", choices=("standalone", "cluster"), default="standalone")
     p.add_argument("--data-dir", help="local cluster data directory (--mode cluster)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every timeout")
+    p.add_argument("--conformance-report", help="write the upstream ConformanceReport (YAML) here")
+    p.add_argument(
+        "--gateway-api-version",
+        help="the Gateway API release the corpus follows (default: the corpus index's upstream commit)",
+    )
+    p.add_argument("--gateway-api-channel", choices=("standard", "experimental"), default="experimental")
+    p.add_argument("--implementation-url", help="the project's URL, for the report")
+    p.add_argument("--contact", action="append", help="maintainer contact for the report (repeatable)")
     sys.exit(asyncio.run(_main(p.parse_args())))
 
 

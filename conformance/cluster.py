@@ -204,6 +204,9 @@ class LocalCluster:
     def _pods(self, namespace: str) -> list[dict[str, Any]]:
         return self.list_objects("Pod", namespace)
 
+    def pod_count(self, namespace: str) -> int:
+        return len(self._pods(namespace))
+
     def pods_ready(self, namespace: str) -> bool:
         for p in self._pods(namespace):
             conds = (p.get("status") or {}).get("conditions") or []

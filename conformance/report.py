@@ -32,7 +32,9 @@ CILIUM_116_EXTENDED = {
 
 NOTES = """## How it runs
 
-- `make conformance` (= `python -m conformance --report docs/conformance.md`) runs every case;
+- `make conformance` (= `python -m conformance --report docs/conformance.md --conformance-report
+  docs/conformance-report.yaml`) runs every case and also writes the upstream `ConformanceReport`
+  (profiles GATEWAY-HTTP/TLS/GRPC, core and extended results, supported features);
   `--case NAME` (repeatable) runs some; `--dir` or `$NODEMESH_CONFORMANCE_DIR` points at another corpus;
   `--scale` multiplies every timeout.
 - `--mode standalone` (default): the translator (`services/xds/translate`) + one real Envoy 1.40 fed
@@ -71,7 +73,14 @@ def write_report(path: str, results: list[CaseResult], index: list[dict[str, Any
         "is run one case at a time with the README's rules (3 consecutive successes within 30 s per request,",
         "the weighted and mirror statistics, status polling with upstream timeouts).",
         "",
-        f"**{sum(r.passed for r in results)}/{len(results)} passed.**",
+        f"**{sum(r.passed for r in results)}/{len(results)} passed"
+        + (
+            f", {sum(r.outcome == 'not checked' for r in results)} not checked"
+            if any(r.outcome == "not checked" for r in results)
+            else ""
+        )
+        + ".** A case with a check the runner could not really perform (a generation check with no"
+        + " preceding change, a readiness check with no pods) is *not checked*, never passed.",
         "",
         "| feature | passed | cases |",
         "|---|---|---|",
@@ -84,7 +93,8 @@ def write_report(path: str, results: list[CaseResult], index: list[dict[str, Any
             if feat.startswith("extended/") and tag in CILIUM_116_EXTENDED
             else ""
         )
-        cases = ", ".join(f"{'✅' if r.passed else '❌'} {r.name}" for r in rs)
+        icon = {"passed": "✅", "failed": "❌", "not checked": "⚪"}
+        cases = ", ".join(f"{icon[r.outcome]} {r.name}" for r in rs)
         lines.append(f"| `{feat}`{note} | {sum(r.passed for r in rs)}/{len(rs)} | {cases} |")
     fails = [r for r in results if not r.passed]
     lines += ["", "## Cases that do not pass", ""]
@@ -92,9 +102,11 @@ def write_report(path: str, results: list[CaseResult], index: list[dict[str, Any
         lines.append("None.")
     for r in fails:
         prov = " (provisional upstream)" if r.provisional else ""
-        lines.append(f"- **{r.name}**{prov} (`{r.feature}`): {r.reason}")
+        why = r.reason or "not checked: " + "; ".join(r.unchecked)
+        lines.append(f"- **{r.name}**{prov} (`{r.feature}`): {why}")
     lines += ["", *NOTES.splitlines()]
     lines += ["", "## Per case", "", "| case | feature | result | seconds |", "|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.name} | `{r.feature}` | {'pass' if r.passed else 'FAIL'} | {r.seconds} |")
+        word = {"passed": "pass", "failed": "FAIL", "not checked": "not checked"}[r.outcome]
+        lines.append(f"| {r.name} | `{r.feature}` | {word} | {r.seconds} |")
     Path(path).write_text("\n".join(lines) + "\n")

@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from .cases import Case, Generated
@@ -45,20 +45,62 @@ class Cluster(Protocol):
     ) -> None: ...
     def pod_log(self, namespace: str, deployment_prefix: str) -> str: ...
     def pods_ready(self, namespace: str) -> bool: ...
+    def pod_count(self, namespace: str) -> int: ...
 
 
 @dataclass
 class CaseResult:
+    """One case's outcome. ``unchecked`` lists the checks the runner could not really perform (nothing
+    to observe): such a case is "not checked", never passed, even when everything else held."""
+
     name: str
     feature: str
     passed: bool
     reason: str = ""
     seconds: float = 0.0
     provisional: bool = False
+    unchecked: list[str] = field(default_factory=list)
+
+    @property
+    def outcome(self) -> str:
+        """``passed``, ``failed`` or ``not checked``."""
+        if self.passed:
+            return "passed"
+        return "not checked" if self.unchecked and not self.reason else "failed"
 
 
 class CaseFailed(AssertionError):
     """A case's expectation did not hold (an AssertionError, so tests can use the runner directly)."""
+
+
+class _Run:
+    """What one case's run remembers between steps: generations before each patch (so a
+    ``generation_changed`` check compares against something real) and the checks it could not make."""
+
+    def __init__(self) -> None:
+        self.generation_before: dict[tuple[str, str, str], Any] = {}
+        self.unchecked: list[str] = []
+
+
+def _object_ref(text: str) -> tuple[str, str, str]:
+    """``"Gateway ns/name"`` -> (kind, ns, name)."""
+    kind, _, ref = str(text).strip().partition(" ")
+    ns, _, name = ref.partition("/")
+    return kind, ns, name
+
+
+def _generation_changed(c: Cluster, chk: dict[str, Any], run: _Run) -> str | None:
+    """ "" when the object's generation moved since the patch before this phase, a reason when it did
+    not, None when no patch of that object preceded (nothing to compare: not checkable)."""
+    key = _object_ref(chk.get("object", ""))
+    if key not in run.generation_before:
+        return None
+    obj = c.get(*key) or {}
+    now = (obj.get("metadata") or {}).get("generation")
+    before = run.generation_before[key]
+    if now is None or now == before:
+        return f"{key[0]} {key[1]}/{key[2]} generation still {now} after the patch"
+    return ""
 
 
 def _target(c: Cluster, target: dict[str, Any]) -> tuple[str, int]:
@@ -66,7 +108,14 @@ def _target(c: Cluster, target: dict[str, Any]) -> tuple[str, int]:
     return c.gateway_address(ns, name), int(target.get("port") or 80)
 
 
-async def _poll_status(c: Cluster, chk: dict[str, Any], controller: str, scale: float) -> None:
+async def _poll_status(c: Cluster, chk: dict[str, Any], controller: str, scale: float, run: _Run) -> None:
+    if chk.get("check") == "generation_changed":
+        why_gen = _generation_changed(c, chk, run)
+        if why_gen is None:
+            run.unchecked.append(f"generation_changed on {chk.get('object')}: no patch of it preceded")
+        elif why_gen:
+            raise CaseFailed(f"status generation_changed: {why_gen}")
+        return
     timeout = CHECK_TIMEOUTS.get(chk.get("check", ""), 60.0) * scale
     interval = 1.0 if chk.get("check") == "route_no_accepted_parents" else 0.1
     deadline = time.monotonic() + timeout
@@ -78,6 +127,11 @@ async def _poll_status(c: Cluster, chk: dict[str, Any], controller: str, scale: 
             consecutive += 1
             # route_no_accepted_parents with empty parents must hold on two polls 1 s apart.
             if chk.get("check") != "route_no_accepted_parents" or consecutive >= 2:
+                if chk.get("check") == "namespaces_ready":
+                    # "every pod is Ready" holds vacuously where there is no pod: that observed nothing.
+                    empty = [ns for ns in chk.get("namespaces") or [] if c.pod_count(ns) == 0]
+                    if empty:
+                        run.unchecked.append(f"namespaces_ready: no pods in {', '.join(empty)}")
                 return
         else:
             consecutive = 0
@@ -303,7 +357,7 @@ def _patch(c: Cluster, action: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-async def _action(c: Cluster, action: dict[str, Any]) -> None:
+async def _action(c: Cluster, action: dict[str, Any], run: _Run) -> None:
     if action.get("action") == "delete":
         ref = action.get("object", "")
         if isinstance(ref, dict):
@@ -312,7 +366,11 @@ async def _action(c: Cluster, action: dict[str, Any]) -> None:
             ns, _, name = str(ref).partition("/")
         await c.delete([{"kind": action["kind"], "metadata": {"namespace": ns, "name": name}}])
     else:
-        await c.apply([_patch(c, action)])
+        obj = _patch(c, action)
+        meta = obj.get("metadata") or {}
+        key = (str(action["kind"]), str(meta.get("namespace", "")), str(meta.get("name", "")))
+        run.generation_before[key] = meta.get("generation")
+        await c.apply([obj])
 
 
 async def run_case(c: Cluster, case: Case, gen: Generated, controller: str, scale: float = 1.0) -> CaseResult:
@@ -330,16 +388,17 @@ async def run_case(c: Cluster, case: Case, gen: Generated, controller: str, scal
 
                 objs.append(tls_secret(ns, name, pairs[secret]))
     applied = objs + case.manifests
+    run = _Run()
     try:
         await c.apply(applied)
         await c.ensure_backends(case.backends, pairs)
         for phase in case.phases():
             for a in case.actions:
                 if int(a.get("before_phase", 1)) == phase:
-                    await _action(c, a)
+                    await _action(c, a, run)
             for chk in case.status_expectations:
                 if int(chk.get("phase", 1)) == phase:
-                    await _poll_status(c, chk, controller, scale)
+                    await _poll_status(c, chk, controller, scale, run)
             for item in case.requests:
                 if int(item.get("phase", 1)) == phase:
                     await _request_item(c, item, gen, scale)
@@ -352,9 +411,23 @@ async def run_case(c: Cluster, case: Case, gen: Generated, controller: str, scal
                         await _mirror_percent(c, entry, case, gen, scale)
                 if isinstance(case.repeated_check, dict):
                     await _repeated(c, case.repeated_check)
-        result = CaseResult(case.name, case.feature, True, "", provisional=case.provisional)
+        result = CaseResult(
+            case.name,
+            case.feature,
+            not run.unchecked,
+            "",
+            provisional=case.provisional,
+            unchecked=run.unchecked,
+        )
     except CaseFailed as e:
-        result = CaseResult(case.name, case.feature, False, str(e)[:600], provisional=case.provisional)
+        result = CaseResult(
+            case.name,
+            case.feature,
+            False,
+            str(e)[:600],
+            provisional=case.provisional,
+            unchecked=run.unchecked,
+        )
     except Exception as e:  # a harness bug must not stop the other cases
         import traceback
 

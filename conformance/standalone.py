@@ -317,6 +317,9 @@ class Standalone:
                         out.append(p.log.read_text(errors="replace"))
         return "".join(out)
 
+    def pod_count(self, namespace: str) -> int:
+        return sum(1 for pods in self.pods.values() for p in pods if p.namespace == namespace)
+
     def pods_ready(self, namespace: str) -> bool:
         return all(p.ready() for pods in self.pods.values() for p in pods if p.namespace == namespace)
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,3 +128,57 @@ def test_cli_rejects_a_missing_or_corrupt_corpus(tmp_path: Path) -> None:
         timeout=120,
     )
     assert out.returncode == 1 and "FAIL Broken" in out.stdout and "cannot read the case" in out.stdout
+
+
+@needs_corpus
+async def test_a_check_that_observes_nothing_is_not_checked_never_passed(tmp_path: Path) -> None:
+    """A generation check with no change before it, and a readiness check over a namespace with no
+    pods, cannot fail: the runner reports such a case as "not checked", not as passed."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(ROOT, corpus)
+    case = corpus / "cases" / "HTTPRouteSimpleSameNamespace.yaml"
+    case.chmod(0o644)
+    case.write_text(
+        case.read_text().replace(
+            "status_expectations:\n",
+            "status_expectations:\n"
+            "- check: generation_changed\n"
+            "  object: Gateway gateway-conformance-infra/same-namespace\n"
+            "- check: namespaces_ready\n"
+            "  namespaces: [gateway-conformance-nothing-here]\n",
+            1,
+        )
+    )
+    async with Standalone() as c:
+        r = await run_case(
+            c,
+            load_case(corpus, "HTTPRouteSimpleSameNamespace", "nodemesh", CONTROLLER),
+            Generated(),
+            CONTROLLER,
+        )
+    assert not r.passed and r.outcome == "not checked", (r.reason, r.unchecked)
+    assert any("generation_changed" in u and "no patch" in u for u in r.unchecked)
+    assert any("no pods in gateway-conformance-nothing-here" in u for u in r.unchecked)
+
+
+@needs_corpus
+async def test_a_patch_that_leaves_the_generation_fails_the_generation_check() -> None:
+    """GatewayModifyListeners' generation checks compare with the generation before the patch: with an
+    API server that does not bump it, the case fails with the reason (it used to pass regardless)."""
+
+    class NoBump(Standalone):
+        def _upsert(self, obj: dict[str, Any]) -> None:
+            m = obj.get("metadata") or {}
+            old = self.get(str(obj.get("kind")), str(m.get("namespace", "")), str(m.get("name", "")))
+            super()._upsert(obj)
+            if old is not None:  # an API server that forgets to bump metadata.generation
+                new = self.get(str(obj.get("kind")), str(m.get("namespace", "")), str(m.get("name", "")))
+                assert new is not None
+                new["metadata"]["generation"] = old["metadata"]["generation"]
+
+    async with NoBump() as c:
+        r = await run_case(
+            c, load_case(ROOT, "GatewayModifyListeners", "nodemesh", CONTROLLER), Generated(), CONTROLLER, 0.2
+        )
+    assert r.outcome == "failed", (r.reason, r.unchecked)
+    assert "generation_changed" in r.reason and "still" in r.reason
