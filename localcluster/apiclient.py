@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from nodemesh.errors import NodemeshError
@@ -63,14 +65,54 @@ class ApiClient:
                 return None
             raise
 
-    def list(self, kind: Kind, namespace: str = "") -> list[dict[str, Any]]:
-        out = self.request("GET", kind.path(namespace if kind.namespaced else ""))
+    def list_with_version(
+        self, kind: Kind, namespace: str = "", label_selector: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The items and the list's resourceVersion (where a watch resumes)."""
+        path = kind.path(namespace if kind.namespaced else "")
+        if label_selector:
+            path += "?" + urllib.parse.urlencode({"labelSelector": label_selector})
+        out = self.request("GET", path)
         items: list[dict[str, Any]] = list((out or {}).get("items") or [])
         for item in items:
             # A List's items omit apiVersion/kind in Kubernetes; put them back for printing.
             item.setdefault("apiVersion", kind.api_version)
             item.setdefault("kind", kind.kind)
-        return items
+        return items, str(((out or {}).get("metadata") or {}).get("resourceVersion", ""))
+
+    def list(self, kind: Kind, namespace: str = "", label_selector: str = "") -> list[dict[str, Any]]:
+        return self.list_with_version(kind, namespace, label_selector)[0]
+
+    def watch(
+        self, kind: Kind, namespace: str = "", label_selector: str = "", resource_version: str = ""
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event type, object) pairs of a watch from ``resource_version``, until the server ends it."""
+        q = {"watch": "1", "allowWatchBookmarks": "false"}
+        if label_selector:
+            q["labelSelector"] = label_selector
+        if resource_version:
+            q["resourceVersion"] = resource_version
+        url = self.base + kind.path(namespace if kind.namespaced else "") + "?" + urllib.parse.urlencode(q)
+        req = urllib.request.Request(url, headers={"Accept": "application/json"})
+        try:
+            resp = urllib.request.urlopen(req, timeout=None)
+        except urllib.error.HTTPError as e:
+            raise ApiError(e.code, e.read().decode(errors="replace").strip() or e.reason) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ApiError(0, f"cannot reach the API server at {self.base}: {e}") from None
+        with resp:
+            for line in resp:
+                if not line.strip():
+                    continue
+                ev = json.loads(line)
+                obj = ev.get("object") or {}
+                if ev.get("type") == "ERROR":
+                    raise ApiError(int(obj.get("code") or 0), str(obj.get("message") or "watch error"))
+                if ev.get("type") == "BOOKMARK":
+                    continue
+                obj.setdefault("apiVersion", kind.api_version)
+                obj.setdefault("kind", kind.kind)
+                yield str(ev.get("type")), obj
 
     def create(self, kind: Kind, obj: dict[str, Any], namespace: str = "") -> dict[str, Any]:
         out: dict[str, Any] = self.request("POST", kind.path(namespace), obj)

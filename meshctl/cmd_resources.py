@@ -45,9 +45,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("kind", help="kind: pods, po, httproutes, gateways, nodes, …")
     p.add_argument("name", nargs="?", help="one object's name")
     p.add_argument("-A", "--all-namespaces", action="store_true")
-    p.add_argument("-o", "--output", choices=("table", "yaml", "json", "wide"), default="table")
+    p.add_argument("-o", "--output", choices=("table", "yaml", "json", "wide", "name"), default="table")
+    p.add_argument("-l", "--selector", default="", help="label selector, e.g. app=web,tier!=db")
+    p.add_argument("-w", "--watch", action="store_true", help="after listing, print changes as they happen")
     _common(p)
     p.set_defaults(func=_get)
+
+    p = sub.add_parser("describe", help="show one object in detail: spec summary, status, conditions")
+    p.add_argument("kind", help="kind: pod, service, gateway, httproute, cnp, …")
+    p.add_argument("name", nargs="?", help="the object's name (default: every object of the kind)")
+    p.add_argument("-l", "--selector", default="", help="label selector (without NAME)")
+    _common(p)
+    p.set_defaults(func=_describe)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -69,7 +78,9 @@ def _client(args: argparse.Namespace) -> ApiClient:
 
 
 def _ref(kind: Kind, name: str) -> str:
-    return f"{kind.plural}.{kind.group}/{name}" if kind.group else f"{kind.plural}/{name}"
+    """kubectl's ``<kind>[.<group>]/<name>`` (``deployment.apps/web``, ``pod/web-1``)."""
+    k = kind.kind.lower()
+    return f"{k}.{kind.group}/{name}" if kind.group else f"{k}/{name}"
 
 
 def _load(args: argparse.Namespace) -> list[Document] | None:
@@ -127,9 +138,12 @@ def _apply(args: argparse.Namespace) -> int:
                 client.create(kind, obj, ns)
                 print(f"{_ref(kind, name)} created")
             else:
-                obj["metadata"]["resourceVersion"] = current["metadata"].get("resourceVersion", "")
-                client.replace(kind, obj, ns)
-                print(f"{_ref(kind, name)} configured")
+                rv = current["metadata"].get("resourceVersion", "")
+                obj["metadata"]["resourceVersion"] = rv
+                new = client.replace(kind, obj, ns)
+                # the API server keeps the resourceVersion of a write that changed nothing
+                same = (new.get("metadata") or {}).get("resourceVersion") == rv
+                print(f"{_ref(kind, name)} {'unchanged' if same else 'configured'}")
         except ApiError as e:
             failed += 1
             print(f"error: {d.source}: document {d.index}: {_ref(kind, name)}: {e}", file=sys.stderr)
@@ -163,15 +177,23 @@ def _delete(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
-def _get(args: argparse.Namespace) -> int:
-    kind = lookup(args.kind)
+def _kind_arg(name: str) -> Kind | None:
+    kind = lookup(name)
     if kind is None:
-        print(
-            f"error: unknown kind {args.kind!r}; known: {', '.join(k.plural for k in KINDS)}", file=sys.stderr
-        )
+        print(f"error: unknown kind {name!r}; known: {', '.join(k.plural for k in KINDS)}", file=sys.stderr)
+    return kind
+
+
+def _get(args: argparse.Namespace) -> int:
+    kind = _kind_arg(args.kind)
+    if kind is None:
+        return 2
+    if args.name and args.selector:
+        print("error: give a NAME or a selector (-l), not both", file=sys.stderr)
         return 2
     client = _client(args)
     ns = "" if (args.all_namespaces or not kind.namespaced) else (args.namespace or "default")
+    rv = ""
     if args.name:
         obj = client.get(kind, args.name, ns)
         if obj is None:
@@ -180,20 +202,80 @@ def _get(args: argparse.Namespace) -> int:
         obj.setdefault("apiVersion", kind.api_version)
         obj.setdefault("kind", kind.kind)
         items = [obj]
+        rv = str(obj["metadata"].get("resourceVersion", ""))
     else:
-        items = client.list(kind, ns)
-    if args.output == "json":
+        items, rv = client.list_with_version(kind, ns, args.selector)
+    with_ns = kind.namespaced and not ns
+    if args.output in ("json", "yaml"):
         out = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
-        print(json.dumps(out, indent=2))
-    elif args.output == "yaml":
-        out = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
-        print(yaml.safe_dump(out, sort_keys=False, default_flow_style=False), end="")
+        _dump(out, args.output)
+    elif args.output == "name":
+        for o in items:
+            print(_ref(kind, o["metadata"]["name"]))
     elif not items:
-        where = "" if not kind.namespaced else " in any namespace" if not ns else f" in namespace {ns}"
-        print(f"No {kind.plural} found{where}.", file=sys.stderr)
+        if not args.watch:
+            where = "" if not kind.namespaced else " in any namespace" if not ns else f" in namespace {ns}"
+            print(f"No {kind.plural} found{where}.", file=sys.stderr)
     else:
-        rows = table_rows(kind, items, with_namespace=kind.namespaced and not ns, wide=args.output == "wide")
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        _print_rows(table_rows(kind, items, with_namespace=with_ns, wide=args.output == "wide"))
+    if not args.watch:
+        return 0
+    # like kubectl get -w: the listing, then one line (or document) per change, until interrupted
+    widths: list[int] | None = None
+    for etype, obj in client.watch(kind, ns, args.selector, rv):
+        if args.name and obj["metadata"].get("name") != args.name:
+            continue
+        if args.output in ("json", "yaml"):
+            _dump({"type": etype, "object": obj}, args.output, compact=True)
+        elif args.output == "name":
+            print(_ref(kind, obj["metadata"]["name"]), flush=True)
+        else:
+            rows = table_rows(kind, [obj], with_namespace=with_ns, wide=args.output == "wide")
+            if etype == "DELETED":
+                rows[1][-1] = "deleted"
+            widths = widths or [max(len(c) + 2, 8) for c in rows[0]]
+            print("   ".join(c.ljust(w) for c, w in zip(rows[1], widths, strict=True)).rstrip(), flush=True)
+    return 0
+
+
+def _dump(out: Any, fmt: str, compact: bool = False) -> None:
+    if fmt == "json":
+        print(json.dumps(out) if compact else json.dumps(out, indent=2), flush=True)
+    else:
+        print(("---\n" if compact else "") + yaml.safe_dump(out, sort_keys=False), end="", flush=True)
+
+
+def _print_rows(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from .describe import describe
+
+    kind = _kind_arg(args.kind)
+    if kind is None:
+        return 2
+    client = _client(args)
+    ns = (args.namespace or "default") if kind.namespaced else ""
+    if args.name:
+        obj = client.get(kind, args.name, ns)
+        if obj is None:
+            print(f"error: {_ref(kind, args.name)} not found", file=sys.stderr)
+            return 1
+        objs = [obj]
+    else:
+        objs = client.list(kind, ns, args.selector)
+        if not objs:
+            print(f"No {kind.plural} found in namespace {ns}.", file=sys.stderr)
+            return 1
+    related: dict[str, list[dict[str, Any]]] = {}
+    if kind.kind == "Service":
+        related["EndpointSlice"] = client.list(by_kind("EndpointSlice"), ns)
+    if kind.kind == "Pod":
+        related["Service"] = client.list(by_kind("Service"), ns)
+    for i, obj in enumerate(objs):
+        obj.setdefault("kind", kind.kind)
+        print(("\n" if i else "") + describe(obj, related), end="")
     return 0

@@ -33,13 +33,34 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"local cluster state (default: $NODEMESH_DATA_DIR or {DEFAULT_DATA_DIR})",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    ver = sub.add_parser("version", help="print the version")
-    ver.set_defaults(func=lambda _a: print(f"nodemesh {__version__}") or 0)
+    ver = sub.add_parser("version", help="the client's version and the running local cluster's")
+    ver.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    ver.set_defaults(func=_version)
     for mod in sorted(pkgutil.iter_modules(cli_pkg.__path__), key=lambda m: m.name):
         if mod.name.startswith("cmd_"):
             module = importlib.import_module(f"meshctl.{mod.name}")
             module.register(sub)
     return parser
+
+
+def _version(args: argparse.Namespace) -> int:
+    """Client and cluster versions, like ``kubectl version`` (the cluster's from its run/cluster.json)."""
+    import json
+    import os
+    from pathlib import Path
+
+    d = Path(args.data_dir or os.environ.get("NODEMESH_DATA_DIR") or DEFAULT_DATA_DIR)
+    cluster = ""
+    try:
+        cluster = str(json.loads((d / "run" / "cluster.json").read_bytes()).get("version") or "unknown")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if args.output == "json":
+        print(json.dumps({"client": __version__, "cluster": cluster or None, "data_dir": str(d)}))
+    else:
+        print(f"nodemesh {__version__}")  # first line as before: scripts read it
+        print(f"Cluster: {cluster} ({d})" if cluster else f"Cluster: none running in {d}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

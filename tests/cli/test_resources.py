@@ -78,8 +78,8 @@ def test_apply_get_delete_round_trip(
     src = write(tmp_path, "good.yaml", GOOD)
     assert nm(api_cluster, "apply", "-f", str(src)) == 0
     out = capsys.readouterr().out
-    assert "httproutes.gateway.networking.k8s.io/web created" in out
-    assert "namespaces/shop created" in out
+    assert "httproute.gateway.networking.k8s.io/web created" in out
+    assert "namespace/shop created" in out
 
     assert nm(api_cluster, "get", "httproute", "web", "-n", "shop", "-o", "yaml") == 0
     got = yaml.safe_load(capsys.readouterr().out)
@@ -89,10 +89,15 @@ def test_apply_get_delete_round_trip(
     for key, value in sent["spec"].items():
         assert got["spec"][key] == value, key
 
-    # The YAML `get` printed applies again unchanged (status and server fields are ignored).
+    # The YAML `get` printed applies again unchanged (status and server fields are ignored), and
+    # apply says so, as kubectl does; a real change is "configured".
     again = write(tmp_path, "again.yaml", yaml.safe_dump(got))
     assert nm(api_cluster, "apply", "-f", str(again)) == 0
-    assert "httproutes.gateway.networking.k8s.io/web configured" in capsys.readouterr().out
+    assert "httproute.gateway.networking.k8s.io/web unchanged" in capsys.readouterr().out
+    got["metadata"]["labels"]["team"] = "b"
+    again.write_text(yaml.safe_dump(got))
+    assert nm(api_cluster, "apply", "-f", str(again)) == 0
+    assert "httproute.gateway.networking.k8s.io/web configured" in capsys.readouterr().out
     assert nm(api_cluster, "get", "httproute", "web", "-n", "shop", "-o", "json") == 0
     assert json.loads(capsys.readouterr().out)["spec"] == got["spec"]
 
@@ -103,7 +108,7 @@ def test_apply_get_delete_round_trip(
     assert table[1].split()[:3] == ["shop", "web", "shop.example.com"]
 
     assert nm(api_cluster, "delete", "-f", str(src)) == 0
-    assert "httproutes.gateway.networking.k8s.io/web deleted" in capsys.readouterr().out
+    assert "httproute.gateway.networking.k8s.io/web deleted" in capsys.readouterr().out
     assert names(api_cluster, capsys, "httproutes", "shop") == []
     assert nm(api_cluster, "get", "httproute", "web", "-n", "shop") == 1
 
@@ -244,4 +249,4 @@ def test_unknown_fields_warn_by_default_and_fail_when_strict(
     assert nm(api_cluster, "apply", "-f", str(src)) == 0
     captured = capsys.readouterr()
     assert f"warning: {src}: document 0: spec.listenerz: unknown field (line 6)" in captured.err
-    assert "gateways.gateway.networking.k8s.io/gw created" in captured.out
+    assert "gateway.gateway.networking.k8s.io/gw created" in captured.out
