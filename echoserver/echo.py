@@ -112,6 +112,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         return web.Response(text="OK")
     m = re.fullmatch(r"/status/(\d{3})", path)
     if m:
+        # logged too (not as an echo): a retry test counts how many attempts reached the backend
+        print(f"Answering {m.group(1)} to request made to {request.raw_path}", flush=True)
         return web.Response(status=int(m.group(1)))
     delay = request.query.get("delay")
     if delay:

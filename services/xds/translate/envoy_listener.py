@@ -13,6 +13,7 @@ from envoy.config.core.v3 import address_pb2, config_source_pb2, grpc_service_pb
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
@@ -59,7 +60,9 @@ def _hcm(stat_prefix: str, route_name: str, access_log_cluster: str = "") -> lis
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         rds=hcm.Rds(route_config_name=route_name, config_source=ads()),
         http_filters=[
-            hcm.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+            # No-op unless a route carries a CORS policy (the HTTPRoute CORS filter).
+            hcm.HttpFilter(name="envoy.filters.http.cors", typed_config=pack(cors_pb2.Cors())),
+            hcm.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
         ],
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
         # Keep the query and path exactly as sent: backends echo the raw request-URI.

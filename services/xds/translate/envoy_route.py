@@ -12,13 +12,17 @@ import re
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
-from .model import Backend, HeaderFilter, Match, Redirect, Route, RouteTable
+from .envoy_common import pack
+from .model import Backend, Cors, HeaderFilter, Match, Redirect, Retry, Route, RouteTable
 
-__all__ = ["route_configuration", "route_sort_key"]
+__all__ = ["CORS_FILTER", "route_configuration", "route_sort_key"]
+
+CORS_FILTER = "envoy.filters.http.cors"
 
 _CODES = {
     301: rc.RedirectAction.MOVED_PERMANENTLY,
@@ -192,6 +196,10 @@ def _envoy_route(r: Route, listener_port: int, scheme: str) -> rc.Route:
             act.request_mirror_policies.append(pol)
         if r.timeout_s is not None:
             act.timeout.CopyFrom(_duration(r.timeout_s))
+        if r.retry is not None:
+            act.retry_policy.CopyFrom(_retry_policy(r.retry))
+    if r.cors is not None:
+        out.typed_per_filter_config[CORS_FILTER].CopyFrom(pack(_cors_policy(r.cors)))
     if r.request_headers is not None and r.redirect is None:
         out.request_headers_to_add.extend(_header_opts(r.request_headers))
         out.request_headers_to_remove.extend(r.request_headers.remove)
@@ -199,6 +207,39 @@ def _envoy_route(r: Route, listener_port: int, scheme: str) -> rc.Route:
         out.response_headers_to_add.extend(_header_opts(r.response_headers))
         out.response_headers_to_remove.extend(r.response_headers.remove)
     return out
+
+
+def _retry_policy(r: Retry) -> rc.RetryPolicy:
+    """GEP-1731: ``attempts`` retries on the listed codes; connection failures and resets are retried too
+    (the GEP: implementations retry on connection errors when a retry stanza is configured)."""
+    on = ["connect-failure", "reset"] + (["retriable-status-codes"] if r.codes else [])
+    pol = rc.RetryPolicy(retry_on=",".join(on), retriable_status_codes=r.codes)
+    pol.num_retries.value = max(r.attempts, 0)
+    if r.backoff_s:
+        pol.retry_back_off.base_interval.CopyFrom(_duration(r.backoff_s))
+    return pol
+
+
+def _origin_matcher(origin: str) -> string_pb2.StringMatcher:
+    if origin == "*":
+        return string_pb2.StringMatcher(safe_regex=_regex(".*"))
+    if "*" in origin:
+        # ``https://*.example.com``: the wildcard stands for one or more labels, never for ``/`` or ``:``
+        pattern = "^" + "[^/:]+".join(re.escape(p) for p in origin.split("*")) + "$"
+        return string_pb2.StringMatcher(safe_regex=_regex(pattern))
+    return string_pb2.StringMatcher(exact=origin)
+
+
+def _cors_policy(c: Cors) -> cors_pb2.CorsPolicy:
+    pol = cors_pb2.CorsPolicy(
+        allow_origin_string_match=[_origin_matcher(o) for o in c.allow_origins],
+        allow_methods=",".join(c.allow_methods),
+        allow_headers=",".join(c.allow_headers),
+        expose_headers=",".join(c.expose_headers),
+        max_age=str(c.max_age_s),
+    )
+    pol.allow_credentials.value = c.allow_credentials
+    return pol
 
 
 def _vhost_order(host: str) -> tuple[int, int, str]:

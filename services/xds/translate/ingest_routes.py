@@ -185,13 +185,14 @@ def _route(
     # Rules are translated once; the same model routes go to every attached listener.
     rules_out = []
     unresolved: tuple[str, str] | None = None
-    invalid = ""
+    invalid, invalid_message = "", ""
     backends_l4: list[Backend] = []
     if http_like:
         for i, rule in enumerate(as_list(spec.get("rules"))):
             rr = translate_rule(idx, kind, ns, rule, i, m)
             unresolved = unresolved or rr.unresolved
-            invalid = invalid or rr.invalid
+            if rr.invalid and not invalid:
+                invalid, invalid_message = rr.invalid, rr.invalid_message
             rules_out.append(rr)
     else:
         for rule in as_list(spec.get("rules")):
@@ -230,7 +231,7 @@ def _route(
         if not cands:
             acc = (False, "NoMatchingParent", "No listener matches the parentRef")
         elif invalid:
-            acc = (False, invalid, "Route has an unsupported value")
+            acc = (False, invalid, invalid_message or "Route has an unsupported value")
         else:
             allowed = [x for x in cands if kind in x.kinds and _ns_allowed(idx, x, st.namespace, ns)]
             matching = [(x, intersect_hostnames(x.hostname, hostnames)) for x in allowed]

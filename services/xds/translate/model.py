@@ -117,11 +117,34 @@ class Route:
     mirrors: list[Mirror] = field(default_factory=list)
     timeout_s: float | None = None
     idle_timeout_s: float | None = None
+    retry: Retry | None = None
+    cors: Cors | None = None
     # Precedence tiebreakers across routes (Gateway API): older route, then ns/name, then rule order.
     created: str = ""
     source: str = ""
     rule_index: int = 0
     match_index: int = 0
+
+
+@dataclass
+class Retry:
+    """HTTPRoute rule ``retry`` (GEP-1731): retry on these status codes (and connection failures)."""
+
+    codes: list[int] = field(default_factory=list)
+    attempts: int = 1
+    backoff_s: float | None = None
+
+
+@dataclass
+class Cors:
+    """The HTTPRoute ``CORS`` filter (GEP-1767). Origins keep their ``*`` wildcards."""
+
+    allow_origins: list[str] = field(default_factory=list)
+    allow_methods: list[str] = field(default_factory=list)
+    allow_headers: list[str] = field(default_factory=list)
+    expose_headers: list[str] = field(default_factory=list)
+    allow_credentials: bool = False
+    max_age_s: int = 5
 
 
 @dataclass

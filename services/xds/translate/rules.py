@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .index import GW_GROUP, Index, as_dict, as_int, as_list
-from .model import Backend, HeaderFilter, Match, Mirror, Redirect, Rewrite, Route
+from .model import Backend, Cors, HeaderFilter, Match, Mirror, Redirect, Retry, Rewrite, Route
 
 __all__ = ["RuleResult", "duration_s", "resolve_backend", "tls_blocked", "translate_rule"]
 
@@ -149,7 +149,22 @@ class RuleResult:
     # First ResolvedRefs failure (reason, message) of this rule, if any.
     unresolved: tuple[str, str] | None = None
     invalid: str = ""  # a reason to set Accepted=False (UnsupportedValue)
+    invalid_message: str = ""
     blocked: list[Backend] = field(default_factory=list)  # dropped by an invalid BackendTLSPolicy
+
+
+def _cors(c: dict[str, Any]) -> Cors:
+    def strs(key: str) -> list[str]:
+        return [str(x) for x in as_list(c.get(key)) if isinstance(x, str)]
+
+    return Cors(
+        allow_origins=strs("allowOrigins"),
+        allow_methods=strs("allowMethods"),
+        allow_headers=strs("allowHeaders"),
+        expose_headers=strs("exposeHeaders"),
+        allow_credentials=c.get("allowCredentials") is True,
+        max_age_s=as_int(c.get("maxAge"), 5),
+    )
 
 
 def _valid_regex(pattern: str) -> bool:
@@ -176,7 +191,13 @@ def translate_rule(
             m.path_type != "regex" and not m.path.startswith("/")
         ):
             res.invalid = "UnsupportedValue"
+            res.invalid_message = "Route has an invalid regular expression or path"
             return res
+    if rule.get("sessionPersistence") is not None:
+        # Refused in status rather than dropped: a client relying on stickiness must learn it has none.
+        res.invalid = "UnsupportedValue"
+        res.invalid_message = "sessionPersistence is not supported by nodemesh"
+        return res
     base = Route(match=Match())
     status = 0
     for f in as_list(rule.get("filters")):
@@ -218,6 +239,8 @@ def translate_rule(
                 num, den = as_int(fr.get("numerator")), as_int(fr.get("denominator"), 100)
                 per_million = num * 1_000_000 // max(den, 1)
             base.mirrors.append(Mirror(b, per_million))
+        elif t == "CORS" and not grpc:
+            base.cors = _cors(as_dict(f.get("cors")))
         else:
             # ExtensionRef and anything unknown: the rule must not forward (spec: 500).
             status = 500
@@ -225,6 +248,13 @@ def translate_rule(
     req_t, be_t = duration_s(timeouts.get("request")), duration_s(timeouts.get("backendRequest"))
     ts = [t for t in (req_t, be_t) if t is not None]
     base.timeout_s = min(ts) if ts else None
+    if isinstance(rule.get("retry"), dict):
+        r = rule["retry"]
+        base.retry = Retry(
+            codes=[c for c in as_list(r.get("codes")) if isinstance(c, int) and 400 <= c <= 599],
+            attempts=as_int(r.get("attempts"), 1),
+            backoff_s=duration_s(r.get("backoff")),
+        )
     backends: list[Backend] = []
     refs = as_list(rule.get("backendRefs"))
     for ref in refs:
@@ -236,11 +266,20 @@ def translate_rule(
             if w > 0:
                 backends.append(Backend("", "", 0, weight=w, invalid=True))
             continue
+        unsupported = False
         for bf in (as_list(ref.get("filters"))) if isinstance(ref, dict) else []:
             if isinstance(bf, dict) and bf.get("type") == "RequestHeaderModifier":
                 b.request_headers = _headers_filter(bf.get("requestHeaderModifier"))
             elif isinstance(bf, dict) and bf.get("type") == "ResponseHeaderModifier":
                 b.response_headers = _headers_filter(bf.get("responseHeaderModifier"))
+            else:
+                # Any other filter here (ExtensionRef, a redirect or mirror per backend) is one nodemesh
+                # does not apply per backend; the spec: never skip a filter — that backend's share gets 500.
+                unsupported = True
+        if unsupported:
+            if b.weight > 0:
+                backends.append(Backend("", "", 0, weight=b.weight, invalid=True))
+            continue
         if tls_blocked(b):
             res.blocked.append(b)
             if b.weight > 0:
@@ -260,6 +299,8 @@ def translate_rule(
             rewrite=base.rewrite,
             mirrors=base.mirrors,
             timeout_s=base.timeout_s,
+            retry=base.retry,
+            cors=base.cors,
             created=str(meta_.get("creationTimestamp", "")),
             source=f"{ns}/{meta_.get('name', '')}",
             rule_index=rule_index,
