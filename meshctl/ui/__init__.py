@@ -1,0 +1,1 @@
+"""``nodemesh ui``: the service map page (workloads, connections, live flows) over the FLOWS stream."""
