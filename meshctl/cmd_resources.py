@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -72,8 +73,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", dest="sub_data_dir", default=None, help="local cluster state directory")
 
 
-def _client(args: argparse.Namespace) -> ApiClient:
-    cluster = load_cluster(str(data_dir(getattr(args, "sub_data_dir", None) or args.data_dir)))
+def _client(args: argparse.Namespace) -> Any:
+    """A real cluster when one is named (``--kubeconfig``, ``--context`` or ``$KUBECONFIG``, as kubectl
+    reads them), else the local cluster's API server (the zero-configuration default)."""
+    kubeconfig = getattr(args, "kubeconfig", None) or os.environ.get("KUBECONFIG")
+    context = getattr(args, "context", None)
+    explicit_dir = getattr(args, "sub_data_dir", None) or args.data_dir
+    if (kubeconfig or context) and not explicit_dir:
+        from .kubeclient import KubeApiClient
+
+        return KubeApiClient(kubeconfig, context)
+    cluster = load_cluster(str(data_dir(explicit_dir)))
     return ApiClient(cluster.api_url)
 
 

@@ -32,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"local cluster state (default: $NODEMESH_DATA_DIR or {DEFAULT_DATA_DIR})",
     )
+    parser.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="a real cluster's kubeconfig for get/apply/delete/describe "
+        "(default: $KUBECONFIG, else the local cluster)",
+    )
+    parser.add_argument("--context", default=None, help="the kubeconfig context to use")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     ver = sub.add_parser("version", help="the client's version and the running local cluster's")
     ver.add_argument("-o", "--output", choices=("text", "json"), default="text")
