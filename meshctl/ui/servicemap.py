@@ -4,8 +4,9 @@ Flows are taken as decoded JSON (plain dicts), so the map keeps working when the
 fields. A flow's endpoint becomes a workload the way Hubble UI names them: the ``app`` (or
 ``app.kubernetes.io/name``) label in its namespace, else the pod name without the ReplicaSet and pod
 suffixes, else the reserved identity (``reserved:host``, ``reserved:world``, ``reserved:ingress`` …).
-An edge counts flows by verdict and, for L7 HTTP flows (responses), requests, errors (5xx, and 4xx
-answered by a policy) and latency; ``rate`` is requests (or flows) per second over the window.
+An edge counts flows by verdict and, for L7 HTTP flows (responses, which Hubble sends server → client
+and which therefore count on the client → server edge), requests, errors (5xx, and 403 from a policy)
+and latency; ``rate`` is requests (or flows) per second over the window.
 """
 
 from __future__ import annotations
@@ -140,9 +141,16 @@ def build_map(flows: list[dict[str, Any]], namespace: str = "", window_s: float 
     """The map of ``flows`` (optionally only edges touching ``namespace``), as JSON for the page."""
     sm = ServiceMap()
     for f in flows:
-        if not isinstance(f, dict) or f.get("is_reply"):
-            continue  # a reply belongs to the connection its request opened
+        if not isinstance(f, dict):
+            continue
+        l7 = _m(f.get("l7"))
+        response = l7.get("type") == "RESPONSE"
+        if f.get("is_reply") and not response:
+            continue  # an L3/L4 reply belongs to the connection its request opened
         src, dst = _m(f.get("source")), _m(f.get("destination"))
+        if response:
+            # Hubble's L7 response flows go server → client: the request's edge is the other way round
+            src, dst = dst, src
         if namespace and namespace not in (src.get("namespace"), dst.get("namespace")):
             continue
         s, d = _node(sm, src), _node(sm, dst)
@@ -155,9 +163,8 @@ def build_map(flows: list[dict[str, Any]], namespace: str = "", window_s: float 
             e.forwarded += 1
         if port := _port(f):
             e.ports.add(port)
-        l7 = _m(f.get("l7"))
         http = _http(f)
-        if http and l7.get("type") == "RESPONSE":
+        if http and response:
             e.requests += 1
             code = int(http.get("code") or 0)
             if code >= 500 or code == 403 or verdict == "DROPPED":

@@ -64,8 +64,9 @@ def _keep_artifact(shot: Path) -> None:
 @needs_chromium
 async def test_the_page_shows_workloads_connections_and_flows(tmp_path: Path) -> None:
     db = ep("prod", "db-0", 1003, "k8s:app=db")
-    flows = [flow(FE, WEB, dport=8080, l7=_resp(200, 3)) for _ in range(5)]
-    flows += [flow(FE, WEB, dport=8080, l7=_resp(503, 9))]
+    # L7 responses go server → client, as Hubble's do; the map counts them on the fe → web edge
+    flows = [flow(WEB, FE, sport=8080, dport=41000, l7=_resp(200, 3)) for _ in range(5)]
+    flows += [flow(WEB, FE, sport=8080, dport=41000, l7=_resp(503, 9))]
     flows += [flow(WEB, db, dport=5432) for _ in range(3)]
     flows += [flow(WORLD, WEB, dport=8080, verdict="DROPPED", reason="POLICY_DENIED")]
     with NatsServer(store_dir=str(tmp_path / "nats")) as nats:
