@@ -8,8 +8,8 @@
   proto, headers in Go's canonical form, ``POD_NAME``/``NAMESPACE``/``INGRESS_NAME``/``SERVICE_NAME``,
   TLS details); ``X-Echo-Set-Header: N:v,...`` sets response headers; each echo logs the line
   ``Echoing back request made to <URI> to client (<addr>)`` that the mirror checks look for.
-  h2c (prior knowledge) on ``H2C_PORT`` (3001) with :mod:`echoserver.echo_h2c`. Not implemented:
-  ``/ws`` and ``/retry``.
+  h2c (prior knowledge) on ``H2C_PORT`` (3001) with :mod:`echoserver.echo_h2c`. ``/ws`` upgraded to a
+  WebSocket echoes every message. Not implemented: ``/retry``.
 - gRPC mode (``GRPC_ECHO_SERVER=1``): service ``gateway_api_conformance.echo_basic.grpcecho.GrpcEcho``
   with ``Echo`` and ``EchoTwo`` (``EchoThree`` is UNIMPLEMENTED, as upstream). The messages are
   built at runtime (no protoc); see :mod:`echoserver.echo_grpc` for the field numbering.
@@ -106,10 +106,25 @@ def echo_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+async def _websocket(request: web.Request) -> web.StreamResponse:
+    """``/ws``: a WebSocket that echoes every message back (upstream's echo-basic has the same)."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    print(f"Echoing back websocket made to {request.raw_path}", flush=True)
+    async for msg in ws:
+        if msg.type == web.WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+        elif msg.type == web.WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    return ws
+
+
 async def _handle(request: web.Request) -> web.StreamResponse:
     path = re.sub("/+", "/", request.path)
     if path == "/health":
         return web.Response(text="OK")
+    if path == "/ws" and request.headers.get("Upgrade", "").lower() == "websocket":
+        return await _websocket(request)
     m = re.fullmatch(r"/status/(\d{3})", path)
     if m:
         # logged too (not as an echo): a retry test counts how many attempts reached the backend

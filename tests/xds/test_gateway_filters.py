@@ -42,7 +42,18 @@ def _route(name: str, prefix: str, **rule: Any) -> dict[str, Any]:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def cluster() -> AsyncIterator[Standalone]:
     async with Standalone() as c:
-        await c.apply([o.namespace(NS), o.service("v1", NS, [("http", 8080, 3000)])])
+        ws_service = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "v1-ws", "namespace": NS},
+            "spec": {
+                "selector": {"app": "v1"},
+                "ports": [
+                    {"name": "ws", "port": 8090, "targetPort": 3000, "appProtocol": "kubernetes.io/ws"}
+                ],
+            },
+        }
+        await c.apply([o.namespace(NS), o.service("v1", NS, [("http", 8080, 3000)]), ws_service])
         await c.ensure_backends(
             [
                 {
@@ -83,6 +94,17 @@ async def cluster() -> AsyncIterator[Standalone]:
                                 "maxAge": 60,
                                 "allowCredentials": True,
                             },
+                        }
+                    ],
+                ),
+                o.httproute(
+                    "ws",
+                    NS,
+                    "gw",
+                    [
+                        {
+                            "matches": [{"path": {"type": "Exact", "value": "/ws"}}],
+                            "backendRefs": [{"name": "v1-ws", "port": 8090}],
                         }
                     ],
                 ),
@@ -178,3 +200,17 @@ async def test_cors_answers_preflights_for_allowed_origins_only(cluster: Standal
 
 async def test_a_backend_filter_nodemesh_cannot_apply_gets_500_never_skipped(cluster: Standalone) -> None:
     await expect_eventually(cluster, TARGET, {"path": "/ext"}, {"status": 500})
+
+
+async def test_websocket_upgrade_to_a_ws_backend(cluster: Standalone) -> None:
+    """HTTPRouteBackendProtocolWebSocket: the upgrade passes the Gateway and messages echo both ways."""
+    import aiohttp
+
+    addr = cluster.gateway_address(NS, "gw")
+    await expect_eventually(cluster, TARGET, {"path": "/ws"}, {"status": [200, 400, 405]})
+    async with aiohttp.ClientSession() as s, s.ws_connect(f"http://{addr}/ws", timeout=10) as ws:
+        for msg in ("hello", "through the gateway"):
+            await ws.send_str(msg)
+            got = await ws.receive(timeout=10)
+            assert got.type == aiohttp.WSMsgType.TEXT and got.data == msg
+    assert "Echoing back websocket made to /ws" in cluster.pod_log(NS, "v1")
