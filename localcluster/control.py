@@ -54,7 +54,17 @@ def supervisor_pid(d: Path) -> int:
     return pid if pid_alive(pid) else 0
 
 
-def up(d: Path, nodes: int, manifests: str, foreground: bool, timeout: float, out: Out = print) -> int:
+def up(
+    d: Path,
+    nodes: int,
+    manifests: str,
+    foreground: bool,
+    timeout: float,
+    out: Out = print,
+    *,
+    node_grace: float = 40.0,
+    eviction: int = 300,
+) -> int:
     pid = supervisor_pid(d)
     if pid:
         out(f"nodemesh is already up in {d} (supervisor pid {pid}); see `nodemesh status`")
@@ -70,6 +80,7 @@ def up(d: Path, nodes: int, manifests: str, foreground: bool, timeout: float, ou
         kill_pids(strays)
         cleanup_datapath(d)
     args = ["--data-dir", str(d), "--nodes", str(nodes)]
+    args += ["--node-grace", f"{node_grace:g}", "--pod-eviction-timeout", str(eviction)]
     if manifests:
         args += ["--manifests", str(Path(manifests).absolute())]
     if foreground:
