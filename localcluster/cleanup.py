@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -25,6 +26,7 @@ __all__ = [
     "kill_pids",
     "mounts_under",
     "pid_alive",
+    "remove_extra_nodes",
     "unmount_under",
 ]
 
@@ -81,6 +83,21 @@ def cleanup_datapath(data_dir: Path) -> None:
         cleanup_all(str(data_dir))
     except Exception:
         log.exception("datapath cleanup failed")
+
+
+def remove_extra_nodes(data_dir: Path, nodes: int) -> list[str]:
+    """Before a start with ``nodes`` nodes: delete what nodes beyond it kept (``nodes/node-<i>``,
+    i > nodes: IPAM, authd keys, Envoy bootstrap), after the datapath cleanup of anything they left."""
+    extra = sorted(
+        p
+        for p in (data_dir / "nodes").glob("node-*")
+        if p.is_dir() and p.name[5:].isdigit() and int(p.name[5:]) > nodes
+    )
+    if extra:
+        cleanup_datapath(data_dir)  # reads each node's datapath.json: before the directories go
+        for p in extra:
+            shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in extra]
 
 
 def mounts_under(data_dir: Path) -> list[str]:

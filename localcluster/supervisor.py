@@ -26,7 +26,7 @@ import aiohttp
 import msgspec
 from pyroute2.netlink.exceptions import NetlinkError
 
-from localcluster.cleanup import MARKER_ENV, cleanup_datapath, pid_alive, unmount_under
+from localcluster.cleanup import MARKER_ENV, cleanup_datapath, pid_alive, remove_extra_nodes, unmount_under
 from localcluster.dnsaddr import add_dns_address, remove_dns_address
 from localcluster.envoy import envoy_binary
 from localcluster.layout import DNS_ADDR, ClusterInfo, NodeSpec, ProcState, SupervisorState
@@ -169,6 +169,9 @@ class Supervisor:
         for sub in ("run", "logs", "nats", "api"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         names = [f"node-{i}" for i in range(1, self.opts.nodes + 1)]
+        removed = remove_extra_nodes(self.dir, self.opts.nodes)
+        if removed:  # their Node objects and pods go at the API server's start (bootstrap.py)
+            self.progress(f"removed node(s) beyond node-{self.opts.nodes}: {', '.join(removed)}")
         nats_port, mon_port, api_port, xds_port, *admin = _free_ports(4 + len(names))
         nodes = [
             NodeSpec(
