@@ -21,6 +21,7 @@ from services.datapath.cleanup import cleanup_all
 
 __all__ = [
     "MARKER_ENV",
+    "all_cluster_pids",
     "cleanup_datapath",
     "cluster_pids",
     "kill_pids",
@@ -48,9 +49,14 @@ def pid_alive(pid: int) -> bool:
 
 def cluster_pids(data_dir: Path, exclude: tuple[int, ...] = ()) -> list[int]:
     """Live processes whose environment marks them as part of the cluster in ``data_dir``."""
-    marker = f"{MARKER_ENV}={data_dir}".encode()
+    return all_cluster_pids(exclude).get(str(data_dir), [])
+
+
+def all_cluster_pids(exclude: tuple[int, ...] = ()) -> dict[str, list[int]]:
+    """Every local cluster's live processes on this machine, by the data directory they mark."""
+    prefix = f"{MARKER_ENV}=".encode()
     skip = {os.getpid(), *exclude}
-    found: list[int] = []
+    found: dict[str, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in skip:
             continue
@@ -59,8 +65,10 @@ def cluster_pids(data_dir: Path, exclude: tuple[int, ...] = ()) -> list[int]:
                 env = fh.read().split(b"\0")
         except OSError:
             continue
-        if marker in env and pid_alive(int(entry)):
-            found.append(int(entry))
+        for var in env:
+            if var.startswith(prefix) and pid_alive(int(entry)):
+                found.setdefault(var[len(prefix) :].decode(errors="replace"), []).append(int(entry))
+                break
     return found
 
 
