@@ -182,6 +182,10 @@ def test_privileged_a_silent_node_turns_not_ready_and_its_pods_move(data_dir: Pa
         assert {t["key"] for t in node2["spec"]["taints"]} == {"node.kubernetes.io/unreachable"}
         # Evicted after the toleration; the Deployment's replacement runs on node-1.
         wait_for(lambda: sorted(running_pods(d).values()) == ["node-1", "node-1"], 120, "pods on node-1")
+        print(
+            f"replacement Ready on node-1 {time.monotonic() - t0:.1f}s after node-2's agents stopped"
+            f" (grace {GRACE}s + eviction {EVICTION}s)"
+        )
         assert on_2 not in running_pods(d)
         eps = wait_for(lambda: endpoints_if(d, lambda e: len(e) == 2 and on_2 not in e), 60, "slices updated")
         assert set(eps.values()) == {("node-1", True)}
