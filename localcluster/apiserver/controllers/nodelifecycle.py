@@ -15,7 +15,8 @@ the pod GC's orphaned pods, for the local cluster's nodes.
   ``timeAdded``. Every pod gets 300 s tolerations for both taints by default
   (admission.py, kube-apiserver's DefaultTolerationSeconds). Its ReplicaSet then makes a new pod,
   which the scheduler places on a Ready node, and the EndpointSlice controller drops the old one.
-- **Orphaned pods.** Pods bound to a Node that no longer exists are deleted.
+- **Orphaned pods.** Pods bound to a Node that has not existed for ``grace`` seconds are deleted
+  (the pod GC's quarantine: a Node being re-created keeps its pods).
 
 A pod on a node that is not Ready is listed as not ready in EndpointSlices
 (endpointslices.py) until it is evicted or its node comes back, which is what the upstream
@@ -79,6 +80,7 @@ class NodeLifecycle:
         self.grace = grace
         self.clock = clock
         self._seen: dict[str, tuple[Any, float]] = {}  # node → (lastHeartbeatTime, observed at)
+        self._missing: dict[str, float] = {}  # node named by pods but absent → since when
 
     @property
     def period(self) -> float:
@@ -98,6 +100,8 @@ class NodeLifecycle:
             except ApiError as e:
                 log.warning("node %s: %s", name, e.message)
         nodes = {n["metadata"]["name"]: n for n in store.objects("Node")}
+        named = {str(as_map(p.get("spec")).get("nodeName") or "") for p in store.objects("Pod")}
+        self._missing = {n: self._missing.get(n, now) for n in named - set(nodes) - {""}}
         for pod in list(store.objects("Pod")):
             try:
                 writes += self._pod(store, pod, nodes, now)
@@ -186,6 +190,8 @@ class NodeLifecycle:
             return 0
         node = nodes.get(str(node_name))
         if node is None:
+            if now - self._missing.get(str(node_name), now) <= self.grace:
+                return 0
             log.info("deleting pod %s/%s: its node %s is gone", meta["namespace"], meta["name"], node_name)
         else:
             due = eviction_due(pod, node)
