@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -20,11 +21,13 @@ from services.datapath.cleanup import cleanup_all
 
 __all__ = [
     "MARKER_ENV",
+    "all_cluster_pids",
     "cleanup_datapath",
     "cluster_pids",
     "kill_pids",
     "mounts_under",
     "pid_alive",
+    "remove_extra_nodes",
     "unmount_under",
 ]
 
@@ -46,9 +49,14 @@ def pid_alive(pid: int) -> bool:
 
 def cluster_pids(data_dir: Path, exclude: tuple[int, ...] = ()) -> list[int]:
     """Live processes whose environment marks them as part of the cluster in ``data_dir``."""
-    marker = f"{MARKER_ENV}={data_dir}".encode()
+    return all_cluster_pids(exclude).get(str(data_dir), [])
+
+
+def all_cluster_pids(exclude: tuple[int, ...] = ()) -> dict[str, list[int]]:
+    """Every local cluster's live processes on this machine, by the data directory they mark."""
+    prefix = f"{MARKER_ENV}=".encode()
     skip = {os.getpid(), *exclude}
-    found: list[int] = []
+    found: dict[str, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in skip:
             continue
@@ -57,8 +65,10 @@ def cluster_pids(data_dir: Path, exclude: tuple[int, ...] = ()) -> list[int]:
                 env = fh.read().split(b"\0")
         except OSError:
             continue
-        if marker in env and pid_alive(int(entry)):
-            found.append(int(entry))
+        for var in env:
+            if var.startswith(prefix) and pid_alive(int(entry)):
+                found.setdefault(var[len(prefix) :].decode(errors="replace"), []).append(int(entry))
+                break
     return found
 
 
@@ -81,6 +91,21 @@ def cleanup_datapath(data_dir: Path) -> None:
         cleanup_all(str(data_dir))
     except Exception:
         log.exception("datapath cleanup failed")
+
+
+def remove_extra_nodes(data_dir: Path, nodes: int) -> list[str]:
+    """Before a start with ``nodes`` nodes: delete what nodes beyond it kept (``nodes/node-<i>``,
+    i > nodes: IPAM, authd keys, Envoy bootstrap), after the datapath cleanup of anything they left."""
+    extra = sorted(
+        p
+        for p in (data_dir / "nodes").glob("node-*")
+        if p.is_dir() and p.name[5:].isdigit() and int(p.name[5:]) > nodes
+    )
+    if extra:
+        cleanup_datapath(data_dir)  # reads each node's datapath.json: before the directories go
+        for p in extra:
+            shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in extra]
 
 
 def mounts_under(data_dir: Path) -> list[str]:

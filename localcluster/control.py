@@ -22,7 +22,14 @@ from typing import Any
 import msgspec
 
 from localcluster.apiclient import ApiClient, ApiError
-from localcluster.cleanup import cleanup_datapath, cluster_pids, kill_pids, pid_alive, unmount_under
+from localcluster.cleanup import (
+    all_cluster_pids,
+    cleanup_datapath,
+    cluster_pids,
+    kill_pids,
+    pid_alive,
+    unmount_under,
+)
 from localcluster.dnsaddr import cleanup_dns_address
 from localcluster.layout import ClusterInfo, SupervisorState, load_credentials
 
@@ -54,11 +61,33 @@ def supervisor_pid(d: Path) -> int:
     return pid if pid_alive(pid) else 0
 
 
-def up(d: Path, nodes: int, manifests: str, foreground: bool, timeout: float, out: Out = print) -> int:
+def up(
+    d: Path,
+    nodes: int,
+    manifests: str,
+    foreground: bool,
+    timeout: float,
+    out: Out = print,
+    *,
+    node_grace: float = 40.0,
+    eviction: int = 300,
+) -> int:
     pid = supervisor_pid(d)
     if pid:
         out(f"nodemesh is already up in {d} (supervisor pid {pid}); see `nodemesh status`")
         return 0
+    others = {k: v for k, v in all_cluster_pids().items() if k != str(d)}
+    if others:
+        where = ", ".join(f"{k} ({len(v)} process(es))" for k, v in sorted(others.items()))
+        downs = "; ".join(f"`nodemesh --data-dir {k} down`" for k in sorted(others))
+        out(
+            f"error: another nodemesh local cluster runs from {where}. Local clusters share"
+            " machine-wide resources (node addresses 127.0.50.<i> with authd on port 4250, pod CIDRs"
+            " 10.244.<i>.0/24, the LB pool 127.0.100.0/24, DNS on 169.254.20.10:53, socket"
+            f" load-balancing programs on the cgroup root), so one runs at a time: stop it first with {downs}"
+            " (docs/local-mode.md)."
+        )
+        return 1
     if manifests and not Path(manifests).is_dir():
         out(f"error: --manifests {manifests}: not a directory")
         return 2
@@ -70,6 +99,7 @@ def up(d: Path, nodes: int, manifests: str, foreground: bool, timeout: float, ou
         kill_pids(strays)
         cleanup_datapath(d)
     args = ["--data-dir", str(d), "--nodes", str(nodes)]
+    args += ["--node-grace", f"{node_grace:g}", "--pod-eviction-timeout", str(eviction)]
     if manifests:
         args += ["--manifests", str(Path(manifests).absolute())]
     if foreground:

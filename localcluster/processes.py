@@ -123,6 +123,11 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     dns_addr: str = DNS_ADDR
     """Where the cluster DNS server listens (port 53) and kube-dns' EndpointSlice points
     (localcluster/dnsaddr.py); "" = no kube-dns Service."""
+    node_grace: float = 40.0
+    """Seconds without a heartbeat from a node's datapath before its Node turns Ready=Unknown
+    (the API server's --node-monitor-grace-period); the datapath beats four times as often."""
+    toleration_seconds: int = 300
+    """How long pods stay on a node that is not Ready before eviction (default tolerations)."""
 
 
 def instance_name(spec: ProcSpec, replica: int = 0, node: str = "") -> str:
@@ -148,6 +153,9 @@ def service_args(spec: ProcSpec, ctx: Context, node: str, health_addr: str) -> l
         args += ["--nodes", str(len(ctx.nodes))]
         if ctx.dns_addr:
             args += ["--dns-addr", ctx.dns_addr]
+        if ctx.node_grace > 0:
+            args += ["--node-monitor-grace-period", f"{ctx.node_grace:g}"]
+            args += ["--default-toleration-seconds", str(ctx.toleration_seconds)]
         if ctx.manifests:
             args += ["--manifests", ctx.manifests]
         return args
@@ -189,4 +197,6 @@ def service_env(spec: ProcSpec, ctx: Context, node: str, instance: str) -> dict[
         env["NODEMESH_NODE_IP"] = f"127.0.50.{i}"
         # one machine, one host netns: node-1 translates host processes' sockets (docs/services.md)
         env["NODEMESH_LB_HOST_SOCKETS"] = "true" if i == 1 else "false"
+        if ctx.node_grace > 0:
+            env["NODEMESH_NODE_HEARTBEAT"] = f"{ctx.node_grace / 4:g}"
     return env

@@ -26,7 +26,7 @@ import aiohttp
 import msgspec
 from pyroute2.netlink.exceptions import NetlinkError
 
-from localcluster.cleanup import MARKER_ENV, cleanup_datapath, pid_alive, unmount_under
+from localcluster.cleanup import MARKER_ENV, cleanup_datapath, pid_alive, remove_extra_nodes, unmount_under
 from localcluster.dnsaddr import add_dns_address, remove_dns_address
 from localcluster.envoy import envoy_binary
 from localcluster.layout import DNS_ADDR, ClusterInfo, NodeSpec, ProcState, SupervisorState
@@ -56,6 +56,8 @@ class Options(msgspec.Struct, kw_only=True):
     data_dir: str
     nodes: int = 1
     manifests: str = ""
+    node_grace: float = 40.0  # seconds without node heartbeats → NotReady (docs/local-mode.md)
+    eviction: int = 300  # seconds pods stay on a NotReady node
 
 
 class Proc:
@@ -167,6 +169,9 @@ class Supervisor:
         for sub in ("run", "logs", "nats", "api"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         names = [f"node-{i}" for i in range(1, self.opts.nodes + 1)]
+        removed = remove_extra_nodes(self.dir, self.opts.nodes)
+        if removed:  # their Node objects and pods go at the API server's start (bootstrap.py)
+            self.progress(f"removed node(s) beyond node-{self.opts.nodes}: {', '.join(removed)}")
         nats_port, mon_port, api_port, xds_port, *admin = _free_ports(4 + len(names))
         nodes = [
             NodeSpec(
@@ -195,6 +200,8 @@ class Supervisor:
             nodes=tuple(names),
             manifests=str(Path(self.opts.manifests).absolute()) if self.opts.manifests else "",
             dns_addr=self.cluster.dns_addr,
+            node_grace=self.opts.node_grace,
+            toleration_seconds=self.opts.eviction,
         )
         conf, creds = render_nats_config(self.dir, nats_port, mon_port, names)
         (self.dir / "nats" / "nats.conf").write_text(conf)
@@ -383,8 +390,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--manifests", default="")
+    parser.add_argument("--node-grace", type=float, default=40.0)
+    parser.add_argument("--pod-eviction-timeout", type=int, default=300)
     ns = parser.parse_args(argv)
-    opts = Options(data_dir=ns.data_dir, nodes=ns.nodes, manifests=ns.manifests)
+    opts = Options(
+        data_dir=ns.data_dir,
+        nodes=ns.nodes,
+        manifests=ns.manifests,
+        node_grace=ns.node_grace,
+        eviction=ns.pod_eviction_timeout,
+    )
     return asyncio.run(Supervisor(opts).run())
 
 

@@ -28,6 +28,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--manifests", default="", help="directory of manifests the API server loads and watches")
     p.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the cluster")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
+    p.add_argument(
+        "--node-grace",
+        type=float,
+        default=40.0,
+        help="seconds without a heartbeat from a node's agents before the node turns NotReady (default 40)",
+    )
+    p.add_argument(
+        "--pod-eviction-timeout",
+        type=int,
+        default=300,
+        help="seconds pods stay on a NotReady node before they are evicted and recreated (default 300)",
+    )
     p.set_defaults(func=_up)
 
     p = sub.add_parser("down", help="stop the local cluster and remove what it created")
@@ -44,7 +56,18 @@ def _up(args: argparse.Namespace) -> int:
     if args.nodes < 1 or args.nodes > 200:
         print("error: --nodes must be between 1 and 200")
         return 2
-    return up(_dir(args), args.nodes, args.manifests, args.foreground, args.timeout)
+    if not args.node_grace > 0 or args.pod_eviction_timeout < 0:
+        print("error: --node-grace must be positive and --pod-eviction-timeout not negative")
+        return 2
+    return up(
+        _dir(args),
+        args.nodes,
+        args.manifests,
+        args.foreground,
+        args.timeout,
+        node_grace=args.node_grace,
+        eviction=args.pod_eviction_timeout,
+    )
 
 
 def _status(args: argparse.Namespace) -> int:

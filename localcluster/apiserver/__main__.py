@@ -1,5 +1,5 @@
 """``python -m localcluster.apiserver --data-dir D --port P --nodes N [--manifests DIR] [--lb-pool CIDR]
-[--dns-addr IP]``."""
+[--dns-addr IP] [--node-monitor-grace-period S] [--default-toleration-seconds S]``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,19 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="the cluster DNS server's address: creates kube-system/kube-dns (10.96.0.10) pointing there",
     )
+    p.add_argument(
+        "--node-monitor-grace-period",
+        type=float,
+        default=0.0,
+        help="seconds without a node heartbeat before the Node turns Ready=Unknown and is tainted"
+        " (kube-controller-manager's flag; 0: Nodes are static and always Ready, the default)",
+    )
+    p.add_argument(
+        "--default-toleration-seconds",
+        type=int,
+        default=300,
+        help="how long pods tolerate a not-ready/unreachable node before eviction (with heartbeats)",
+    )
     p.add_argument("--history", type=int, default=10_000, help="watch events kept (older RVs get 410)")
     p.add_argument("--bookmark-interval", type=float, default=5.0, help="seconds between watch BOOKMARKs")
     p.add_argument("--log-level", default="info")
@@ -44,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--dns-addr: {e}")
     if args.nodes < 0 or args.nodes > 250:
         p.error("--nodes must be between 0 and 250 (node-i gets 10.244.i.0/24 and 127.0.50.i)")
+    if args.node_monitor_grace_period < 0 or args.default_toleration_seconds < 0:
+        p.error("--node-monitor-grace-period and --default-toleration-seconds must not be negative")
     setup_logging("apiserver", "", args.log_level, args.log_format)
 
     async def run() -> None:
@@ -57,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
             history=args.history,
             bookmark_interval=args.bookmark_interval,
             dns_addr=args.dns_addr,
+            node_grace=args.node_monitor_grace_period,
+            toleration_seconds=args.default_toleration_seconds,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -9,6 +9,10 @@
   NodePort and LoadBalancer Services (unless ``allocateLoadBalancerNodePorts: false``) get a
   ``nodePort`` per port from 30000-32767 (the lowest free one; an update that omits it keeps the
   allocated one).
+- Pod (when the API server monitors node heartbeats): DefaultTolerationSeconds — tolerations of
+  ``node.kubernetes.io/not-ready`` and ``node.kubernetes.io/unreachable`` (``NoExecute``) for
+  ``toleration_seconds`` (kube-apiserver's ``--default-not-ready-toleration-seconds`` and
+  ``--default-unreachable-toleration-seconds``, 300 s), unless the pod tolerates them itself.
 """
 
 from __future__ import annotations
@@ -33,14 +37,38 @@ def admit(
     old: dict[str, Any] | None,
     services: Iterable[dict[str, Any]],
     service_cidr: str = SERVICE_CIDR,
+    toleration_seconds: int | None = None,
 ) -> None:
     """Fill in defaults on ``obj`` (being created when ``old`` is None) in place."""
+    if kind.kind == "Pod" and old is None and toleration_seconds is not None:
+        _default_tolerations(obj, toleration_seconds)
     if kind.kind == "Namespace":
         obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj.setdefault("status", {}).setdefault("phase", "Active")
     elif kind.kind == "Service":
         _service(obj, old, list(services), service_cidr)  # read twice: cluster IPs, node ports
+
+
+def _default_tolerations(pod: dict[str, Any], seconds: int) -> None:
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        return
+    tols = spec.get("tolerations")
+    if tols is None:
+        tols = spec["tolerations"] = []
+    if not isinstance(tols, list):
+        return  # malformed: validation reports it
+    for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
+        if not any(
+            isinstance(t, dict)
+            and t.get("effect", "") in ("", "NoExecute")
+            and (t.get("key") == key or (not t.get("key") and t.get("operator") == "Exists"))
+            for t in tols
+        ):
+            tols.append(
+                {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}
+            )
 
 
 def _service(

@@ -34,6 +34,8 @@ class LocalApi:
         bookmark_interval: float = 5.0,
         controllers: bool = True,
         dns_addr: str = "",
+        node_grace: float = 0.0,
+        toleration_seconds: int = 300,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -41,9 +43,15 @@ class LocalApi:
         self.nodes = nodes
         self.dns_addr = dns_addr
         self.store = Store(self.data_dir / "api", history=history)
+        # node_grace > 0: node agents post heartbeats and the node lifecycle controller watches them.
+        self.node_grace = node_grace if controllers else 0.0
+        if self.node_grace > 0:
+            self.store.default_toleration_seconds = toleration_seconds
         self.server = ApiServer(self.store, bookmark_interval=bookmark_interval)
         self.controllers = (
-            ControllerManager(self.store, lb_pool=lb_pool, dns_addr=dns_addr) if controllers else None
+            ControllerManager(self.store, lb_pool=lb_pool, dns_addr=dns_addr, node_grace=node_grace)
+            if controllers
+            else None
         )
         self.manifests = ManifestDir(self.store, manifests) if manifests else None
         self._runner: web.AppRunner | None = None
@@ -53,7 +61,7 @@ class LocalApi:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        bootstrap(self.store, self.nodes, self.dns_addr)
+        bootstrap(self.store, self.nodes, self.dns_addr, heartbeats=self.node_grace > 0)
         if self.controllers is not None:
             await self.controllers.start()
         if self.manifests is not None:

@@ -106,6 +106,8 @@ class Store:
         # Every event with rv > floor is in the history (after a restart: none older than now).
         self.floor = self.rv
         self._listeners: list[Listener] = []
+        #: Pods' default not-ready/unreachable tolerations (admission.py); None: none added.
+        self.default_toleration_seconds: int | None = None
 
     def close(self) -> None:
         self._db.close()
@@ -191,7 +193,7 @@ class Store:
         meta["generation"] = 1
         if kind.has_status and not keep_status:
             obj.pop("status", None)
-        admit(kind, obj, None, self.objects("Service"))
+        admit(kind, obj, None, self.objects("Service"), toleration_seconds=self.default_toleration_seconds)
         if validate:
             self._validate(kind, obj)
         return self._commit(kind, "ADDED", obj, None)
@@ -249,7 +251,7 @@ class Store:
                     new.pop("status", None)
             if _spec_part(new) != _spec_part(old):
                 new["metadata"]["generation"] = int(om.get("generation", 1)) + 1
-        admit(kind, new, old, self.objects("Service"))
+        admit(kind, new, old, self.objects("Service"), toleration_seconds=self.default_toleration_seconds)
         if validate and not status_only:
             self._validate(kind, new)
         new["metadata"]["resourceVersion"] = om["resourceVersion"]

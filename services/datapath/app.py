@@ -29,6 +29,7 @@ from services.datapath.agent import Agent, router_ip
 from services.datapath.cell import CELL
 from services.datapath.config import DatapathConfig
 from services.datapath.events import EventPump
+from services.datapath.heartbeat import run_heartbeat
 from services.datapath.l7redirect import configure as configure_proxy
 from services.datapath.l7redirect import ensure_proxy_route
 from services.datapath.lb.loader import detach_node
@@ -133,6 +134,11 @@ async def main(svc: Service) -> None:
             await asyncio.to_thread(agent.lb.set_host_sockets)
         await agent.reconcile()
         gate.set()
+        if cfg.node_heartbeat > 0:  # ready: from now on this node vouches for itself
+            svc.spawn(
+                run_heartbeat(svc.bus, cfg.node, cfg.node_heartbeat, lambda: cache.get("Node", "", cfg.node)),
+                "heartbeat",
+            )
         svc.log.info("synced", extra={"pods": len(agent.pods.endpoints) if agent.pods else 0})
 
     svc.spawn(open_gate(), "sync")

@@ -25,6 +25,8 @@ CELL = Cell(
         # Pod status patches: the subject names the pod, not its node, so this cannot be narrowed
         # to this node's pods (docs/identity.md).
         subjects.k8s_status("pod", "*", "*"),
+        # Its own Node's Ready condition (local mode's kubelet heartbeat, heartbeat.py).
+        subjects.k8s_status("node", "", "{node}"),
         # Policy status (an invalid policy's error condition).
         *(subjects.k8s_status(kind, "*", "*") for kind in POLICY_KINDS),
     ),

@@ -34,5 +34,9 @@ class DatapathConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fi
     "" = pods see the host's resolv.conf."""
     cluster_domain: str = "cluster.local"
     """kubelet's ``--cluster-domain``: the search path of local pods' resolv.conf."""
+    node_heartbeat: float = 0.0
+    """Seconds between this node's heartbeats (its Node's Ready condition, as the kubelet posts it,
+    services/datapath/heartbeat.py); 0 = none, as in Kubernetes, where the kubelet posts them.
+    Local mode: a quarter of the API server's node grace period."""
     event_queue_batches: int = 4096
     """Batches of ring-buffer events held for publishing before further ones are counted as lost."""

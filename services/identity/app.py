@@ -36,6 +36,7 @@ from nodemesh.messages.identity import (
 )
 from nodemesh.runtime import RequestError, Service
 from nodemesh.streams import (
+    BUCKET_AUTH,
     BUCKET_IDENTITIES,
     BUCKET_IPCACHE,
     BUCKET_LEASES,
@@ -83,6 +84,7 @@ async def main(svc: Service) -> None:
         cluster=cfg.cluster_name,
         is_leader=lambda: lease.is_leader,
         registry=svc.registry,
+        auth=await bus.kv(BUCKET_AUTH.name),
     )
     cache.on_change = ctl.on_change
     signer = Signer(

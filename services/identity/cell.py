@@ -1,8 +1,10 @@
-"""What the identity service touches: the only writer of identities, ipcache, nodes and trust."""
+"""What the identity service touches: the only writer of identities, ipcache, nodes and trust, and
+the remover of a deleted node's entries in auth."""
 
 from nodemesh import subjects
 from nodemesh.cell import Cell, KvWrite
 from nodemesh.streams import (
+    BUCKET_AUTH,
     BUCKET_IDENTITIES,
     BUCKET_IPCACHE,
     BUCKET_LEASES,
@@ -23,6 +25,7 @@ CELL = Cell(
         BUCKET_NODES.name,
         BUCKET_TRUST.name,
         BUCKET_LEASES.name,
+        BUCKET_AUTH.name,
     ),
     writes=(
         KvWrite(BUCKET_IDENTITIES.name),
@@ -30,6 +33,7 @@ CELL = Cell(
         KvWrite(BUCKET_NODES.name),
         KvWrite(BUCKET_TRUST.name),
         KvWrite(BUCKET_LEASES.name, LEASE_IDENTITY),  # the replicas' leader lease
+        KvWrite(BUCKET_AUTH.name),  # a deleted node's entries (its authd went with it)
     ),
     publishes=(subjects.IDENTITY_EVENTS, subjects.IPCACHE_EVENTS, subjects.TRUST_BUNDLE),
     subscribes=(

@@ -1,5 +1,8 @@
 """Pods, Namespaces and Nodes → identities (with references), ipcache entries and NodeInfo.
 
+A Node that is gone also takes its entries in KV ``auth`` with it: they were its authd's, which went
+with the node and can no longer remove them (peers revoke their own side, services/authd/table.py).
+
 Level-triggered, like a Kubernetes controller: a change only marks an object dirty; a worker then
 compares what the K8S cache says (desired) with what the KV mirrors hold (actual) and writes the
 difference with CAS. The same code path serves a single pod event, a namespace relabel and the full
@@ -18,6 +21,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from nats.js.errors import NoKeysError
+from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry, Counter
 
 from nodemesh import subjects
@@ -27,7 +32,7 @@ from nodemesh.kvmirror import Conflict, KvMirror
 from nodemesh.labels import LabelError, parse_endpoint, pod_labels
 from nodemesh.messages.identity import Identity, IPCacheEntry, IPCacheEvent, NodeInfo
 from nodemesh.messages.k8s import ObjectEvent
-from nodemesh.streams import ipcache_key
+from nodemesh.streams import auth_node_prefix, ipcache_key
 
 from .allocator import Allocator
 from .endpoints import Owner, entry, node_entries, node_info, owner_of, pod_endpoint
@@ -50,6 +55,7 @@ class Controller:
         cluster: str,
         is_leader: Callable[[], bool],
         registry: CollectorRegistry | None = None,
+        auth: KeyValue | None = None,
     ) -> None:
         self.bus = bus
         self.cache = cache
@@ -58,6 +64,7 @@ class Controller:
         self.nodes = nodes
         self.cluster = cluster
         self.is_leader = is_leader
+        self.auth = auth
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._pending: set[Key] = set()
         self._active: set[Key] = set()
@@ -221,6 +228,21 @@ class Controller:
             await self._cas_delete(self.nodes, name)
         want = {ipcache_key(e.ip): e for e in node_entries(node)} if node is not None else {}
         await self._converge_ips(("node", "", name), want)
+        if node is None:
+            await self._purge_auth(name)
+
+    async def _purge_auth(self, node: str) -> None:
+        if self.auth is None:
+            return
+        prefix = auth_node_prefix(node).removesuffix(">")
+        try:  # (keys()' filters are substrings, not subject patterns: filter here)
+            keys = [k for k in await self.auth.keys() if k.startswith(prefix)]
+        except NoKeysError:
+            return
+        for key in keys:
+            await self.auth.delete(key)
+        if keys:
+            log.info("node %s is gone: removed its %d auth entries", node, len(keys))
 
     # --- ipcache writes --------------------------------------------------------------------------
     async def _converge_ips(self, owner: Owner, want: dict[str, IPCacheEntry]) -> None:

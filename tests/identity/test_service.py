@@ -237,3 +237,34 @@ async def _gone_key(kv: object, key: str) -> bool:
     except Exception:
         return True
     return False
+
+
+async def test_a_deleted_node_takes_its_nodeinfo_ipcache_and_auth_entries(
+    bus: Bus, cluster: Cluster, run_replica: RunReplica
+) -> None:
+    """`nodemesh up --nodes 1` after 2 nodes: node-2's Node is deleted; what named it must go."""
+    await cluster.node("node-1", "127.0.50.1", "10.244.1.0/24")
+    await cluster.node("node-2", "127.0.50.2", "10.244.2.0/24")
+    await cluster.synced()
+    auth = await bus.kv("auth")
+    # What each node's authd left in KV auth (keys <node>.<local>.<remote>.<remote node>.<type>).
+    await auth.put("node-2.300.301.node-1.1", b"{}")
+    await auth.put("node-1.301.300.node-2.1", b"{}")
+    replica = await run_replica()
+    await eventually(lambda: _ready(replica.svc.health_port), what="ready")
+    assert await kv_value(bus, "nodes", "node-2", NodeInfo) is not None
+    assert await ipcache_entry(bus, "127.0.50.2") is not None
+
+    await cluster.delete("Node", "", "node-2")
+
+    async def gone() -> bool:
+        return (
+            await kv_value(bus, "nodes", "node-2", NodeInfo) is None
+            and await ipcache_entry(bus, "127.0.50.2") is None
+            and "node-2.300.301.node-1.1" not in await auth.keys()
+        )
+
+    await eventually(gone, what="node-2's entries removed")
+    # node-1's own entry is node-1's authd's to revoke (it does, seeing node-2 gone): not ours.
+    assert await auth.keys() == ["node-1.301.300.node-2.1"]
+    assert await kv_value(bus, "nodes", "node-1", NodeInfo) is not None

@@ -3,15 +3,18 @@
 Each controller is a level-triggered ``reconcile(store)`` pass over the whole store that writes
 only differences, so a pass that finds nothing to do writes nothing and the loop settles. The
 :class:`ControllerManager` runs every pass after any change (debounced), in a fixed order:
-garbage collection, bootstrap objects, Deployments, ReplicaSets, scheduling, Gateway Services,
-Ingress Services, LB-IPAM, EndpointSlices, and kube-dns' EndpointSlice when the cluster runs a DNS
-server (controllers/clusterdns.py).
+garbage collection, node lifecycle (when heartbeats are monitored), Deployments, ReplicaSets,
+scheduling, Gateway Services, Ingress Services, LB-IPAM, EndpointSlices, and kube-dns' EndpointSlice
+when the cluster runs a DNS server (controllers/clusterdns.py). The node lifecycle controller also
+runs on its own every few seconds (and when a toleration runs out), since a missing heartbeat is no
+change in the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from localcluster.apiserver.controllers.clusterdns import ClusterDns
@@ -20,6 +23,7 @@ from localcluster.apiserver.controllers.gateway import reconcile_gateways
 from localcluster.apiserver.controllers.gc import reconcile_gc
 from localcluster.apiserver.controllers.ingress import reconcile_ingresses
 from localcluster.apiserver.controllers.lbipam import LbIpam
+from localcluster.apiserver.controllers.nodelifecycle import NodeLifecycle
 from localcluster.apiserver.controllers.workloads import (
     reconcile_deployments,
     reconcile_replicasets,
@@ -34,16 +38,26 @@ log = logging.getLogger("localcluster.apiserver.controllers")
 
 class ControllerManager:
     def __init__(
-        self, store: Store, *, lb_pool: str = "127.0.100.0/24", debounce: float = 0.02, dns_addr: str = ""
+        self,
+        store: Store,
+        *,
+        lb_pool: str = "127.0.100.0/24",
+        debounce: float = 0.02,
+        dns_addr: str = "",
+        node_grace: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.debounce = debounce
         self.lbipam = LbIpam(lb_pool)
+        #: None: Nodes are static (always Ready, no heartbeats expected), as without a node agent.
+        self.nodes = NodeLifecycle(node_grace, clock) if node_grace > 0 else None
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
         self._controllers: list[tuple[str, Callable[[Store], int]]] = [
             ("garbage-collector", reconcile_gc),
+            *([("node-lifecycle", self.nodes.reconcile)] if self.nodes is not None else []),
             ("deployment", reconcile_deployments),
             ("replicaset", reconcile_replicasets),
             ("scheduler", schedule_pods),
@@ -83,9 +97,23 @@ class ControllerManager:
             except asyncio.CancelledError:
                 pass
 
+    def _idle_timeout(self) -> float | None:
+        if self.nodes is None:
+            return None
+        due = self.nodes.next_eviction(self.store)
+        return self.nodes.period if due is None else min(self.nodes.period, due + 0.05)
+
     async def _loop(self) -> None:
         while True:
-            await self._dirty.wait()
+            try:
+                await asyncio.wait_for(self._dirty.wait(), self._idle_timeout())
+            except TimeoutError:
+                if self.nodes is not None:  # a heartbeat that did not come is no store event
+                    try:
+                        self.nodes.reconcile(self.store)  # its writes wake the other controllers
+                    except Exception:
+                        log.exception("controller node-lifecycle failed")
+                continue
             await asyncio.sleep(self.debounce)  # batch a burst of changes into one pass
             self._dirty.clear()
             # Our own writes set _dirty again; the next pass confirms there is nothing left to do.

@@ -2,12 +2,13 @@
 
 Endpoints are pods in the Service's namespace that match its selector, are not terminal and have a
 ``status.podIP``. ``ready``/``serving`` follow the pod's Ready condition (set by the datapath through
-the status subresource); a pod whose ``spec.subdomain`` is the Service's name carries its
-``spec.hostname`` (its DNS name under a headless Service). Named targetPorts are resolved per pod
-from its container ports; pods that resolve to the same ports share slices of at most 100 endpoints,
-as Kubernetes groups them. Slices carry ``kubernetes.io/service-name`` and
-``endpointslice.kubernetes.io/managed-by`` and are owned by the Service. A Service with no
-endpoints keeps one empty placeholder slice.
+the status subresource), and are false while the pod's Node is not Ready (its node agent stopped
+posting heartbeats, nodelifecycle.py: nothing vouches for the pod); a pod whose ``spec.subdomain``
+is the Service's name carries its ``spec.hostname`` (its DNS name under a headless Service). Named
+targetPorts are resolved per pod from its container ports; pods that resolve to the same ports
+share slices of at most 100 endpoints, as Kubernetes groups them. Slices carry
+``kubernetes.io/service-name`` and ``endpointslice.kubernetes.io/managed-by`` and are owned by the
+Service. A Service with no endpoints keeps one empty placeholder slice.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _resolve(port: dict[str, Any], pod: dict[str, Any]) -> int | None:
 
 
 def desired_slices(
-    svc: dict[str, Any], pods: list[dict[str, Any]]
+    svc: dict[str, Any], pods: list[dict[str, Any]], not_ready_nodes: frozenset[str] = frozenset()
 ) -> dict[tuple[str, PortKey], list[dict[str, Any]]]:
     """(addressType, ports) → endpoints, for the pods that belong to ``svc``."""
     spec = svc.get("spec") or {}
@@ -60,7 +61,9 @@ def desired_slices(
                 ports.append(
                     (sp.get("name") or "", resolved, sp.get("protocol") or "TCP", sp.get("appProtocol") or "")
                 )
-        ready = condition_true(pod, "Ready")
+        # A pod on a node nobody vouches for (no heartbeats) gets no traffic until evicted or back.
+        on_ready_node = (pod.get("spec") or {}).get("nodeName") not in not_ready_nodes
+        ready = condition_true(pod, "Ready") and on_ready_node
         ep: dict[str, Any] = {
             "addresses": [ip],
             "conditions": {"ready": ready, "serving": ready, "terminating": False},
@@ -103,12 +106,15 @@ def _key_of(es: dict[str, Any]) -> tuple[str, PortKey]:
 
 def reconcile_endpointslices(store: Store) -> int:
     writes = 0
+    not_ready = frozenset(
+        n["metadata"]["name"] for n in store.objects("Node") if not condition_true(n, "Ready")
+    )
     for svc in list(store.objects("Service")):
-        writes += guarded(_reconcile_endpointslices_one, store, svc)
+        writes += guarded(_reconcile_endpointslices_one, store, svc, not_ready)
     return writes
 
 
-def _reconcile_endpointslices_one(store: Store, svc: dict[str, Any]) -> int:
+def _reconcile_endpointslices_one(store: Store, svc: dict[str, Any], not_ready: frozenset[str]) -> int:
     writes = 0
     kind = by_kind("EndpointSlice")
     meta, spec = svc["metadata"], svc.get("spec") or {}
@@ -127,7 +133,7 @@ def _reconcile_endpointslices_one(store: Store, svc: dict[str, Any]) -> int:
         for p in store.objects("Pod", ns)
         if match_labels_selector({"matchLabels": selector}, p["metadata"].get("labels") or {})
     ]
-    want = desired_slices(svc, pods) or {("IPv4", ()): []}
+    want = desired_slices(svc, pods, not_ready) or {("IPv4", ()): []}
     labels = {**(meta.get("labels") or {}), SERVICE_NAME: meta["name"], MANAGED_BY: CONTROLLER}
     by_key: dict[tuple[str, PortKey], list[dict[str, Any]]] = {}
     for es in sorted(existing, key=lambda e: e["metadata"]["name"]):

@@ -5,7 +5,9 @@ A Deployment owns one ReplicaSet per distinct pod template, named
 shrink to 0 (kept up to ``revisionHistoryLimit``) at the pace the Deployment's strategy allows
 (:mod:`localcluster.apiserver.controllers.rollout`). A ReplicaSet creates pods with
 ``generateName: <rs>-``, so pods are ``<deployment>-<hash>-<5 chars>``. The scheduler honours
-``spec.nodeName`` and otherwise binds a pod to the node with the fewest pods.
+``spec.nodeName`` and otherwise binds a pod to the node with the fewest pods among those it may
+use: not cordoned (``spec.unschedulable``) and without a ``NoSchedule``/``NoExecute`` taint the pod
+does not tolerate — which leaves out nodes that are not Ready (nodelifecycle.py taints them).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from localcluster.apiserver.controllers.hashing import compute_hash
 from localcluster.apiserver.controllers.rollout import RsState, plan
+from localcluster.apiserver.controllers.taints import schedulable
 from localcluster.apiserver.controllers.util import (
     as_map,
     condition_true,
@@ -196,7 +199,9 @@ def _reconcile_replicasets_one(store: Store, rs: dict[str, Any]) -> int:
 
 def schedule_pods(store: Store) -> int:
     writes = 0
-    nodes = sorted(n["metadata"]["name"] for n in store.objects("Node"))
+    nodes = {
+        n["metadata"]["name"]: n for n in sorted(store.objects("Node"), key=lambda n: n["metadata"]["name"])
+    }
     load = dict.fromkeys(nodes, 0)
     pods = list(store.objects("Pod"))
     for p in pods:
@@ -208,21 +213,39 @@ def schedule_pods(store: Store) -> int:
     return writes
 
 
-def _schedule_one(store: Store, p: dict[str, Any], nodes: list[str], load: dict[str, int]) -> int:
+def _schedule_one(
+    store: Store, p: dict[str, Any], nodes: dict[str, dict[str, Any]], load: dict[str, int]
+) -> int:
     writes = 0
     if not isinstance(p.get("spec"), dict):
         return 0  # malformed: nothing to bind
     if not p["spec"].get("nodeName"):
-        if not nodes:
-            return 0
-        node = min(nodes, key=lambda n: (load[n], n))
+        fit = [n for n, node in nodes.items() if schedulable(node, p)]
+        if not fit:  # stays Pending, saying why, until a node it fits turns Ready
+            cond = {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": f"0/{len(nodes)} nodes are available: "
+                + (
+                    "no nodes"
+                    if not nodes
+                    else "every node is cordoned or has a taint the pod does not tolerate"
+                ),
+            }
+            return set_status(store, p, {"phase": "Pending", "conditions": [cond]})
+        node = min(fit, key=lambda n: (load[n], n))
         load[node] += 1
         new = clone(p)
         new["spec"]["nodeName"] = node
         writes += write(store, new)
         p = store.peek("Pod", p["metadata"]["namespace"], p["metadata"]["name"]) or new
     status = as_map(p.get("status"))
-    if not status.get("phase"):
+    unschedulable = any(
+        as_map(c).get("type") == "PodScheduled" and as_map(c).get("reason") == "Unschedulable"
+        for c in status.get("conditions") or []
+    )
+    if not status.get("phase") or (status.get("phase") == "Pending" and unschedulable):
         # Merge PodScheduled by type, as the scheduler's status patch does; keep other conditions.
         conditions = [c for c in status.get("conditions") or [] if as_map(c).get("type") != "PodScheduled"]
         conditions.insert(0, {"type": "PodScheduled", "status": "True"})
