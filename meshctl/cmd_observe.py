@@ -6,8 +6,9 @@ the stream's start is reached. ``--follow`` then continues with an ordered consu
 sequence, so no flow is lost or printed twice between the two phases.
 
 Filters are Hubble's (:mod:`meshctl.flowfilter`). ``-o table`` prints TIMESTAMP, SOURCE,
-DESTINATION, L7 INFO, TRAFFIC DIRECTION, VERDICT, TCP FLAGS; ``-o json`` one Flow per line, shaped
-like Hubble's flow JSON.
+DESTINATION, L7 INFO, TRAFFIC DIRECTION, VERDICT, TCP FLAGS; ``-o json`` (= ``jsonpb``) one
+``observer.GetFlowsResponse`` per line in protojson, ``-o compact`` and ``-o dict`` as the hubble CLI
+prints them (:mod:`meshctl.hubbleprint`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from localcluster.layout import data_dir, load_cluster, load_credentials
+from meshctl import hubbleprint
 from meshctl.flowfilter import FilterError, FlowFilter, build_filters, matches
 from nodemesh import subjects
 from nodemesh.bus import connect
@@ -45,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("observe", help="show flows (like hubble observe)")
     p.add_argument("--last", type=int, default=None, help="last N matching flows (default 20; 0 with -f)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new flows")
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.add_argument("-o", "--output", choices=("table", "compact", "dict", "json", "jsonpb"), default="table")
+    p.add_argument("--print-node-name", action="store_true", help="print the node name (compact, dict)")
     p.add_argument("--data-dir", dest="sub_data_dir", default=None, help="local cluster state directory")
     rep: dict[str, Any] = {"action": "append", "default": []}
     for side in ("from-", "to-", ""):
@@ -116,7 +118,9 @@ def _l7(flow: Flow) -> str:
     if l7 is not None and l7.http is not None:
         h = l7.http
         if l7.type == "RESPONSE":
-            return f"{h.protocol} {h.code} {l7.latency_ns // 1_000_000}ms ({h.method} {h.url})".strip()
+            return (
+                f"{h.protocol} {h.code} {int(l7.latency_ns or 0) // 1_000_000}ms ({h.method} {h.url})".strip()
+            )
         return f"{h.protocol} {h.method} {h.url}".strip()
     if flow.l4 is not None and flow.l4.icmpv4 is not None:
         return f"ICMPv4 type {flow.l4.icmpv4.type} code {flow.l4.icmpv4.code}"
@@ -168,14 +172,24 @@ def render_table(rows: list[list[str]], widths: list[int] | None = None) -> tupl
 
 # --- reading the stream ----------------------------------------------------------------------------
 class _Printer:
-    def __init__(self, output: str, out: TextIO) -> None:
-        self.output, self.out = output, out
+    def __init__(self, output: str, out: TextIO, node_name: bool = False) -> None:
+        self.output, self.out, self.node_name = output, out, node_name
         self.widths: list[int] | None = None
+        self.printed = 0
 
     def batch(self, flows: list[Flow], header: bool) -> None:
-        if self.output == "json":
+        if self.output in ("json", "jsonpb"):
             for f in flows:
-                self.out.write(msgspec.json.encode(f).decode() + "\n")
+                self.out.write(hubbleprint.json_line(f) + "\n")
+        elif self.output == "compact":
+            for f in flows:
+                self.out.write(hubbleprint.compact_line(f, self.node_name) + "\n")
+        elif self.output == "dict":
+            for f in flows:
+                if self.printed:
+                    self.out.write(hubbleprint.DICT_SEPARATOR + "\n")
+                self.out.write("\n".join(hubbleprint.dict_block(f, self.node_name)) + "\n")
+                self.printed += 1
         else:
             rows = ([HEADER] if header else []) + [format_row(f) for f in flows]
             lines, self.widths = render_table(rows, self.widths)
@@ -241,7 +255,7 @@ async def observe(args: argparse.Namespace, out: TextIO | None = None) -> int:
     cluster = load_cluster(str(data_dir(explicit)))
     user, password = load_credentials(str(data_dir(explicit)), "admin")
     bus = await connect(cluster.nats_url, name="nodemesh-observe", user=user, password=password, max_wait=10)
-    printer = _Printer(args.output, out or sys.stdout)
+    printer = _Printer(args.output, out or sys.stdout, getattr(args, "print_node_name", False))
     bad = [0]
 
     def keep(f: Flow) -> bool:

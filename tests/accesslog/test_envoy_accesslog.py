@@ -222,7 +222,7 @@ async def test_envoy_requests_become_l7_flows_and_hubble_metrics(
     for f in responses:
         assert f.l7 is not None and f.l7.http is not None
         assert f.l7.http.method == "GET" and f.l7.http.protocol == "HTTP/1.1"
-        assert f.l7.latency_ns > 0
+        assert int(f.l7.latency_ns) > 0
         assert f.Type == "L7" and f.traffic_direction == "INGRESS" and f.is_reply and f.node_name == "node-1"
         assert f.destination == pods[CLIENT_IP]  # a response goes back to the client
         assert f.verdict == "FORWARDED"
