@@ -224,3 +224,43 @@ def test_follow_prints_new_matching_flows(data_dir: Path, nats_server: NatsServe
         proc.wait(10)
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_compact_and_dict_like_hubble(
+    data_dir: Path, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fwd = flow(FE, WEB, dport=8080)
+    fwd.is_reply, fwd.trace_observation_point, fwd.Summary = False, "TO_ENDPOINT", "TCP Flags: SYN"
+    reply = flow(FE, WEB, sport=8080, dport=40000, syn=False)
+    reply.is_reply, reply.trace_observation_point = True, "TO_ENDPOINT"
+    drop = flow(DEV, WEB, verdict="DROPPED", etype=1, reason="POLICY_DENIED")
+    drop.event_type["sub_type"], drop.is_reply = 133, False
+    publish(nats_server, [fwd, reply, drop])
+    rc, lines, _ = observe(data_dir, capsys, "-o", "compact", "--last", "3", "--print-node-name")
+    assert rc == 0
+    assert lines == [
+        "Nov 26 22:04:57.123 [node-1]: prod/fe-abc:40000 (ID:1001) -> prod/web-7d9f:8080 (ID:1000) "
+        "to-endpoint FORWARDED (TCP Flags: SYN)",
+        # a reply: sides swapped back and the arrow flipped, as hubble prints it
+        "Nov 26 22:04:57.123 [node-1]: prod/web-7d9f:40000 (ID:1000) <- prod/fe-abc:8080 (ID:1001) "
+        "to-endpoint FORWARDED ()",
+        "Nov 26 22:04:57.123 [node-1]: dev/fe-xyz:40000 (ID:1002) -> prod/web-7d9f:80 (ID:1000) "
+        "Policy denied DROPPED ()",
+    ]
+    rc, lines, _ = observe(data_dir, capsys, "-o", "dict", "--last", "2")
+    assert rc == 0
+    assert lines == [
+        "  TIMESTAMP: Nov 26 22:04:57.123",
+        "     SOURCE: prod/fe-abc:8080",
+        "DESTINATION: prod/web-7d9f:40000",
+        "       TYPE: to-endpoint",
+        "    VERDICT: FORWARDED",
+        "    SUMMARY: ",
+        "------------",
+        "  TIMESTAMP: Nov 26 22:04:57.123",
+        "     SOURCE: dev/fe-xyz:40000",
+        "DESTINATION: prod/web-7d9f:80",
+        "       TYPE: Policy denied",
+        "    VERDICT: DROPPED",
+        "    SUMMARY: ",
+    ]
