@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nodemesh.config import ServiceConfig
+from services.datapath.metricscontext import DEFAULT_CONTEXT
 
 __all__ = ["DatapathConfig"]
 
@@ -34,5 +35,8 @@ class DatapathConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fi
     "" = pods see the host's resolv.conf."""
     cluster_domain: str = "cluster.local"
     """kubelet's ``--cluster-domain``: the search path of local pods' resolv.conf."""
+    hubble_metrics_context: str = DEFAULT_CONTEXT
+    """Hubble's metric context options for hubble_* metrics (sourceContext, destinationContext,
+    labelsContext; services/datapath/metricscontext.py). Invalid = the service fails to start."""
     event_queue_batches: int = 4096
     """Batches of ring-buffer events held for publishing before further ones are counted as lost."""
