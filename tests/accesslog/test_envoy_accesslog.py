@@ -20,8 +20,8 @@ from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, generate_latest
 
 from conformance.envoy import Envoy
-from meshctl.cmd_observe import format_row
 from meshctl.flowfilter import build_filters, matches
+from meshctl.observe_stream import format_row
 from nodemesh import codec, subjects
 from nodemesh.bus import Bus
 from nodemesh.messages.flow import Endpoint, Flow

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -21,7 +22,7 @@ from meshctl.main import main
 from nodemesh import subjects
 from nodemesh.bus import connect
 from nodemesh.codec import encode
-from nodemesh.messages.flow import Flow
+from nodemesh.messages.flow import HTTP, L7, Endpoint, Flow, Workload
 from nodemesh.streams import provision
 from testkit.natsserver import NatsServer
 from tests.observe.flows import DEV, FE, WEB, WORLD, flow
@@ -264,3 +265,103 @@ def test_compact_and_dict_like_hubble(
         "    VERDICT: DROPPED",
         "    SUMMARY: ",
     ]
+
+
+def _l7(code: int, method: str, url: str, *, time: str = "2026-11-26T22:04:57.123456789Z") -> Flow:
+    resp = L7(type="RESPONSE", latency_ns="1000", http=HTTP(code=code, method=method, url=url))
+    return flow(FE, WEB, l7=resp, etype=129, time=time)
+
+
+def _describe(f: Flow) -> str:
+    if f.l7 is not None and f.l7.http is not None:
+        return f.l7.http.url
+    part = f.l4.udp or f.l4.tcp if f.l4 is not None else None
+    return f"port {part.destination_port if part else 0}"
+
+
+def test_hubble_filter_flags(
+    data_dir: Path, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish(nats_server, [
+        _l7(200, "GET", "http://web/api/items?HUBBLE_REDACTED"),
+        _l7(404, "GET", "http://web/nope"),
+        _l7(503, "POST", "http://web/api/cart"),
+        flow(FE, WEB, dport=53, proto="udp"),
+        flow(DEV, WEB, dport=80, node="node-2"),
+    ], node="node-1")  # fmt: skip
+
+    def urls(*args: str) -> list[str]:
+        rc, lines, err = observe(data_dir, capsys, "-o", "json", "--last", "50", *args)
+        assert rc == 0, err
+        return [_describe(flow_of(line)) for line in lines]
+
+    assert urls("--http-status", "5+") == ["http://web/api/cart"]
+    assert urls("--http-status", "404", "--http-status", "2+") == [
+        "http://web/api/items?HUBBLE_REDACTED",
+        "http://web/nope",
+    ]
+    assert urls("--http-method", "post") == ["http://web/api/cart"]
+    assert urls("--http-path", "^/api/") == ["http://web/api/items?HUBBLE_REDACTED", "http://web/api/cart"]
+    # --not turns the next filter into an exclusion; the filters before and after it still allow
+    assert urls("--type", "l7", "--not", "--http-path", "^/api/") == ["http://web/nope"]
+    assert urls("--not", "--type", "l7") == ["port 53", "port 80"]
+    assert urls("--not", "--protocol", "udp", "--from-namespace", "dev") == ["port 80"]
+    assert urls("--to-namespace", "prod", "--protocol", "udp") == ["port 53"]
+    assert urls("--node-name", "node-*", "--protocol", "udp") == ["port 53"]
+    assert urls("--node-name", "default/node-2") == ["port 80"]
+
+
+def test_workload_filters(
+    data_dir: Path, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    web = Endpoint(namespace="prod", pod_name="web-5d8f7c9b6-abcde", identity=1000,
+                   workloads=[Workload(name="web", kind="Deployment")])  # fmt: skip
+    db = Endpoint(namespace="prod", pod_name="db-0", identity=1003)  # no workloads: from the pod name
+    publish(nats_server, [flow(web, db, dport=5432), flow(FE, web, dport=80)])
+    for args, want in (
+        (["--to-workload", "db"], [5432]),
+        (["--to-workload", "StatefulSet/db"], [5432]),
+        (["--to-workload", "Deployment/db"], []),
+        (["--workload", "web"], [5432, 80]),
+        (["--from-workload", "deployment/web"], [5432]),
+    ):
+        rc, lines, err = observe(data_dir, capsys, "-o", "json", *args)
+        assert rc == 0, err
+        assert [flow_of(line).l4.tcp.destination_port for line in lines] == want, args  # type: ignore[union-attr]
+
+
+def test_since_and_until(data_dir: Path, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]) -> None:
+    now = datetime.now(UTC)
+    stamps = [(now - timedelta(hours=h)).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z" for h in (3, 2, 1)]
+    publish(nats_server, [flow(FE, WEB, dport=1000 + i, time=t) for i, t in enumerate(stamps)])
+
+    def ports(*args: str) -> list[int]:
+        rc, lines, err = observe(data_dir, capsys, "-o", "json", *args)
+        assert rc == 0, err
+        return [flow_of(line).l4.tcp.destination_port for line in lines]  # type: ignore[union-attr]
+
+    # every flow stored since then (all three were published now); the flow times decide
+    assert ports("--since", "150m") == [1001, 1002]
+    assert ports("--since", "4h", "--until", "90m") == [1000, 1001]
+    assert ports("--until", stamps[0]) == [1000]
+    assert ports("--since", "4h", "--last", "1") == [1002]
+    assert ports("--since", stamps[1]) == [1001, 1002]  # RFC 3339 with nanoseconds
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--http-status", "4x"], "http status '4x' is not a code (404) or a prefix (4+, 50+)"),
+        (["--http-path", "(["], "http path '([' is not a regular expression"),
+        (["--since", "yesterday"], "time 'yesterday' is not RFC 3339, YYYY-MM-DD or an age such as 5m"),
+        (["--since", "1h", "--until", "2h"], "--since is after --until"),
+        (["--to-workload", "Deployment/"], "workload 'Deployment/' is not NAME or KIND/NAME"),
+        (["--verdict", "DROPPED", "--not"], "--not must come before a filter flag"),
+    ],
+    ids=["status", "path", "time", "since-after-until", "workload", "dangling-not"],
+)
+def test_bad_filter_values(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    rc, _, err = observe(data_dir, capsys, *args)
+    assert rc == 1 and message in err
