@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -30,16 +31,16 @@ from nats.js.errors import NotFoundError
 from localcluster.layout import data_dir, load_cluster, load_credentials
 from meshctl import hubbleprint
 from meshctl.cmd_observe import filters_from_args, parse_time, time_bounds
-from meshctl.flowfilter import FilterError, matches
+from meshctl.flowfilter import FilterError, FlowFilter, matches
 from nodemesh import subjects
-from nodemesh.bus import connect
+from nodemesh.bus import Bus, connect
 from nodemesh.codec import decode
 from nodemesh.errors import DecodeError, NodemeshError
 from nodemesh.labels import RESERVED_NAMES
 from nodemesh.messages.flow import Endpoint, Flow
 from nodemesh.streams import STREAM_FLOWS
 
-__all__ = ["format_row", "observe", "render_table"]
+__all__ = ["Query", "connect_admin", "follow", "format_row", "history", "observe", "render_table"]
 
 HEADER = ["TIMESTAMP", "SOURCE", "DESTINATION", "L7 INFO", "TRAFFIC DIRECTION", "VERDICT", "TCP FLAGS"]
 DROP_REASONS = {133: "POLICY_DENIED", 181: "POLICY_DENY", 189: "AUTH_REQUIRED"}
@@ -224,6 +225,66 @@ def _in_time(ts: str, since: datetime | None, until: datetime | None) -> bool:
     return (since is None or t >= since) and (until is None or t <= until)
 
 
+@dataclass
+class Query:
+    """What to read: Hubble's GetFlowsRequest (``observe``'s flags, or the Observer endpoint's request)."""
+
+    allow: list[FlowFilter] = field(default_factory=list)
+    deny: list[FlowFilter] = field(default_factory=list)
+    since: datetime | None = None
+    until: datetime | None = None
+    last: int = 20  # 0 = none from history (with follow); ignored when ``unlimited``
+    unlimited: bool = False  # every matching flow in range (--since without --last)
+    bad: list[int] = field(default_factory=lambda: [0])  # undecodable messages skipped
+
+    def keep(self, f: Flow) -> bool:
+        if (self.since or self.until) and not _in_time(f.time, self.since, self.until):
+            return False
+        return matches(f, self.allow, self.deny)
+
+
+async def history(js: Any, q: Query) -> tuple[list[Flow], int]:
+    """The matching flows already in the stream, oldest first, and the last sequence looked at."""
+    try:
+        info = await js.stream_info(STREAM_FLOWS.name)
+    except NotFoundError as e:
+        raise NodemeshError("no FLOWS stream yet: is the cluster up (nodemesh up)?") from e
+    first, end = info.state.first_seq, info.state.last_seq
+    last_seq = end
+    found: list[Flow] = []
+    if q.since is not None and end > 0:  # forward from the first message stored since then
+        found = await _read_range(js, first, end, q.keep, q.bad, since=q.since)
+        return (found if q.unlimited else found[-q.last :] if q.last else []), last_seq
+    last = q.last
+    # Unfiltered, the last N messages are the answer; filtered, start wider and grow 4x.
+    window = max(4 * last, 512) if q.allow or q.deny or q.until else last
+    while last and len(found) < last and end >= first and end > 0:
+        start = max(first, end - window + 1)
+        found = await _read_range(js, start, end, q.keep, q.bad) + found
+        end, window = start - 1, window * 4
+    return (found[-last:] if last else []), last_seq
+
+
+async def follow(js: Any, q: Query, after_seq: int) -> AsyncIterator[Flow]:
+    """Matching flows stored after ``after_seq``, as they come (an ordered consumer: no gap, no repeat)."""
+    cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1)
+    sub = await js.subscribe(subjects.FLOWS_ALL, stream=STREAM_FLOWS.name, ordered_consumer=True, config=cfg)
+    try:
+        async for m in sub.messages:
+            flow = _to_flow(m.subject, m.data, q.bad)
+            if flow is not None and q.keep(flow):
+                yield flow
+    finally:
+        await sub.unsubscribe()
+
+
+async def connect_admin(args: argparse.Namespace, name: str) -> Bus:
+    explicit = getattr(args, "sub_data_dir", None) or args.data_dir
+    cluster = load_cluster(str(data_dir(explicit)))
+    user, password = load_credentials(str(data_dir(explicit)), "admin")
+    return await connect(cluster.nats_url, name=name, user=user, password=password, max_wait=10)
+
+
 async def observe(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         allow, deny = filters_from_args(args)
@@ -234,56 +295,21 @@ async def observe(args: argparse.Namespace, out: TextIO | None = None) -> int:
         raise NodemeshError("--not must come before a filter flag")
     if since and until and since > until:
         raise NodemeshError("--since is after --until")
-    # --since without --last: every flow since then (as hubble observe --since)
-    unlimited = since is not None and args.last is None
     last = args.last if args.last is not None else (0 if args.follow else 20)
     if last < 0:
         raise NodemeshError("--last must be 0 or more")
-    explicit = getattr(args, "sub_data_dir", None) or args.data_dir
-    cluster = load_cluster(str(data_dir(explicit)))
-    user, password = load_credentials(str(data_dir(explicit)), "admin")
-    bus = await connect(cluster.nats_url, name="nodemesh-observe", user=user, password=password, max_wait=10)
+    # --since without --last: every flow since then (as hubble observe --since)
+    q = Query(allow, deny, since, until, last, unlimited=since is not None and args.last is None)
+    bus = await connect_admin(args, "nodemesh-observe")
     printer = _Printer(args.output, out or sys.stdout, getattr(args, "print_node_name", False))
-    bad = [0]
-
-    def keep(f: Flow) -> bool:
-        if (since or until) and not _in_time(f.time, since, until):
-            return False
-        return matches(f, allow, deny)
-
     try:
-        js = bus.js
-        try:
-            info = await js.stream_info(STREAM_FLOWS.name)
-        except NotFoundError as e:
-            raise NodemeshError("no FLOWS stream yet: is the cluster up (nodemesh up)?") from e
-        first, end = info.state.first_seq, info.state.last_seq
-        found: list[Flow] = []
-        if since is not None and end > 0:  # forward from the first message stored since then
-            found = await _read_range(js, first, end, keep, bad, since=since)
-            end = 0 if unlimited else end
-        if unlimited:
-            last = len(found)
-        # Unfiltered, the last N messages are the answer; filtered, start wider and grow 4x.
-        window = max(4 * last, 512) if allow or deny or until else last
-        while since is None and last and len(found) < last and end >= first and end > 0:
-            start = max(first, end - window + 1)
-            found = await _read_range(js, start, end, keep, bad) + found
-            end, window = start - 1, window * 4
-        printer.batch(found[-last:] if last else [], header=True)
+        found, seq = await history(bus.js, q)
+        printer.batch(found, header=True)
         if args.follow:
-            cfg = ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=info.state.last_seq + 1
-            )
-            sub = await js.subscribe(
-                subjects.FLOWS_ALL, stream=STREAM_FLOWS.name, ordered_consumer=True, config=cfg
-            )
-            async for m in sub.messages:
-                flow = _to_flow(m.subject, m.data, bad)
-                if flow is not None and keep(flow):
-                    printer.batch([flow], header=False)
+            async for flow in follow(bus.js, q, seq):
+                printer.batch([flow], header=False)
     finally:
-        if bad[0]:
-            print(f"warning: skipped {bad[0]} undecodable flow message(s)", file=sys.stderr)
+        if q.bad[0]:
+            print(f"warning: skipped {q.bad[0]} undecodable flow message(s)", file=sys.stderr)
         await bus.nc.close()
     return 0
