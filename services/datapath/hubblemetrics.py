@@ -17,13 +17,16 @@ the same context options. Context labels: services/datapath/metricscontext.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter
 
-from nodemesh.messages.flow import Flow
+from nodemesh.messages.flow import Endpoint, Flow
 from services.datapath.metricscontext import DEFAULT_CONTEXT, ContextOptions, parse_context
 
 __all__ = ["FlowMetrics", "flow_protocol"]
 
+_CACHE_SIZE = 8192
 _TYPES = {1: "Drop", 4: "Trace", 5: "PolicyVerdict", 129: "L7"}
 _TRACE_SUBTYPES = {"TO_ENDPOINT": "to-endpoint", "TO_PROXY": "to-proxy", "FROM_ENDPOINT": "from-endpoint"}
 
@@ -74,6 +77,7 @@ class FlowMetrics:
         self.tcp_flags = Counter(
             "hubble_tcp_flags", "TCP flag occurrences", ["flag", "family", *ctx], registry=registry
         )
+        self._children: dict[tuple[Any, ...], list[Any]] = {}
 
     def observe(self, f: Flow) -> None:
         t = f.event_type.get("type", 0)
@@ -87,10 +91,33 @@ class FlowMetrics:
         else:
             subtype = ""
         proto = flow_protocol(f)
-        ctx = self.context.values(f)
-        self.flows.labels(proto, kind, subtype, f.verdict, *ctx).inc()
-        if f.verdict == "DROPPED" and kind != "L7":
-            self.drops.labels(f.drop_reason_desc or str(f.drop_reason), proto, *ctx).inc()
+        dropped = f.verdict == "DROPPED" and kind != "L7"
+        reason = (f.drop_reason_desc or str(f.drop_reason)) if dropped else ""
         flag = _tcp_flag(f)
-        if flag:
-            self.tcp_flags.labels(flag, (f.ip.ipVersion if f.ip else "") or "IPv4", *ctx).inc()
+        # The flows of one connection repeat the same label values: the counters' children are
+        # memoized by what the labels are made of (bounded), not recomputed per flow.
+        key = (_side(f.source), _side(f.destination), f.traffic_direction, self._ips(f), proto, kind, subtype,
+               f.verdict, reason, flag)  # fmt: skip
+        children = self._children.get(key)
+        if children is None:
+            ctx = self.context.values(f)
+            children = [self.flows.labels(proto, kind, subtype, f.verdict, *ctx)]
+            if dropped:
+                children.append(self.drops.labels(reason, proto, *ctx))
+            if flag:
+                children.append(self.tcp_flags.labels(flag, (f.ip.ipVersion if f.ip else "") or "IPv4", *ctx))
+            if len(self._children) >= _CACHE_SIZE:
+                self._children.clear()
+            self._children[key] = children
+        for c in children:
+            c.inc()
+
+    def _ips(self, f: Flow) -> tuple[str, str]:
+        return (f.ip.source, f.ip.destination) if self.context.uses_ip and f.ip is not None else ("", "")
+
+
+def _side(ep: Endpoint | None) -> tuple[int, str, str, str]:
+    """What an endpoint's context labels are made of: the identity stands for its labels."""
+    if ep is None:
+        return (0, "", "", "")
+    return (ep.identity, ep.namespace, ep.pod_name, ep.workloads[0].name if ep.workloads else "")

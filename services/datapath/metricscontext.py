@@ -142,6 +142,7 @@ class ContextOptions:
     labels: tuple[str, ...] = ()
     source: tuple[Callable[[Flow], str], ...] = field(default=(), compare=False)
     destination: tuple[Callable[[Flow], str], ...] = field(default=(), compare=False)
+    uses_ip: bool = False  # an ``ip`` identifier: label values depend on the flow's addresses
 
     def names(self) -> list[str]:
         """The label names, in the order :meth:`values` returns their values."""
@@ -164,6 +165,7 @@ def parse_context(spec: str) -> ContextOptions:
     labels: tuple[str, ...] = ()
     source: tuple[Callable[[Flow], str], ...] = ()
     destination: tuple[Callable[[Flow], str], ...] = ()
+    uses_ip = False
     for part in spec.split(";"):
         if not part.strip():
             continue
@@ -181,9 +183,10 @@ def parse_context(spec: str) -> ContextOptions:
             labels = tuple(lbl for lbl in LABELS if lbl in wanted)
         elif key in ("sourcecontext", "destinationcontext"):
             ids = tuple(_identifier(v.strip(), key == "sourcecontext") for v in value.split("|"))
+            uses_ip = uses_ip or "ip" in (v.strip() for v in value.split("|"))
             source, destination = (ids, destination) if key == "sourcecontext" else (source, ids)
         else:
             raise ValueError(
                 f"unknown metrics context option {key!r} (sourceContext, destinationContext, labelsContext)"
             )
-    return ContextOptions(labels=labels, source=source, destination=destination)
+    return ContextOptions(labels=labels, source=source, destination=destination, uses_ip=uses_ip)
