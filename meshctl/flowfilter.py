@@ -12,19 +12,26 @@ service the same, over the flow's ``source_service``/``destination_service`` (Hu
 ``--from-service``/``--to-service``);
 label ``key=value``, ``key!=value``, ``key`` or ``!key``, comma-separated terms ANDed, ``k8s:``
 optional; identity a number or reserved name (``world``); ip an address or CIDR; protocol
-tcp/udp/icmp/sctp; verdict FORWARDED/DROPPED/…; type drop (1), trace (4), policy-verdict (5), l7.
+tcp/udp/icmp/sctp; verdict FORWARDED/DROPPED/…; type drop (1), trace (4), policy-verdict (5), l7;
+workload ``name`` or ``Kind/name`` (the flow's ``workloads``); node name a glob (``node-*``, an
+optional ``cluster/`` before it); HTTP status ``404`` or a prefix ``4+``/``50+``, HTTP method
+(any case), HTTP path a regular expression searched in the URL's path (Hubble's ``--http-path``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
 from nodemesh.labels import RESERVED_IDS
 from nodemesh.messages.flow import Endpoint, Flow, Service
+from nodemesh.workload import pod_workload
 
 __all__ = [
     "EVENT_TYPES",
@@ -67,6 +74,11 @@ class FlowFilter(msgspec.Struct, kw_only=True, omit_defaults=True):
     traffic_direction: list[str] = msgspec.field(default_factory=list)
     node_name: list[str] = msgspec.field(default_factory=list)
     drop_reason_desc: list[str] = msgspec.field(default_factory=list)
+    source_workload: list[str] = msgspec.field(default_factory=list)
+    destination_workload: list[str] = msgspec.field(default_factory=list)
+    http_status_code: list[str] = msgspec.field(default_factory=list)
+    http_method: list[str] = msgspec.field(default_factory=list)
+    http_path: list[str] = msgspec.field(default_factory=list)
 
 
 # --- matching -------------------------------------------------------------------------------------
@@ -177,6 +189,50 @@ def _event_match(flow: Flow, types: list[str]) -> bool:
     return False
 
 
+def _workload_match(ep: Endpoint | None, patterns: list[str]) -> bool:
+    if ep is None:
+        return False
+    workloads = list(ep.workloads)
+    if not workloads:
+        w = pod_workload(ep.pod_name)
+        workloads = [w] if w is not None else []
+    for p in patterns:
+        kind, sep, name = p.rpartition("/")
+        for w in workloads:
+            if w.name == name and (not sep or w.kind.lower() == kind.lower()):
+                return True
+    return False
+
+
+def _node_match(node: str, patterns: list[str]) -> bool:
+    for p in patterns:
+        _cluster, _, pattern = p.rpartition("/")
+        if not pattern or fnmatch.fnmatchcase(node, pattern):
+            return True  # "cluster/" alone is every node of the (one) cluster
+    return False
+
+
+def _http_status_match(flow: Flow, patterns: list[str]) -> bool:
+    code = flow.l7.http.code if flow.l7 is not None and flow.l7.http is not None else 0
+    if not code:
+        return False
+    text = str(code)
+    return any(text.startswith(p[:-1]) if p.endswith("+") else text == p for p in patterns)
+
+
+def _http_method_match(flow: Flow, methods: list[str]) -> bool:
+    http = flow.l7.http if flow.l7 is not None else None
+    return http is not None and http.method.upper() in methods
+
+
+def _http_path_match(flow: Flow, patterns: list[str]) -> bool:
+    http = flow.l7.http if flow.l7 is not None else None
+    if http is None:
+        return False
+    path = urlsplit(http.url).path
+    return any(re.search(p, path) for p in patterns)
+
+
 def flow_matches(flow: Flow, f: FlowFilter) -> bool:
     """True if ``flow`` matches every field set in ``f``."""
     src, dst = flow.source, flow.destination
@@ -199,8 +255,13 @@ def flow_matches(flow: Flow, f: FlowFilter) -> bool:
         (f.protocol, lambda: _protocol(flow) in f.protocol),
         (f.event_type, lambda: _event_match(flow, f.event_type)),
         (f.traffic_direction, lambda: flow.traffic_direction.upper() in f.traffic_direction),
-        (f.node_name, lambda: flow.node_name in f.node_name),
+        (f.node_name, lambda: _node_match(flow.node_name, f.node_name)),
         (f.drop_reason_desc, lambda: flow.drop_reason_desc.upper() in f.drop_reason_desc),
+        (f.source_workload, lambda: _workload_match(src, f.source_workload)),
+        (f.destination_workload, lambda: _workload_match(dst, f.destination_workload)),
+        (f.http_status_code, lambda: _http_status_match(flow, f.http_status_code)),
+        (f.http_method, lambda: _http_method_match(flow, f.http_method)),
+        (f.http_path, lambda: _http_path_match(flow, f.http_path)),
     ]
     return all(check() for values, check in checks if values)
 
@@ -236,6 +297,31 @@ def _ip(value: str) -> str:
     return value
 
 
+_STATUS = re.compile(r"^[1-5][0-9]{0,2}\+?$")
+
+
+def _status(value: str) -> str:
+    v = value.strip()
+    if _STATUS.match(v) and (v.endswith("+") or len(v) == 3):
+        return v
+    raise FilterError(f"http status {value!r} is not a code (404) or a prefix (4+, 50+)")
+
+
+def _path(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise FilterError(f"http path {value!r} is not a regular expression: {e}") from e
+    return value
+
+
+def _workload(value: str) -> str:
+    kind, sep, name = value.strip().rpartition("/")
+    if not name or (sep and not kind):
+        raise FilterError(f"workload {value!r} is not NAME or KIND/NAME")
+    return value.strip()
+
+
 def build_filters(
     *,
     from_pod: Sequence[str] = (),
@@ -262,6 +348,14 @@ def build_filters(
     types: Sequence[str] = (),
     traffic_direction: Sequence[str] = (),
     node: Sequence[str] = (),
+    from_namespace: Sequence[str] = (),
+    to_namespace: Sequence[str] = (),
+    from_workload: Sequence[str] = (),
+    to_workload: Sequence[str] = (),
+    workload: Sequence[str] = (),
+    http_status: Sequence[str] = (),
+    http_method: Sequence[str] = (),
+    http_path: Sequence[str] = (),
 ) -> list[FlowFilter]:
     """Allow filters for CLI flags (empty list = everything). Raises :class:`FilterError`."""
     left, right = FlowFilter(), FlowFilter()
@@ -313,6 +407,14 @@ def build_filters(
             raise FilterError(f"traffic direction {d!r} is not ingress or egress")
     both("traffic_direction", [d.upper() for d in traffic_direction])
     both("node_name", node)
+    both("source_pod", [n.rstrip("/") + "/" for n in from_namespace])
+    both("destination_pod", [n.rstrip("/") + "/" for n in to_namespace])
+    both("source_workload", [_workload(v) for v in from_workload])
+    both("destination_workload", [_workload(v) for v in to_workload])
+    split("source_workload", "destination_workload", [_workload(v) for v in workload])
+    both("http_status_code", [_status(v) for v in http_status])
+    both("http_method", [m.upper() for m in http_method])
+    both("http_path", [_path(v) for v in http_path])
     if left == FlowFilter():
         return []
     return [left, right] if either else [left]

@@ -25,7 +25,7 @@ from aiohttp import web
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from nodemesh import __version__
@@ -37,6 +37,10 @@ from nodemesh.log import setup_logging
 from nodemesh.streams import provision
 
 __all__ = ["Gate", "RequestError", "Service", "run_service"]
+
+# No ``*_created`` series next to every counter and histogram: Hubble (Go's client) exports none,
+# and they double what every scrape stores. Process-wide, before any metric is made.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 Q = TypeVar("Q")
 log = logging.getLogger("nodemesh.runtime")

@@ -30,6 +30,7 @@ from services.datapath.cell import CELL
 from services.datapath.config import DatapathConfig
 from services.datapath.events import EventPump
 from services.datapath.heartbeat import run_heartbeat
+from services.datapath.hubblemetrics import FlowMetrics
 from services.datapath.l7redirect import configure as configure_proxy
 from services.datapath.l7redirect import ensure_proxy_route
 from services.datapath.lb.loader import detach_node
@@ -71,10 +72,12 @@ async def main(svc: Service) -> None:
     await asyncio.to_thread(ensure_proxy_route)
 
     # L7 flows from the node's Envoy, enriched from the same ipcache/identity mirror as L3/L4 flows
-    await start_configured(svc, cfg.node, cfg.accesslog, cfg.data_dir, mirror_enricher(agent))
+    # One set of Hubble flow metrics (hubble_flows_processed_total, …) for both kinds of flows.
+    flow_metrics = FlowMetrics(svc.registry, cfg.hubble_metrics_context)
+    await start_configured(svc, cfg.node, cfg.accesslog, cfg.data_dir, mirror_enricher(agent), flow_metrics)
 
     services = agent.lb.service_of if agent.lb is not None else None  # destination_service in flows
-    pump = EventPump(loader, agent, svc.bus, svc.registry, cfg.event_queue_batches, services)
+    pump = EventPump(loader, agent, svc.bus, svc.registry, cfg.event_queue_batches, services, flow_metrics)
     pump.start()
     svc.spawn(pump.run(), "flows")
 

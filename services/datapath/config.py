@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nodemesh.config import ServiceConfig
+from services.datapath.metricscontext import DEFAULT_CONTEXT
 
 __all__ = ["DatapathConfig"]
 
@@ -38,5 +39,8 @@ class DatapathConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fi
     """Seconds between this node's heartbeats (its Node's Ready condition, as the kubelet posts it,
     services/datapath/heartbeat.py); 0 = none, as in Kubernetes, where the kubelet posts them.
     Local mode: a quarter of the API server's node grace period."""
+    hubble_metrics_context: str = DEFAULT_CONTEXT
+    """Hubble's metric context options for hubble_* metrics (sourceContext, destinationContext,
+    labelsContext; services/datapath/metricscontext.py). Invalid = the service fails to start."""
     event_queue_batches: int = 4096
     """Batches of ring-buffer events held for publishing before further ones are counted as lost."""

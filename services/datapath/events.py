@@ -13,9 +13,8 @@ import collections
 import logging
 import threading
 import time
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -23,13 +22,13 @@ from nodemesh import subjects
 from nodemesh.bus import Bus
 from nodemesh.codec import encode
 from services.datapath.flows import DROP_REASONS, Directory, ServiceLookup, auth_required, event_to_flow
+from services.datapath.hubblemetrics import FlowMetrics
 from services.datapath.loader import Loader
 from services.datapath.maps import EVT_AUTH_REQUIRED, STAT_EVENTS, STAT_LOST_EVENTS, STAT_PACKETS, Event
 
 __all__ = ["EventPump"]
 
 log = logging.getLogger("nodemesh.datapath.events")
-_PROTO = {6: "TCP", 17: "UDP", 1: "ICMPv4", 132: "SCTP"}
 
 
 class EventPump:
@@ -41,6 +40,7 @@ class EventPump:
         registry: CollectorRegistry,
         max_batches: int = 4096,
         services: ServiceLookup | None = None,
+        flow_metrics: FlowMetrics | None = None,
     ) -> None:
         self.loader = loader
         self.dir = directory
@@ -57,13 +57,8 @@ class EventPump:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[Event] = []
-        self.flows = Counter(
-            "hubble_flows_processed", "Flows processed", ["type", "verdict", "protocol"], registry=registry
-        )
-        self.drops = Counter(
-            "hubble_drop", "Dropped flows by reason", ["reason", "protocol"], registry=registry
-        )
-        self._children: dict[tuple[str, int, int], list[Any]] = {}
+        # shared with the access log receiver when the app passes it: one set of Hubble flow metrics
+        self.metrics = flow_metrics if flow_metrics is not None else FlowMetrics(registry)
         registry.register(_BpfCollector(self))
 
     # --- thread side --------------------------------------------------------------------------
@@ -131,20 +126,8 @@ class EventPump:
                             log.warning("publishing an event failed: %s", e)
                         continue
                     self.delivered += 1
-                    self._count(flow.verdict, int(ev.proto), int(ev.drop_reason))
+                    self.metrics.observe(flow)
                 await asyncio.sleep(0)
-
-    def _count(self, verdict: str, proto: int, reason: int) -> None:
-        key = (verdict, proto, reason)
-        children = self._children.get(key)
-        if children is None:
-            p = _PROTO.get(proto, str(proto))
-            children = [self.flows.labels(type="L3_L4", verdict=verdict, protocol=p)]
-            if verdict == "DROPPED":
-                children.append(self.drops.labels(reason=DROP_REASONS.get(reason, str(reason)), protocol=p))
-            self._children[key] = children
-        for c in children:
-            c.inc()
 
 
 class _BpfCollector(Collector):

@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import uuid
 from collections.abc import Callable
 from typing import Protocol
 
 from nodemesh.messages.auth import AuthKey, AuthRequired
 from nodemesh.messages.flow import IP, L4, TCP, UDP, Endpoint, Flow, ICMPv4, Service, TCPFlags
-from services.datapath.maps import DIR_EGRESS, EVT_DROP, Event, be32_to_ip
+from nodemesh.workload import pod_workload
+from services.datapath.maps import DIR_EGRESS, EVT_DROP, EVT_TRACE, Event, be32_to_ip
 
-__all__ = ["DROP_REASONS", "Directory", "ServiceLookup", "auth_required", "event_to_flow", "tcp_flags"]
+__all__ = [
+    "DROP_REASONS",
+    "TRACE_POINTS",
+    "Directory",
+    "ServiceLookup",
+    "auth_required",
+    "event_to_flow",
+    "tcp_flags",
+]
 
 #: Cilium's DropReason names (flow.proto) for the reasons our programs produce.
 DROP_REASONS: dict[int, str] = {
@@ -28,6 +38,11 @@ DROP_REASONS: dict[int, str] = {
     189: "AUTH_REQUIRED",
 }
 AUTH_TYPES = {0: "DISABLED", 1: "SPIRE", 2: "TEST_ALWAYS_FAIL"}
+#: Cilium's trace observation points (monitor sub_type → flow.proto TraceObservationPoint) that our
+#: programs stand for: at the endpoint's device, traffic redirected to the node's Envoy is TO_PROXY,
+#: other traffic leaving the pod FROM_ENDPOINT, other traffic delivered to it TO_ENDPOINT.
+TRACE_POINTS: dict[int, str] = {0: "TO_ENDPOINT", 1: "TO_PROXY", 5: "FROM_ENDPOINT"}
+_TRACE_TO_LXC, _TRACE_TO_PROXY, _TRACE_FROM_LXC = 0, 1, 5
 _PROTO = {6: "TCP", 17: "UDP", 1: "ICMPv4", 132: "SCTP"}
 
 
@@ -62,18 +77,26 @@ def _flag_names(bits: int) -> str:
     return ", ".join(n for i, n in enumerate(names) if bits & (1 << i))
 
 
-_cache: dict[tuple[int, str, int, int], Endpoint] = {}
+_cache: dict[tuple[int, int, str, int, int], Endpoint] = {}
 
 
 def _endpoint(d: Directory, ip: str, identity: int, ep_id: int) -> Endpoint:
     # Flows of one connection repeat the same endpoints: memoize per directory version (bounded).
-    key = (d.version, ip, identity, ep_id)
+    key = (id(d), d.version, ip, identity, ep_id)  # per directory: two agents (or tests) never share
     ep = _cache.get(key)
     if ep is None:
         if len(_cache) > 4096:
             _cache.clear()
         ns, pod = d.pod_of(ip)
-        ep = Endpoint(ID=ep_id, identity=identity, namespace=ns, pod_name=pod, labels=d.labels_of(identity))
+        w = pod_workload(pod)
+        ep = Endpoint(
+            ID=ep_id,
+            identity=identity,
+            namespace=ns,
+            pod_name=pod,
+            labels=d.labels_of(identity),
+            workloads=[w] if w is not None else [],
+        )
         _cache[key] = ep
     return ep
 
@@ -122,21 +145,29 @@ def event_to_flow(
     dst_svc = None if reply else _service(services, dst_ip, dport, int(ev.proto))
     src_svc = _service(services, src_ip, sport, int(ev.proto)) if reply else None
     reason = DROP_REASONS.get(ev.drop_reason, str(ev.drop_reason)) if dropped else ""
+    sub_type = int(ev.drop_reason) if dropped else 0
+    point = ""
+    if ev.type == EVT_TRACE:
+        sub_type = _TRACE_TO_PROXY if ev.proxy_port else _TRACE_FROM_LXC if egress else _TRACE_TO_LXC
+        point = TRACE_POINTS[sub_type]
     return Flow(
         ip=IP(source=src_ip, destination=dst_ip),
         time=_time(ev.ts_ns, mono_to_wall_ns),
+        uuid=str(uuid.uuid4()),
+        Type="L3_L4",
         verdict="DROPPED" if dropped else "REDIRECTED" if ev.proxy_port else "FORWARDED",
         l4=l4,
         source=src,
         destination=dst,
         node_name=d.node,
-        event_type={"type": int(ev.type), "sub_type": int(ev.drop_reason) if dropped else 0},
+        event_type={"type": int(ev.type), "sub_type": sub_type},
         traffic_direction="EGRESS" if egress else "INGRESS",
         drop_reason=int(ev.drop_reason) if dropped else 0,
         drop_reason_desc=reason,
         is_reply=reply,
         auth_type=AUTH_TYPES.get(ev.auth_type, str(ev.auth_type)) if ev.auth_type else "",
         policy_match_type=int(ev.match_type),
+        trace_observation_point=point,
         Summary=f"{reason}; {summary}" if dropped else summary,
         source_service=src_svc,
         destination_service=dst_svc,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from meshctl.flowfilter import build_filters, matches
 from nodemesh import codec
-from nodemesh.messages.flow import Endpoint, Flow
+from nodemesh.messages.flow import Endpoint, Flow, Workload
 from nodemesh.messages.identity import IPCacheEntry
 from services.datapath.accesslog.convert import (
     DIRECTION_TAG,
@@ -41,7 +41,7 @@ def test_request_and_response_flows_carry_method_url_code_and_latency() -> None:
         "HTTP/1.1",
     )
     assert resp.l7 is not None and resp.l7.http is not None and resp.l7.type == "RESPONSE"
-    assert resp.l7.http.code == 201 and resp.l7.latency_ns == 12_000_000
+    assert resp.l7.http.code == 201 and resp.l7.latency_ns == "12000000"
     assert req.verdict == resp.verdict == "FORWARDED"
     assert req.traffic_direction == "INGRESS" and req.node_name == "node-1"
     assert req.event_type == {"type": EVENT_TYPE_L7}
@@ -130,8 +130,8 @@ def test_mirror_enricher_reads_the_ipcache_and_follows_its_version() -> None:
         identity=300,
         namespace="shop",
         pod_name="web-5d8f7c9b6-abcde",
-        node_name="node-1",
         labels=["k8s:app=web"],
+        workloads=[Workload(name="web", kind="Deployment")],
     )
     assert enrich("127.0.50.1") == Endpoint(identity=1, labels=["reserved:host"])
     assert enrich("192.0.2.1") is None

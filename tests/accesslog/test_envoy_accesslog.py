@@ -18,11 +18,10 @@ import aiohttp
 import pytest
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from conformance.envoy import Envoy
-from meshctl.cmd_observe import format_row
 from meshctl.flowfilter import build_filters, matches
+from meshctl.observe_stream import format_row
 from nodemesh import codec, subjects
 from nodemesh.bus import Bus
 from nodemesh.messages.flow import Endpoint, Flow
@@ -32,6 +31,7 @@ from services.xds.bootstrap import ALS_CLUSTER, render_bootstrap
 from services.xds.snapshot import Snapshot
 from services.xds.translate import TranslateInput, translate
 from testkit.natsserver import free_port
+from testkit.promscrape import total
 from tests.xds.envoy_fixtures import Backends, Xds, eventually, serves
 
 pytestmark = pytest.mark.envoy
@@ -222,7 +222,7 @@ async def test_envoy_requests_become_l7_flows_and_hubble_metrics(
     for f in responses:
         assert f.l7 is not None and f.l7.http is not None
         assert f.l7.http.method == "GET" and f.l7.http.protocol == "HTTP/1.1"
-        assert f.l7.latency_ns > 0
+        assert int(f.l7.latency_ns) > 0
         assert f.Type == "L7" and f.traffic_direction == "INGRESS" and f.is_reply and f.node_name == "node-1"
         assert f.destination == pods[CLIENT_IP]  # a response goes back to the client
         assert f.verdict == "FORWARDED"
@@ -246,17 +246,21 @@ async def test_envoy_requests_become_l7_flows_and_hubble_metrics(
     assert codec.decode(last.data or b"", Flow).Type == "L7"
 
     # The Prometheus text a scrape of the datapath's /metrics returns.
-    m = scrape(generate_latest(reg).decode())
+    text = generate_latest(reg).decode()
     req = {"method": "GET", "protocol": "HTTP/1.1", "reporter": "server", "source": "shop/web"}
-    assert m[("hubble_http_requests_total", key(req, destination="default/echo", status="200"))] == 3
-    assert m[("hubble_http_requests_total", key(req, destination="ingress", status="404"))] == 2
-    assert m[("hubble_http_requests_total", key(req, destination="default/dead", status="503"))] == 1
-    assert m[("hubble_http_responses_total", key({}, status="200"))] == 4  # + the warm-up from 127.0.0.1
+    req |= {"source_namespace": "shop", "source_workload": "web", "source_app": "web"}
+    assert total(text, "hubble_http_requests_total", **req, destination="default/echo", status="200") == 3
+    assert total(text, "hubble_http_requests_total", **req, destination="reserved:ingress", status="404") == 2
+    assert total(text, "hubble_http_requests_total", **req, destination="default/dead", status="503") == 1
+    # the dashboard's per-workload selection (labelsContext), the warm-up from 127.0.0.1 included
+    to_echo = {"destination_workload": "echo", "destination_namespace": NS, "traffic_direction": "ingress"}
+    assert total(text, "hubble_http_requests_total", **to_echo) == 4
+    assert total(text, "hubble_http_responses_total", status="200") == 4  # + the warm-up from 127.0.0.1
     dur = {"method": "GET", "reporter": "server", "source": "shop/web", "destination": "default/echo"}
-    assert m[("hubble_http_request_duration_seconds_count", key(dur))] == 3
-    assert m[("hubble_http_request_duration_seconds_bucket", key(dur, le="+Inf"))] == 3
-    assert m[("hubble_http_request_duration_seconds_sum", key(dur))] > 0
-    assert m[("nodemesh_accesslog_entries_dropped_total", key({}, reason="decode"))] == 0
+    assert total(text, "hubble_http_request_duration_seconds_count", **dur) == 3
+    assert total(text, "hubble_http_request_duration_seconds_bucket", **dur, le="+Inf") == 3
+    assert total(text, "hubble_http_request_duration_seconds_sum", **dur) > 0
+    assert total(text, "nodemesh_accesslog_entries_dropped_total", reason="decode") == 0
 
 
 async def test_envoy_logs_over_a_unix_socket_and_reconnects_to_a_restarted_receiver(
@@ -298,18 +302,6 @@ async def test_envoy_logs_over_a_unix_socket_and_reconnects_to_a_restarted_recei
 
 def _path(f: Flow) -> str:
     return urlsplit(f.l7.http.url).path if f.l7 and f.l7.http else ""
-
-
-def key(base: dict[str, str], **more: str) -> frozenset[tuple[str, str]]:
-    return frozenset({**base, **more}.items())
-
-
-def scrape(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
 
 
 async def _true(v: bool) -> bool:

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from envoy.service.accesslog.v3 import als_pb2
 from nats.aio.msg import Msg
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from nodemesh import subjects
 from nodemesh.bus import Bus
@@ -31,6 +31,7 @@ from services.datapath.accesslog.server import (
 )
 from testkit.accesslog_entries import entry, message
 from testkit.natsserver import NatsServer
+from testkit.promscrape import total
 from tests.xds.envoy_fixtures import eventually
 
 METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
@@ -103,16 +104,21 @@ async def test_bad_messages_are_counted_and_the_stream_goes_on(
     assert sample(reg, "nodemesh_accesslog_entries_dropped_total", reason="decode") == 2
     assert sample(reg, "nodemesh_accesslog_entries_dropped_total", reason="oversized") == 2
     assert sample(reg, "nodemesh_accesslog_entries_total") == 4
+    text = generate_latest(reg).decode()
     labels = {
         "method": "GET",
         "protocol": "HTTP/1.1",
         "reporter": "server",
-        "source": "world",
-        "destination": "world",
+        "source": "reserved:world",
+        "destination": "reserved:world",
+        "traffic_direction": "ingress",
     }
-    assert sample(reg, "hubble_http_requests_total", **labels, status="200") == 2
-    assert sample(reg, "hubble_http_requests_total", **labels, status="503") == 1
-    assert sample(reg, "hubble_http_responses_total", status="404") == 1
+    assert total(text, "hubble_http_requests_total", **labels, status="200") == 2
+    assert total(text, "hubble_http_requests_total", **labels, status="503") == 1
+    assert total(text, "hubble_http_responses_total", status="404", method="GET") == 1
+    # every L7 flow (request and response) counts in hubble_flows_processed_total, as Hubble counts it
+    l7 = {"type": "L7", "subtype": "HTTP", "protocol": "HTTP"}
+    assert total(text, "hubble_flows_processed_total", **l7) == 2 * 4
     assert sample(reg, "nodemesh_accesslog_streams") == 0
 
 
@@ -159,9 +165,11 @@ async def test_start_accesslog_in_a_service_exports_metrics_and_stops_with_it(
             ):
                 text = await r.text()
             return (
-                'hubble_http_responses_total{status="200"} 2.0' in text
-                and 'hubble_http_responses_total{status="500"} 1.0' in text
-                and 'nodemesh_accesslog_entries_dropped_total{reason="decode"} 1.0' in text
+                total(text, "hubble_http_responses_total", status="200") == 2
+                and total(text, "hubble_http_responses_total", status="500") == 1
+                and total(text, "nodemesh_accesslog_entries_dropped_total", reason="decode") == 1
+                and total(text, "hubble_flows_processed_total", type="L7", verdict="FORWARDED") == 2 * 3
+                and "_created" not in text  # no *_created series (Hubble exports none)
             )
 
         await eventually(scraped, 30, "counts on the service's /metrics")

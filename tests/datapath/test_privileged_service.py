@@ -28,6 +28,7 @@ from services.datapath.config import DatapathConfig
 from services.datapath.maps import NodeMaps, PolicyKeyC
 from testkit.natsserver import NatsServer, free_port
 from testkit.podnet import echo, tcp_ok, tcp_open
+from testkit.promscrape import total
 from tests.datapath import k8s
 
 pytestmark = pytest.mark.privileged
@@ -201,8 +202,10 @@ async def test_privileged_service_pods_policy_flows_auth(harness: Harness, bus: 
     )
     # Hubble's metric names, and the kernel counters, on /metrics
     metrics = await h.metrics()
-    assert 'hubble_drop_total{protocol="TCP",reason="POLICY_DENIED"}' in metrics
-    assert 'hubble_flows_processed_total{protocol="TCP",type="L3_L4",verdict="FORWARDED"}' in metrics
+    assert total(metrics, "hubble_drop_total", protocol="TCP", reason="POLICY_DENIED") >= 1
+    processed = "hubble_flows_processed_total"
+    assert total(metrics, processed, protocol="TCP", type="Trace", verdict="FORWARDED") >= 1
+    assert total(metrics, processed, type="Drop", verdict="DROPPED", source_app="client") >= 1
     assert 'hubble_lost_events_total{source="perf_event_ring_buffer"} 0.0' in metrics
     assert 'nodemesh_datapath_drops_total{reason="POLICY_DENIED"}' in metrics
 

@@ -199,8 +199,9 @@ class Cluster:
         return next(p for p in self.pods() if p["metadata"]["labels"].get("app") == app)
 
     def flows(self, *args: str) -> list[dict[str, Any]]:
+        """The flows ``observe -o json`` prints (each line is a GetFlowsResponse: ``{"flow": …}``)."""
         out = self.run("observe", "-o", "json", "--last", "1000", *args).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+        return [json.loads(line)["flow"] for line in out.splitlines() if line.strip()]
 
 
 def poll(fn: Callable[[], T | None], what: str, timeout: float = 180) -> T:

@@ -52,7 +52,8 @@ def test_service_flags_reach_the_filters() -> None:
     p = argparse.ArgumentParser()
     register(p.add_subparsers())
     args = p.parse_args(["observe", "--to-service", "prod/web", "--from-service", "dev/db"])
-    (f,) = filters_from_args(args)
+    (f,), deny = filters_from_args(args)
+    assert deny == []
     assert f.destination_service == ["prod/web"] and f.source_service == ["dev/db"]
 
 

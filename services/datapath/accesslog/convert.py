@@ -13,7 +13,7 @@ No I/O, no clock: every time comes from the entry.
 from __future__ import annotations
 
 import datetime as dt
-import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +21,7 @@ from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 
 from nodemesh.messages.flow import HTTP, IP, L4, L7, TCP, Endpoint, Flow
+from nodemesh.workload import pod_workload
 
 __all__ = [
     "DIRECTION_TAG",
@@ -39,14 +40,12 @@ DIRECTION_TAG = "nodemesh.direction"
 #: Hubble's monitor message type of an L7 access log record (MessageTypeAccessLog).
 EVENT_TYPE_L7 = 129
 WORLD_ID = 2
+INGRESS_ID = 8  # reserved:ingress, the identity of the Gateway/Ingress listeners' own side
 
 Enrich = Callable[[str], Endpoint | None]
 """IP → the Endpoint it belongs to (identity, namespace, pod, labels), or None if unknown."""
 
 _PROTOCOLS = {1: "HTTP/1.0", 2: "HTTP/1.1", 3: "HTTP/2", 4: "HTTP/3"}
-# Deployment pods are <deployment>-<pod-template-hash>-<5 chars>; StatefulSet pods <set>-<ordinal>.
-_DEPLOYMENT_POD = re.compile(r"^(.+)-[a-z0-9]{6,10}-[a-z0-9]{5}$")
-_STATEFUL_POD = re.compile(r"^(.+)-\d+$")
 _METHODS = {v: k for k, v in base_pb2.RequestMethod.items() if v}
 _MAX_URL = 2048  # a path is user input: bound what every flow and printer carries
 _REDACTED = "HUBBLE_REDACTED"  # Hubble's marker for redacted values
@@ -60,8 +59,8 @@ def workload_of(ep: Endpoint | None) -> str:
     """The workload name behind a pod (its Deployment or StatefulSet, from the pod name), else the pod."""
     if ep is None or not ep.pod_name:
         return ""
-    m = _DEPLOYMENT_POD.match(ep.pod_name) or _STATEFUL_POD.match(ep.pod_name)
-    return m.group(1) if m else ep.pod_name
+    w = ep.workloads[0] if ep.workloads else pod_workload(ep.pod_name)
+    return w.name if w is not None else ep.pod_name
 
 
 def endpoint_label(ep: Endpoint | None) -> str:
@@ -107,6 +106,16 @@ def _endpoint(enrich: Enrich, ip: str) -> Endpoint:
     return ep if ep is not None else Endpoint(identity=WORLD_ID, labels=["reserved:world"])
 
 
+def _listener_side(ep: Endpoint, direction: str) -> Endpoint:
+    """The side Envoy answered as, when it answered itself. An L7 policy listener is transparent (the
+    address it was sent to is the pod's, resolved as such); a Gateway/Ingress/lb-l7 listener (tagged
+    INGRESS) answers on its own address, which is no pod (the ipcache says host or world): that side
+    is Envoy's ingress, reserved:ingress, as Cilium attributes its Ingress/Gateway proxy."""
+    if direction == "INGRESS" and not ep.pod_name:
+        return Endpoint(identity=INGRESS_ID, labels=["reserved:ingress"])
+    return ep
+
+
 def _url(req: accesslog_pb2.HTTPRequestProperties) -> str:
     path = req.path or req.original_path
     if "?" in path:  # queries carry tokens; Hubble's redact.http.urlQuery, on by default here
@@ -141,11 +150,13 @@ def convert(
     tagged = c.custom_tags.get(DIRECTION_TAG, "")
     direction = tagged if tagged in ("INGRESS", "EGRESS") else direction
     src_ip, src_port = _addr(c.downstream_remote_address)
+    client = _endpoint(enrich, src_ip)
     if c.HasField("upstream_remote_address"):
         dst_ip, dst_port = _addr(c.upstream_remote_address)
+        server = _endpoint(enrich, dst_ip)
     else:  # answered by Envoy itself (no route, direct response, denied): the address it was sent to
         dst_ip, dst_port = _addr(c.downstream_local_address)
-    client, server = _endpoint(enrich, src_ip), _endpoint(enrich, dst_ip)
+        server = _listener_side(_endpoint(enrich, dst_ip), direction)
     method = _METHODS.get(req.request_method, "")
     protocol = _PROTOCOLS.get(entry.protocol_version, "")
     code = resp.response_code.value if resp.HasField("response_code") else 0
@@ -160,6 +171,7 @@ def convert(
     end = start_s * 1_000_000_000 + start_n + latency
     request = Flow(
         time=_time(start_s, start_n),
+        uuid=str(uuid.uuid4()),
         verdict=verdict,
         ip=IP(source=src_ip, destination=dst_ip),
         l4=L4(tcp=TCP(source_port=src_port, destination_port=dst_port)),
@@ -167,6 +179,7 @@ def convert(
         source=client,
         destination=server,
         traffic_direction=direction,
+        is_reply=False,
         Summary=f"{protocol} {method} {url}".strip(),
         Type="L7",
         node_name=node,
@@ -175,10 +188,11 @@ def convert(
     http = HTTP(code=code, method=method, url=url, protocol=protocol, headers=headers)
     response = Flow(
         time=_time(end // 1_000_000_000, end % 1_000_000_000),
+        uuid=str(uuid.uuid4()),
         verdict=verdict,
         ip=IP(source=dst_ip, destination=src_ip),
         l4=L4(tcp=TCP(source_port=dst_port, destination_port=src_port)),
-        l7=L7(type="RESPONSE", latency_ns=latency, http=http),
+        l7=L7(type="RESPONSE", latency_ns=str(latency) if latency else "", http=http),
         source=server,
         destination=client,
         traffic_direction=direction,

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from nodemesh.messages.flow import Endpoint
 from nodemesh.messages.identity import IPCacheEntry
+from nodemesh.workload import pod_workload
 from services.datapath.accesslog.convert import Enrich
 
 __all__ = ["Mirror", "mirror_enricher"]
@@ -39,12 +40,13 @@ def mirror_enricher(m: Mirror, cache_size: int = 4096) -> Enrich:
         e = m.ipcache.get(ip)
         ep: Endpoint | None = None
         if e is not None:
+            w = pod_workload(e.pod)
             ep = Endpoint(
                 identity=e.identity,
                 namespace=e.namespace,
                 pod_name=e.pod,
-                node_name=e.node,
                 labels=m.labels_of(e.identity),
+                workloads=[w] if w is not None else [],
             )
         elif ip.startswith("127.") or ip == m.node_ip:
             # Loopback and the node's own address are the host (the ipcache holds node addresses

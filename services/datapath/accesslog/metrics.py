@@ -1,16 +1,19 @@
 """HTTP golden signals in Hubble's metric names (research §4.4), from L7 records.
 
-Counted once per completed request, from the response (Hubble's ``httpV2`` handler), with source and
-destination from the request's perspective. Source and destination are ``namespace/workload`` (or a
-reserved name such as ``world``), never a pod or IP: the label set stays bounded by the number of
-workloads, not pods or clients. Path is not a label (cilium#26521: unbounded).
+Counted once per completed request, from the response (Hubble's ``httpV2`` handler), with the context
+labels (services/datapath/metricscontext.py, Hubble's sourceContext/destinationContext/labelsContext)
+from the request's perspective: client → server. By default ``source``/``destination`` are
+``namespace/workload`` (or the reserved identity such as ``reserved:world``), never a pod or IP: the
+label set stays bounded by the number of workloads, not pods or clients. Path is not a label
+(cilium#26521: unbounded).
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.datapath.accesslog.convert import L7Record, endpoint_label
+from services.datapath.accesslog.convert import L7Record
+from services.datapath.metricscontext import DEFAULT_CONTEXT, ContextOptions, parse_context
 
 __all__ = ["AccessLogMetrics", "reporter"]
 
@@ -21,22 +24,27 @@ def reporter(direction: str) -> str:
 
 
 class AccessLogMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, context: ContextOptions | str = DEFAULT_CONTEXT) -> None:
+        self.context = parse_context(context) if isinstance(context, str) else context
+        ctx = self.context.names()
         self.requests = Counter(
             "hubble_http_requests",
             "HTTP requests (counted when they complete, httpV2)",
-            ["method", "protocol", "reporter", "source", "destination", "status"],
+            ["method", "protocol", "reporter", "status", *ctx],
             registry=registry,
         )
         # Prometheus default buckets, as Hubble.
         self.duration = Histogram(
             "hubble_http_request_duration_seconds",
             "HTTP request duration: request start to last response byte sent, as Envoy measures it",
-            ["method", "reporter", "source", "destination"],
+            ["method", "reporter", *ctx],
             registry=registry,
         )
         self.responses = Counter(
-            "hubble_http_responses", "HTTP responses by status code", ["status"], registry=registry
+            "hubble_http_responses",
+            "HTTP responses by status code",
+            ["status", "method", *ctx],
+            registry=registry,
         )
         self.dropped = Counter(
             "nodemesh_accesslog_entries_dropped",
@@ -59,8 +67,8 @@ class AccessLogMetrics:
     def observe(self, r: L7Record) -> None:
         self.entries.inc()
         rep = reporter(r.direction)
-        src, dst = endpoint_label(r.client), endpoint_label(r.server)
+        ctx = self.context.values(r.request)  # the request's perspective: client → server
         status = str(r.code) if r.code else "0"
-        self.requests.labels(r.method, r.protocol, rep, src, dst, status).inc()
-        self.responses.labels(status).inc()
-        self.duration.labels(r.method, rep, src, dst).observe(r.latency_ns / 1e9)
+        self.requests.labels(r.method, r.protocol, rep, status, *ctx).inc()
+        self.responses.labels(status, r.method, *ctx).inc()
+        self.duration.labels(r.method, rep, *ctx).observe(r.latency_ns / 1e9)

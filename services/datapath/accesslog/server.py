@@ -29,6 +29,7 @@ from nodemesh.messages.flow import Flow
 from nodemesh.runtime import Service
 from services.datapath.accesslog.convert import Enrich, convert
 from services.datapath.accesslog.metrics import AccessLogMetrics
+from services.datapath.hubblemetrics import FlowMetrics
 
 __all__ = [
     "MAX_ENTRY_BYTES",
@@ -67,12 +68,15 @@ class AccessLogServer:
         enrich: Enrich,
         *,
         direction: str = "INGRESS",
+        flow_metrics: FlowMetrics | None = None,
     ) -> None:
         self.node = node
         self.enrich = enrich
         # Gateway/Ingress/lb-l7 listeners receive traffic into the mesh: Hubble's INGRESS.
         self.direction = direction
-        self.metrics = AccessLogMetrics(registry)
+        # L7 flows count in hubble_flows_processed_total with the node's L3/L4 ones (the app shares one)
+        self.flow_metrics = flow_metrics if flow_metrics is not None else FlowMetrics(registry)
+        self.metrics = AccessLogMetrics(registry, self.flow_metrics.context)
         self._publish = publish
         self._subject = subjects.flows(node)
         self._server: grpc.aio.Server | None = None
@@ -160,6 +164,7 @@ class AccessLogServer:
                 continue
             self.metrics.observe(rec)
             for flow in (rec.request, rec.response):
+                self.flow_metrics.observe(flow)
                 try:
                     await self._publish(self._subject, flow)
                 except Exception as e:  # NATS down: the metrics still count the request
@@ -177,12 +182,18 @@ def bus_publisher(bus: Bus) -> Publish:
 
 
 async def start_accesslog(
-    svc: Service, node: str, port: int, enrich: Enrich, *, socket_path: str = ""
+    svc: Service,
+    node: str,
+    port: int,
+    enrich: Enrich,
+    *,
+    socket_path: str = "",
+    flow_metrics: FlowMetrics | None = None,
 ) -> AccessLogServer:
     """Serve access logs for ``node``'s Envoy on ``127.0.0.1:port``, or on the unix socket
     ``socket_path`` when given (what local mode uses: no port to allocate, private to the node's
     data dir); stopped with the service. Raises OSError when it cannot bind."""
-    server = AccessLogServer(node, bus_publisher(svc.bus), svc.registry, enrich)
+    server = AccessLogServer(node, bus_publisher(svc.bus), svc.registry, enrich, flow_metrics=flow_metrics)
     await server.start(port, socket_path=socket_path)
     svc.on_stop(server.stop)
     return server
@@ -208,7 +219,12 @@ def listen_address(setting: str, data_dir: str) -> tuple[int, str] | None:
 
 
 async def start_configured(
-    svc: Service, node: str, setting: str, data_dir: str, enrich: Enrich
+    svc: Service,
+    node: str,
+    setting: str,
+    data_dir: str,
+    enrich: Enrich,
+    flow_metrics: FlowMetrics | None = None,
 ) -> AccessLogServer | None:
     """What the datapath app calls: start per ``setting`` (see :func:`listen_address`). A receiver
     that cannot bind is logged and skipped: L7 visibility must never keep a node's datapath down."""
@@ -217,7 +233,7 @@ async def start_configured(
         return None
     port, path = addr
     try:
-        return await start_accesslog(svc, node, port, enrich, socket_path=path)
+        return await start_accesslog(svc, node, port, enrich, socket_path=path, flow_metrics=flow_metrics)
     except OSError as e:
         svc.log.warning("no L7 flows: %s", e)
         return None
