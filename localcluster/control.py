@@ -71,6 +71,7 @@ def up(
     *,
     node_grace: float = 40.0,
     eviction: int = 300,
+    monitoring: bool = False,
 ) -> int:
     pid = supervisor_pid(d)
     if pid:
@@ -100,6 +101,8 @@ def up(
         cleanup_datapath(d)
     args = ["--data-dir", str(d), "--nodes", str(nodes)]
     args += ["--node-grace", f"{node_grace:g}", "--pod-eviction-timeout", str(eviction)]
+    if monitoring:
+        args.append("--monitoring")
     if manifests:
         args += ["--manifests", str(Path(manifests).absolute())]
     if foreground:

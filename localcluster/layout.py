@@ -62,6 +62,8 @@ class ClusterInfo(msgspec.Struct, kw_only=True):
     cluster_dns: str = "10.96.0.10"  # kube-dns' ClusterIP: the nameserver in every pod's resolv.conf
     cluster_domain: str = "cluster.local"
     version: str = ""
+    prometheus_url: str = ""  # up --monitoring
+    ui_url: str = ""  # up --monitoring: the service map page
 
 
 class ProcState(msgspec.Struct, kw_only=True):

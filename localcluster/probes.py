@@ -55,6 +55,13 @@ async def probe(session: aiohttp.ClientSession, kind: str, port: int, want_versi
             if isinstance(body, dict):
                 version = str(body.get("version", ""))
         return status == 200, version
+    if kind == "prometheus":
+        status, _ = await http_get(session, base + "/-/ready")
+        if status == 200 and want_version:
+            _, body = await http_get(session, base + "/api/v1/status/buildinfo")
+            if isinstance(body, dict):
+                version = str((body.get("data") or {}).get("version", ""))
+        return status == 200, version
     if kind == "envoy":
         status, _ = await http_get(session, base + "/ready")
         if status == 200 and want_version:

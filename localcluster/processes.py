@@ -30,7 +30,7 @@ __all__ = [
     "service_env",
 ]
 
-Probe = Literal["readyz", "apiserver", "nats", "envoy"]
+Probe = Literal["readyz", "apiserver", "nats", "envoy", "prometheus"]
 
 
 class ProcSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -30,6 +30,7 @@ from localcluster.cleanup import MARKER_ENV, cleanup_datapath, pid_alive, remove
 from localcluster.dnsaddr import add_dns_address, remove_dns_address
 from localcluster.envoy import envoy_binary
 from localcluster.layout import DNS_ADDR, ClusterInfo, NodeSpec, ProcState, SupervisorState
+from localcluster.monitoring import Target, prometheus_argv, prometheus_binary, scrape_config
 from localcluster.natsconf import free_port, nats_server_binary, render_nats_config, write_credentials
 from localcluster.probes import probe
 from localcluster.processes import (
@@ -58,6 +59,7 @@ class Options(msgspec.Struct, kw_only=True):
     manifests: str = ""
     node_grace: float = 40.0  # seconds without node heartbeats → NotReady (docs/local-mode.md)
     eviction: int = 300  # seconds pods stay on a NotReady node
+    monitoring: bool = False  # Prometheus scraping every process + the service map (monitoring.py)
 
 
 class Proc:
@@ -215,8 +217,54 @@ class Supervisor:
             )
             for replica, node in placements:
                 procs.append(self._proc(spec, ctx, replica, node, mon_port, api_port, creds, nodes))
+        if self.opts.monitoring:
+            procs += self._monitoring(procs)
         self.procs = procs
+        _write_json(self.run_dir / "cluster.json", msgspec.json.encode(self.cluster))
         return procs
+
+    def _monitoring(self, procs: list[Proc]) -> list[Proc]:
+        """Prometheus scraping ``procs`` and the service map page (``up --monitoring``)."""
+        binary = prometheus_binary()
+        if binary is None:
+            raise NodemeshError("--monitoring: prometheus not found (make install installs Debian's package)")
+        prom_port, ui_port = _free_ports(2)
+        mon = self.dir / "monitoring"
+        (mon / "tsdb").mkdir(parents=True, exist_ok=True)
+        targets = [Target(p.spec.service, p.state.name, p.state.node, p.state.health_port) for p in procs]
+        targets.append(Target("prometheus", "prometheus", "", prom_port))
+        (mon / "prometheus.yml").write_text(scrape_config(targets))
+        out = []
+        for spec, port, argv in (
+            (
+                ProcSpec(service="prometheus", probe="prometheus", doc="Prometheus (up --monitoring)"),
+                prom_port,
+                prometheus_argv(binary, str(mon / "prometheus.yml"), str(mon / "tsdb"), prom_port),
+            ),
+            (
+                ProcSpec(service="ui", module="meshctl.main", doc="the service map (up --monitoring)"),
+                ui_port,
+                [
+                    sys.executable,
+                    "-m",
+                    "meshctl.main",
+                    "--data-dir",
+                    str(self.dir),
+                    "ui",
+                    "--port",
+                    str(ui_port),
+                ],
+            ),
+        ):
+            state = ProcState(name=spec.service, service=spec.service, node="")
+            state.log = str(self.dir / "logs" / f"{spec.service}.log")
+            state.health_port = port
+            state.argv = argv
+            out.append(Proc(spec, state, argv, _base_env(self.dir), self.dir))
+        assert self.cluster is not None
+        self.cluster.prometheus_url = f"http://127.0.0.1:{prom_port}"
+        self.cluster.ui_url = f"http://127.0.0.1:{ui_port}"
+        return out
 
     def _proc(
         self,
@@ -392,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifests", default="")
     parser.add_argument("--node-grace", type=float, default=40.0)
     parser.add_argument("--pod-eviction-timeout", type=int, default=300)
+    parser.add_argument("--monitoring", action="store_true")
     ns = parser.parse_args(argv)
     opts = Options(
         data_dir=ns.data_dir,
@@ -399,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         manifests=ns.manifests,
         node_grace=ns.node_grace,
         eviction=ns.pod_eviction_timeout,
+        monitoring=ns.monitoring,
     )
     return asyncio.run(Supervisor(opts).run())
 

@@ -40,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=300,
         help="seconds pods stay on a NotReady node before they are evicted and recreated (default 300)",
     )
+    p.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also run Prometheus scraping every process, and the service map page (nodemesh ui)",
+    )
     p.set_defaults(func=_up)
 
     p = sub.add_parser("down", help="stop the local cluster and remove what it created")
@@ -67,6 +72,7 @@ def _up(args: argparse.Namespace) -> int:
         args.timeout,
         node_grace=args.node_grace,
         eviction=args.pod_eviction_timeout,
+        monitoring=args.monitoring,
     )
 
 
@@ -99,6 +105,9 @@ def _status(args: argparse.Namespace) -> int:
     print()
     state = "reachable" if nats["reachable"] else f"NOT reachable ({nats.get('error', '')})"
     print(f"NATS {nats['url']}: {state}")
+    cl = st["cluster"]
+    if cl.get("prometheus_url"):
+        print(f"Prometheus {cl['prometheus_url']}   service map {cl.get('ui_url', '')}")
     if nats["reachable"]:
         print("  streams: " + ", ".join(f"{s['name']} ({s['messages']} msgs)" for s in nats["streams"]))
         print("  buckets: " + ", ".join(f"{b['name']} ({b['messages']})" for b in nats["buckets"]))

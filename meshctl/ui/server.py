@@ -159,5 +159,14 @@ def make_app(feed: FlowFeed) -> web.Application:
     app.router.add_get("/api/map", api_map)
     app.router.add_get("/api/flows", api_flows)
     app.router.add_get("/api/namespaces", api_namespaces)
+
+    async def readyz(_: web.Request) -> web.Response:
+        # what the local supervisor probes: ready once the backlog of flows is read
+        from nodemesh import __version__
+
+        body = {"ready": feed.ready.is_set(), "version": __version__}
+        return web.json_response(body, status=200 if feed.ready.is_set() else 503)
+
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app
