@@ -11,16 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from localcluster.apiclient import ApiClient, ApiError
 from localcluster.columns import table_rows
 from localcluster.layout import data_dir, load_cluster
 from nodemesh.errors import NodemeshError
 from nodemesh.kinds import KINDS, Kind, by_kind, lookup
-from validation import Document, document_warnings, read_sources, validate_documents
+
+if TYPE_CHECKING:
+    from validation import Document
 
 __all__ = ["register"]
 
@@ -72,7 +72,10 @@ def _ref(kind: Kind, name: str) -> str:
     return f"{kind.plural}.{kind.group}/{name}" if kind.group else f"{kind.plural}/{name}"
 
 
+# validation (JSON schemas) and yaml are imported by the verbs that use them: `get` stays light
 def _load(args: argparse.Namespace) -> list[Document] | None:
+    from validation import document_warnings, read_sources, validate_documents
+
     docs, errors = read_sources(args.filename)
     strict = args.validate == "strict"
     errors += validate_documents(docs, strict=strict)
@@ -187,6 +190,8 @@ def _get(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     elif args.output == "yaml":
         out = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
+        import yaml
+
         print(yaml.safe_dump(out, sort_keys=False, default_flow_style=False), end="")
     elif not items:
         where = "" if not kind.namespaced else " in any namespace" if not ns else f" in namespace {ns}"
