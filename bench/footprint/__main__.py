@@ -195,15 +195,18 @@ async def _identities(d: Path, n: int) -> None:
         ids = await bus.kv(BUCKET_IDENTITIES.name)
         ipc = await bus.kv(BUCKET_IPCACHE.name)
         now = time.time()
-        for i in range(n):
+
+        async def put(i: int) -> None:
             num = 200_000 + i
             ip = f"10.250.{i // 250}.{i % 250 + 1}"
             labels = sorted([f"k8s:app=fp-{i}", "k8s:io.kubernetes.pod.namespace=remote"])
-            ref = f"node-2/remote/fp-{i}"
-            ident = Identity(id=num, labels=labels, refs=[ref], created=now)
+            ident = Identity(id=num, labels=labels, refs=[f"node-2/remote/fp-{i}"], created=now)
             entry = IPCacheEntry(ip=ip, identity=num, node="node-2", namespace="remote", pod=f"fp-{i}")
             await ids.put(identity_key(num), encode(ident))
             await ipc.put(ipcache_key(ip), encode(entry))
+
+        for start in range(0, n, 200):  # 200 in flight
+            await asyncio.gather(*(put(i) for i in range(start, min(n, start + 200))))
     finally:
         await bus.nc.close()
 
