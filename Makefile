@@ -90,6 +90,8 @@ bench: install ## Run every benchmark (interleaved A/B, as root); then update be
 	$(PY) -m bench.lb --services 1000 --backends 10 --changes 300
 	$(PY) -m bench.dns
 	$(PY) -m bench.services --reps 5 --conns 2000
+	$(PY) -m bench.footprint --pods 100 --identities 10000 --traffic-seconds 8 --settle 8
+	$(PY) -m bench.cli --rounds 12
 
 bench-doc: ## Rebuild docs/benchmarks.md from bench/*/RESULTS.md
 	python3 scripts/collect-benchmarks.py
