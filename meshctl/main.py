@@ -90,9 +90,11 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    as_process = argv is None  # the console script; tests call main([...]) inside their own process
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = _verb(argv)
-    if verb in _NATS_ONLY:
+    if as_process and verb in _NATS_ONLY:
+        # only in a process of its own: blocking aiohttp inside a caller's process would break it
         from nodemesh.leanimports import without_nats_websocket
 
         without_nats_websocket()

@@ -36,8 +36,9 @@ HEAVY = (
 _PROBE = """
 import json, sys
 from meshctl.main import main
+sys.argv = ["nodemesh", *sys.argv[1:]]
 try:
-    main(sys.argv[1:])
+    main()  # as the console script calls it
 except SystemExit:
     pass
 print("\\n" + json.dumps(sorted(k for k, v in sys.modules.items() if v is not None)))
