@@ -17,8 +17,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from services.datapath.cleanup import cleanup_all
-
 __all__ = [
     "MARKER_ENV",
     "all_cluster_pids",
@@ -87,6 +85,9 @@ def kill_pids(pids: list[int], grace: float = 5.0) -> None:
 
 def cleanup_datapath(data_dir: Path) -> None:
     """Run the datapath's cleanup (namespaces, links, pinned maps, cgroup programs)."""
+    # imported here: it loads netlink (pyroute2), which `nodemesh status` has no use for
+    from services.datapath.cleanup import cleanup_all
+
     try:
         cleanup_all(str(data_dir))
     except Exception:

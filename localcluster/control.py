@@ -30,7 +30,6 @@ from localcluster.cleanup import (
     pid_alive,
     unmount_under,
 )
-from localcluster.dnsaddr import cleanup_dns_address
 from localcluster.layout import ClusterInfo, SupervisorState, load_credentials
 
 __all__ = ["cluster_status", "down", "supervisor_pid", "up"]
@@ -173,6 +172,8 @@ def down(d: Path, grace: float = 30.0, out: Out = print) -> int:
         kill_pids(strays)
     cleanup_datapath(d)
     unmount_under(d)
+    from localcluster.dnsaddr import cleanup_dns_address  # netlink: only `down` needs it
+
     cleanup_dns_address(d)
     for f in ("state.json", "cluster.json", "supervisor.pid"):
         with contextlib.suppress(FileNotFoundError):

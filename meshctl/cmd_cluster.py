@@ -6,7 +6,6 @@ import argparse
 import json
 from typing import Any
 
-from localcluster.control import cluster_status, down, up
 from localcluster.layout import data_dir
 
 __all__ = ["register"]
@@ -49,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser("down", help="stop the local cluster and remove what it created")
     _data_dir_arg(p)
-    p.set_defaults(func=lambda a: down(_dir(a)))
+    p.set_defaults(func=_down)
 
     p = sub.add_parser("status", help="processes, NATS and nodes of the local cluster")
     _data_dir_arg(p)
@@ -57,7 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=_status)
 
 
+# localcluster.control (the supervisor, the datapath's cleanup) is imported by the verbs that use
+# it: `status` must not pay for netlink and the supervisor (see meshctl/main.py)
 def _up(args: argparse.Namespace) -> int:
+    from localcluster.control import up
+
     if args.nodes < 1 or args.nodes > 200:
         print("error: --nodes must be between 1 and 200")
         return 2
@@ -76,7 +79,15 @@ def _up(args: argparse.Namespace) -> int:
     )
 
 
+def _down(args: argparse.Namespace) -> int:
+    from localcluster.control import down
+
+    return down(_dir(args))
+
+
 def _status(args: argparse.Namespace) -> int:
+    from localcluster.control import cluster_status
+
     st = cluster_status(_dir(args))
     if args.output == "json":
         print(json.dumps(st, indent=2, sort_keys=True))

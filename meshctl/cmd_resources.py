@@ -12,16 +12,16 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from localcluster.apiclient import ApiClient, ApiError
 from localcluster.columns import table_rows
 from localcluster.layout import data_dir, load_cluster
 from nodemesh.errors import NodemeshError
 from nodemesh.kinds import KINDS, Kind, by_kind, lookup
-from validation import Document, document_warnings, read_sources, validate_documents
+
+if TYPE_CHECKING:
+    from validation import Document
 
 __all__ = ["register"]
 
@@ -93,7 +93,10 @@ def _ref(kind: Kind, name: str) -> str:
     return f"{k}.{kind.group}/{name}" if kind.group else f"{k}/{name}"
 
 
+# validation (JSON schemas) and yaml are imported by the verbs that use them: `get` stays light
 def _load(args: argparse.Namespace) -> list[Document] | None:
+    from validation import document_warnings, read_sources, validate_documents
+
     docs, errors = read_sources(args.filename)
     strict = args.validate == "strict"
     errors += validate_documents(docs, strict=strict)
@@ -252,6 +255,8 @@ def _dump(out: Any, fmt: str, compact: bool = False) -> None:
     if fmt == "json":
         print(json.dumps(out) if compact else json.dumps(out, indent=2), flush=True)
     else:
+        import yaml
+
         print(("---\n" if compact else "") + yaml.safe_dump(out, sort_keys=False), end="", flush=True)
 
 

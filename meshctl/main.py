@@ -4,28 +4,77 @@ Subcommands live in ``meshctl/cmd_<topic>.py`` modules, each exposing
 ``register(sub: argparse._SubParsersAction) -> None``; a parser it adds sets ``func`` (a callable
 taking the parsed args and returning an exit code, or an ``async`` one). Modules are discovered
 here, so adding a topic never edits this file.
+
+A CLI should answer in tens of milliseconds, and most of a Python CLI's time is imports. So a run
+imports only the module of the verb it was given (:data:`VERB_MODULES`; the modules keep what only
+some of their verbs need inside those verbs' functions). Help, or a verb not in the table (a new
+topic), imports every module, as before. ``tests/cli/test_lazy_imports.py`` checks the table
+against what the modules register and that the light verbs stay light.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
-import inspect
-import pkgutil
 import sys
+import types
 from collections.abc import Sequence
 
 import meshctl as cli_pkg
 from nodemesh import __version__
 from nodemesh.errors import NodemeshError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["VERB_MODULES", "build_parser", "main"]
 
 DEFAULT_DATA_DIR = "/var/lib/nodemesh"
 
+#: top-level verb → the ``meshctl`` module that registers it
+VERB_MODULES = {
+    "apply": "cmd_resources",
+    "auth": "cmd_auth",
+    "connectivity": "cmd_connectivity",
+    "delete": "cmd_resources",
+    "describe": "cmd_resources",
+    "down": "cmd_cluster",
+    "exec": "cmd_exec",
+    "get": "cmd_resources",
+    "hubble": "cmd_hubble",
+    "identity": "cmd_identity",
+    "logs": "cmd_logs",
+    "ipcache": "cmd_identity",
+    "observe": "cmd_observe",
+    "service": "cmd_service",
+    "status": "cmd_cluster",
+    "trust": "cmd_identity",
+    "ui": "cmd_ui",
+    "up": "cmd_cluster",
+    "xds": "cmd_xds",
+}
+#: verbs that only talk to NATS (and maybe the API server): nats-py's WebSocket transport, which
+#: imports aiohttp, is never used by them (see nodemesh/leanimports.py)
+_NATS_ONLY = {"auth", "identity", "ipcache", "observe", "status", "trust", "xds"}
 
-def build_parser() -> argparse.ArgumentParser:
+
+_GLOBAL_OPTIONS = ("--data-dir", "--kubeconfig", "--context")
+
+
+def _verb(argv: Sequence[str]) -> str | None:
+    """The verb in ``argv`` (skipping the global options and their values), None for help or no verb."""
+    it = iter(argv)
+    for a in it:
+        if a in _GLOBAL_OPTIONS:
+            next(it, None)
+        elif a.split("=", 1)[0] in _GLOBAL_OPTIONS:
+            continue
+        elif a.startswith("-"):
+            return None  # -h/--help or an unknown option: the full parser answers
+        else:
+            return a
+    return None
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with a known ``verb``, only that verb's module is imported and registered."""
     parser = argparse.ArgumentParser(prog="nodemesh", description="nodemesh: a sidecarless service mesh")
     parser.add_argument(
         "--data-dir",
@@ -43,10 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("version", help="the client's version and the running local cluster's")
     ver.add_argument("-o", "--output", choices=("text", "json"), default="text")
     ver.set_defaults(func=_version)
-    for mod in sorted(pkgutil.iter_modules(cli_pkg.__path__), key=lambda m: m.name):
-        if mod.name.startswith("cmd_"):
-            module = importlib.import_module(f"meshctl.{mod.name}")
-            module.register(sub)
+    if verb == "version":
+        return parser
+    if verb in VERB_MODULES:
+        names = [VERB_MODULES[verb]]
+    else:
+        import pkgutil
+
+        names = sorted(m.name for m in pkgutil.iter_modules(cli_pkg.__path__) if m.name.startswith("cmd_"))
+    for name in names:
+        importlib.import_module(f"meshctl.{name}").register(sub)
     return parser
 
 
@@ -71,14 +126,24 @@ def _version(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    as_process = argv is None  # the console script; tests call main([...]) inside their own process
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = _verb(argv)
+    if as_process and verb in _NATS_ONLY:
+        # only in a process of its own: blocking aiohttp inside a caller's process would break it
+        from nodemesh.leanimports import without_nats_websocket
+
+        without_nats_websocket()
+    parser = build_parser(verb)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
     try:
         result = args.func(args)
-        if inspect.iscoroutine(result):
+        if isinstance(result, types.CoroutineType):
+            import asyncio
+
             result = asyncio.run(result)
     except NodemeshError as e:
         print(f"error: {e}", file=sys.stderr)

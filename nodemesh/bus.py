@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -20,10 +20,12 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-from prometheus_client import CollectorRegistry, Counter
 
 from nodemesh.codec import decode, encode
 from nodemesh.errors import BusError, DecodeError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter
 
 __all__ = ["Bus", "RemoteError", "connect"]
 
@@ -50,12 +52,27 @@ class Bus:
     def __init__(self, nc: Client, registry: CollectorRegistry | None = None) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
-        self._decode_errors = Counter(
+        self._registry = registry
+        self._decode_errors_counter: Counter | None = None
+        if registry is not None:  # a service: the metric is exported from the start
+            self._decode_errors_counter = self._make_counter()
+
+    def _make_counter(self) -> Counter:
+        # imported here: a CLI run (no registry) need not load prometheus_client
+        from prometheus_client import Counter
+
+        return Counter(
             "nodemesh_bus_decode_errors",
             "Messages dropped because they did not decode into their Struct",
             ["subject"],
-            registry=registry,
+            registry=self._registry,
         )
+
+    @property
+    def _decode_errors(self) -> Counter:
+        if self._decode_errors_counter is None:
+            self._decode_errors_counter = self._make_counter()
+        return self._decode_errors_counter
 
     @property
     def connected(self) -> bool:

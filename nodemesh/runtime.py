@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from aiohttp import web
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
@@ -33,6 +33,7 @@ from nodemesh.bus import Bus, connect
 from nodemesh.codec import decode, encode
 from nodemesh.config import ServiceConfig as BaseConfig
 from nodemesh.errors import DecodeError
+from nodemesh.healthhttp import HealthServer, Response
 from nodemesh.log import setup_logging
 from nodemesh.streams import provision
 
@@ -183,11 +184,14 @@ class Service:
             self.log.info("nats %s", "connected" if up else "disconnected")
         self._connected = up
 
-    async def _health_app(self) -> web.AppRunner:
-        async def healthz(_: web.Request) -> web.Response:
-            return web.json_response({"status": "ok", "service": self.name})
+    async def _health_app(self) -> HealthServer:
+        def json_response(body: dict[str, Any], status: int = 200) -> Response:
+            return status, "application/json", json.dumps(body).encode()
 
-        async def readyz(_: web.Request) -> web.Response:
+        def healthz() -> Response:
+            return json_response({"status": "ok", "service": self.name})
+
+        def readyz() -> Response:
             body = {
                 "service": self.name,
                 "ready": self.ready,
@@ -196,26 +200,16 @@ class Service:
                 "gates": {n: g.open for n, g in self._gates.items()},
                 "version": self.version,
             }
-            return web.json_response(body, status=200 if self.ready else 503)
+            return json_response(body, status=200 if self.ready else 503)
 
-        async def metrics(_: web.Request) -> web.Response:
-            return web.Response(
-                body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-            )
+        def metrics() -> Response:
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
 
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
+        server = HealthServer({"/healthz": healthz, "/readyz": readyz, "/metrics": metrics})
         host, _, port = self.cfg.health_addr.rpartition(":")
-        site = web.TCPSite(runner, host or "127.0.0.1", int(port or 0))
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        if sockets:
-            self.health_port = int(sockets[0].getsockname()[1])
-        return runner
+        await server.start(host or "127.0.0.1", int(port or 0))
+        self.health_port = server.port
+        return server
 
 
 async def run_service(

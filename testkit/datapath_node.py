@@ -96,7 +96,7 @@ class TNode:
     def close(self) -> None:
         for p in self.pods:
             delete_pod_netns(p.link.netns, p.link.host_ifname)
-        if self.loader.bpf is not None:
+        if self.loader.is_loaded:
             self.stop_agent()
 
 

@@ -9,6 +9,10 @@ to the real ``grpc.aio`` server from a client socket bound to a fresh path in a 
 directory. The servicer maps ``context.peer()`` (that path) back to the attested identity. A caller
 that is no pod of this node gets PermissionDenied; a pod gets only its own identity's SVID.
 Workloads get a key of their own (purpose ``workload``), never the one authd handshakes with.
+
+The gRPC side (:mod:`services.authd.workload_grpc`: grpc, protobuf, the SPIFFE protos, ~16 MB of
+RSS and gRPC's threads) is loaded and started when the first workload connects, so a node whose
+pods never use the Workload API does not carry it.
 """
 
 from __future__ import annotations
@@ -21,22 +25,15 @@ import os
 import shutil
 import socket
 import struct
-from collections.abc import AsyncIterator
 from typing import Any
-
-import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from nodemesh.netns import netns_name
 from services.authd.manager import AuthManager
-from services.authd.svids import Purpose, Svid, SvidStore
+from services.authd.svids import Purpose, SvidStore
 
 __all__ = ["Attestation", "WorkloadApi", "pod_addresses"]
 
 log = logging.getLogger("nodemesh.authd.workload")
-HEADER = ("workload.spiffe.io", "true")
 
 
 class Attestation:
@@ -65,7 +62,7 @@ def pod_addresses(pid: int) -> set[str]:
     return {a for a in out if not a.startswith("127.")}
 
 
-class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
+class WorkloadApi:
     def __init__(
         self, store: SvidStore, manager: AuthManager, path: str, *, netns_dir: str = "/run/netns"
     ) -> None:
@@ -78,7 +75,8 @@ class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         self.peers: dict[str, Attestation] = {}
         self._seq = itertools.count(1)
         self._changed = asyncio.Event()
-        self._server: grpc.aio.Server | None = None
+        self._server: Any = None  # grpc.aio.Server, once a workload connected
+        self._server_lock = asyncio.Lock()
         self._front: asyncio.AbstractServer | None = None
         store.listeners.append(self._on_svid)
         store.bundle_listeners.append(self._notify)
@@ -87,15 +85,20 @@ class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     async def start(self) -> None:
         os.makedirs(self.private, mode=0o700, exist_ok=True)
         os.chmod(self.private, 0o700)
-        self._server = grpc.aio.server()
-        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(self, self._server)  # type: ignore[no-untyped-call]
-        self._server.add_insecure_port(f"unix:{self.internal}")
-        await self._server.start()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         self._front = await asyncio.start_unix_server(self._accept, self.path)
         os.chmod(self.path, 0o666)  # anyone may ask; attestation decides what they get
         log.info("Workload API on %s", self.path)
+
+    async def _ensure_server(self) -> None:
+        """Start the gRPC server behind the proxy (once, at the first connection)."""
+        async with self._server_lock:
+            if self._server is None:
+                from services.authd.workload_grpc import serve
+
+                self._server = await serve(self, self.internal)
+                log.info("Workload API: gRPC server started")
 
     async def stop(self) -> None:
         if self._front is not None:
@@ -138,6 +141,12 @@ class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         sock = writer.get_extra_info("socket")
         pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
         att = self.attest(pid)
+        try:
+            await self._ensure_server()
+        except Exception:
+            log.exception("Workload API: starting the gRPC server failed")
+            writer.close()
+            return
         bound = os.path.join(self.private, f"c{next(self._seq)}.sock")
         inner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -154,64 +163,12 @@ class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(bound)
 
-    # --- the service ----------------------------------------------------------------------------
-    async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> int:
-        md = {m.key: m.value for m in (context.invocation_metadata() or ())}
-        if md.get(HEADER[0]) != HEADER[1]:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "security header missing from request")
-        att = self.peers.get(context.peer())
-        if att is None or att.identity is None:
-            reason = att.reason if att else "unknown connection"
-            log.info("Workload API: no identity for caller: %s", reason)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"no identity issued: {reason}")
-        assert att is not None and att.identity is not None
-        return att.identity
+    # --- what the gRPC servicer waits on ----------------------------------------------------------
+    def changed(self) -> asyncio.Event:
+        """Set at the next SVID or bundle change."""
+        return self._changed
 
-    async def FetchX509SVID(
-        self, request: workload_pb2.X509SVIDRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
-        identity = await self._caller(context)
-        last: tuple[float, str] | None = None
-        while True:
-            changed = self._changed
-            if identity not in self.store.hosted:
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED, "identity no longer hosted on this node"
-                )
-            self.store.want_workload(identity)
-            svid = self.store.get(identity, "workload")
-            if svid is not None and self.store.bundle_pem and (svid.not_after, self.store.bundle_pem) != last:
-                last = (svid.not_after, self.store.bundle_pem)
-                yield workload_pb2.X509SVIDResponse(svids=[self._x509(svid)])
-            await changed.wait()
-
-    async def FetchX509Bundles(
-        self, request: workload_pb2.X509BundlesRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
-        await self._caller(context)
-        last = ""
-        while True:
-            changed = self._changed
-            if self.store.bundle_pem and self.store.bundle_pem != last:
-                last = self.store.bundle_pem
-                yield workload_pb2.X509BundlesResponse(bundles={self.store.trust_domain: self._bundle_der()})
-            await changed.wait()
-
-    def _x509(self, svid: Svid) -> workload_pb2.X509SVID:
-        return workload_pb2.X509SVID(
-            spiffe_id=svid.leaf.extensions.get_extension_for_class(
-                x509.SubjectAlternativeName
-            ).value.get_values_for_type(x509.UniformResourceIdentifier)[0],
-            x509_svid=svid.chain_der(),
-            x509_svid_key=svid.key_der(),
-            bundle=self._bundle_der(),
-        )
-
-    def _bundle_der(self) -> bytes:
-        certs = x509.load_pem_x509_certificates(self.store.bundle_pem.encode())
-        return b"".join(c.public_bytes(serialization.Encoding.DER) for c in certs)
-
-    def _on_svid(self, identity: int, purpose: Purpose, svid: Svid | None) -> None:
+    def _on_svid(self, identity: int, purpose: Purpose, svid: object) -> None:
         self._notify()
 
     def _notify(self) -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from nodemesh.runtime import service_main
-from services.datapath.app import main as app_main
-from services.datapath.config import DatapathConfig
+from nodemesh.leanimports import without_nats_websocket
 
 
 def main() -> None:
+    without_nats_websocket()  # before anything imports nats
+    from services.datapath.netlinkimports import core_only
+
+    core_only()  # before anything imports pyroute2
+    from nodemesh.runtime import service_main
+    from services.datapath.app import main as app_main
+    from services.datapath.config import DatapathConfig
+
     service_main("datapath", DatapathConfig, app_main, description="eBPF L3/L4 policy, pod plumbing, flows")
 
 

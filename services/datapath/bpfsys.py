@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from functools import lru_cache
 
-__all__ = ["BpfError", "KeyNotFound", "MapFd", "obj_get", "possible_cpus"]
+__all__ = ["BpfError", "KeyNotFound", "MapFd", "obj_get", "percpu_u64_sum", "possible_cpus"]
 
 _SYS_BPF = 321  # x86_64
 _MAP_LOOKUP_ELEM = 1
@@ -24,6 +24,8 @@ _OBJ_GET = 7
 _OBJ_GET_INFO_BY_FD = 15
 
 BPF_ANY = 0
+# map types whose lookup returns one value per possible CPU, each rounded up to 8 bytes
+_PERCPU_TYPES = frozenset({5, 6, 10, 21})  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -112,6 +114,12 @@ class MapFd:
         self.max_entries = int(info.max_entries)
         self.map_type = int(info.type)
         self.name = info.name.decode(errors="replace")
+        # what a lookup writes: the kernel fills every CPU's slot of a per-CPU map
+        self.lookup_size = (
+            ((self.value_size + 7) // 8 * 8) * possible_cpus()
+            if self.map_type in _PERCPU_TYPES
+            else self.value_size
+        )
         self._kbuf = ctypes.create_string_buffer(self.key_size)
         self._vbuf = ctypes.create_string_buffer(self.value_size)
         self._uattr = _ElemAttr(
@@ -142,7 +150,7 @@ class MapFd:
 
     def lookup(self, key: bytes) -> bytes:
         k = ctypes.create_string_buffer(key, self.key_size)
-        v = ctypes.create_string_buffer(self.value_size)
+        v = ctypes.create_string_buffer(self.lookup_size)
         _call(_MAP_LOOKUP_ELEM, self._attr(k, v), f"lookup {self.name}")
         return v.raw
 
@@ -199,6 +207,15 @@ class MapFd:
                 self.delete(k)
             except KeyNotFound:
                 pass
+
+
+def percpu_u64_sum(m: MapFd, key: bytes) -> int:
+    """A per-CPU map's u64 counter at ``key``, summed over CPUs (0 when the key is absent)."""
+    try:
+        raw = m.lookup(key)
+    except KeyNotFound:
+        return 0
+    return sum(int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8))
 
 
 _PROG_TEST_RUN = 10

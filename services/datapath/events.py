@@ -138,7 +138,7 @@ class _BpfCollector(Collector):
 
     def collect(self):  # type: ignore[no-untyped-def]
         ld = self.pump.loader
-        if ld.bpf is None:
+        if not ld.is_loaded:
             return
         lost = CounterMetricFamily(
             "hubble_lost_events", "Events lost before reaching NATS", labels=["source"]

@@ -1,5 +1,8 @@
-"""BCC and netlink adapter: compile ``bpf/nm_tc.c`` once per node, attach it to pod veths, read events.
+"""Loader and netlink adapter: compile ``bpf/nm_tc.c`` once per node, attach it to pod veths, read events.
 
+BCC compiles in a short-lived child process (:mod:`services.datapath.bpfcompile`), so LLVM is never
+mapped into the agent; the agent holds the program fds and the unpinned maps' fds the child handed
+over, and reads the ring buffer and per-CPU counters with the bpf() syscall layer.
 The program's verdict maps are pinned in ``/sys/fs/bpf/nodemesh/<node>/`` (BCC reuses a pin that
 exists), so a restarted agent compiles, re-attaches with ``tc filter replace`` (atomic: the old
 program runs until the new one takes its place) and keeps every entry: enforcement never stops and
@@ -12,15 +15,14 @@ import ctypes
 import errno
 import logging
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from services.datapath.bpfsys import MapFd
+from services.datapath.bpfcompile import Loaded, ProgSpec, compile_and_load
+from services.datapath.bpfsys import MapFd, percpu_u64_sum
 from services.datapath.maps import (
     BPFFS_ROOT,
     AuthKey,
@@ -37,8 +39,10 @@ from services.datapath.maps import (
     PolicyValueC,
     pin_dir,
 )
+from services.datapath.ringbuf import RingBuf
 
 __all__ = ["BPF_DIR", "Loader", "attach_tc", "detach_tc"]
+_EVENT_SIZE = ctypes.sizeof(Event)
 
 log = logging.getLogger("nodemesh.datapath.loader")
 
@@ -47,9 +51,8 @@ TC_INGRESS = "ffff:fff2"  # clsact ingress: packets the pod sends (from-pod)
 TC_EGRESS = "ffff:fff3"  # clsact egress: packets going into the pod (to-pod)
 _PRIO = 1
 _HANDLE = 1
-# BCC's compiler (LLVM) is not thread-safe: two loaders in one process (tests with two simulated
-# nodes) must not compile at the same time.
-_COMPILE_LOCK = threading.Lock()
+SCHED_CLS = 3  # BPF_PROG_TYPE_SCHED_CLS
+_PRIVATE_MAPS = ["nm_events", "nm_drops", "nm_stats"]  # the loaded program's own (unpinned) maps
 PINNED_LAYOUT: dict[str, tuple[type[ctypes.Structure], type[ctypes.Structure] | type[ctypes.c_uint32]]] = {
     "nm_endpoints": (EndpointKey, EndpointInfo),
     "nm_ipcache": (IPCacheKey, IPCacheValue),
@@ -120,16 +123,17 @@ class Loader:
         self.pin_dir = pin_dir(node, os.path.join(pin_root, scope) if scope else pin_root)
         self.bpf_dir = bpf_dir
         self.defines = defines or {}
-        self.bpf: Any = None
+        self.loaded: Loaded | None = None
         self.from_fd = -1
         self.to_fd = -1
         self.maps: NodeMaps | None = None
         self.reused_pins = False
         self._event_cb: Callable[[Event], None] | None = None
+        self._ring: RingBuf | None = None
+        self._drops: MapFd | None = None
+        self._stats: MapFd | None = None
 
     def load(self) -> NodeMaps:
-        from bcc import BPF  # imported here: only the privileged agent needs BCC
-
         os.makedirs(self.pin_dir, exist_ok=True)
         self._drop_incompatible_pins()
         self.reused_pins = os.path.exists(os.path.join(self.pin_dir, "nm_policy"))
@@ -137,10 +141,12 @@ class Loader:
         # maps every node of the cluster shares (L7 redirect: nm_proxy_flows) live one level up
         cflags.append(f'-DNM_SHARED_PIN_DIR="{os.path.dirname(self.pin_dir)}"')
         cflags += [f"-D{k}={v}" for k, v in self.defines.items()]
-        with _COMPILE_LOCK:
-            self.bpf = BPF(src_file=str(self.bpf_dir / "nm_tc.c").encode(), cflags=cflags)
-            self.from_fd = self.bpf.load_func(b"nm_from_pod", BPF.SCHED_CLS).fd
-            self.to_fd = self.bpf.load_func(b"nm_to_pod", BPF.SCHED_CLS).fd
+        progs = [ProgSpec("nm_from_pod", SCHED_CLS), ProgSpec("nm_to_pod", SCHED_CLS)]
+        self.loaded = compile_and_load(str(self.bpf_dir / "nm_tc.c"), cflags, progs, _PRIVATE_MAPS)
+        self.from_fd = self.loaded.progs["nm_from_pod"]
+        self.to_fd = self.loaded.progs["nm_to_pod"]
+        self._drops = MapFd(os.dup(self.loaded.maps["nm_drops"]))
+        self._stats = MapFd(os.dup(self.loaded.maps["nm_stats"]))
         self.maps = NodeMaps(self.pin_dir)
         log.info("programs loaded", extra={"pin_dir": self.pin_dir, "reused_pins": self.reused_pins})
         return self.maps
@@ -176,37 +182,56 @@ class Loader:
         if not first:
             return
 
-        def cb(_ctx: Any, data: Any, _size: int) -> None:
-            if self._event_cb is not None:
-                self._event_cb(Event.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(Event))))
+        assert self.loaded is not None, "load() first"
+        m = MapFd(os.dup(self.loaded.maps["nm_events"]))
+        try:
+            self._ring = RingBuf(m)
+        finally:
+            m.close()  # the mmaps and the epoll registration keep their own references
 
-        self.bpf["nm_events"].open_ring_buffer(cb)
+    def _on_record(self, data: bytes) -> None:
+        if self._event_cb is not None and len(data) >= _EVENT_SIZE:
+            self._event_cb(Event.from_buffer_copy(data[:_EVENT_SIZE]))
 
     def poll(self, timeout_ms: int = 100) -> None:
-        self.bpf.ring_buffer_poll(timeout_ms)
+        if self._ring is not None:
+            self._ring.poll(self._on_record, timeout_ms)
 
     def consume(self) -> None:
-        self.bpf.ring_buffer_consume()
+        if self._ring is not None:
+            self._ring.consume(self._on_record)
 
     def drops(self) -> dict[int, int]:
         """Drop counts by reason, summed over CPUs."""
-        table = self.bpf["nm_drops"]
+        assert self._drops is not None, "load() first"
         out: dict[int, int] = {}
-        for k, v in table.items():
-            total = sum(int(x) for x in v)
+        for reason in range(self._drops.max_entries):
+            total = percpu_u64_sum(self._drops, reason.to_bytes(4, "little"))
             if total:
-                out[int(k.value)] = total
+                out[reason] = total
         return out
 
     def stat(self, index: int) -> int:
-        table = self.bpf["nm_stats"]
-        return int(sum(int(x) for x in table[ctypes.c_int(index)]))
+        assert self._stats is not None, "load() first"
+        return percpu_u64_sum(self._stats, index.to_bytes(4, "little"))
+
+    @property
+    def is_loaded(self) -> bool:
+        return self.loaded is not None
 
     def close(self) -> None:
         if self.maps is not None:
             self.maps.close()
             self.maps = None
-        if self.bpf is not None:
-            self.bpf.cleanup()
-            self.bpf = None
-            self._event_cb = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        for m in (self._drops, self._stats):
+            if m is not None:
+                m.close()
+        self._drops = self._stats = None
+        if self.loaded is not None:
+            self.loaded.close()
+            self.loaded = None
+            self.from_fd = self.to_fd = -1
+        self._event_cb = None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from nodemesh.runtime import service_main
-from services.watcher.app import main as app_main
-from services.watcher.config import WatcherConfig
+from nodemesh.leanimports import without_nats_websocket
 
 
 def main() -> None:
+    without_nats_websocket()  # before anything imports nats
+    from nodemesh.runtime import service_main
+    from services.watcher.app import main as app_main
+    from services.watcher.config import WatcherConfig
+
     service_main("watcher", WatcherConfig, app_main, description="nodemesh Kubernetes watcher")
 
 

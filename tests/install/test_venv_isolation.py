@@ -84,10 +84,12 @@ def test_the_venv_does_not_see_debians_site_packages() -> None:
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
     path, stdlib = json.loads(out)
     stdlib_dir = Path(stdlib).resolve()
+    checkout = Path(__file__).resolve().parents[2]  # the editable install's path entry (compat mode)
     foreign = [
         entry
         for entry in path
         if entry
+        and Path(entry).resolve() != checkout
         and not Path(entry).resolve().is_relative_to(VENV)
         and not Path(entry).resolve().is_relative_to(stdlib_dir)
         and not entry.endswith(".zip")  # the (absent) zipped standard library

@@ -1,4 +1,7 @@
-"""BCC adapter for ``bpf/nm_sock.c``: compile per node, attach to the cgroup v2 root, detach.
+"""Adapter for ``bpf/nm_sock.c``: compile per node, attach to the cgroup v2 root, detach.
+
+Compiled by BCC in a short-lived child process (:mod:`services.datapath.bpfcompile`), like the tc
+programs: the agent keeps the program fds and the counters' map fd, never LLVM.
 
 The maps are pinned in the node's pin directory (the same one as the tc programs'), so a restarted
 agent reuses them: Services keep being translated by the programs still attached while it is down,
@@ -14,10 +17,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from services.datapath.bpfsys import MapFd
+from services.datapath.bpfcompile import Loaded, ProgSpec, compile_and_load
+from services.datapath.bpfsys import MapFd, percpu_u64_sum
 from services.datapath.lb import cgroup
 from services.datapath.lb.maps import LB_PINNED, STAT_NAMES, LbMaps
-from services.datapath.loader import _COMPILE_LOCK, BPF_DIR
+from services.datapath.loader import BPF_DIR
 
 __all__ = ["SockLoader", "detach_node", "detach_orphans", "pinned_map_ids"]
 
@@ -85,26 +89,24 @@ class SockLoader:
         self.bpf_dir = bpf_dir
         self.cgroup_root = cgroup_root
         self.defines = defines or {}
-        self.bpf: Any = None
+        self.loaded: Loaded | None = None
+        self._stats: MapFd | None = None
         self.fds: dict[int, int] = {}  # attach type → program fd
         self.maps: LbMaps | None = None
         self.reused_pins = False
         self._owned: set[int] = set()  # map ids that mark a program as this node's
 
     def load(self) -> LbMaps:
-        from bcc import BPF  # only the privileged agent needs BCC
-
         os.makedirs(self.pin_dir, exist_ok=True)
         self._owned = pinned_map_ids(self.pin_dir)  # before a stale pin is replaced
         self._drop_incompatible_pins()
         self.reused_pins = os.path.exists(os.path.join(self.pin_dir, "nm_lb_svc"))
         cflags = [f"-I{self.bpf_dir}", f'-DNM_PIN_DIR="{self.pin_dir}"', "-Wno-macro-redefined"]
         cflags += [f"-D{k}={v}" for k, v in self.defines.items()]
-        with _COMPILE_LOCK:
-            self.bpf = BPF(src_file=str(self.bpf_dir / "nm_sock.c").encode(), cflags=cflags)
-            for attach_type, name in cgroup.ATTACH_TYPES.items():
-                fn = self.bpf.load_func(name.encode(), _CGROUP_SOCK_ADDR, attach_type=attach_type)
-                self.fds[attach_type] = fn.fd
+        progs = [ProgSpec(name, _CGROUP_SOCK_ADDR, at) for at, name in cgroup.ATTACH_TYPES.items()]
+        self.loaded = compile_and_load(str(self.bpf_dir / "nm_sock.c"), cflags, progs, ["nm_lb_stats"])
+        self.fds = {at: self.loaded.progs[name] for at, name in cgroup.ATTACH_TYPES.items()}
+        self._stats = MapFd(os.dup(self.loaded.maps["nm_lb_stats"]))
         self._owned |= pinned_map_ids(self.pin_dir)
         self.maps = LbMaps(self.pin_dir)
         return self.maps
@@ -153,21 +155,20 @@ class SockLoader:
 
     def stats(self) -> dict[str, int]:
         """The programs' per-CPU counters, summed (they start at 0 with each load)."""
-        if self.bpf is None:
+        if self._stats is None:
             return {}
-        table = self.bpf["nm_lb_stats"]
-        out = {}
-        for i, name in enumerate(STAT_NAMES):
-            import ctypes
-
-            out[name] = int(sum(int(x) for x in table[ctypes.c_int(i)]))
-        return out
+        stats = self._stats
+        return {name: percpu_u64_sum(stats, i.to_bytes(4, "little")) for i, name in enumerate(STAT_NAMES)}
 
     def close(self) -> None:
         """Release the compiled object; the programs stay attached and the maps pinned."""
         if self.maps is not None:
             self.maps.close()
             self.maps = None
-        if self.bpf is not None:
-            self.bpf.cleanup()
-            self.bpf = None
+        if self._stats is not None:
+            self._stats.close()
+            self._stats = None
+        if self.loaded is not None:
+            self.loaded.close()
+            self.loaded = None
+            self.fds = {}
