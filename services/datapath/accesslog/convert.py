@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 
-from nodemesh.messages.flow import HTTP, IP, L4, L7, TCP, Endpoint, Flow
+from nodemesh.lbl7 import SERVICE_TAG
+from nodemesh.messages.flow import HTTP, IP, L4, L7, TCP, Endpoint, Flow, Service
 
 __all__ = [
     "DIRECTION_TAG",
@@ -146,6 +147,10 @@ def convert(
     else:  # answered by Envoy itself (no route, direct response, denied): the address it was sent to
         dst_ip, dst_port = _addr(c.downstream_local_address)
     client, server = _endpoint(enrich, src_ip), _endpoint(enrich, dst_ip)
+    # an lb-l7 listener names its Service: like the L3/L4 flows of a translated connection, the
+    # request carries it as destination_service, the response as source_service
+    svc_ns, _, svc_name = c.custom_tags.get(SERVICE_TAG, "").partition("/")
+    service = Service(name=svc_name, namespace=svc_ns) if svc_ns and svc_name else None
     method = _METHODS.get(req.request_method, "")
     protocol = _PROTOCOLS.get(entry.protocol_version, "")
     code = resp.response_code.value if resp.HasField("response_code") else 0
@@ -167,6 +172,7 @@ def convert(
         source=client,
         destination=server,
         traffic_direction=direction,
+        destination_service=service,
         Summary=f"{protocol} {method} {url}".strip(),
         Type="L7",
         node_name=node,
@@ -183,6 +189,7 @@ def convert(
         destination=client,
         traffic_direction=direction,
         is_reply=True,
+        source_service=service,
         Summary=f"{protocol} {code} {latency // 1_000_000}ms ({method} {url})".strip(),
         Type="L7",
         node_name=node,
