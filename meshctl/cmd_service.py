@@ -65,7 +65,11 @@ def table_lines(rows: list[ServiceRow]) -> list[str]:
     out = [["NODE", "ID", "FRONTEND", "SERVICE", "TYPE", "BACKEND"]]
     for r in rows:
         svc = f"{r.namespace}/{r.name}" + (f":{r.port_name}" if r.port_name else "") if r.name else "-"
-        typ = r.type + (" (Local)" if r.traffic_policy_local else "")
+        typ = (
+            r.type
+            + (" (Local)" if r.traffic_policy_local else "")
+            + (" (L7: Envoy)" if r.l7_proxy_port else "")
+        )
         bes = [f"{i + 1} => {b.address} ({b.state})" for i, b in enumerate(r.backends)] or ["(none: refused)"]
         out.append([r.node, str(r.id), r.frontend, svc, typ, bes[0]])
         out.extend(["", "", "", "", "", b] for b in bes[1:])

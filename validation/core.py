@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from nodemesh import lbl7
+
 __all__ = ["core_problems", "metadata_problems"]
 
 Problems = list[tuple[str, str]]
@@ -155,6 +157,10 @@ def _service(obj: dict[str, Any], out: Problems) -> None:
         if "targetPort" in pm:
             _port(pm["targetPort"], f"spec.ports[{i}].targetPort", out, allow_name=True)
         _protocol(pm.get("protocol"), f"spec.ports[{i}].protocol", out)
+    ann = _map(obj.get("metadata"), "metadata", []).get("annotations")
+    _algo, err = lbl7.algorithm(ann if isinstance(ann, dict) else {})
+    if err:  # the xds service and the datapath would report it too; refuse it before it gets there
+        out.append((f"metadata.annotations.{lbl7.ALGORITHM_ANNOTATION}", err.split("; using")[0]))
 
 
 def _data_map(obj: dict[str, Any], out: Problems) -> None:

@@ -3,9 +3,13 @@ ClusterIP with 100 / 1k / 10k Services loaded, against the pod-IP path and kube-
 
 One run, interleaved A/B (every repetition measures every configuration in turn). Two pods made by
 the datapath's own plumbing (netns + veth, /32 + host route); a select()-based echo server in the
-server pod listens on two ports (the measured Service's two endpoints); the client is one Python
-loop in the client pod: connect, send 16 bytes, read them back, close (SO_LINGER 0: an RST, no
-TIME_WAIT piling up across rounds), timing each connection. The same client for every variant.
+server pod listens on two ports (the measured Service's two endpoints); the client in the client pod
+connects, sends 16 bytes, reads them back, closes (SO_LINGER 0: an RST, no TIME_WAIT piling up
+across rounds), timing each connection. The same client for every variant. ``--client c`` (the
+default) is ``loadgen.c``, compiled at bench time with the system ``cc``, in ``--procs`` processes
+with a threaded C server: a few µs of its own per connection, so the ratios measure the path.
+``--client python`` is the original single Python loop and select() server (~200 µs per connection
+of its own, which flattened every ratio towards 1).
 
 - ``pod``: no socket programs; the client connects to the server pod's IP.
 - ``bpf-N``: ``bpf/nm_sock.c`` attached to the cgroup v2 root (the agent's own loader), the client
@@ -33,7 +37,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from nodemesh.netns import netns_path
@@ -122,10 +128,27 @@ def _kp_hash(prefix: str, s: str) -> str:
     return prefix + base64.b32encode(hashlib.sha256(s.encode()).digest()).decode()[:16]
 
 
+LOADGEN_C = Path(__file__).with_name("loadgen.c")
+
+
+def build_loadgen(out_dir: str) -> str:
+    """Compile loadgen.c with the system cc; returns the binary's path."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit("--client c needs a C compiler (cc); or use --client python")
+    exe = os.path.join(out_dir, "loadgen")
+    subprocess.run([cc, "-O2", "-o", exe, str(LOADGEN_C), "-lpthread"], check=True)
+    return exe
+
+
 class Bench:
-    def __init__(self, conns: int) -> None:
+    def __init__(self, conns: int, client: str = "c", procs: int = 2) -> None:
         self.tok = secrets.token_hex(3)
         self.conns = conns
+        self.client_kind = client
+        self.procs = procs
+        self.tmp = tempfile.mkdtemp(prefix="nmbench-")
+        self.loadgen = build_loadgen(self.tmp) if client == "c" else ""
         self.mid = {n: n // 2 for n in SIZES}  # index of the measured Service at each size
         self.pin_root = f"/sys/fs/bpf/nmbench-{self.tok}"
         self.client: PodLink | None = None
@@ -142,9 +165,10 @@ class Bench:
     def setup(self) -> None:
         self.client = create_pod_netns(f"nm-bsvc-c-{self.tok}", f"lxcsc{self.tok}", CLIENT_IP)
         self.server = srv = create_pod_netns(f"nm-bsvc-s-{self.tok}", f"lxcss{self.tok}", SERVER_IP)
+        serve = [self.loadgen, "server"] if self.loadgen else [sys.executable, "-c", SERVER]
         self.server_proc = subprocess.Popen(
-            ["nsenter", f"--net={netns_path(srv.netns)}", "--", sys.executable, "-c", SERVER,
-             SERVER_IP, *map(str, PORTS)], stdout=subprocess.PIPE, text=True,
+            ["nsenter", f"--net={netns_path(srv.netns)}", "--", *serve, SERVER_IP, *map(str, PORTS)],
+            stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert self.server_proc.stdout is not None
         self.server_proc.stdout.readline()
@@ -228,7 +252,11 @@ class Bench:
     # --- measurement ----------------------------------------------------------------------------
     def measure(self, ip: str, port: int) -> dict[str, Any]:
         assert self.client is not None
-        out = sh(sys.executable, "-c", CLIENT, ip, str(port), str(self.conns), "50", ns=self.client.netns)
+        if self.loadgen:
+            args = [self.loadgen, "client", ip, str(port), str(self.conns), "50", str(self.procs)]
+        else:
+            args = [sys.executable, "-c", CLIENT, ip, str(port), str(self.conns), "50"]
+        out = sh(*args, ns=self.client.netns)
         r = json.loads(out)
         lat = sorted(r["lat"])
         ok = len(lat)
@@ -270,6 +298,7 @@ class Bench:
                     if p is not None:
                         delete_pod_netns(p.netns, p.host_ifname)
                 shutil.rmtree(self.pin_root, ignore_errors=True)
+                shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _med(xs: list[float]) -> float:
@@ -281,10 +310,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--conns", type=int, default=2000, help="connections per measurement")
     ap.add_argument("--json", default="", help="also write the raw samples here")
+    ap.add_argument("--client", choices=("c", "python"), default="c",
+                    help="c: loadgen.c built with cc (default); python: the Python loop")  # fmt: skip
+    ap.add_argument("--procs", type=int, default=2, help="client processes (--client c)")
     a = ap.parse_args()
     configs = ["pod"] + [f"{k}-{n}" for n in SIZES for k in ("bpf", "ipt")]
     samples: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
-    b = Bench(a.conns)
+    b = Bench(a.conns, a.client, a.procs)
     try:
         b.setup()
         for rep in range(a.reps):  # Ctrl-C: clean up, then report the repetitions that completed
@@ -302,9 +334,9 @@ def main() -> None:
     samples = {c: s[:done] for c, s in samples.items()}
     print(f"\ncomplete repetitions: {done}")
     # ratios per repetition (against that repetition's pod / ipt sample), then medians
-    print("\n| config | conn/s | p50 µs | p99 µs | conn/s vs pod | p99 vs pod | conn/s vs ipt "
-          "| p99 ipt/bpf |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| config | conn/s | p50 µs | p99 µs | conn/s vs pod | p99 vs pod | p50 added vs pod µs "
+          "| conn/s vs ipt | p99 ipt/bpf |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for c in configs:
         s = samples[c]
         row = [f"{_med([x['conn_per_s'] for x in s]):.0f}", f"{_med([x['p50_us'] for x in s]):.0f}",
@@ -312,6 +344,8 @@ def main() -> None:
         pod = samples["pod"]
         row.append(f"{_med([x['conn_per_s'] / p['conn_per_s'] for x, p in zip(s, pod, strict=True)]):.2f}")
         row.append(f"{_med([x['p99_us'] / p['p99_us'] for x, p in zip(s, pod, strict=True)]):.2f}")
+        # what the path adds to a connection over the pod-IP path (the client's own cost cancels)
+        row.append(f"{_med([x['p50_us'] - p['p50_us'] for x, p in zip(s, pod, strict=True)]):.1f}")
         if c.startswith("bpf"):
             ipt = samples["ipt" + c[3:]]
             pairs = list(zip(s, ipt, strict=True))

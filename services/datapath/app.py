@@ -133,6 +133,7 @@ async def main(svc: Service) -> None:
         if agent.maps is not None:
             configure_proxy(agent.maps, agent.node_ip, ProxyPorts())  # the address may come from the KV
         if agent.lb is not None:  # Services before pods: a pod's first connect finds them
+            agent.lb.pod_cidr = agent.lb.pod_cidr or agent.pod_cidr  # lb-l7: the router IP's CIDR
             agent.lb.sync()
             await asyncio.to_thread(agent.lb.set_host_sockets)
         await agent.reconcile()

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from nodemesh import lbl7
 from nodemesh.messages.identity import NodeInfo
 from nodemesh.messages.k8s import ObjectEvent
 from services.datapath.config import DatapathConfig
@@ -86,6 +87,11 @@ class ServiceLB:
         self.by_backend = BackendServices()  # flows: which Service a backend address serves
         self.names: dict[Frontend, tuple[int, ServiceRef]] = {}  # what NAMES_FILE holds
         self._errors: dict[SvcKey, list[str]] = {}
+        # lb-l7 (nodemesh.lbl7): this node's pod CIDR (router IP = its Envoy) and the listener ports,
+        # assigned from every lb-l7 Service's claims exactly as xds assigns them
+        self.pod_cidr = cfg.pod_cidr
+        self.l7_claims: dict[SvcKey, list[lbl7.Claim]] = {}
+        self.l7_ports: dict[lbl7.PortKey, int] = {}
         self.services = Gauge(
             "nodemesh_lb_services", "Services load-balanced on this node", registry=registry
         )
@@ -158,6 +164,14 @@ class ServiceLB:
         if ev.kind not in LB_KINDS:
             return
         keys = {(ev.namespace, ev.name)}
+        if ev.kind == "Service":  # an lb-l7 change may move other Services' listener ports
+            claims = [] if ev.type == "delete" else lbl7.claims(ev.obj)
+            if claims != self.l7_claims.get((ev.namespace, ev.name), []):
+                if claims:
+                    self.l7_claims[(ev.namespace, ev.name)] = claims
+                else:
+                    self.l7_claims.pop((ev.namespace, ev.name), None)
+                keys |= self._reassign_l7()
         if ev.kind == "EndpointSlice":  # a slice may move between Services (label change): both
             old, new = _service_of(prev), "" if ev.type == "delete" else _service_of(ev.obj)
             if old:
@@ -169,6 +183,10 @@ class ServiceLB:
             self.update(keys)
 
     def on_node(self, key: str, info: NodeInfo | None, old: NodeInfo | None) -> None:
+        if info is not None and info.name == self.node and info.pod_cidr and not self.pod_cidr:
+            self.pod_cidr = info.pod_cidr  # lb-l7 frontends go to the router IP of this CIDR
+            if self.synced:
+                self.update(set(self.l7_claims))
         addr = info.address if info is not None else ""
         name = info.name if info is not None else (old.name if old is not None else key)
         if self.node_addrs.get(name, "") == addr:
@@ -187,7 +205,22 @@ class ServiceLB:
 
     # --- planning -----------------------------------------------------------------------------
     def _ctx(self) -> PlanContext:
-        return PlanContext(node=self.node, node_addresses=dict(self.node_addrs))
+        return PlanContext(
+            node=self.node,
+            node_addresses=dict(self.node_addrs),
+            pod_cidr=self.pod_cidr,
+            l7_ports=self.l7_ports,
+        )
+
+    def _reassign_l7(self) -> set[SvcKey]:
+        """Listener ports from the current claims; returns the Services whose ports changed."""
+        new = lbl7.assign(c for cs in self.l7_claims.values() for c in cs)
+        for msg in new.notes + new.errors:
+            log.warning("%s", msg)
+        changed = {(k.namespace, k.name) for k in set(new.ports) | set(self.l7_ports)
+                   if new.ports.get(k) != self.l7_ports.get(k)}  # fmt: skip
+        self.l7_ports = new.ports
+        return changed
 
     def _service_keys(self) -> list[SvcKey]:
         return [(str(_meta(s).get("namespace") or "default"), str(_meta(s).get("name") or ""))
@@ -253,6 +286,11 @@ class ServiceLB:
             if svc := _service_of(es):
                 ns = str(_meta(es).get("namespace") or "default")
                 self.slices.setdefault((ns, svc), {})[str(_meta(es).get("name") or "")] = es
+        self.l7_claims = {}
+        for svc in self.k8s.list("Service"):
+            if claims := lbl7.claims(svc):
+                self.l7_claims[(claims[0].key.namespace, claims[0].key.name)] = claims
+        self._reassign_l7()
         touched = self._replan(self._service_keys(), self._ctx())
         self._write(diff(self.state, self.desired, nodeports=nodeports_of(self.desired)))
         self._record_names(touched | set(self.names))

@@ -189,3 +189,22 @@ def test_garbage_never_raises() -> None:
         {"kind": "Pod", "spec": {"containers": 5}},
     ):
         assert validate_object(junk)  # a list of problems, no exception
+
+
+@pytest.mark.parametrize("algo", ["round_robin", "least_request", "random", "fastest"])
+def test_lb_l7_algorithm_is_one_envoy_knows(algo: str) -> None:
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "s",
+            "annotations": {"service.cilium.io/lb-l7": "enabled", "service.cilium.io/lb-l7-algorithm": algo},
+        },
+        "spec": {"ports": [{"port": 80}]},
+    }
+    problems = object_problems(svc)
+    if algo == "fastest":
+        why = "service.cilium.io/lb-l7-algorithm 'fastest' is not one of round_robin, least_request, random"
+        assert problems == [("metadata.annotations.service.cilium.io/lb-l7-algorithm", why)]
+    else:
+        assert problems == []

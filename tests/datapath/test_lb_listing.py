@@ -64,3 +64,15 @@ def test_stale_or_missing_record_leaves_the_name_empty(tmp_path: Path) -> None:
     assert all(r.name == "" for r in list_services(st, read_names(tmp_path)))
     (tmp_path / "lb-services.json").write_text("{not json")
     assert read_names(tmp_path) == {}
+
+
+def test_lb_l7_frontend_shows_envoy_as_its_backend() -> None:
+    from meshctl.cmd_service import table_lines
+
+    envoy = Backend("10.244.1.1", 21234, TCP)
+    st = LbState()
+    for op in diff(st, {FE: FrontendPlan(FE, WEB, F_CLUSTER_IP, (envoy,), (0,), l7_proxy_port=21234)}):
+        st.apply(op)
+    (r,) = list_services(st, {}, node="node-1")
+    assert r.l7_proxy_port == 21234 and [b.address for b in r.backends] == ["10.244.1.1:21234/TCP"]
+    assert "ClusterIP (L7: Envoy)" in table_lines([r])[1]

@@ -149,9 +149,6 @@ def test_not_load_balanced_headless_external_name_and_envoy_served() -> None:
     shared = svc(type="LoadBalancer")
     shared["metadata"]["labels"] = {"cilium.io/ingress": "true"}  # the shared Ingress Service
     assert plan_service(shared, [], CTX).frontends == {}
-    l7 = svc()
-    l7["metadata"]["annotations"] = {"service.cilium.io/lb-l7": "enabled"}
-    assert plan_service(l7, [], CTX).skipped
 
 
 def test_bad_input_gives_errors_not_exceptions() -> None:

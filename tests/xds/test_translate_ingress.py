@@ -1,4 +1,4 @@
-"""Ingress (dedicated and shared modes, path types, default backend, TLS) and lb-l7 Services."""
+"""Ingress (dedicated and shared modes, path types, default backend, TLS); lb-l7: test_translate_lbl7."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from google.protobuf import json_format
 
 from conformance import objects as o
 from conformance.certs import self_signed
-from services.xds.translate import CLUSTER, LISTENER, ROUTE, SECRET, TranslateInput, Translation, translate
+from services.xds.translate import LISTENER, ROUTE, SECRET, TranslateInput, Translation, translate
 
 NS = "shop"
 
@@ -155,25 +155,6 @@ def test_ingress_without_address_has_empty_status_and_no_listener() -> None:
     )
     (st,) = [s for s in t.statuses if s.kind == "Ingress"]
     assert st.status == {"loadBalancer": {"ingress": []}}
-
-
-def test_lb_l7_service_gets_an_http_listener_with_its_algorithm() -> None:
-    svc = o.service(
-        "echo",
-        NS,
-        [("http", 80, 3000)],
-        cluster_ip="10.96.0.10",
-        annotations={
-            "service.cilium.io/lb-l7": "enabled",
-            "service.cilium.io/lb-l7-algorithm": "least_request",
-        },
-    )
-    t = _t(svc)
-    lst = json_format.MessageToDict(t.resources[LISTENER][f"{NS}/echo/lb-l7-80"])
-    assert lst["address"]["socketAddress"] == {"address": "10.96.0.10", "portValue": 80}
-    assert lst["freebind"] is True
-    c = json_format.MessageToDict(t.resources[CLUSTER][f"{NS}:echo:80"])
-    assert c["lbPolicy"] == "LEAST_REQUEST"
 
 
 def test_request_timeout_annotation() -> None:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 
-from nodemesh.messages.flow import HTTP, IP, L4, L7, TCP, Endpoint, Flow
+from nodemesh.lbl7 import SERVICE_TAG
+from nodemesh.messages.flow import HTTP, IP, L4, L7, TCP, Endpoint, Flow, Service
 from nodemesh.workload import pod_workload
 
 __all__ = [
@@ -157,6 +158,10 @@ def convert(
     else:  # answered by Envoy itself (no route, direct response, denied): the address it was sent to
         dst_ip, dst_port = _addr(c.downstream_local_address)
         server = _listener_side(_endpoint(enrich, dst_ip), direction)
+    # an lb-l7 listener names its Service: like the L3/L4 flows of a translated connection, the
+    # request carries it as destination_service, the response as source_service
+    svc_ns, _, svc_name = c.custom_tags.get(SERVICE_TAG, "").partition("/")
+    service = Service(name=svc_name, namespace=svc_ns) if svc_ns and svc_name else None
     method = _METHODS.get(req.request_method, "")
     protocol = _PROTOCOLS.get(entry.protocol_version, "")
     code = resp.response_code.value if resp.HasField("response_code") else 0
@@ -180,6 +185,7 @@ def convert(
         destination=server,
         traffic_direction=direction,
         is_reply=False,
+        destination_service=service,
         Summary=f"{protocol} {method} {url}".strip(),
         Type="L7",
         node_name=node,
@@ -197,6 +203,7 @@ def convert(
         destination=client,
         traffic_direction=direction,
         is_reply=True,
+        source_service=service,
         Summary=f"{protocol} {code} {latency // 1_000_000}ms ({method} {url})".strip(),
         Type="L7",
         node_name=node,

@@ -17,7 +17,15 @@ from pathlib import Path
 import msgspec
 
 from services.datapath.lb.diff import LbState
-from services.datapath.lb.model import BE_TERMINATING, F_AFFINITY, F_LOCAL, TYPE_FLAGS, Frontend, ServiceRef
+from services.datapath.lb.model import (
+    BE_TERMINATING,
+    F_AFFINITY,
+    F_L7,
+    F_LOCAL,
+    TYPE_FLAGS,
+    Frontend,
+    ServiceRef,
+)
 
 __all__ = [
     "NAMES_FILE",
@@ -59,6 +67,7 @@ class ServiceRow(msgspec.Struct, kw_only=True):
     session_affinity: bool = False
     traffic_policy_local: bool = False
     node: str = ""
+    l7_proxy_port: int = 0  # lb-l7: the backend is the node's Envoy listener on this port
 
 
 def write_names(node_dir: str | Path, names: Mapping[Frontend, tuple[int, ServiceRef]]) -> None:
@@ -116,6 +125,7 @@ def list_services(state: LbState, names: Mapping[int, FrontendName], node: str =
                 session_affinity=bool(z.flags & F_AFFINITY),
                 traffic_policy_local=bool(z.flags & F_LOCAL),
                 node=node,
+                l7_proxy_port=z.l7_proxy_port if z.flags & F_L7 else 0,
             )
         )
     return sorted(rows, key=lambda r: (r.id, r.frontend))

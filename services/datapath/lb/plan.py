@@ -7,8 +7,12 @@ for input that cannot be served (never an exception). What is translated:
   ``status.loadBalancer.ingress[].ip`` with each port, and for NodePort / LoadBalancer Services every node's
   address with ``nodePort``. Headless (``clusterIP: None``) and ExternalName Services are not
   load-balanced (kube-proxy skips them too); neither are Services whose traffic the node's Envoy
-  serves (Gateway and Ingress Services by their labels, ``service.cilium.io/lb-l7: enabled``):
-  their addresses are Envoy's listeners, so the socket must reach them untranslated.
+  serves (Gateway and Ingress Services by their labels): their addresses are Envoy's listeners, so
+  the socket must reach them untranslated.
+- ``service.cilium.io/lb-l7: enabled`` (:mod:`nodemesh.lbl7`): each TCP port's ClusterIP, externalIP
+  and NodePort frontends get ONE backend, the client's node's Envoy listener (router IP : the port
+  ``PlanContext.l7_ports`` assigns), flagged ``F_L7``: Envoy balances per request. LoadBalancer
+  ingress IPs stay untranslated (Envoy listens there itself); UDP ports are load-balanced as usual.
 - Backends come from the Service's EndpointSlices (label ``kubernetes.io/service-name``, IPv4):
   the slice port with the Service port's name and protocol gives the backend port, so a named
   ``targetPort`` resolves per backend. Ready endpoints are used; when none is ready, endpoints that
@@ -31,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nodemesh import lbl7
 from services.datapath.lb.model import (
     BE_ACTIVE,
     BE_TERMINATING,
@@ -77,6 +82,9 @@ MAX_AFFINITY_TIMEOUT = 86400
 class PlanContext:
     node: str  # the node whose maps the plan fills (its pods are the clients)
     node_addresses: Mapping[str, str] = field(default_factory=dict)  # node name → IPv4 (NodePorts)
+    # lb-l7: this node's pod CIDR (its router IP is Envoy's address) and the listener ports
+    pod_cidr: str = ""
+    l7_ports: Mapping[lbl7.PortKey, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -184,10 +192,7 @@ def _select(eps: list[EndpointInfo], node: str | None) -> tuple[list[EndpointInf
 
 def _envoy_served(meta: dict[str, Any]) -> bool:
     labels = _dict(meta.get("labels"))
-    ann = _dict(meta.get("annotations"))
-    return any(k in labels for k in ENVOY_SERVED_LABELS) or str(ann.get(LB_L7_ANNOTATION, "")).lower() == (
-        "enabled"
-    )
+    return any(k in labels for k in ENVOY_SERVED_LABELS)
 
 
 def plan_service(svc: dict[str, Any], slices: list[dict[str, Any]], ctx: PlanContext) -> ServicePlan:
@@ -210,6 +215,11 @@ def plan_service(svc: dict[str, Any], slices: list[dict[str, Any]], ctx: PlanCon
     if svc_type not in ("ClusterIP", "NodePort", "LoadBalancer"):
         out.errors.append(f"{where}: unknown type {svc_type!r}")
         return out
+    l7 = lbl7.enabled(_dict(meta.get("annotations")))
+    if l7:
+        _algo, err = lbl7.algorithm(_dict(meta.get("annotations")))
+        if err:
+            out.errors.append(f"{where}: {err}")
     itp_local = spec.get("internalTrafficPolicy") == "Local"
     etp_local = spec.get("externalTrafficPolicy") == "Local" and svc_type in ("NodePort", "LoadBalancer")
     timeout = 0
@@ -233,6 +243,17 @@ def plan_service(svc: dict[str, Any], slices: list[dict[str, Any]], ctx: PlanCon
     def add(
         fe: Frontend, type_flag: int, ref: ServiceRef, eps: list[EndpointInfo], local_to: str | None
     ) -> None:
+        if envoy is not None:  # lb-l7: the node's Envoy is the one backend; it balances per request
+            out.frontends[fe] = FrontendPlan(
+                frontend=fe,
+                service=ref,
+                type_flag=type_flag,
+                backends=(envoy,),
+                states=(BE_ACTIVE,),
+                l7_proxy_port=envoy.port,
+                nodes=(ctx.node,),
+            )
+            return
         chosen, state = _select(eps, local_to)
         out.frontends[fe] = FrontendPlan(
             frontend=fe,
@@ -261,11 +282,20 @@ def plan_service(svc: dict[str, Any], slices: list[dict[str, Any]], ctx: PlanCon
         proto_n = PROTO_NUMBERS[proto]
         ref = ServiceRef(ns, name, port_name)
         eps = endpoints_of(port_name, proto, slices)
+        envoy = _l7_backend(ctx, lbl7.PortKey(ns, name, port)) if l7 and proto == "TCP" else None
+        if l7 and proto == "TCP" and envoy is None:
+            out.errors.append(
+                f"{where}: port {port_name or port}: lb-l7 has no listener on this node "
+                f"({'no pod CIDR' if not lbl7.router_ip(ctx.pod_cidr) else 'no listener port'}); "
+                "load-balanced at the socket"
+            )
         for ip in ips:
             add(Frontend(ip, port, proto_n), F_CLUSTER_IP, ref, eps, ctx.node if itp_local else None)
         for ip in external:
             add(Frontend(ip, port, proto_n), F_EXTERNAL_IP, ref, eps, ctx.node if etp_local else None)
         for ip in lb_ips:
+            if l7 and proto == "TCP":
+                continue  # Envoy listens on the LoadBalancer address itself (north-south)
             add(Frontend(ip, port, proto_n), F_LOAD_BALANCER, ref, eps, ctx.node if etp_local else None)
         node_port = _port(p.get("nodePort"))
         if svc_type in ("NodePort", "LoadBalancer") and node_port:
@@ -277,6 +307,13 @@ def plan_service(svc: dict[str, Any], slices: list[dict[str, Any]], ctx: PlanCon
         elif p.get("nodePort") is not None and not node_port:
             out.errors.append(f"{where}: invalid nodePort {p.get('nodePort')!r}")
     return out
+
+
+def _l7_backend(ctx: PlanContext, key: lbl7.PortKey) -> Backend | None:
+    """The node's Envoy listener for one lb-l7 Service port, as a backend (None: not known)."""
+    port = ctx.l7_ports.get(key)
+    where = lbl7.listener(ctx.pod_cidr, port) if port else None
+    return Backend(where[0], where[1], PROTO_NUMBERS["TCP"]) if where else None
 
 
 def merge(plans: Mapping[tuple[str, str], ServicePlan]) -> Plan:

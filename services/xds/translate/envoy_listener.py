@@ -22,6 +22,8 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
+from nodemesh import lbl7
+
 from .envoy_cluster import BLACKHOLE, blackhole_cluster
 from .envoy_common import ads, pack
 from .envoy_route import route_configuration
@@ -31,8 +33,17 @@ from .types import CLUSTER, LISTENER, ROUTE, Translation
 __all__ = ["listener_resources"]
 
 
-def _access_log(cluster: str) -> accesslog_pb2.AccessLog:
-    """Every request, over gRPC to the node's access log service (L7 flows, docs/l7-visibility.md)."""
+def _access_log(cluster: str, service: str = "") -> accesslog_pb2.AccessLog:
+    """Every request, over gRPC to the node's access log service (L7 flows, docs/l7-visibility.md).
+    ``service`` ("<ns>/<name>", lb-l7 listeners) becomes the flows' destination_service."""
+    tags = [
+        custom_tag_pb2.CustomTag(
+            tag="nodemesh.direction", literal=custom_tag_pb2.CustomTag.Literal(value="INGRESS")
+        )
+    ]
+    if service:
+        lit = custom_tag_pb2.CustomTag.Literal(value=service)
+        tags.append(custom_tag_pb2.CustomTag(tag=lbl7.SERVICE_TAG, literal=lit))
     cfg = als_pb2.HttpGrpcAccessLogConfig(
         common_config=als_pb2.CommonGrpcAccessLogConfig(
             log_name="nodemesh",
@@ -43,18 +54,16 @@ def _access_log(cluster: str) -> accesslog_pb2.AccessLog:
             # Flows are for humans watching: flush within 250 ms instead of Envoy's 1 s.
             buffer_flush_interval=duration_pb2.Duration(nanos=250_000_000),
             # Gateway/Ingress/lb-l7 traffic enters the mesh: the flow's traffic_direction.
-            custom_tags=[
-                custom_tag_pb2.CustomTag(
-                    tag="nodemesh.direction", literal=custom_tag_pb2.CustomTag.Literal(value="INGRESS")
-                )
-            ],
+            custom_tags=tags,
         ),
         additional_request_headers_to_log=["traceparent"],
     )
     return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(cfg))
 
 
-def _hcm(stat_prefix: str, route_name: str, access_log_cluster: str = "") -> listener_components_pb2.Filter:
+def _hcm(
+    stat_prefix: str, route_name: str, access_log_cluster: str = "", service: str = ""
+) -> listener_components_pb2.Filter:
     m = hcm.HttpConnectionManager(
         stat_prefix=stat_prefix,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
@@ -69,7 +78,7 @@ def _hcm(stat_prefix: str, route_name: str, access_log_cluster: str = "") -> lis
         http_protocol_options=protocol_pb2.Http1ProtocolOptions(),
     )
     if access_log_cluster:
-        m.access_log.append(_access_log(access_log_cluster))
+        m.access_log.append(_access_log(access_log_cluster, service))
     return listener_components_pb2.Filter(
         name="envoy.filters.network.http_connection_manager", typed_config=pack(m)
     )
@@ -109,7 +118,7 @@ def listener_resources(lm: ListenerModel, out: Translation, access_log_cluster: 
         lst.freebind.value = True
     needs_tls = bool(lm.tls or lm.passthrough)
     if lm.http is not None:
-        hcm_filter = _hcm(lm.http.name, lm.http.name, access_log_cluster)
+        hcm_filter = _hcm(lm.http.name, lm.http.name, access_log_cluster, lm.service)
         chain = listener_components_pb2.FilterChain(name="http", filters=[hcm_filter])
         if needs_tls:
             chain.filter_chain_match.transport_protocol = "raw_buffer"

@@ -186,11 +186,14 @@ class ListenerModel:
     tcp: list[Backend] | None = None
     sources: list[str] = field(default_factory=list)  # "<Kind>/<ns>/<name>" that contributed
     freebind: bool = False
+    service: str = ""  # "<ns>/<name>" of an lb-l7 Service: its access log names it (L7 flows)
 
 
 @dataclass
 class Model:
     listeners: dict[str, ListenerModel] = field(default_factory=dict)  # key "address:port"
+    # node → listeners only that node's Envoy serves (lb-l7 on the node's router IP)
+    node_listeners: dict[str, list[ListenerModel]] = field(default_factory=dict)
     # Secrets to serve over SDS: SDS name → (namespace, name) of the Kubernetes Secret.
     secrets: dict[str, tuple[str, str]] = field(default_factory=dict)
     # Every backend some route uses (clusters and endpoints are made for them).

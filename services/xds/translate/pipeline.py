@@ -9,7 +9,7 @@ from .index import Index
 from .ingest_gateway import GatewayState, gateway_status, ingest_gateways
 from .ingest_routes import ingest_routes, prepare_listeners
 from .model import Model
-from .types import CLUSTER, ENDPOINT, SECRET, GatewayInfo, TranslateInput, Translation
+from .types import CLUSTER, ENDPOINT, LISTENER, SECRET, GatewayInfo, TranslateInput, Translation
 
 __all__ = ["run"]
 
@@ -48,6 +48,11 @@ def envoy(idx: Index, model: Model, out: Translation, access_log_cluster: str = 
     """Model → Listeners, RouteConfigurations, Clusters, ClusterLoadAssignments, Secrets."""
     for key in sorted(model.listeners):
         listener_resources(model.listeners[key], out, access_log_cluster)
+    for node in sorted(model.node_listeners):
+        mine = out.node_resources.setdefault(node, {}).setdefault(LISTENER, {})
+        for lm in model.node_listeners[node]:
+            listener_resources(lm, out, access_log_cluster)  # its route is shared: the same per node
+            mine[lm.name] = out.resources[LISTENER].pop(lm.name)
     slices = slices_by_service(idx)
     for name in sorted(model.backends):
         b = model.backends[name]
