@@ -31,8 +31,17 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from nodemesh.policy.model import DIR_EGRESS, DIR_INGRESS, Endpoint, HTTPRule, PolicyKey, ProxyPorts
+from nodemesh.policy.model import (
+    DIR_EGRESS,
+    DIR_INGRESS,
+    Endpoint,
+    EndpointPolicy,
+    HTTPRule,
+    PolicyKey,
+    ProxyPorts,
+)
 from nodemesh.policy.resolve import resolve
+from nodemesh.policy.visibility import Visibility, pod_visibility, with_visibility
 
 from .l7policy_envoy import chain, cidrs, cluster, cluster_name, listener, listener_name
 from .types import CLUSTER, LISTENER, TranslateInput, Translation
@@ -69,6 +78,7 @@ class _Pod:
     node: str
     identity: int
     named_ports: dict[str, tuple[int, int]]
+    visibility: tuple[Visibility, ...] = ()
 
 
 def _d(x: Any) -> Mapping[str, Any]:
@@ -111,7 +121,8 @@ def _pods(inp: L7PolicyInput) -> tuple[list[_Pod], dict[int, list[str]]]:
                     proto = {"UDP": 17, "SCTP": 132}.get(str(cp.get("protocol", "TCP")), 6)
                     named[cp["name"]] = (proto, cp["containerPort"])
         key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
-        out.append(_Pod(key, ip, node, ids[tuple(labels)], named))
+        vis, _errors = pod_visibility(p)  # the datapath logs the errors; both leave those entries out
+        out.append(_Pod(key, ip, node, ids[tuple(labels)], named, vis))
     return out, {i: list(lbl) for lbl, i in ids.items()}
 
 
@@ -192,6 +203,8 @@ def l7_policy(inp: L7PolicyInput) -> dict[str, dict[str, dict[str, Message]]]:
         chains: dict[int, list[dict[str, Any]]] = {DIR_INGRESS: [], DIR_EGRESS: []}
         for p in sorted(local, key=lambda p: p.key):
             ep = res.policies.get(p.key)
+            if p.visibility:  # as the datapath writes it (nodemesh/policy/visibility.py)
+                ep = with_visibility(ep or EndpointPolicy(), p.visibility, inp.ports)
             if ep is None or not ep.l7:
                 continue
             for direction in (DIR_INGRESS, DIR_EGRESS):
@@ -245,12 +258,13 @@ def ingest(inp: TranslateInput, out: Translation) -> None:
         if name and (addr := node_address(_d(n))):
             nodes[name] = addr
     policies = [*inp.of("CiliumNetworkPolicy"), *inp.of("CiliumClusterwideNetworkPolicy")]
-    if not nodes or not any(has_http_rules(p) for p in policies):
+    pods = list(inp.of("Pod"))
+    if not nodes or not (any(has_http_rules(p) for p in policies) or any(pod_visibility(p)[0] for p in pods)):
         return
     res = l7_policy(
         L7PolicyInput(
             policies=policies,
-            pods=list(inp.of("Pod")),
+            pods=pods,
             namespaces=list(inp.of("Namespace")),
             node_addresses=nodes,
             access_log_cluster=inp.access_log_cluster,
