@@ -25,6 +25,7 @@ from conformance.envoyfs import FileXds, bootstrap
 from nodemesh.messages.flow import Flow
 from nodemesh.policy.model import Endpoint, ProxyPorts
 from nodemesh.policy.resolve import resolve
+from nodemesh.policy.visibility import ANNOTATION, pod_visibility, with_visibility
 from services.datapath import l7redirect
 from services.datapath.accesslog.server import AccessLogServer
 from services.datapath.pods.netns import netns_socket
@@ -65,10 +66,11 @@ def cnp(direction: str, l7: bool) -> dict[str, Any]:
     }
 
 
-def k8s_pod(name: str, ip: str, node: str) -> dict[str, Any]:
+def k8s_pod(name: str, ip: str, node: str, visibility: str = "") -> dict[str, Any]:
+    ann = {ANNOTATION: visibility} if visibility else {}
     return {
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}, "annotations": ann},
         "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
         "status": {"podIP": ip},
     }
@@ -195,6 +197,7 @@ class Cluster:
     def __init__(self, nodes: list[Node], a: TPod, b: TPod, a_node: Node, b_node: Node) -> None:
         self.nodes, self.a, self.b, self.a_node, self.b_node = nodes, a, b, a_node, b_node
         self.l7_flows: list[Flow] = []  # from the nodes' access log receivers
+        self.registries: list[CollectorRegistry] = []  # their metrics (hubble_http_*)
 
     @property
     def node(self) -> TNode:
@@ -219,16 +222,20 @@ class Cluster:
     def logs(self) -> str:
         return "\n".join(n.envoy.log_tail() for n in self.nodes)
 
-    async def apply(self, *policies: dict[str, Any]) -> None:
-        """What the datapath and xds do with the policies: maps in the kernel, listeners in Envoy."""
+    async def apply(self, *policies: dict[str, Any], visibility: dict[str, str] | None = None) -> None:
+        """What the datapath and xds do with the policies and the pods' proxy-visibility annotations
+        (pod name → value): maps in the kernel, listeners in Envoy."""
+        vis = visibility or {}
         eps = [Endpoint(key=f"default/{p.name}", identity=p.identity) for p in (self.a, self.b)]
         res = resolve(list(policies), eps, IDENTITIES, proxy_ports=ProxyPorts())
         assert not res.errors
-        for p, n in ((self.a, self.a_node), (self.b, self.b_node)):
-            n.node.set_policy(p, res.policies[f"default/{p.name}"])
+        pods = [k8s_pod(p.name, p.ip, n.name, vis.get(p.name, "")) for p, n in self.placed()]
+        for (p, n), obj in zip(self.placed(), pods, strict=True):
+            wanted, errors = pod_visibility(obj)
+            assert not errors
+            n.node.set_policy(p, with_visibility(res.policies[f"default/{p.name}"], wanted, ProxyPorts()))
         for n in self.nodes:
             n.node.maps.bump_policy_revision()
-        pods = [k8s_pod(p.name, p.ip, n.name) for p, n in ((self.a, self.a_node), (self.b, self.b_node))]
         out = l7_policy(
             L7PolicyInput(
                 policies=list(policies),
@@ -247,6 +254,9 @@ class Cluster:
     def get(self, method: str, path: str, port: int = 8080) -> tuple[int, str]:
         return request(self.a.ns, self.b.ip, port, method, path)
 
+    def placed(self) -> list[tuple[TPod, Node]]:
+        return [(self.a, self.a_node), (self.b, self.b_node)]
+
 
 @pytest.fixture(params=PLACEMENTS)
 async def cluster(request: Any, make_node: Any, subnet: str, tmp_path: Path) -> Any:
@@ -261,13 +271,16 @@ async def cluster(request: Any, make_node: Any, subnet: str, tmp_path: Path) -> 
 
     nodes: list[Node] = []
     receivers: list[AccessLogServer] = []
+    registries: list[CollectorRegistry] = []
     try:
         for i in range(node_count(placement)):
             tnode: TNode = await asyncio.to_thread(make_node, str(i + 1))
             # the proxy address: a random loopback address, so concurrent runs never share a listener
             addr = f"127.{random.randint(64, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
             l7redirect.configure(tnode.maps, addr, ProxyPorts())
-            als = AccessLogServer(tnode.name, publish, CollectorRegistry(), lambda _ip: None)
+            registry = CollectorRegistry()
+            registries.append(registry)
+            als = AccessLogServer(tnode.name, publish, registry, lambda _ip: None)
             receivers.append(als)
             als_port = await als.start(0)
             xds = FileXds(tmp_path / f"xds-{i + 1}")
@@ -288,6 +301,7 @@ async def cluster(request: Any, make_node: Any, subnet: str, tmp_path: Path) -> 
         with http_servers(b.ns, (8080, 9090, 7070)):
             c = Cluster(nodes, a, b, a_node, b_node)
             c.l7_flows = flows
+            c.registries = registries
             yield c
     finally:
         for n in nodes:
@@ -455,3 +469,62 @@ async def test_privileged_egress_and_ingress_rules_both_apply(cluster: Cluster) 
     assert any(socket.ntohs(e.proxy_port) == port["egress"] for e in c.a_node.node.events)
     assert any(socket.ntohs(e.proxy_port) == port["ingress"] for e in c.b_node.node.events)
     assert not c.drops()
+
+
+@pytest.mark.parametrize("direction", ["Ingress", "Egress"])
+async def test_privileged_visibility_annotation_sees_http_without_restricting(
+    cluster: Cluster, direction: str
+) -> None:
+    """No policy at all; the server (Ingress) or the client (Egress) pod carries
+    ``policy.cilium.io/proxy-visibility: <Direction/8080/TCP/HTTP>``: its HTTP on 8080 goes through the
+    node's Envoy and yields L7 flows and hubble_http_* metrics, and nothing is restricted."""
+    c = cluster
+    pod = "b" if direction == "Ingress" else "a"
+    await c.apply(visibility={pod: f"<{direction}/8080/TCP/HTTP>"})
+    status, body = await until(
+        lambda: c.get("GET", "/anything?x=1"), lambda r: r[0] == 200 and json.loads(r[1])["via_envoy"]
+    )
+    assert status == 200, (body, c.drops(), c.logs())
+    seen = json.loads(body)
+    assert (seen["client"], seen["via_envoy"]) == (c.a.ip, True)  # the client's own address
+    # nothing is denied: any method and path through Envoy, other ports straight to the server
+    assert (await asyncio.to_thread(c.get, "POST", "/private"))[0] == 200
+    for port in (9090, 7070):
+        status, body = await asyncio.to_thread(c.get, "GET", "/x", port)
+        assert status == 200 and json.loads(body)["via_envoy"] is False, port
+    assert not c.drops()
+    want = "INGRESS" if direction == "Ingress" else "EGRESS"
+
+    def seen_l7() -> bool:
+        return any(
+            f.l7
+            and f.l7.http
+            and f.l7.http.code == 200
+            and f.verdict == "FORWARDED"
+            and f.traffic_direction == want
+            for f in c.l7_flows
+        ) and any(f.l7 and f.l7.http and f.l7.http.method == "POST" for f in c.l7_flows)
+
+    def requests_counted() -> float:
+        reporter = "server" if direction == "Ingress" else "client"
+        return sum(
+            sample.value
+            for r in c.registries
+            for metric in r.collect()
+            for sample in metric.samples
+            if sample.name == "hubble_http_requests_total"
+            and sample.labels.get("status") == "200"
+            and sample.labels.get("reporter") == reporter
+        )
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not seen_l7() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.2)
+    assert seen_l7(), c.l7_flows
+    assert requests_counted() >= 1, [list(r.collect()) for r in c.registries]
+    # the annotation gone: plain L4 again, still unrestricted
+    await c.apply()
+    status, body = await until(
+        lambda: c.get("GET", "/y"), lambda r: r[0] == 200 and not json.loads(r[1])["via_envoy"]
+    )
+    assert status == 200 and json.loads(body)["via_envoy"] is False
