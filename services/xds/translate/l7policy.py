@@ -209,8 +209,15 @@ def l7_policy(inp: L7PolicyInput) -> dict[str, dict[str, dict[str, Message]]]:
                 continue
             for direction in (DIR_INGRESS, DIR_EGRESS):
                 policies: dict[str, Any] = {}
-                for key in sorted(k for k in ep.l7 if k.direction == direction):
-                    peer = peers.match(key.identity, direction)
+                keys = sorted(k for k in ep.l7 if k.direction == direction)
+                # The programs redirect only flows an L7 entry allows, judged by the ipcache, which
+                # learns a new pod before this listener's address lists do. When every peer has the
+                # same HTTP rules the peer match adds nothing but that lag (a new pod's first requests
+                # would get 403): leave it out, and the datapath's identity decision stands (as
+                # Cilium's Envoy takes the source identity from the datapath).
+                uniform = len({ep.l7[k] for k in keys}) == 1
+                for key in keys:
+                    peer = None if uniform else peers.match(key.identity, direction)
                     ingress = direction == DIR_INGRESS
                     for i, rule in enumerate(ep.l7[key]):
                         name = f"{key.identity}/{key.proto}/{key.dport}/{key.port_prefix_len}/{i}"
