@@ -468,6 +468,62 @@ def test_privileged_auth_list_and_identity_list(cluster: Cluster) -> None:
     assert "app=server" in table and "app=client" in table and "namespace=e2e" in table
 
 
+# A brand-new pod's workload whose first action is one request to the server: the status line and
+# the kernel's count of retransmitted segments on that connection (struct tcp_info tcpi_total_retrans,
+# offset 100), so a dropped SYN or request would show as a retransmit, not as a slower answer.
+FIRST_REQUEST = (
+    "import socket,struct,sys; s=socket.create_connection((sys.argv[1],8080),timeout=30); "
+    "s.sendall(b'GET /public/first HTTP/1.1\\r\\nHost: server\\r\\nConnection: close\\r\\n\\r\\n'); d=b''\n"
+    "while (c := s.recv(65536)): d += c\n"
+    "info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)\n"
+    "print('STATUS', d.split(b'\\r\\n')[0].decode()); print('RETRANS', struct.unpack_from('I', info, 100)[0])"
+)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_privileged_brand_new_pods_first_request_answered_without_a_retransmit(
+    cluster: Cluster, placement: str, tmp_path: Path
+) -> None:
+    """The seed's policy and a caller pod created now, whose workload sends its request as soon as it
+    starts: answered 200 through Envoy, with no retransmitted segment and no drop."""
+    server = cluster.pod("server")
+    node = "node-1" if placement == CROSS_NODE else "node-2"
+    name = f"newcomer-{placement}"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"role": "caller", "app": name}},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "local/python",
+                    "command": [sys.executable, "-c", FIRST_REQUEST, server["status"]["podIP"]],
+                }
+            ],
+        },
+    }
+    manifest = tmp_path / "newcomer.json"
+    manifest.write_text(json.dumps(pod))
+    cluster.run("apply", "-f", str(manifest))
+    log = cluster.data_dir / "nodes" / node / "pods" / f"{NS}_{name}.log"
+
+    def answered() -> str | None:
+        text = log.read_text() if log.exists() else ""
+        return text if "RETRANS" in text or "Error" in text else None
+
+    try:
+        out = poll(answered, f"{name}'s first request answered", timeout=120)
+        assert "STATUS HTTP/1.1 200 OK" in out and "RETRANS 0" in out, out
+        drops = cluster.flows("--verdict", "DROPPED", "--from-pod", name)
+        assert drops == [], drops
+    finally:
+        cluster.run("delete", "-f", str(manifest), check=False)
+        poll(lambda: all(p["metadata"]["name"] != name for p in cluster.pods()), f"{name} deleted")
+
+
 def test_privileged_pods_on_both_nodes_resolve_services_at_kube_dns(cluster: Cluster) -> None:
     kube_dns = cluster.json("get", "services", "kube-dns", "-n", "kube-system")
     assert kube_dns["spec"]["clusterIP"] == "10.96.0.10"
