@@ -243,6 +243,44 @@ assign:;
 	return 0;
 }
 
+static __always_inline void nm_proxy_record(const struct nm_ct_key *k, u32 val)
+{
+	nm_proxy_flows.update(k, &val);
+	u32 zero = 0;
+	u32 *active = nm_proxy_active.lookup(&zero);
+	if (active && !*active)
+		*active = 1;
+}
+
+/* Prepare a packet on its way out of the veth (tc egress, where sk_assign is refused) to be
+ * redirected into the same veth's ingress, where nm_from_pod hands it to a host socket: arriving at
+ * the host it must be addressed to the host (the destination MAC is the pod's; the source MAC is
+ * this veth's own: the host sent it out of it), and the mark tells nm_from_pod (port 0 = the
+ * connection's own socket only). Returns non-zero if the packet could not be rewritten. */
+static __always_inline int nm_turn_around(struct __sk_buff *skb, __u16 port)
+{
+	__u8 mac[6];
+	if (bpf_skb_load_bytes(skb, 6, mac, 6) < 0 || bpf_skb_store_bytes(skb, 0, mac, 6, 0) < 0)
+		return -1;
+	skb->mark = NM_MARK_TO_PROXY | ((__u32)port << 16);
+	return 0;
+}
+
+/* An egress proxy's upstream leg redirected to this host's ingress proxy (both rule sets apply):
+ * the ingress proxy answers the egress proxy's socket, which carries the client's address, so its
+ * packets are routed toward the client's veth. Record the reply tuple: nm_to_pod there turns them
+ * around to the host socket that owns the tuple (see nm_handle). */
+static __always_inline void nm_proxy_chain(const struct nm_tuple *t)
+{
+	struct nm_ct_key rk = {};
+	rk.saddr = t->daddr;
+	rk.daddr = t->saddr;
+	rk.sport = t->dport;
+	rk.dport = t->sport;
+	rk.proto = t->proto;
+	nm_proxy_record(&rk, NM_PROXY_FLOW_REPLY);
+}
+
 /* Redirect a packet of a proxied flow. From the pod (tc ingress) it goes to the proxy directly; to the
  * pod (tc egress, where bpf_sk_assign is not allowed) it is turned around into the same veth's
  * ingress with the port in the mark, and nm_from_pod hands it to the proxy there. */
@@ -267,27 +305,18 @@ static __always_inline int nm_redirect(struct __sk_buff *skb, const struct nm_tu
 		nm_emit(skb, t, ep, dir, NM_EVT_DROP, v, t->tcp_flags, 0, now);
 		return TC_ACT_SHOT;
 	}
-	/* Arriving at the host the packet must be addressed to the host: the destination MAC is the
-	 * pod's; the source MAC is this veth's own (the host sent it out of it). */
-	__u8 mac[6];
-	if (bpf_skb_load_bytes(skb, 6, mac, 6) < 0 || bpf_skb_store_bytes(skb, 0, mac, 6, 0) < 0) {
-		v->drop_reason = NM_DROP_INVALID;
-		nm_drops.increment(v->drop_reason);
-		return TC_ACT_SHOT;
-	}
 	struct nm_ct_key pk = {};
 	pk.saddr = t->saddr;
 	pk.daddr = t->daddr;
 	pk.sport = t->sport;
 	pk.dport = t->dport;
 	pk.proto = t->proto;
-	u32 pval = port;
-	nm_proxy_flows.update(&pk, &pval);
-	u32 zero = 0;
-	u32 *active = nm_proxy_active.lookup(&zero);
-	if (active && !*active)
-		*active = 1;
-	skb->mark = NM_MARK_TO_PROXY | ((__u32)port << 16);
+	nm_proxy_record(&pk, port);
+	if (nm_turn_around(skb, port)) {
+		v->drop_reason = NM_DROP_INVALID;
+		nm_drops.increment(v->drop_reason);
+		return TC_ACT_SHOT;
+	}
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
@@ -339,16 +368,37 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 		pk.dport = t.dport;
 		pk.proto = t.proto;
 		u32 *pport = nm_proxy_flows.lookup(&pk);
-		if (pport) {
-			if ((t.tcp_flags & (NM_TCP_SYN | NM_TCP_ACK)) == NM_TCP_SYN) {
+		if ((t.tcp_flags & (NM_TCP_SYN | NM_TCP_ACK)) == NM_TCP_SYN) {
+			/* a new connection: neither it nor its replies belong to a proxy's socket */
+			if (pport)
 				nm_proxy_flows.delete(&pk);
-			} else {
-				__u16 pp = (__u16)*pport;
-				int reason = nm_to_proxy(skb, &t, pp);
-				if (!reason)
-					return TC_ACT_OK;
-			}
+			struct nm_ct_key rk = {};
+			rk.saddr = t.daddr;
+			rk.daddr = t.saddr;
+			rk.sport = t.dport;
+			rk.dport = t.sport;
+			rk.proto = t.proto;
+			nm_proxy_flows.delete(&rk);
+		} else if (pport && !(*pport & NM_PROXY_FLOW_REPLY)) {
+			__u16 pp = (__u16)*pport;
+			int reason = nm_to_proxy(skb, &t, pp);
+			if (!reason)
+				return TC_ACT_OK;
 		}
+	}
+	if (dir == NM_DIR_INGRESS && rc == NM_PARSE_OK && t.proto == IPPROTO_TCP && proxy_active &&
+	    *proxy_active) {
+		/* The ingress proxy answering a chained egress proxy (nm_proxy_chain): the host socket
+		 * that owns the tuple takes the packet, not the pod whose address it carries. */
+		struct nm_ct_key pk = {};
+		pk.saddr = t.saddr;
+		pk.daddr = t.daddr;
+		pk.sport = t.sport;
+		pk.dport = t.dport;
+		pk.proto = t.proto;
+		u32 *pv = nm_proxy_flows.lookup(&pk);
+		if (pv && (*pv & NM_PROXY_FLOW_REPLY) && !nm_turn_around(skb, 0))
+			return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 	}
 	if (rc == NM_PARSE_INVALID) {
 		v.drop_reason = NM_DROP_INVALID;
@@ -442,12 +492,16 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 	if (v.drop_reason)
 		return nm_drop(skb, &t, ep, dir, &v, now);
 	/* Envoy's upstream leg (marked by its socket): judged as the original client (the proxy keeps
-	 * the client's address), never redirected again, and its replies go back to the proxy */
+	 * the client's address) and its replies go back to the proxy. The ingress proxy's leg is never
+	 * redirected again; the egress proxy's leg goes on to the ingress proxy when this endpoint's
+	 * ingress rules ask for one, so both rule sets apply (Cilium chains the proxies too). */
 	__u32 magic = skb->mark & NM_MARK_MAGIC_MASK;
-	__u8 upstream = dir == NM_DIR_INGRESS &&
-			(magic == NM_MARK_PROXY_INGRESS || magic == NM_MARK_PROXY_EGRESS);
-	if (upstream)
+	if (dir == NM_DIR_INGRESS && magic == NM_MARK_PROXY_INGRESS)
 		v.proxy = 0;
+	__u8 upstream = dir == NM_DIR_INGRESS && !v.proxy &&
+			(magic == NM_MARK_PROXY_INGRESS || magic == NM_MARK_PROXY_EGRESS);
+	if (dir == NM_DIR_INGRESS && v.proxy && magic == NM_MARK_PROXY_EGRESS)
+		nm_proxy_chain(&t);
 	if (v.proxy)
 		v.proxy_port = bpf_htons(nm_proxy_port(dir));
 	struct nm_ct_entry e = {};

@@ -19,6 +19,7 @@ import msgspec
 
 from localcluster.cells import AUTHD, DATAPATH, DNS, IDENTITY, WATCHER, XDS
 from localcluster.layout import DNS_ADDR
+from nodemesh.netns import scope_for
 
 __all__ = [
     "PROCESSES",
@@ -195,6 +196,10 @@ def service_env(spec: ProcSpec, ctx: Context, node: str, instance: str) -> dict[
     elif spec.service == "datapath":
         env["NODEMESH_POD_CIDR"] = f"10.244.{i}.0/24"
         env["NODEMESH_NODE_IP"] = f"127.0.50.{i}"
+        # One naming scope for every node of the cluster: the nodes share the host's stack, and the
+        # L7 redirect's connection table (nm_proxy_flows) is pinned in the scope directory so that the
+        # node whose pod sends a packet finds the connection another node gave to its proxy.
+        env["NODEMESH_SCOPE"] = scope_for(ctx.data_dir)
         # one machine, one host netns: node-1 translates host processes' sockets (docs/services.md)
         env["NODEMESH_LB_HOST_SOCKETS"] = "true" if i == 1 else "false"
         if ctx.node_grace > 0:

@@ -29,7 +29,8 @@ class Glue:
             k = AuthKey(
                 local_identity=v.key.local_identity,
                 remote_identity=v.key.remote_identity,
-                remote_node_id=NODE_IDS.get(v.key.remote_node, 0),
+                # the datapath's node ids: 0 is its own node (services/datapath/nodeids.py)
+                remote_node_id=0 if v.key.remote_node == self.node else NODE_IDS.get(v.key.remote_node, 0),
                 auth_type=v.key.auth_type,
             )
             self.y.maps.set_auth(k, max(0, time.monotonic_ns() + int((v.expires - time.time()) * 1e9)))
@@ -44,6 +45,7 @@ class Glue:
                 e = events[self.seen]
                 self.seen += 1
                 if e.type == EVT_AUTH_REQUIRED and e.dir == ING:
-                    k = key(e.dst_identity, e.src_identity, names.get(e.remote_node_id, ""), e.auth_type)
+                    remote = names.get(e.remote_node_id, "") if e.remote_node_id else self.node
+                    k = key(e.dst_identity, e.src_identity, remote, e.auth_type)
                     await self.c.bus.publish(subjects.auth_required(self.node), AuthRequired(key=k))
             await asyncio.sleep(0.001)

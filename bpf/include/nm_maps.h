@@ -60,6 +60,11 @@
 #define NM_MARK_PROXY_INGRESS 0x0A00 /* Envoy's upstream leg of the ingress policy listener */
 #define NM_MARK_PROXY_EGRESS 0x0B00  /* ... and of the egress one */
 
+/* nm_proxy_flows value: the proxy port (host order), or this flag for a reply tuple (see nm_tc.c
+ * nm_proxy_chain): packets on it are for a host socket (an egress proxy's upstream leg that this
+ * host's ingress proxy terminated), not for the pod whose address the socket carries */
+#define NM_PROXY_FLOW_REPLY 0x10000
+
 /* endpoints: host-side ifindex → endpoint */
 struct nm_endpoint_key {
 	__u32 ifindex;

@@ -25,7 +25,8 @@ from nodemesh.messages.auth import AuthVerdict
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
 from nodemesh.messages.k8s import ObjectEvent, StatusPatch
 from nodemesh.policy.incremental import Changes, PolicyEngine
-from nodemesh.policy.model import Endpoint, PolicyRef
+from nodemesh.policy.model import Endpoint, EndpointPolicy, PolicyRef
+from nodemesh.policy.visibility import Visibility, pod_visibility, with_visibility
 from nodemesh.streams import IDENTITY_KEY_PREFIX
 from services.datapath.config import DatapathConfig
 from services.datapath.endpoints import PolicyWriter
@@ -86,6 +87,7 @@ class Agent:
         self.lb: Any = None  # services.ServiceLB (socket load-balancing), set by app
         self.synced = False
         self._policy_status: dict[PolicyRef, tuple[str, ...]] = {}
+        self._visibility: dict[str, tuple[Visibility, ...]] = {}  # endpoint key → what is written
         self._dirty = asyncio.Event()
         self.apply_seconds: list[float] = []
         self.version = 0  # bumped when ipcache or identity labels change (flow enrichment cache)
@@ -148,6 +150,8 @@ class Agent:
                 ep = await pods.add(pod)
                 if ep is not None:
                     self._apply(self.engine.upsert_endpoint(self._engine_endpoint(ep)))
+                    if self._wanted_visibility(ep) != self._visibility.get(ep.key, ()):
+                        self._write_policy(ep)  # the annotation changed on a running pod
             except Exception:
                 # one bad pod (malformed spec, exhausted CIDR) must not stall every other pod
                 log.exception("pod %s: endpoint setup failed", key)
@@ -188,20 +192,34 @@ class Agent:
         entry = self.ipcache.get(ep.ip)
         ep.identity = entry.identity if entry else 0
         self._apply(self.engine.upsert_endpoint(self._engine_endpoint(ep)))
-        policy = self.engine.policy(ep.key)
-        if policy is not None:
-            self.writer.apply(ep.ep_id, policy)
-        self._write_endpoint(ep)
+        self._write_policy(ep)
         if self.lb is not None:  # the pod's sockets reach Services from its first connect
             await asyncio.to_thread(self.lb.pod_added, ep.key, ep.link.netns)
         await asyncio.to_thread(self.loader.attach, ep.link.host_ifindex)
 
+    def _wanted_visibility(self, ep: PodEndpoint) -> tuple[Visibility, ...]:
+        wanted, errors = pod_visibility(ep.pod)
+        if errors and self._visibility.get(ep.key) != wanted:
+            log.warning("pod %s: %s ignored: %s", ep.key, "proxy-visibility", "; ".join(errors))
+        return wanted
+
+    def _policy_of(self, ep: PodEndpoint) -> EndpointPolicy:
+        """The engine's policy for the endpoint, plus the L7 visibility its pod asks for
+        (nodemesh/policy/visibility.py: redirects without changing a verdict)."""
+        policy = self.engine.policy(ep.key) or EndpointPolicy()
+        return with_visibility(policy, self._wanted_visibility(ep), self.engine.proxy_ports)
+
+    def _write_policy(self, ep: PodEndpoint) -> None:
+        """The endpoint's whole policy map and its endpoint entry (a full diff against the map)."""
+        assert self.writer is not None
+        wanted = self._wanted_visibility(ep)
+        self.writer.apply(ep.ep_id, self._policy_of(ep))
+        self._visibility[ep.key] = wanted
+        self._write_endpoint(ep)
+
     def _write_endpoint(self, ep: PodEndpoint) -> None:
         assert self.writer is not None
-        from nodemesh.policy.model import EndpointPolicy
-
-        policy = self.engine.policy(ep.key) or EndpointPolicy()
-        self.writer.set_endpoint(ep.link.host_ifindex, ep.ep_id, ep.identity, ep.ip, policy)
+        self.writer.set_endpoint(ep.link.host_ifindex, ep.ep_id, ep.identity, ep.ip, self._policy_of(ep))
 
     async def _ep_removed(self, ep: PodEndpoint) -> None:
         assert self.maps is not None and self.writer is not None
@@ -210,6 +228,7 @@ class Agent:
             self.lb.pod_removed(ep.key)
         self.engine.delete_endpoint(ep.key)
         self.writer.remove(ep.ep_id)
+        self._visibility.pop(ep.key, None)
 
     async def _report_pod(self, ep: PodEndpoint, status: dict[str, Any]) -> None:
         status = {**status, "hostIP": self.node_ip}
@@ -230,6 +249,9 @@ class Agent:
         for key, ec in ch.endpoints.items():
             ep = by_key.get(key)
             if ep is None or ec.removed:
+                continue
+            if self._visibility.get(ep.key):
+                self._write_policy(ep)  # the visibility entries sit on top of the engine's
                 continue
             self.writer.apply_delta(ep.ep_id, ec.upserts, ec.deletes)
             self._write_endpoint(ep)

@@ -28,9 +28,12 @@ __all__ = ["ApplyStats", "PolicyWriter", "endpoint_flags"]
 
 
 def endpoint_flags(policy: EndpointPolicy) -> int:
-    return (EP_ENFORCE_INGRESS if policy.ingress_enforced else 0) | (
-        EP_ENFORCE_EGRESS if policy.egress_enforced else 0
-    )
+    """Which directions the programs look up in the policy map: the enforced ones, and one that only
+    redirects a port to the L7 proxy for visibility (its allow-all entry answers everything else)."""
+    redirects = {k.direction for k, v in policy.entries.items() if v.proxy_port}
+    ingress = policy.ingress_enforced or 0 in redirects
+    egress = policy.egress_enforced or 1 in redirects
+    return (EP_ENFORCE_INGRESS if ingress else 0) | (EP_ENFORCE_EGRESS if egress else 0)
 
 
 class ApplyStats:

@@ -21,6 +21,7 @@ from nodemesh import subjects
 from nodemesh.k8scache import K8sCache
 from nodemesh.messages.k8s import ObjectEvent
 from nodemesh.messages.xds import XdsAck, XdsStatusReply, XdsStatusRequest
+from nodemesh.policy.visibility import pod_visibility
 from nodemesh.runtime import Service
 from services.xds.acks import AckEvent
 from services.xds.cache import SnapshotCache
@@ -64,7 +65,8 @@ def _pod_view(obj: dict[str, Any] | None) -> Any:
         return v if isinstance(v, dict) else {}
 
     meta, spec, st = part("metadata"), part("spec"), part("status")
-    return (meta.get("labels"), spec.get("nodeName"), spec.get("containers"), st.get("podIP"))
+    visibility = pod_visibility(obj)[0]
+    return (meta.get("labels"), spec.get("nodeName"), spec.get("containers"), st.get("podIP"), visibility)
 
 
 def _translate(inp: TranslateInput) -> tuple[Translation, Snapshots]:
@@ -128,13 +130,15 @@ class XdsApp:
 
     def _pod_matters(self, ev: ObjectEvent, prev: dict[str, Any] | None) -> bool:
         """Pods only feed the L7 policy listeners: re-translate only while some policy has HTTP
-        rules, and only for what those read (labels, node, address, ports), not every status
-        change."""
+        rules or some pod asks for L7 visibility, and only for what those read (labels, node,
+        address, ports, the visibility annotation), not every status change."""
         policies = [
             *self.k8s.store.get("CiliumNetworkPolicy", {}).values(),
             *self.k8s.store.get("CiliumClusterwideNetworkPolicy", {}).values(),
         ]
-        if not any(has_http_rules(p) for p in policies):
+        if not any(has_http_rules(p) for p in policies) and not any(
+            pod_visibility(p)[0] for p in (ev.obj, prev, *self.k8s.store.get("Pod", {}).values())
+        ):
             return False
         return ev.type == "delete" or _pod_view(ev.obj) != _pod_view(prev)
 

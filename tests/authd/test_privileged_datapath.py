@@ -1,7 +1,8 @@
 """authd with the real BPF datapath on two simulated nodes (the datapath driven as its own tests
 drive it, plus the verdict/signal glue its service has): a new pod's first TCP connection and first
 UDP datagram pass with no auth-required drop when auth is proactive; reactive auth drops first and
-the retransmit gets through."""
+the retransmit gets through. The server is on node y; the client on node x (cross-node) or on y
+(same-node)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from services.datapath.maps import IPCacheValue
 from testkit.authd_cluster import Cluster, poll
 from testkit.authd_datapath import NODE_IDS, Glue
 from testkit.datapath_node import TNode, ingress_policy
+from testkit.placement import PLACEMENTS, SAME_NODE
 from testkit.podnet import servers, tcp_ok, udp_ok
 
 pytestmark = pytest.mark.privileged
@@ -50,8 +52,12 @@ async def nodes() -> AsyncIterator[tuple[TNode, TNode, str]]:
         shutil.rmtree(pin_root, ignore_errors=True)
 
 
+def _client_node(placement: str) -> str:
+    return "node-y" if placement == SAME_NODE else "node-x"
+
+
 async def _setup(
-    c: Cluster, x: TNode, y: TNode, net: str, ns: str, proactive: bool
+    c: Cluster, x: TNode, y: TNode, net: str, ns: str, proactive: bool, placement: str
 ) -> tuple[Any, str, int, asyncio.Task[None]]:
     loop = asyncio.get_running_loop()
     await c.add_node("node-x", "127.0.50.1")
@@ -71,7 +77,8 @@ async def _setup(
         }
     )
     await loop.run_in_executor(None, y.set_policy, server, pol)
-    y.maps.set_ipcache(f"{cip}/32", IPCacheValue(identity=cid, node_id=NODE_IDS["node-x"]))
+    if placement != SAME_NODE:  # a local pod's entry (node id 0) comes with its add_pod
+        y.maps.set_ipcache(f"{cip}/32", IPCacheValue(identity=cid, node_id=NODE_IDS["node-x"]))
     glue = Glue(c, y)
     await glue.start()
     await c.start_authd("node-x", proactive=proactive)
@@ -79,28 +86,30 @@ async def _setup(
     pump = asyncio.create_task(glue.pump())
     # the identity service's writes for the new client pod (before its netns exists)
     await c.add_identity(cid, "client", ns=ns)
-    await c.add_pod(cip, cid, "node-x", ns=ns)
+    await c.add_pod(cip, cid, _client_node(placement), ns=ns)
     return server, cip, cid, pump
 
 
-def _auth_entry(y: TNode, cid: int) -> bool:
-    want = (1201, cid, NODE_IDS["node-x"], 1)
+def _auth_entry(y: TNode, cid: int, placement: str) -> bool:
+    want = (1201, cid, 0 if placement == SAME_NODE else NODE_IDS["node-x"], 1)
     return any(
         (k.local_identity, k.remote_identity, k.remote_node_id, k.auth_type) == want
         for k, _ in y.maps.auth_items()
     )
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
 async def test_privileged_proactive_first_packets_pass(
-    cluster: Cluster, nodes: tuple[TNode, TNode, str]
+    cluster: Cluster, nodes: tuple[TNode, TNode, str], placement: str
 ) -> None:
     x, y, net = nodes
     loop = asyncio.get_running_loop()
-    server, cip, cid, pump = await _setup(cluster, x, y, net, "pro", proactive=True)
+    server, cip, cid, pump = await _setup(cluster, x, y, net, "pro", True, placement)
+    cnode = y if placement == SAME_NODE else x
     try:
         # authenticated ahead of traffic: the entry is in y's BPF auth map before the pod even exists
-        await poll(lambda: _auth_entry(y, cid), 30, "the proactive verdict in y's auth map")
-        client = await loop.run_in_executor(None, x.add_pod, "cli", cip, cid)
+        await poll(lambda: _auth_entry(y, cid, placement), 30, "the proactive verdict in y's auth map")
+        client = await loop.run_in_executor(None, cnode.add_pod, "cli", cip, cid)
         with servers(server.ns, tcp=(80,), udp=(53,)):
             # short timeouts: a dropped first SYN would need the 1 s retransmit
             assert await loop.run_in_executor(None, tcp_ok, client.ns, server.ip, 80, 0.5)
@@ -111,20 +120,23 @@ async def test_privileged_proactive_first_packets_pass(
         pump.cancel()
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
 async def test_privileged_reactive_drops_first_then_passes(
-    cluster: Cluster, nodes: tuple[TNode, TNode, str]
+    cluster: Cluster, nodes: tuple[TNode, TNode, str], placement: str
 ) -> None:
     x, y, net = nodes
     loop = asyncio.get_running_loop()
-    server, cip, cid, pump = await _setup(cluster, x, y, net, "rea", proactive=False)
+    server, cip, cid, pump = await _setup(cluster, x, y, net, "rea", False, placement)
+    cnode = y if placement == SAME_NODE else x
     try:
-        await poll(lambda: cluster.manager("node-x").store.get(cid), 30, "the client's SVID on x")
-        client = await loop.run_in_executor(None, x.add_pod, "cli", cip, cid)
+        cname = _client_node(placement)
+        await poll(lambda: cluster.manager(cname).store.get(cid), 30, "the client's SVID on its node")
+        client = await loop.run_in_executor(None, cnode.add_pod, "cli", cip, cid)
         with servers(server.ns, tcp=(80,)):
             # the first SYN is dropped, authd authenticates, the retransmit (~1 s) passes
             assert await loop.run_in_executor(None, tcp_ok, client.ns, server.ip, 80, 5.0)
         assert y.drops().get(AUTH_REQUIRED, 0) >= 1
-        assert _auth_entry(y, cid)
+        assert _auth_entry(y, cid, placement)
         assert cluster.seen.required, "the datapath signalled authd"
     finally:
         pump.cancel()

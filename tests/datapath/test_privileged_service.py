@@ -106,7 +106,7 @@ class Harness:
             return await r.text()
 
     def netns(self, pod: str) -> str:
-        return netns_name(self.cfg.node, "default", pod, scope_for(self.cfg.data_dir))
+        return netns_name(self.cfg.node, "default", pod, self.cfg.scope or scope_for(self.cfg.data_dir))
 
     def pod_status(self, name: str) -> dict[str, Any] | None:
         hist = self.status.get(f"Pod/default/{name}")

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import pytest
 
 from nodemesh.netns import netns_name
+from testkit.placement import CROSS_NODE, PLACEMENTS, SAME_NODE
 
 pytestmark = pytest.mark.privileged
 
@@ -62,7 +63,7 @@ spec:
   replicas: 1
   selector: {matchLabels: {app: client}}
   template:
-    metadata: {labels: {app: client}}
+    metadata: {labels: {app: client, role: caller}}
     spec:
       nodeName: node-1
       containers:
@@ -83,6 +84,42 @@ spec:
     metadata: {labels: {app: intruder}}
     spec:
       nodeName: node-1
+      containers:
+      - name: echo
+        image: nodemesh/echo:latest
+        env:
+        - {name: PORT, value: "8080"}
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+---
+# The same roles on the server's node: every traffic test runs cross-node and same-node.
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client-near, namespace: e2e}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: client-near}}
+  template:
+    metadata: {labels: {app: client-near, role: caller}}
+    spec:
+      nodeName: node-2
+      containers:
+      - name: echo
+        image: nodemesh/echo:latest
+        env:
+        - {name: PORT, value: "8080"}
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: intruder-near, namespace: e2e}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: intruder-near}}
+  template:
+    metadata: {labels: {app: intruder-near}}
+    spec:
+      nodeName: node-2
       containers:
       - name: echo
         image: nodemesh/echo:latest
@@ -133,24 +170,32 @@ spec:
       paths:
       - {path: /, pathType: Prefix, backend: {service: {name: client, port: {number: 80}}}}
 ---
-# Only app=client reaches app=server (TCP 8080), mutually authenticated. The per-node Envoys (Gateway)
-# reach it as host / remote-node, as in examples/demo.
+# The seed's policy: only role=caller reaches app=server (TCP 8080), mutually authenticated, and only
+# with GET /public/... (Envoy answers 403 otherwise). The per-node Envoys (Gateway) reach it as host /
+# remote-node, as in examples/demo.
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: server-from-client, namespace: e2e}
 spec:
   endpointSelector: {matchLabels: {app: server}}
   ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  - fromEndpoints: [{matchLabels: {role: caller}}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: "/public/.*"}]
     authentication: {mode: required}
   - fromEntities: [host, remote-node]
 """
 
-# Run inside a pod with `nodemesh exec`: one HTTP request to the server pod, the answer on stdout.
+# Run inside a pod with `nodemesh exec`: one HTTP request to the server pod (path argv[3], default
+# /public/hello), the whole answer on stdout.
 CONNECT = (
     "import socket,sys; s=socket.create_connection((sys.argv[1],8080),timeout=float(sys.argv[2])); "
-    "s.sendall(b'GET /hello HTTP/1.0\\r\\n\\r\\n'); print(s.recv(65536).decode(errors='replace'))"
+    "p=sys.argv[3] if len(sys.argv)>3 else '/public/hello'; "
+    "s.sendall(f'GET {p} HTTP/1.1\\r\\nHost: server\\r\\nConnection: close\\r\\n\\r\\n'.encode()); d=b''\n"
+    "while (c := s.recv(65536)): d += c\n"
+    "print(d.decode(errors='replace'))"
 )
 
 
@@ -161,10 +206,11 @@ RESOLVE = (
     "print(' '.join(sorted(rd.address for r in (u, t) for rr in r.answer for rd in rr)))"
 )
 
-# Run inside a pod with `nodemesh exec`: GET / from a host by name (the pod's resolv.conf resolves it);
-# the peer address the socket reports (the Service's, after the socket load-balancer), then the body.
+# Run inside a pod with `nodemesh exec`: GET /public/ from a host by name (the pod's resolv.conf resolves
+# it); the peer address the socket reports (the Service's, after the socket load-balancer), then the body.
 GET_BY_NAME = (
-    "import http.client,sys; c=http.client.HTTPConnection(sys.argv[1],timeout=10); c.request('GET','/'); "
+    "import http.client,sys; c=http.client.HTTPConnection(sys.argv[1],timeout=10); "
+    "c.request('GET','/public/'); "
     "r=c.getresponse(); print(c.sock.getpeername()[0]); print(r.status); print(r.read().decode())"
 )
 
@@ -276,11 +322,17 @@ def test_privileged_status_every_process_running_and_ready(cluster: Cluster) -> 
 def test_privileged_pods_running_with_ips_on_both_nodes(cluster: Cluster) -> None:
     def running() -> list[dict[str, Any]] | None:
         pods = cluster.pods()
-        return pods if len(pods) == 3 and all(_ready(p) for p in pods) else None
+        return pods if len(pods) == 5 and all(_ready(p) for p in pods) else None
 
-    pods = poll(running, "3 pods Running and Ready")
+    pods = poll(running, "5 pods Running and Ready")
     where = {p["metadata"]["labels"]["app"]: p["spec"]["nodeName"] for p in pods}
-    assert where == {"server": "node-2", "client": "node-1", "intruder": "node-1"}
+    assert where == {
+        "server": "node-2",
+        "client": "node-1",
+        "intruder": "node-1",
+        "client-near": "node-2",
+        "intruder-near": "node-2",
+    }
     for p in pods:
         assert p["metadata"]["name"].startswith(p["metadata"]["labels"]["app"] + "-")
         ip = p["status"]["podIP"]
@@ -321,25 +373,57 @@ def _auth_pair(cluster: Cluster) -> list[dict[str, Any]]:
     return entries
 
 
-def test_privileged_cross_node_authenticated_connection_succeeds_first_try(cluster: Cluster) -> None:
-    client, server = cluster.pod("client"), cluster.pod("server")
-    # Proactive auth: authd authenticates the (client, server) pair as soon as the policy needs it,
+# The client pods by placement relative to the server (node-2): every traffic test runs both ways.
+CALLER = {CROSS_NODE: "client", SAME_NODE: "client-near"}
+INTRUDER = {CROSS_NODE: "intruder", SAME_NODE: "intruder-near"}
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_privileged_seed_policy_authenticates_then_applies_http_rules(
+    cluster: Cluster, placement: str
+) -> None:
+    """The seed's policy as written (mutual auth + HTTP rules in one rule): the pair is authenticated
+    ahead of traffic, so the first request passes (no AUTH_REQUIRED drop, nothing retransmitted),
+    Envoy answers what the rules do not allow with 403, and the flows show both."""
+    app = CALLER[placement]
+    client, server = cluster.pod(app), cluster.pod("server")
+    name, ip = client["metadata"]["name"], server["status"]["podIP"]
+    # Proactive auth: authd authenticates the (caller, server) pair as soon as the policy needs it,
     # before any packet. Wait for that, then one attempt must pass.
-    poll(lambda: _authenticated(cluster), "the client/server pair authenticated in `auth list`")
-    p = cluster.run(
-        "exec", client["metadata"]["name"], "-n", NS, "--", sys.executable, "-c", CONNECT,
-        server["status"]["podIP"], "20",
-        check=False,
-    )  # fmt: skip
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "200 OK" in p.stdout and server["metadata"]["name"] in p.stdout
+    poll(lambda: _authenticated(cluster, app), f"the {app}/server pair authenticated in `auth list`")
+
+    def get(path: str) -> str:
+        p = cluster.run(
+            "exec", name, "-n", NS, "--", sys.executable, "-c", CONNECT, ip, "20", path, check=False
+        )
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p.stdout
+
+    out = get("/public/hello")
+    assert out.startswith("HTTP/1.1 200 OK") and server["metadata"]["name"] in out, out
+    assert json.loads(out.partition("\n\n")[2])["path"] == "/public/hello"  # text mode: \r\n → \n
+    assert get("/private").startswith("HTTP/1.1 403 Forbidden")
+    assert "Access denied" in get("/private")
     drops = cluster.flows("--verdict", "DROPPED", "-n", NS)
     assert [f for f in drops if "AUTH" in str(f.get("drop_reason_desc", ""))] == []
 
+    def flows() -> list[dict[str, Any]] | None:
+        got = cluster.flows("--from-pod", name)
+        l7 = {
+            (f["verdict"], f["l7"]["http"].get("url", "").rpartition("/")[2])
+            for f in got
+            if (f.get("l7") or {}).get("http") and f["l7"]["http"].get("method")
+        }
+        redirected = [f for f in got if f.get("verdict") == "REDIRECTED" and f.get("auth_type") == "SPIRE"]
+        return got if {("FORWARDED", "hello"), ("DROPPED", "private")} <= l7 and redirected else None
 
-def _authenticated(cluster: Cluster) -> list[dict[str, Any]]:
+    # L7 verdicts from the server's node's Envoy, and the L4 flow REDIRECTED with the auth type
+    poll(flows, f"L7 FORWARDED/DROPPED and REDIRECTED auth=SPIRE flows from {app}", timeout=60)
+
+
+def _authenticated(cluster: Cluster, app: str = "client") -> list[dict[str, Any]]:
     ids = _identities(cluster)
-    client, server = ids.get("client"), ids.get("server")
+    client, server = ids.get(app), ids.get("server")
     pairs = []
     for e in _auth_pair(cluster):
         key = e.get("key") or {}
@@ -358,20 +442,23 @@ def _identities(cluster: Cluster) -> dict[str, int]:
         labels = labels if isinstance(labels, list) else [f"{k}={v}" for k, v in labels.items()]
         if f"k8s:io.kubernetes.pod.namespace={NS}" not in labels:
             continue
-        for app in ("client", "server", "intruder"):
+        for app in ("client", "server", "intruder", "client-near", "intruder-near"):
             if f"k8s:app={app}" in labels:
                 out[app] = int(ident.get("id") or ident.get("identity") or 0)
     return out
 
 
-def test_privileged_unlabelled_pod_is_refused_and_the_drop_is_observed(cluster: Cluster) -> None:
-    intruder, server = cluster.pod("intruder"), cluster.pod("server")
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_privileged_unlabelled_pod_is_refused_and_the_drop_is_observed(
+    cluster: Cluster, placement: str
+) -> None:
+    intruder, server = cluster.pod(INTRUDER[placement]), cluster.pod("server")
     p = cluster.run(
         "exec", intruder["metadata"]["name"], "-n", NS, "--", sys.executable, "-c", CONNECT,
         server["status"]["podIP"], "3",
         check=False,
     )  # fmt: skip
-    assert p.returncode != 0 and "200 OK" not in p.stdout
+    assert p.returncode != 0 and "200 OK" not in p.stdout and "403" not in p.stdout
 
     def denied() -> list[dict[str, Any]]:
         return [
@@ -386,12 +473,68 @@ def test_privileged_unlabelled_pod_is_refused_and_the_drop_is_observed(cluster: 
 
 def test_privileged_auth_list_and_identity_list(cluster: Cluster) -> None:
     ids = _identities(cluster)
-    assert set(ids) == {"client", "server", "intruder"}, ids
-    assert len(set(ids.values())) == 3
+    assert set(ids) == {"client", "server", "intruder", "client-near", "intruder-near"}, ids
+    assert len(set(ids.values())) == 5
     entries = _authenticated(cluster)
     assert entries, "the client/server pair is in `auth list`"
     table = cluster.run("identity", "list").stdout
     assert "app=server" in table and "app=client" in table and "namespace=e2e" in table
+
+
+# A brand-new pod's workload whose first action is one request to the server: the status line and
+# the kernel's count of retransmitted segments on that connection (struct tcp_info tcpi_total_retrans,
+# offset 100), so a dropped SYN or request would show as a retransmit, not as a slower answer.
+FIRST_REQUEST = (
+    "import socket,struct,sys; s=socket.create_connection((sys.argv[1],8080),timeout=30); "
+    "s.sendall(b'GET /public/first HTTP/1.1\\r\\nHost: server\\r\\nConnection: close\\r\\n\\r\\n'); d=b''\n"
+    "while (c := s.recv(65536)): d += c\n"
+    "info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)\n"
+    "print('STATUS', d.split(b'\\r\\n')[0].decode()); print('RETRANS', struct.unpack_from('I', info, 100)[0])"
+)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_privileged_brand_new_pods_first_request_answered_without_a_retransmit(
+    cluster: Cluster, placement: str, tmp_path: Path
+) -> None:
+    """The seed's policy and a caller pod created now, whose workload sends its request as soon as it
+    starts: answered 200 through Envoy, with no retransmitted segment and no drop."""
+    server = cluster.pod("server")
+    node = "node-1" if placement == CROSS_NODE else "node-2"
+    name = f"newcomer-{placement}"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"role": "caller", "app": name}},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "local/python",
+                    "command": [sys.executable, "-c", FIRST_REQUEST, server["status"]["podIP"]],
+                }
+            ],
+        },
+    }
+    manifest = tmp_path / "newcomer.json"
+    manifest.write_text(json.dumps(pod))
+    cluster.run("apply", "-f", str(manifest))
+    log = cluster.data_dir / "nodes" / node / "pods" / f"{NS}_{name}.log"
+
+    def answered() -> str | None:
+        text = log.read_text() if log.exists() else ""
+        return text if "RETRANS" in text or "Error" in text else None
+
+    try:
+        out = poll(answered, f"{name}'s first request answered", timeout=120)
+        assert "STATUS HTTP/1.1 200 OK" in out and "RETRANS 0" in out, out
+        drops = cluster.flows("--verdict", "DROPPED", "--from-pod", name)
+        assert drops == [], drops
+    finally:
+        cluster.run("delete", "-f", str(manifest), check=False)
+        poll(lambda: all(p["metadata"]["name"] != name for p in cluster.pods()), f"{name} deleted")
 
 
 def test_privileged_pods_on_both_nodes_resolve_services_at_kube_dns(cluster: Cluster) -> None:

@@ -72,8 +72,16 @@ GET_PUBLIC = [
 ]
 
 
+def from_c(http: list[dict[str, Any]]) -> dict[str, Any]:
+    """b's ingress from a third pod c with other HTTP rules than a's."""
+    obj = cnp("l7c", http=http)
+    obj["spec"]["ingress"][0]["fromEndpoints"] = [{"matchLabels": {"app": "c"}}]
+    return obj
+
+
 def test_ingress_rules_become_the_destination_nodes_listener() -> None:
-    t = run(*BASE, cnp(http=GET_PUBLIC))
+    # a and c have different HTTP rules: Envoy tells them apart by address
+    t = run(*BASE, pod("c", "10.1.2.4", "n2"), cnp(http=GET_PUBLIC), from_c([{"path": "/c"}]))
     n1 = t.for_node("n1")
     lst = as_dict(n1[LISTENER]["nodemesh-l7-policy-ingress"])
     assert lst["address"]["socket_address"] == {"address": "127.0.50.1", "port_value": 10001}
@@ -86,11 +94,12 @@ def test_ingress_rules_become_the_destination_nodes_listener() -> None:
     (chain,) = lst["filter_chains"]
     assert chain["filter_chain_match"]["prefix_ranges"] == [{"address_prefix": "10.1.1.3", "prefix_len": 32}]
     hcm = chain["filters"][0]["typed_config"]
-    (policy,) = hcm["http_filters"][0]["typed_config"]["rules"]["policies"].values()
+    policies = hcm["http_filters"][0]["typed_config"]["rules"]["policies"].values()
     # the peer is pod a (on the other node), by address
-    assert policy["principals"] == [
-        {"or_ids": {"ids": [{"direct_remote_ip": {"address_prefix": "10.1.2.2", "prefix_len": 32}}]}}
-    ]
+    a_principal = {
+        "or_ids": {"ids": [{"direct_remote_ip": {"address_prefix": "10.1.2.2", "prefix_len": 32}}]}
+    }
+    (policy,) = [p for p in policies if p["principals"] == [a_principal]]
     rules = policy["permissions"][0]["and_rules"]["rules"]
     assert {"destination_port_range": {"start": 8080, "end": 8081}} in rules
     regexes = {
@@ -102,7 +111,7 @@ def test_ingress_rules_become_the_destination_nodes_listener() -> None:
     assert {"header": {"name": "x-team", "string_match": {"exact": "blue"}}} in rules
     assert {"header": {"name": "x-trace", "present_match": True}} in rules
     assert as_dict(n1[CLUSTER]["nodemesh-l7-policy-ingress"])["type"] == "ORIGINAL_DST"
-    # node n2 hosts only the client: no ingress listener there; nobody gets an egress one
+    # node n2 hosts only the clients: no ingress listener there; nobody gets an egress one
     assert "nodemesh-l7-policy-ingress" not in t.for_node("n2").get(LISTENER, {})
     assert not any("egress" in name for name in n1[LISTENER])
 
@@ -137,9 +146,34 @@ def test_egress_rules_match_the_source_and_the_destination_address() -> None:
     ].values()
     assert policy["principals"] == [{"any": True}]
     rules = policy["permissions"][0]["and_rules"]["rules"]
-    assert {
-        "or_rules": {"rules": [{"destination_ip": {"address_prefix": "10.1.1.3", "prefix_len": 32}}]}
-    } in rules
+    # one peer (one rule set): the programs' redirect already chose the destination (below)
+    assert not any("destination_ip" in str(r) for r in rules)
+    # two destinations with different rules: told apart by the destination address
+    c = pod("c", "10.1.1.4", "n1")
+    to_c = cnp("l7c", http=[{"path": "/c"}], section="egress")
+    to_c["spec"]["egress"][0]["toEndpoints"] = [{"matchLabels": {"app": "c"}}]
+    t = run(*BASE, c, cnp(http=[{"path": "/x"}], section="egress"), to_c)
+    chain = as_dict(t.for_node("n2")[LISTENER]["nodemesh-l7-policy-egress"])["filter_chains"][1]
+    policies = chain["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["rules"]["policies"]
+    dests = [p["permissions"][0]["and_rules"]["rules"][1] for p in policies.values()]
+    assert sorted(str(d) for d in dests) == sorted(
+        str({"or_rules": {"rules": [{"destination_ip": {"address_prefix": ip, "prefix_len": 32}}]}})
+        for ip in ("10.1.1.3", "10.1.1.4")
+    )
+
+
+def test_one_rule_set_for_every_peer_leaves_the_peer_to_the_datapath() -> None:
+    """All peers of the endpoint's port have the same HTTP rules: the RBAC matches anyone; the
+    programs redirect only what an L7 entry allows, by the ipcache, which knows a new pod before the
+    listener would (its first request is not refused for a stale address list)."""
+    t = run(*BASE, pod("c", "10.1.2.4", "n2", app="a"), cnp(http=GET_PUBLIC))
+    lst = as_dict(t.for_node("n1")[LISTENER]["nodemesh-l7-policy-ingress"])
+    hcm = lst["filter_chains"][0]["filters"][0]["typed_config"]
+    (policy,) = hcm["http_filters"][0]["typed_config"]["rules"]["policies"].values()
+    assert policy["principals"] == [{"any": True}]
+    assert {"destination_port_range": {"start": 8080, "end": 8081}} in policy["permissions"][0]["and_rules"][
+        "rules"
+    ]
 
 
 def test_access_log_only_when_asked_and_no_listener_without_http_rules() -> None:

@@ -1,7 +1,7 @@
-"""The services wired together: the datapath service (pods, maps, proxy settings and route) and the
-xds service (L7 policy listeners from the K8S stream) serving a real Envoy over ADS; a
-CiliumNetworkPolicy with HTTP rules from the K8S stream is enforced on real traffic between real pod
-workloads, and its L4 and L7 flows arrive on NATS."""
+"""The services wired together: two nodes' datapath services (pods, maps, proxy settings and route)
+and the xds service (L7 policy listeners from the K8S stream) serving each node's real Envoy over ADS;
+a CiliumNetworkPolicy with HTTP rules from the K8S stream is enforced on real traffic between real pod
+workloads on one node and on two, and its L4 and L7 flows arrive on NATS."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ import pytest
 
 from conformance.envoy import Envoy
 from nodemesh.bus import Bus
+from nodemesh.netns import scope_for
 from services.datapath.cleanup import cleanup_all
 from services.datapath.config import DatapathConfig
 from services.xds.bootstrap import render_bootstrap
 from testkit.natsserver import NatsServer, free_port
+from testkit.placement import PLACEMENTS, spread
 from tests.datapath import k8s
 from tests.datapath.test_privileged_service import Harness
 from tests.l7policy.test_privileged_l7policy import cnp, request
@@ -55,64 +57,88 @@ def echo_pod(name: str, node: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-async def harness(nats_server: NatsServer, bus: Bus, pin_root: str, tmp_path: Path) -> AsyncIterator[Harness]:
+class Nodes:
+    """Two simulated nodes, each with its own datapath service (one naming scope for both, as a local
+    cluster gives them), and the client/server placement."""
+
+    def __init__(self, hs: list[Harness], placement: str) -> None:
+        self.hs = hs
+        self.client, self.server = spread(placement, hs)
+
+    @property
+    def names(self) -> list[str]:
+        return [h.cfg.node for h in self.hs]
+
+
+@pytest.fixture(params=PLACEMENTS)
+async def nodes(
+    request: Any, nats_server: NatsServer, bus: Bus, pin_root: str, tmp_path: Path
+) -> AsyncIterator[Nodes]:
     token = secrets.token_hex(3)
-    node = f"l{token}"
-    cidr = f"10.{200 + int(token[:2], 16) % 50}.{int(token[2:4], 16)}.0/24"
-    # the node's address (Envoy's policy listeners bind there): unique per run
-    node_ip = f"127.{random.randint(64, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
-    cfg = DatapathConfig(
-        nats_url=nats_server.url, node=node, data_dir=str(tmp_path / "nodes" / node), pin_root=pin_root,
-        pod_cidr="", node_ip=node_ip, log_format="text", health_addr=f"127.0.0.1:{free_port()}",
-    )  # fmt: skip
-    h = Harness(bus, cfg)
-    await h.subscribe()
+    scope = scope_for(str(tmp_path))  # the cluster's, as localcluster passes NODEMESH_SCOPE
+    hs: list[Harness] = []
     await k8s.put_obj(bus, {"kind": "Namespace", "metadata": {"name": "default"}})
-    node_obj = {
-        "kind": "Node",
-        "metadata": {"name": node},
-        "spec": {"podCIDR": cidr},
-        "status": {"addresses": [{"type": "InternalIP", "address": node_ip}]},
-    }
-    await k8s.put_obj(bus, node_obj)
-    await k8s.put_node(bus, node, node_ip, cidr)
+    for i in (1, 2):
+        node = f"l{token}{i}"
+        cidr = f"10.{200 + int(token[:2], 16) % 50}.{(int(token[2:4], 16) + i) % 256}.0/24"
+        # the node's address (Envoy's policy listeners bind there): unique per run
+        node_ip = f"127.{random.randint(64, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+        cfg = DatapathConfig(
+            nats_url=nats_server.url, node=node, data_dir=str(tmp_path / "nodes" / node), pin_root=pin_root,
+            pod_cidr="", node_ip=node_ip, log_format="text", health_addr=f"127.0.0.1:{free_port()}",
+            scope=scope, lb_host_sockets=i == 1,
+        )  # fmt: skip
+        h = Harness(bus, cfg)
+        await h.subscribe()
+        node_obj = {
+            "kind": "Node",
+            "metadata": {"name": node},
+            "spec": {"podCIDR": cidr},
+            "status": {"addresses": [{"type": "InternalIP", "address": node_ip}]},
+        }
+        await k8s.put_obj(bus, node_obj)
+        await k8s.put_node(bus, node, node_ip, cidr)
+        hs.append(h)
     try:
-        yield h
+        yield Nodes(hs, request.param)
     finally:
-        with contextlib.suppress(Exception):
-            await h.shutdown()
+        for h in hs:
+            with contextlib.suppress(Exception):
+                await h.shutdown()
         cleanup_all(str(tmp_path))
 
 
 async def test_privileged_l7_policy_through_the_services(
-    harness: Harness, bus: Bus, nats_server: NatsServer
+    nodes: Nodes, bus: Bus, nats_server: NatsServer
 ) -> None:
-    h, node = harness, harness.cfg.node
-    server, client = echo_pod("b", node), k8s.pod("a", node, {"app": "a"})
+    cl, sv = nodes.client, nodes.server
+    server, client = echo_pod("b", sv.cfg.node), k8s.pod("a", cl.cfg.node, {"app": "a"})
     for obj in (server, client, cnp("ingress", l7=True)):
         await k8s.put_obj(bus, obj)
     await k8s.synced(bus)
-    h.start()
-    b_ip = await k8s.until(lambda: h.ready_ip("b"), 60)
-    a_ip = await k8s.until(lambda: h.ready_ip("a"), 60)
+    for h in nodes.hs:
+        h.start()
+    b_ip = await k8s.until(lambda: sv.ready_ip("b"), 60)
+    a_ip = await k8s.until(lambda: cl.ready_ip("a"), 60)
     # the identity service's part, and the watcher's (the pods' status back in the K8S stream)
     await k8s.put_identity(bus, 70001, ["k8s:app=b", "k8s:io.kubernetes.pod.namespace=default"])
     await k8s.put_identity(bus, 70002, ["k8s:app=a", "k8s:io.kubernetes.pod.namespace=default"])
-    await k8s.put_ipcache(bus, b_ip, 70001, node, "default", "b")
-    await k8s.put_ipcache(bus, a_ip, 70002, node, "default", "a")
+    await k8s.put_ipcache(bus, b_ip, 70001, sv.cfg.node, "default", "b")
+    await k8s.put_ipcache(bus, a_ip, 70002, cl.cfg.node, "default", "a")
     for obj, ip in ((server, b_ip), (client, a_ip)):
         await k8s.put_obj(bus, {**obj, "status": {"podIP": ip, "phase": "Running"}})
     await k8s.synced(bus)
 
-    async with replica(nats_server.url, bus, nodes=node) as xds:
-        als = str(Path(h.cfg.data_dir) / "als.sock")  # the datapath's access log receiver
-        envoy = Envoy(
-            render_bootstrap(node, "127.0.0.1", xds.grpc_port, 0, als_socket=als), name=f"envoy@{node}"
-        )
-        envoy.start()
+    async with replica(nats_server.url, bus, nodes=",".join(nodes.names)) as xds:
+        envoys = []
+        for h in nodes.hs:
+            als = str(Path(h.cfg.data_dir) / "als.sock")  # the node's datapath's access log receiver
+            boot = render_bootstrap(h.cfg.node, "127.0.0.1", xds.grpc_port, 0, als_socket=als)
+            envoys.append(Envoy(boot, name=f"envoy@{h.cfg.node}"))
+        for envoy in envoys:
+            envoy.start()
         try:
-            a_ns = h.netns("a")
+            a_ns = cl.netns("a")
 
             async def get(path: str, method: str = "GET", port: int = 8080) -> tuple[int, str]:
                 return await asyncio.to_thread(request, a_ns, b_ip, port, method, path, 3.0)
@@ -128,17 +154,17 @@ async def test_privileged_l7_policy_through_the_services(
             assert await get("/private") == (403, "Access denied\r\n")
             assert (await get("/public", "POST"))[0] == 403
 
-            # the L4 flow is REDIRECTED, the denied request an L7 DROPPED flow with the 403
+            # on the server's node: the L4 flow is REDIRECTED, the denied request an L7 DROPPED flow
             await k8s.until(
                 lambda: any(
                     f.verdict == "REDIRECTED" and f.l4 and f.l4.tcp and f.l4.tcp.destination_port == 8080
-                    for f in h.flows
+                    for f in sv.flows
                 ),
                 30,
             )
             await k8s.until(
                 lambda: any(
-                    f.verdict == "DROPPED" and f.l7 and f.l7.http and f.l7.http.code == 403 for f in h.flows
+                    f.verdict == "DROPPED" and f.l7 and f.l7.http and f.l7.http.code == 403 for f in sv.flows
                 ),
                 30,
             )
@@ -152,4 +178,5 @@ async def test_privileged_l7_policy_through_the_services(
 
             await k8s.until(direct, 60)
         finally:
-            envoy.stop()
+            for envoy in envoys:
+                envoy.stop()

@@ -11,6 +11,7 @@ from localcluster import supervisor as sup
 from localcluster.layout import ClusterInfo
 from localcluster.processes import PROCESSES
 from nodemesh.errors import NodemeshError
+from nodemesh.netns import scope_for
 
 
 def test_plan_writes_run_files_and_wires_every_process(tmp_path: Path) -> None:
@@ -57,6 +58,10 @@ def test_plan_writes_run_files_and_wires_every_process(tmp_path: Path) -> None:
     assert cluster.dns_addr == "169.254.20.10" and cluster.cluster_dns == "10.96.0.10"
     assert procs["dns"].env["NODEMESH_LISTEN"] == "169.254.20.10:53"
     assert api.argv[api.argv.index("--dns-addr") + 1] == cluster.dns_addr
+    # every node's datapath pins in one scope directory (the L7 redirect's shared connection table
+    # lives there: a cross-node L7 connection hangs without it), and another cluster has its own
+    scopes = {procs[f"datapath@node-{i}"].env["NODEMESH_SCOPE"] for i in (1, 2)}
+    assert len(scopes) == 1 and scopes != {scope_for(str(tmp_path / "other"))}
 
 
 def test_missing_envoy_is_an_error_not_a_partial_cluster(

@@ -31,8 +31,17 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from nodemesh.policy.model import DIR_EGRESS, DIR_INGRESS, Endpoint, HTTPRule, PolicyKey, ProxyPorts
+from nodemesh.policy.model import (
+    DIR_EGRESS,
+    DIR_INGRESS,
+    Endpoint,
+    EndpointPolicy,
+    HTTPRule,
+    PolicyKey,
+    ProxyPorts,
+)
 from nodemesh.policy.resolve import resolve
+from nodemesh.policy.visibility import Visibility, pod_visibility, with_visibility
 
 from .l7policy_envoy import chain, cidrs, cluster, cluster_name, listener, listener_name
 from .types import CLUSTER, LISTENER, TranslateInput, Translation
@@ -69,6 +78,7 @@ class _Pod:
     node: str
     identity: int
     named_ports: dict[str, tuple[int, int]]
+    visibility: tuple[Visibility, ...] = ()
 
 
 def _d(x: Any) -> Mapping[str, Any]:
@@ -111,7 +121,8 @@ def _pods(inp: L7PolicyInput) -> tuple[list[_Pod], dict[int, list[str]]]:
                     proto = {"UDP": 17, "SCTP": 132}.get(str(cp.get("protocol", "TCP")), 6)
                     named[cp["name"]] = (proto, cp["containerPort"])
         key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
-        out.append(_Pod(key, ip, node, ids[tuple(labels)], named))
+        vis, _errors = pod_visibility(p)  # the datapath logs the errors; both leave those entries out
+        out.append(_Pod(key, ip, node, ids[tuple(labels)], named, vis))
     return out, {i: list(lbl) for lbl, i in ids.items()}
 
 
@@ -192,12 +203,21 @@ def l7_policy(inp: L7PolicyInput) -> dict[str, dict[str, dict[str, Message]]]:
         chains: dict[int, list[dict[str, Any]]] = {DIR_INGRESS: [], DIR_EGRESS: []}
         for p in sorted(local, key=lambda p: p.key):
             ep = res.policies.get(p.key)
+            if p.visibility:  # as the datapath writes it (nodemesh/policy/visibility.py)
+                ep = with_visibility(ep or EndpointPolicy(), p.visibility, inp.ports)
             if ep is None or not ep.l7:
                 continue
             for direction in (DIR_INGRESS, DIR_EGRESS):
                 policies: dict[str, Any] = {}
-                for key in sorted(k for k in ep.l7 if k.direction == direction):
-                    peer = peers.match(key.identity, direction)
+                keys = sorted(k for k in ep.l7 if k.direction == direction)
+                # The programs redirect only flows an L7 entry allows, judged by the ipcache, which
+                # learns a new pod before this listener's address lists do. When every peer has the
+                # same HTTP rules the peer match adds nothing but that lag (a new pod's first requests
+                # would get 403): leave it out, and the datapath's identity decision stands (as
+                # Cilium's Envoy takes the source identity from the datapath).
+                uniform = len({ep.l7[k] for k in keys}) == 1
+                for key in keys:
+                    peer = None if uniform else peers.match(key.identity, direction)
                     ingress = direction == DIR_INGRESS
                     for i, rule in enumerate(ep.l7[key]):
                         name = f"{key.identity}/{key.proto}/{key.dport}/{key.port_prefix_len}/{i}"
@@ -245,12 +265,13 @@ def ingest(inp: TranslateInput, out: Translation) -> None:
         if name and (addr := node_address(_d(n))):
             nodes[name] = addr
     policies = [*inp.of("CiliumNetworkPolicy"), *inp.of("CiliumClusterwideNetworkPolicy")]
-    if not nodes or not any(has_http_rules(p) for p in policies):
+    pods = list(inp.of("Pod"))
+    if not nodes or not (any(has_http_rules(p) for p in policies) or any(pod_visibility(p)[0] for p in pods)):
         return
     res = l7_policy(
         L7PolicyInput(
             policies=policies,
-            pods=list(inp.of("Pod")),
+            pods=pods,
             namespaces=list(inp.of("Namespace")),
             node_addresses=nodes,
             access_log_cluster=inp.access_log_cluster,
