@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from meshctl import connectivity_plan as plan
 from nodemesh.netns import netns_name
 from testkit.placement import CROSS_NODE, PLACEMENTS, SAME_NODE
 
@@ -603,6 +604,19 @@ def test_privileged_pod_processes_see_kubelets_resolv_conf(cluster: Cluster) -> 
         assert Path(f"/proc/{pid}/root/etc/resolv.conf").read_text() == want, name
     with open("/etc/resolv.conf") as fh:
         assert fh.read() == host  # the host's file is untouched
+
+
+def test_privileged_connectivity_test_passes_on_both_nodes(cluster: Cluster) -> None:
+    """`nodemesh connectivity test`, what a user runs after installing: every check passes, on the same
+    node and across nodes, and it leaves nothing behind."""
+    p = cluster.run("connectivity", "test", timeout=600, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    assert not [line for line in lines if line.startswith("✗")], p.stdout
+    passed = [line for line in lines if line.startswith("✓")]
+    assert len(passed) == 1 + len(plan.checks(2)), p.stdout  # the pods line + every check
+    assert sum("across nodes" in line for line in passed) >= 6
+    assert cluster.json("get", "pods", "-n", plan.NAMESPACE).get("items") == []
 
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "nodemesh-dashboard.json"
