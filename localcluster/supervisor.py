@@ -42,6 +42,7 @@ from localcluster.processes import (
 )
 from nodemesh import __version__
 from nodemesh.errors import NodemeshError
+from nodemesh.xdspki import ensure_pki
 
 __all__ = ["Options", "Supervisor", "main"]
 
@@ -195,7 +196,10 @@ class Supervisor:
             nodes=tuple(names),
             manifests=str(Path(self.opts.manifests).absolute()) if self.opts.manifests else "",
             dns_addr=self.cluster.dns_addr,
+            xds_pki=str(self.dir / "pki"),
         )
+        # Node credentials for ADS over mTLS (kept across restarts; docs/security.md).
+        ensure_pki(self.dir / "pki", names, ["127.0.0.1", "localhost"])
         conf, creds = render_nats_config(self.dir, nats_port, mon_port, names)
         (self.dir / "nats" / "nats.conf").write_text(conf)
         write_credentials(self.run_dir / "credentials.json", creds)

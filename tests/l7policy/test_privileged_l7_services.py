@@ -21,7 +21,6 @@ from conformance.envoy import Envoy
 from nodemesh.bus import Bus
 from services.datapath.cleanup import cleanup_all
 from services.datapath.config import DatapathConfig
-from services.xds.bootstrap import render_bootstrap
 from testkit.natsserver import NatsServer, free_port
 from tests.datapath import k8s
 from tests.datapath.test_privileged_service import Harness
@@ -108,7 +107,7 @@ async def test_privileged_l7_policy_through_the_services(
     async with replica(nats_server.url, bus, nodes=node) as xds:
         als = str(Path(h.cfg.data_dir) / "als.sock")  # the datapath's access log receiver
         envoy = Envoy(
-            render_bootstrap(node, "127.0.0.1", xds.grpc_port, 0, als_socket=als), name=f"envoy@{node}"
+            xds.bootstrap(node, als_socket=als), name=f"envoy@{node}"
         )
         envoy.start()
         try:
