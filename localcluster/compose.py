@@ -36,6 +36,7 @@ from localcluster.processes import (
     service_args,
     service_env,
 )
+from nodemesh.natsauth import ADMIN
 
 __all__ = ["COMPOSE_CONTEXT", "HEALTH_PORT", "HOST_CONTEXT", "health_addr", "host_network", "render"]
 
@@ -154,6 +155,18 @@ def render() -> dict[str, Any]:
             # listens on the host's DNS address (which must be on the host's lo, see docs/dns.md).
             svc["restart"] = "unless-stopped"
             services[name] = svc
+    # The admin step (nodemesh/streams.py): streams and buckets, created once as `admin`; the
+    # services wait for them (their NATS users may not create streams).
+    services["provision"] = {
+        "image": IMAGE,
+        "command": ["nodemesh", "nats", "provision", "--nats-url", ctx.nats_url],
+        "environment": {
+            "NODEMESH_NATS_PASSWORD": _required(password_var(ADMIN)),
+            "NODEMESH_NATS_USER": ADMIN,
+        },
+        "depends_on": ["nats"],
+        "restart": "on-failure",
+    }
     # No top-level `name:`: Compose v1 rejects it (the project is named after the directory, or -p).
     return {
         "services": services,

@@ -41,7 +41,10 @@ from localcluster.processes import (
     service_env,
 )
 from nodemesh import __version__
+from nodemesh.bus import connect
 from nodemesh.errors import NodemeshError
+from nodemesh.natsauth import ADMIN
+from nodemesh.streams import provision
 from nodemesh.xdspki import ensure_pki
 
 __all__ = ["Options", "Supervisor", "main"]
@@ -161,6 +164,7 @@ class Supervisor:
         self.phase = "starting"
         self.run_dir = self.dir / "run"
         self.cluster: ClusterInfo | None = None
+        self.admin: dict[str, str] = {}
 
     # --- planning ------------------------------------------------------------------------------
     def plan(self) -> list[Proc]:
@@ -203,6 +207,7 @@ class Supervisor:
         conf, creds = render_nats_config(self.dir, nats_port, mon_port, names)
         (self.dir / "nats" / "nats.conf").write_text(conf)
         write_credentials(self.run_dir / "credentials.json", creds)
+        self.admin = dict(creds[ADMIN])
         _write_json(self.run_dir / "cluster.json", msgspec.json.encode(self.cluster))
 
         procs: list[Proc] = []
@@ -371,7 +376,28 @@ class Supervisor:
             if p.spec.service in ("nats", "apiserver"):
                 # Everything needs NATS; the watchers need the API server. Others retry anyway.
                 await self._wait_ready(p, 60)
+            if p.spec.service == "nats":
+                await self._provision()
         self.phase = "running"
+
+    async def _provision(self) -> None:
+        """The admin step: streams and buckets, created as ``admin`` (services may not)."""
+        if self.cluster is None or self.stop.is_set():
+            return
+        try:
+            bus = await connect(
+                self.cluster.nats_url,
+                name="supervisor",
+                user=self.admin.get("user", ""),
+                password=self.admin.get("password", ""),
+                max_wait=10,
+            )
+            try:
+                await provision(bus.js)
+            finally:
+                await bus.nc.close()
+        except Exception as e:  # services wait (and say so) until the streams exist
+            self.progress(f"cannot provision the NATS streams: {e}")
 
     async def _stop_all(self) -> None:
         self.stop.set()

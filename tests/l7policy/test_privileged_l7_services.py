@@ -106,9 +106,7 @@ async def test_privileged_l7_policy_through_the_services(
 
     async with replica(nats_server.url, bus, nodes=node) as xds:
         als = str(Path(h.cfg.data_dir) / "als.sock")  # the datapath's access log receiver
-        envoy = Envoy(
-            xds.bootstrap(node, als_socket=als), name=f"envoy@{node}"
-        )
+        envoy = Envoy(xds.bootstrap(node, als_socket=als), name=f"envoy@{node}")
         envoy.start()
         try:
             a_ns = h.netns("a")

@@ -34,6 +34,7 @@ async def test_watcher_as_its_nats_user(
         },
     )
     with NatsServer(config=config) as server:
+        server.provision("admin", creds["admin"]["password"])  # the admin step; the watcher only waits
         w = await InProcessWatcher(
             server.url, api.url, "w", nats_user="watcher", nats_password=creds["watcher"]["password"]
         ).start()
