@@ -124,6 +124,9 @@ def render() -> dict[str, Any]:
                 svc["depends_on"] = ["nats"] + (["apiserver"] if spec.service == "watcher" else [])
             if spec.service == "apiserver":
                 svc["volumes"] = ["../../examples/demo:/manifests:ro", "api:/var/lib/nodemesh/api"]
+            if spec.service == "watcher":
+                # The API server's bearer token (api/token), which it creates on first start.
+                svc["volumes"] = ["api:/var/lib/nodemesh/api:ro"]
             if spec.service == "nats":
                 svc["volumes"] = ["./nats.conf:/etc/nats/nats.conf:ro", "nats:/var/lib/nodemesh/nats"]
                 # For the host-network processes, on the host's loopback only.

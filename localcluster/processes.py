@@ -183,6 +183,7 @@ def service_env(spec: ProcSpec, ctx: Context, node: str, instance: str) -> dict[
     env = {"NODEMESH_CLUSTER_DATA_DIR": ctx.data_dir}
     if spec.service == "watcher":
         env["NODEMESH_API_URL"] = ctx.api_url
+        env["NODEMESH_API_TOKEN_FILE"] = f"{ctx.data_dir}/api/token"  # the API server makes it
         env["NODEMESH_WATCHER_ID"] = instance
     elif spec.service == "xds":
         env["NODEMESH_GRPC_ADDR"] = f"{ctx.bind_host}:{ctx.xds_addr.rpartition(':')[2]}"

@@ -45,7 +45,7 @@ from nodemesh.bus import connect
 from nodemesh.errors import NodemeshError
 from nodemesh.natsauth import ADMIN
 from nodemesh.streams import provision
-from nodemesh.xdspki import ensure_pki
+from nodemesh.xdspki import ensure_pki, write_private
 
 __all__ = ["Options", "Supervisor", "main"]
 
@@ -169,8 +169,12 @@ class Supervisor:
     # --- planning ------------------------------------------------------------------------------
     def plan(self) -> list[Proc]:
         """Pick ports, write cluster.json, nats.conf and credentials.json; build the process list."""
+        # Owner only (docs/security.md): passwords, keys, the API store and token live under here.
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
         for sub in ("run", "logs", "nats", "api"):
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+            (self.dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.dir / sub, 0o700)
         names = [f"node-{i}" for i in range(1, self.opts.nodes + 1)]
         nats_port, mon_port, api_port, xds_port, *admin = _free_ports(4 + len(names))
         nodes = [
@@ -205,7 +209,7 @@ class Supervisor:
         # Node credentials for ADS over mTLS (kept across restarts; docs/security.md).
         ensure_pki(self.dir / "pki", names, ["127.0.0.1", "localhost"])
         conf, creds = render_nats_config(self.dir, nats_port, mon_port, names)
-        (self.dir / "nats" / "nats.conf").write_text(conf)
+        write_private(self.dir / "nats" / "nats.conf", conf.encode())  # every password
         write_credentials(self.run_dir / "credentials.json", creds)
         self.admin = dict(creds[ADMIN])
         _write_json(self.run_dir / "cluster.json", msgspec.json.encode(self.cluster))

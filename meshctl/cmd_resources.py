@@ -17,7 +17,7 @@ import yaml
 
 from localcluster.apiclient import ApiClient, ApiError
 from localcluster.columns import table_rows
-from localcluster.layout import data_dir, load_cluster
+from localcluster.layout import data_dir, load_api_token, load_cluster
 from nodemesh.errors import NodemeshError
 from nodemesh.kinds import KINDS, Kind, by_kind, lookup
 from validation import Document, document_warnings, read_sources, validate_documents
@@ -64,8 +64,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> ApiClient:
-    cluster = load_cluster(str(data_dir(getattr(args, "sub_data_dir", None) or args.data_dir)))
-    return ApiClient(cluster.api_url)
+    d = str(data_dir(getattr(args, "sub_data_dir", None) or args.data_dir))
+    cluster = load_cluster(d)
+    return ApiClient(cluster.api_url, token=load_api_token(d))
 
 
 def _ref(kind: Kind, name: str) -> str:

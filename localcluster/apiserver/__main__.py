@@ -8,8 +8,10 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+from pathlib import Path
 
 from localcluster.apiserver.app import LocalApi
+from localcluster.layout import ensure_api_token
 from nodemesh.log import setup_logging
 
 
@@ -30,6 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--history", type=int, default=10_000, help="watch events kept (older RVs get 410)")
     p.add_argument("--bookmark-interval", type=float, default=5.0, help="seconds between watch BOOKMARKs")
+    p.add_argument(
+        "--token-file",
+        default="",
+        help="bearer token every request needs (default <data-dir>/api/token, created 0600 if missing)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", default="json", help="json or text")
     args = p.parse_args(argv)
@@ -46,6 +53,13 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--nodes must be between 0 and 250 (node-i gets 10.244.i.0/24 and 127.0.50.i)")
     setup_logging("apiserver", "", args.log_level, args.log_format)
 
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+        if not token:
+            p.error(f"--token-file {args.token_file} is empty")
+    else:
+        token = ensure_api_token(args.data_dir)
+
     async def run() -> None:
         api = LocalApi(
             args.data_dir,
@@ -57,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
             history=args.history,
             bookmark_interval=args.bookmark_interval,
             dns_addr=args.dns_addr,
+            token=token,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

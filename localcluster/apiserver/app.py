@@ -34,6 +34,7 @@ class LocalApi:
         bookmark_interval: float = 5.0,
         controllers: bool = True,
         dns_addr: str = "",
+        token: str = "",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -41,7 +42,7 @@ class LocalApi:
         self.nodes = nodes
         self.dns_addr = dns_addr
         self.store = Store(self.data_dir / "api", history=history)
-        self.server = ApiServer(self.store, bookmark_interval=bookmark_interval)
+        self.server = ApiServer(self.store, bookmark_interval=bookmark_interval, token=token)
         self.controllers = (
             ControllerManager(self.store, lb_pool=lb_pool, dns_addr=dns_addr) if controllers else None
         )

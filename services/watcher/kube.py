@@ -65,11 +65,20 @@ class KubeClient:
 
     @classmethod
     def from_settings(
-        cls, api_url: str = "", kubeconfig: str = "", in_cluster: bool = False, page_size: int = 500
+        cls,
+        api_url: str = "",
+        kubeconfig: str = "",
+        in_cluster: bool = False,
+        page_size: int = 500,
+        token: str = "",
     ) -> KubeClient:
+        """``token``: a bearer token for ``api_url`` (the local API server's, docs/security.md)."""
         cfg = k8s.Configuration()
         if api_url:
             cfg.host = api_url.rstrip("/")
+            if token:
+                cfg.api_key = {"BearerToken": token}
+                cfg.api_key_prefix = {"BearerToken": "Bearer"}
         elif in_cluster:
             k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         else:
