@@ -164,6 +164,10 @@ class KubeClient:
         """Every object of ``kind`` and the list's resourceVersion."""
         return await asyncio.to_thread(self.list_sync, kind)
 
+    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]:
+        """One object (:class:`ApiStatusError` 404 if it does not exist)."""
+        return await asyncio.to_thread(self._json, "GET", kind.path(namespace, name))
+
     async def patch_status(
         self, kind: Kind, namespace: str, name: str, patch: dict[str, Any]
     ) -> dict[str, Any]:

@@ -49,7 +49,7 @@ async def test_watcher_as_its_nats_user(
             api.store.create(by_kind("ConfigMap"), {"metadata": {"name": "later", "namespace": "default"}})
             await converged(api, cache)
             await admin.publish(
-                subjects.k8s_status("Pod", "default", "p"),
+                subjects.k8s_node_status("node-1", "Pod", "default", "p"),
                 StatusPatch(
                     kind="Pod",
                     api_version="v1",
