@@ -113,6 +113,8 @@ def test_no_other_local_user_reads_a_password_key_or_the_store(cluster: Path) ->
         p = cluster / rel
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, (rel, oct(p.stat().st_mode))
         assert stat.S_IMODE(p.parent.stat().st_mode) == 0o700, (rel, oct(p.parent.stat().st_mode))
+    for f in (cluster / "api").iterdir():  # the store, its -wal/-shm and the token
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, (f, oct(f.stat().st_mode))
     ca_keys = list((cluster / "identity").rglob("ca.key"))
     assert ca_keys and all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in ca_keys)
     # The attack itself: another uid tries to read them (and to list the data dir).
