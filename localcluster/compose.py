@@ -51,7 +51,10 @@ COMPOSE_CONTEXT = Context(
     manifests="/manifests",
     log_format="json",
     bind_host="0.0.0.0",
+    xds_pki="/var/lib/nodemesh/pki",
 )
+PKI_HOST_DIR = "./pki"
+"""Where ``python -m localcluster.deploygen xds-pki --dir deploy/compose/pki`` put the certificates."""
 
 
 HOST_CONTEXT = msgspec.structs.replace(
@@ -132,6 +135,8 @@ def render() -> dict[str, Any]:
                 # For the host-network processes, on the host's loopback only.
                 svc["ports"] = ["127.0.0.1:4222:4222"]
             if spec.service == "xds":
+                # ADS over mTLS: xds's serving certificate only (the CA key stays on the host).
+                svc["volumes"] = [f"{PKI_HOST_DIR}/server:{ctx.xds_pki}/server:ro"]
                 svc["hostname"] = "xds"
                 svc["ports"] = ["127.0.0.1:18000:18000"]
             if host_network(spec):
@@ -150,6 +155,9 @@ def render() -> dict[str, Any]:
             if spec.service == "envoy":
                 # Transparent (IP_TRANSPARENT) listeners for the datapath's L7 policy redirects.
                 svc["cap_add"] = ["NET_ADMIN"]
+                # This node's ADS client certificate only.
+                pki = f"{ctx.xds_pki}/nodes/{node}"
+                svc["volumes"] = [f"{PKI_HOST_DIR}/nodes/{node}:{pki}:ro"]
             if spec.service in ("datapath", "envoy"):
                 # A node's Envoy writes access logs to its datapath's socket (<node dir>/als.sock):
                 # both mount the node's volume there.
@@ -182,6 +190,7 @@ HEADER = """\
 # table in localcluster/processes.py — do not edit; tests/deploy checks it is current.
 # Build the image first: docker build -f deploy/Dockerfile -t nodemesh:dev .
 # NATS passwords: python -m localcluster.deploygen compose-env > deploy/compose/.env  (never commit it)
+# ADS certificates: python -m localcluster.deploygen xds-pki --dir deploy/compose/pki   (never commit it)
 """
 
 
