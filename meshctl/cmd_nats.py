@@ -14,6 +14,9 @@ import json
 import os
 from pathlib import Path
 
+import nats.errors
+import nats.js.errors
+
 from localcluster.layout import data_dir, load_cluster, load_credentials
 from nodemesh.bus import connect
 from nodemesh.errors import NodemeshError
@@ -57,6 +60,12 @@ async def _provision(args: argparse.Namespace) -> int:
     try:
         await provision(bus.js, replicas=args.replicas)
         gone = await missing(bus.js)
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as e:
+        # A service user's request is refused by nats-server (a permissions violation, no answer).
+        raise NodemeshError(
+            f"provisioning as {user or 'no user'} failed ({type(e).__name__}: {e}); "
+            "only the NATS admin user may create streams"
+        ) from None
     finally:
         await bus.nc.close()
     if gone:

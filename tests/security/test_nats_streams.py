@@ -110,3 +110,21 @@ async def test_a_service_user_cannot_seal_purge_delete_or_rewrite_a_stream(
     assert after.state.messages == 1
     names = [s.config.name for s in await admin.jetstream().streams_info()]
     assert "EVIL" not in names and "KV_trust" in names
+
+
+async def test_only_the_admin_step_provisions(tmp_path: Path) -> None:
+    """`nodemesh nats provision` (the compose one-shot and the Kubernetes Job) works as admin only."""
+    from meshctl.main import main as cli
+
+    config, creds = local_auth(CELLS, NODES, str(tmp_path))
+    with NatsServer(config=config) as server:
+        for user, code in ((DATAPATH.user("node-1"), 1), ("admin", 0)):
+            cred = tmp_path / f"{user}.json"
+            cred.write_text(f'{{"nats_user": "{user}", "nats_password": "{creds[user]["password"]}"}}')
+            args = ["nats", "provision", "--nats-url", server.url, "--config", str(cred), "--max-wait", "5"]
+            assert await asyncio.to_thread(cli, args) == code, user
+        admin = await nats.connect(server.url, user="admin", password=creds["admin"]["password"])
+        try:
+            assert await missing(admin.jetstream()) == []
+        finally:
+            await admin.close()
