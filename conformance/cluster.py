@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from localcluster.apiclient import ApiClient, ApiError
-from localcluster.layout import load_cluster
+from localcluster.layout import load_api_token, load_cluster
 from nodemesh.kinds import by_kind
 
 __all__ = ["LocalCluster"]
@@ -44,7 +44,7 @@ class LocalCluster:
 
     def __init__(self, data_dir: str | None = None) -> None:
         self.info = load_cluster(data_dir)
-        self.api = ApiClient(self.info.api_url)
+        self.api = ApiClient(self.info.api_url, token=load_api_token(self.info.data_dir))
         self.pod_logs = Path(self.info.data_dir)
         self._tmp = tempfile.TemporaryDirectory(prefix="nm-conf-certs-")
         self._deployments: set[str] = set()

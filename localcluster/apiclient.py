@@ -28,14 +28,17 @@ class ApiError(NodemeshError):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, timeout: float = 15.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 15.0, token: str = "") -> None:
         self.base = base_url.rstrip("/")
         self.timeout = timeout
+        self.token = token  # the local API server's bearer token (<data-dir>/api/token)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Accept", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
@@ -94,6 +97,8 @@ class ApiClient:
             q["resourceVersion"] = resource_version
         url = self.base + kind.path(namespace if kind.namespaced else "") + "?" + urllib.parse.urlencode(q)
         req = urllib.request.Request(url, headers={"Accept": "application/json"})
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         try:
             resp = urllib.request.urlopen(req, timeout=None)
         except urllib.error.HTTPError as e:

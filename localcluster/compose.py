@@ -36,6 +36,7 @@ from localcluster.processes import (
     service_args,
     service_env,
 )
+from nodemesh.natsauth import ADMIN
 
 __all__ = ["COMPOSE_CONTEXT", "HEALTH_PORT", "HOST_CONTEXT", "health_addr", "host_network", "render"]
 
@@ -50,7 +51,10 @@ COMPOSE_CONTEXT = Context(
     manifests="/manifests",
     log_format="json",
     bind_host="0.0.0.0",
+    xds_pki="/var/lib/nodemesh/pki",
 )
+PKI_HOST_DIR = "./pki"
+"""Where ``python -m localcluster.deploygen xds-pki --dir deploy/compose/pki`` put the certificates."""
 
 
 HOST_CONTEXT = msgspec.structs.replace(
@@ -123,11 +127,16 @@ def render() -> dict[str, Any]:
                 svc["depends_on"] = ["nats"] + (["apiserver"] if spec.service == "watcher" else [])
             if spec.service == "apiserver":
                 svc["volumes"] = ["../../examples/demo:/manifests:ro", "api:/var/lib/nodemesh/api"]
+            if spec.service == "watcher":
+                # The API server's bearer token (api/token), which it creates on first start.
+                svc["volumes"] = ["api:/var/lib/nodemesh/api:ro"]
             if spec.service == "nats":
                 svc["volumes"] = ["./nats.conf:/etc/nats/nats.conf:ro", "nats:/var/lib/nodemesh/nats"]
                 # For the host-network processes, on the host's loopback only.
                 svc["ports"] = ["127.0.0.1:4222:4222"]
             if spec.service == "xds":
+                # ADS over mTLS: xds's serving certificate only (the CA key stays on the host).
+                svc["volumes"] = [f"{PKI_HOST_DIR}/server:{ctx.xds_pki}/server:ro"]
                 svc["hostname"] = "xds"
                 svc["ports"] = ["127.0.0.1:18000:18000"]
             if host_network(spec):
@@ -146,6 +155,9 @@ def render() -> dict[str, Any]:
             if spec.service == "envoy":
                 # Transparent (IP_TRANSPARENT) listeners for the datapath's L7 policy redirects.
                 svc["cap_add"] = ["NET_ADMIN"]
+                # This node's ADS client certificate only.
+                pki = f"{ctx.xds_pki}/nodes/{node}"
+                svc["volumes"] = [f"{PKI_HOST_DIR}/nodes/{node}:{pki}:ro"]
             if spec.service in ("datapath", "envoy"):
                 # A node's Envoy writes access logs to its datapath's socket (<node dir>/als.sock):
                 # both mount the node's volume there.
@@ -154,6 +166,18 @@ def render() -> dict[str, Any]:
             # listens on the host's DNS address (which must be on the host's lo, see docs/dns.md).
             svc["restart"] = "unless-stopped"
             services[name] = svc
+    # The admin step (nodemesh/streams.py): streams and buckets, created once as `admin`; the
+    # services wait for them (their NATS users may not create streams).
+    services["provision"] = {
+        "image": IMAGE,
+        "command": ["nodemesh", "nats", "provision", "--nats-url", ctx.nats_url],
+        "environment": {
+            "NODEMESH_NATS_PASSWORD": _required(password_var(ADMIN)),
+            "NODEMESH_NATS_USER": ADMIN,
+        },
+        "depends_on": ["nats"],
+        "restart": "on-failure",
+    }
     # No top-level `name:`: Compose v1 rejects it (the project is named after the directory, or -p).
     return {
         "services": services,
@@ -166,6 +190,7 @@ HEADER = """\
 # table in localcluster/processes.py — do not edit; tests/deploy checks it is current.
 # Build the image first: docker build -f deploy/Dockerfile -t nodemesh:dev .
 # NATS passwords: python -m localcluster.deploygen compose-env > deploy/compose/.env  (never commit it)
+# ADS certificates: python -m localcluster.deploygen xds-pki --dir deploy/compose/pki   (never commit it)
 """
 
 

@@ -30,7 +30,7 @@ from localcluster.cleanup import (
     pid_alive,
     unmount_under,
 )
-from localcluster.layout import ClusterInfo, SupervisorState, load_credentials
+from localcluster.layout import ClusterInfo, SupervisorState, load_api_token, load_credentials
 
 __all__ = ["cluster_status", "down", "supervisor_pid", "up"]
 
@@ -220,11 +220,11 @@ async def _nats_status(d: Path, url: str) -> dict[str, Any]:
     return info
 
 
-def _nodes(api_url: str) -> list[dict[str, Any]] | str:
+def _nodes(api_url: str, d: Path) -> list[dict[str, Any]] | str:
     from nodemesh.kinds import by_kind
 
     try:
-        items = ApiClient(api_url, timeout=5).list(by_kind("Node"))
+        items = ApiClient(api_url, timeout=5, token=load_api_token(str(d))).list(by_kind("Node"))
     except ApiError as e:
         return str(e)
     out = []
@@ -262,5 +262,5 @@ def cluster_status(d: Path) -> dict[str, Any]:
     result["processes"] = procs
     result["cluster"] = msgspec.to_builtins(cluster)
     result["nats"] = asyncio.run(_nats_status(d, cluster.nats_url))
-    result["nodes"] = _nodes(cluster.api_url)
+    result["nodes"] = _nodes(cluster.api_url, d)
     return result

@@ -15,6 +15,9 @@ in local mode; what differs is where the passwords live, since they are never co
   passwords are ``$NATS_PASSWORD_<USER>`` references that nats-server resolves from its
   environment, which compose fills from ``deploy/compose/.env``.
 * ``compose-env``: that ``.env`` with fresh random passwords (not committed).
+* ``xds-pki --dir deploy/compose/pki``: the xDS CA, xds's serving certificate and one ADS client
+  certificate per compose node (nodemesh/xdspki.py; not committed). Compose mounts ``server/`` into
+  xds and ``nodes/<node>/`` into that node's Envoy only; the CA key stays on the host.
 
 Kubernetes does not run the cluster DNS service (CoreDNS serves kube-dns), so it has no user there.
 """
@@ -28,6 +31,7 @@ import re
 import secrets
 import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -35,6 +39,7 @@ import yaml
 from localcluster.cells import CELLS, DNS
 from nodemesh.cell import Cell
 from nodemesh.natsauth import Permissions, render_authorization, user_permissions
+from nodemesh.xdspki import ensure_pki
 
 __all__ = [
     "K8S_CELLS",
@@ -165,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser("compose-nats-conf", help="deploy/compose/nats.conf")
     sub.add_parser("compose-env", help="deploy/compose/.env (fresh passwords)")
+    pki = sub.add_parser("xds-pki", help="xDS node certificates for deploy/compose (kept if present)")
+    pki.add_argument("--dir", required=True, help="where (deploy/compose/pki for compose)")
+    pki.add_argument("--nodes", default="", help="comma-separated node names (default: compose's)")
     ns = p.parse_args(argv)
     if ns.what == "k8s-secrets":
         nodes = [n.strip() for n in ns.nodes.split(",") if n.strip()]
@@ -177,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             p.error(str(e))
         sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False, width=10_000))
+    elif ns.what == "xds-pki":
+        nodes = [n.strip() for n in ns.nodes.split(",") if n.strip()] or list(COMPOSE_CONTEXT.nodes)
+        ensure_pki(Path(ns.dir), nodes, ["xds", "127.0.0.1", "localhost"])
+        print(f"xDS PKI for {', '.join(nodes)} in {ns.dir}", file=sys.stderr)
     elif ns.what == "compose-nats-conf":
         sys.stdout.write(compose_nats_conf(list(COMPOSE_CONTEXT.nodes)))
     else:

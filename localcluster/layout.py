@@ -1,15 +1,16 @@
 """Where local mode keeps things under the data directory, and the cluster state file.
 
-    <data-dir>/
+    <data-dir>/             0700: only its owner enters (docs/security.md)
       run/cluster.json      ClusterInfo: URLs, ports, nodes (written by `nodemesh up`, 0644)
-      run/credentials.json  NATS users and passwords (0600; root only)
+      run/credentials.json  NATS users and passwords (0600)
       run/supervisor.pid    the supervisor's pid
       run/state.json        SupervisorState: each process, pid, restarts, health port
       logs/<proc>.log       each process's stdout+stderr
-      nats/                 nats-server config and JetStream store
-      api/                  local API server store (the manifest store)
+      nats/                 nats-server config (0600: every password) and JetStream store
+      api/                  local API server store (0600) and its bearer token ``token`` (0600)
+      pki/                  xDS CA, xds's and each node's ADS client certificate (keys 0600)
       identity/ca/          CA key (0600) and certificate
-      nodes/<node>/         per-node state: datapath IPAM, authd keys (0600), envoy bootstrap
+      nodes/<node>/         per-node state: datapath IPAM, authd keys (0600), envoy bootstrap (0600)
 
 Every CLI command finds the cluster through :func:`load_cluster` (``--data-dir``, else
 ``$NODEMESH_DATA_DIR``, else ``/var/lib/nodemesh``).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 import msgspec
@@ -31,7 +33,10 @@ __all__ = [
     "NodeSpec",
     "ProcState",
     "SupervisorState",
+    "api_token_path",
     "data_dir",
+    "ensure_api_token",
+    "load_api_token",
     "load_cluster",
     "load_credentials",
     "load_state",
@@ -96,6 +101,35 @@ class SupervisorState(msgspec.Struct, kw_only=True):
 
 def data_dir(explicit: str | None = None) -> Path:
     return Path(explicit or os.environ.get("NODEMESH_DATA_DIR") or DEFAULT_DATA_DIR).absolute()
+
+
+def api_token_path(directory: str | Path) -> Path:
+    """The local API server's bearer token file under a cluster data directory."""
+    return Path(directory) / "api" / "token"
+
+
+def ensure_api_token(directory: str | Path) -> str:
+    """The API token of the cluster in ``directory``, created (0600, in a 0700 dir) if missing."""
+    path = api_token_path(directory)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+def load_api_token(explicit: str | None = None) -> str:
+    """The CLI's token for the local API server ("" if the cluster has none)."""
+    try:
+        return api_token_path(data_dir(explicit)).read_text().strip()
+    except OSError:
+        return ""
 
 
 def load_cluster(explicit: str | None = None) -> ClusterInfo:

@@ -121,6 +121,9 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     log_format: str = "json"
     bind_host: str = "127.0.0.1"
     """Where servers (API server, xds ADS) listen: loopback locally, all interfaces in containers."""
+    xds_pki: str = ""
+    """The xDS PKI directory (nodemesh/xdspki.py): xds serves mTLS with ``<xds_pki>/server`` and node
+    N's Envoy presents ``<xds_pki>/nodes/N``; "" = plaintext ADS (``--insecure-ads``)."""
     dns_addr: str = DNS_ADDR
     """Where the cluster DNS server listens (port 53) and kube-dns' EndpointSlice points
     (localcluster/dnsaddr.py); "" = no kube-dns Service."""
@@ -146,6 +149,8 @@ def service_args(spec: ProcSpec, ctx: Context, node: str, health_addr: str) -> l
         _host, _, admin = health_addr.rpartition(":")
         boot = f"{ctx.data_dir}/nodes/{node}/envoy/bootstrap.json"
         args = ["--node", node, "--xds-addr", ctx.xds_addr, "--admin-port", admin, "--bootstrap", boot]
+        if ctx.xds_pki:
+            args += ["--tls-dir", f"{ctx.xds_pki}/nodes/{node}"]
         # The node's datapath receives access logs (L7 flows) on <its data dir>/als.sock by default.
         return [*args, "--als-socket", f"{ctx.data_dir}/nodes/{node}/als.sock"]
     if spec.service == "apiserver":
@@ -187,10 +192,15 @@ def service_env(spec: ProcSpec, ctx: Context, node: str, instance: str) -> dict[
     env = {"NODEMESH_CLUSTER_DATA_DIR": ctx.data_dir}
     if spec.service == "watcher":
         env["NODEMESH_API_URL"] = ctx.api_url
+        env["NODEMESH_API_TOKEN_FILE"] = f"{ctx.data_dir}/api/token"  # the API server makes it
         env["NODEMESH_WATCHER_ID"] = instance
     elif spec.service == "xds":
         env["NODEMESH_GRPC_ADDR"] = f"{ctx.bind_host}:{ctx.xds_addr.rpartition(':')[2]}"
         env["NODEMESH_NODES"] = ",".join(ctx.nodes)
+        if ctx.xds_pki:
+            env["NODEMESH_TLS_DIR"] = f"{ctx.xds_pki}/server"
+        else:
+            env["NODEMESH_INSECURE_ADS"] = "true"
     elif spec.service == "dns":
         env["NODEMESH_LISTEN"] = f"{ctx.dns_addr}:53"
     elif spec.service == "datapath":

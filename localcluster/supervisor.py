@@ -42,7 +42,11 @@ from localcluster.processes import (
     service_env,
 )
 from nodemesh import __version__
+from nodemesh.bus import connect
 from nodemesh.errors import NodemeshError
+from nodemesh.natsauth import ADMIN
+from nodemesh.streams import provision
+from nodemesh.xdspki import ensure_pki, write_private
 
 __all__ = ["Options", "Supervisor", "main"]
 
@@ -168,12 +172,17 @@ class Supervisor:
         self.phase = "starting"
         self.run_dir = self.dir / "run"
         self.cluster: ClusterInfo | None = None
+        self.admin: dict[str, str] = {}
 
     # --- planning ------------------------------------------------------------------------------
     def plan(self) -> list[Proc]:
         """Pick ports, write cluster.json, nats.conf and credentials.json; build the process list."""
+        # Owner only (docs/security.md): passwords, keys, the API store and token live under here.
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
         for sub in ("run", "logs", "nats", "api"):
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+            (self.dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.dir / sub, 0o700)
         names = [f"node-{i}" for i in range(1, self.opts.nodes + 1)]
         removed = remove_extra_nodes(self.dir, self.opts.nodes)
         if removed:  # their Node objects and pods go at the API server's start (bootstrap.py)
@@ -208,10 +217,14 @@ class Supervisor:
             dns_addr=self.cluster.dns_addr,
             node_grace=self.opts.node_grace,
             toleration_seconds=self.opts.eviction,
+            xds_pki=str(self.dir / "pki"),
         )
+        # Node credentials for ADS over mTLS (kept across restarts; docs/security.md).
+        ensure_pki(self.dir / "pki", names, ["127.0.0.1", "localhost"])
         conf, creds = render_nats_config(self.dir, nats_port, mon_port, names)
-        (self.dir / "nats" / "nats.conf").write_text(conf)
+        write_private(self.dir / "nats" / "nats.conf", conf.encode())  # every password
         write_credentials(self.run_dir / "credentials.json", creds)
+        self.admin = dict(creds[ADMIN])
         _write_json(self.run_dir / "cluster.json", msgspec.json.encode(self.cluster))
 
         procs: list[Proc] = []
@@ -426,7 +439,28 @@ class Supervisor:
             if p.spec.service in ("nats", "apiserver"):
                 # Everything needs NATS; the watchers need the API server. Others retry anyway.
                 await self._wait_ready(p, 60)
+            if p.spec.service == "nats":
+                await self._provision()
         self.phase = "running"
+
+    async def _provision(self) -> None:
+        """The admin step: streams and buckets, created as ``admin`` (services may not)."""
+        if self.cluster is None or self.stop.is_set():
+            return
+        try:
+            bus = await connect(
+                self.cluster.nats_url,
+                name="supervisor",
+                user=self.admin.get("user", ""),
+                password=self.admin.get("password", ""),
+                max_wait=10,
+            )
+            try:
+                await provision(bus.js)
+            finally:
+                await bus.nc.close()
+        except Exception as e:  # services wait (and say so) until the streams exist
+            self.progress(f"cannot provision the NATS streams: {e}")
 
     async def _stop_all(self) -> None:
         self.stop.set()

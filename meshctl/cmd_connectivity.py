@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from localcluster.apiclient import ApiClient, ApiError
-from localcluster.layout import ClusterInfo, data_dir, load_cluster, load_credentials
+from localcluster.layout import ClusterInfo, data_dir, load_api_token, load_cluster, load_credentials
 from nodemesh.bus import connect
 from nodemesh.errors import NodemeshError
 from nodemesh.kinds import by_kind
@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 class _Runner:
     def __init__(self, cluster: ClusterInfo, data: Path, timeout: float) -> None:
         self.cluster, self.data, self.timeout = cluster, data, timeout
-        self.api = ApiClient(cluster.api_url)
+        self.api = ApiClient(cluster.api_url, token=load_api_token(str(data)))
         self.pods: dict[str, dict[str, Any]] = {}
         nsenter = shutil.which("nsenter")
         if nsenter is None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from localcluster.apiclient import ApiClient, ApiError
 from localcluster.columns import table_rows
-from localcluster.layout import data_dir, load_cluster
+from localcluster.layout import data_dir, load_api_token, load_cluster
 from nodemesh.errors import NodemeshError
 from nodemesh.kinds import KINDS, Kind, by_kind, lookup
 
@@ -83,8 +83,9 @@ def _client(args: argparse.Namespace) -> Any:
         from .kubeclient import KubeApiClient
 
         return KubeApiClient(kubeconfig, context)
-    cluster = load_cluster(str(data_dir(explicit_dir)))
-    return ApiClient(cluster.api_url)
+    d = str(data_dir(explicit_dir))
+    cluster = load_cluster(d)
+    return ApiClient(cluster.api_url, token=load_api_token(d))
 
 
 def _ref(kind: Kind, name: str) -> str:

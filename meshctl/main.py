@@ -41,6 +41,7 @@ VERB_MODULES = {
     "hubble": "cmd_hubble",
     "identity": "cmd_identity",
     "logs": "cmd_logs",
+    "nats": "cmd_nats",
     "ipcache": "cmd_identity",
     "observe": "cmd_observe",
     "service": "cmd_service",

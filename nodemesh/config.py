@@ -41,7 +41,7 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     log_format: str = "json"
     """json (one object per line) or text."""
     stream_replicas: int = 1
-    """Replicas for streams and buckets this service provisions (3 on a NATS cluster)."""
+    """Replicas for streams and buckets (3 on a NATS cluster); used by ``nodemesh nats provision``."""
 
 
 def _flag(name: str) -> str:

@@ -26,9 +26,10 @@ rights on ``_INBOX.>``, so nobody can forge a reply to somebody else's request.
 
 JetStream's API is coarser than subjects: a stream is read through API subjects named after the
 *stream*, not the message subject (``$JS.API.CONSUMER.CREATE.<stream>``, ``…STREAM.MSG.GET.<stream>``),
-so a user allowed to read a stream can read all of it; and because every service provisions streams
-at start (``nodemesh.streams.provision``), every user may create/update the nodemesh streams. See
-docs/identity.md, "NATS permissions", for what that means.
+so a user allowed to read a stream can read all of it. No service user may create, update, delete,
+purge or seal a stream or bucket, nor delete its messages: streams are provisioned once by the admin
+step (``nodemesh.streams.provision`` as ``admin``), and services only check that they exist
+(``STREAM.INFO``). See docs/security.md.
 """
 
 from __future__ import annotations
@@ -78,17 +79,13 @@ class Permissions(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # --- building blocks ---------------------------------------------------------------------------
-def _provision() -> list[str]:
-    """What :func:`nodemesh.streams.provision` needs: every service runs it at start."""
+def _provisioned() -> list[str]:
+    """What :func:`nodemesh.streams.wait_provisioned` needs at every service's start: info only."""
     out = [f"{JS_API}.INFO", f"{JS_API}.STREAM.NAMES"]
     for s in STREAMS:
-        out += [
-            f"{JS_API}.STREAM.INFO.{s.name}",
-            f"{JS_API}.STREAM.CREATE.{s.name}",
-            f"{JS_API}.STREAM.UPDATE.{s.name}",
-        ]
+        out.append(f"{JS_API}.STREAM.INFO.{s.name}")
     for b in BUCKETS:
-        out += [f"{JS_API}.STREAM.INFO.{kv_stream(b.name)}", f"{JS_API}.STREAM.CREATE.{kv_stream(b.name)}"]
+        out.append(f"{JS_API}.STREAM.INFO.{kv_stream(b.name)}")
     return out
 
 
@@ -123,7 +120,7 @@ _COMMON_SUB = ("_INBOX.>", "$SRV.>")
 
 
 def _perms(publish: Iterable[str], subscribe: Iterable[str]) -> Permissions:
-    pub = list(dict.fromkeys([*_provision(), *publish]))
+    pub = list(dict.fromkeys([*_provisioned(), *publish]))
     sub = list(dict.fromkeys([*_COMMON_SUB, *subscribe]))
     return Permissions(publish=tuple(pub), subscribe=tuple(sub))
 

@@ -2,7 +2,8 @@
 
 ``run_service(name, cfg, main)`` does, in order: structured logging; the health server
 (``/healthz`` alive, ``/readyz`` ready, ``/metrics`` Prometheus); NATS connection (retried with
-backoff; not-ready while disconnected); idempotent stream/bucket provisioning; registration as a
+backoff; not-ready while disconnected); waiting until the admin step has provisioned every stream
+and bucket (services have no right to create them); registration as a
 NATS micro service (``$SRV.PING/INFO/STATS``); then ``await main(svc)``. ``main`` wires the
 service: it subscribes, adds endpoints, spawns background tasks with :meth:`Service.spawn` and
 opens readiness gates. The service is ready when NATS is connected and every gate is open — a
@@ -35,7 +36,7 @@ from nodemesh.config import ServiceConfig as BaseConfig
 from nodemesh.errors import DecodeError
 from nodemesh.healthhttp import HealthServer, Response
 from nodemesh.log import setup_logging
-from nodemesh.streams import provision
+from nodemesh.streams import wait_provisioned
 
 __all__ = ["Gate", "RequestError", "Service", "run_service"]
 
@@ -242,7 +243,15 @@ async def run_service(
             registry=svc.registry,
             on_state=svc._set_connected,
         )
-        await provision(svc.bus.js, replicas=cfg.stream_replicas)
+        # Streams and buckets are the admin step's (nodemesh/streams.py): a service only waits.
+        await wait_provisioned(
+            svc.bus.js,
+            lambda gone: svc.log.warning(
+                "waiting for streams %s (created by the admin step: `nodemesh up`, "
+                "`nodemesh nats provision`)",
+                ", ".join(gone),
+            ),
+        )
         svc._micro = await add_service(
             svc.bus.nc,
             ServiceConfig(

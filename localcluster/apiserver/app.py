@@ -36,6 +36,7 @@ class LocalApi:
         dns_addr: str = "",
         node_grace: float = 0.0,
         toleration_seconds: int = 300,
+        token: str = "",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -47,7 +48,7 @@ class LocalApi:
         self.node_grace = node_grace if controllers else 0.0
         if self.node_grace > 0:
             self.store.default_toleration_seconds = toleration_seconds
-        self.server = ApiServer(self.store, bookmark_interval=bookmark_interval)
+        self.server = ApiServer(self.store, bookmark_interval=bookmark_interval, token=token)
         self.controllers = (
             ControllerManager(self.store, lb_pool=lb_pool, dns_addr=dns_addr, node_grace=node_grace)
             if controllers

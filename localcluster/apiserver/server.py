@@ -10,6 +10,7 @@ a ``Status`` object; malformed input never takes the server down.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import secrets
@@ -70,6 +71,11 @@ def parse_path(path: str) -> Route | None:
     return Route(kind, ns, rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else "")
 
 
+#: Health checks and the version answer without a token (the supervisor's probe; as Kubernetes'
+#: system:public-info-viewer, they disclose no object).
+_UNAUTHENTICATED = frozenset({"/healthz", "/readyz", "/livez", "/version"})
+
+
 def _error(e: ApiError) -> web.Response:
     return web.json_response(e.status(), status=e.code)
 
@@ -77,14 +83,20 @@ def _error(e: ApiError) -> web.Response:
 class ApiServer:
     """aiohttp application serving :class:`Store`."""
 
-    def __init__(self, store: Store, *, bookmark_interval: float = 5.0, watch_queue: int = 10_000) -> None:
+    def __init__(
+        self, store: Store, *, bookmark_interval: float = 5.0, watch_queue: int = 10_000, token: str = ""
+    ) -> None:
         self.store = store
+        #: Bearer token every request but the health checks must carry ("" = none; in-process tests).
+        self.token = token
         # continue token → (expiry, resourceVersion, remaining items)
         self._snapshots: dict[str, tuple[float, int, list[dict[str, Any]]]] = {}
         self.hub = WatchHub(store, bookmark_interval=bookmark_interval, queue_size=watch_queue)
         self.frozen = False  # tests: refuse watches (as an apiserver restart would) until thawed
         self.hidden: set[str] = set()  # kinds answered 404, like a cluster without that CRD
-        self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors])
+        self.app = web.Application(
+            client_max_size=MAX_BODY_BYTES, middlewares=[self._authenticate, self._errors]
+        )
         self.app.router.add_get("/version", self._version)
         self.app.router.add_get("/healthz", self._ok)
         self.app.router.add_get("/readyz", self._ok)
@@ -97,6 +109,17 @@ class ApiServer:
         self.hub.close_all()
 
     # --- middleware and meta endpoints ----------------------------------------------------------
+    @web.middleware
+    async def _authenticate(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        if self.token and request.path not in _UNAUTHENTICATED:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), self.token):
+                return _error(ApiError(401, "Unauthorized", "Unauthorized: a bearer token is required"))
+        resp: web.StreamResponse = await handler(request)
+        return resp
+
     @web.middleware
     async def _errors(
         self, request: web.Request, handler: Callable[[web.Request], Any]

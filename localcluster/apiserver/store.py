@@ -14,6 +14,7 @@ import builtins
 import collections
 import datetime
 import logging
+import os
 import re
 import secrets
 import sqlite3
@@ -81,8 +82,13 @@ class Store:
     """Objects of every kind in :data:`nodemesh.kinds.KINDS`, persisted in ``<dir>/store.db``."""
 
     def __init__(self, directory: str | Path, *, history: int = 10_000) -> None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(Path(directory) / "store.db"), isolation_level=None)
+        # Owner only: the store holds every Secret (SQLite gives its -wal/-shm files the same mode).
+        Path(directory).mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)
+        db = Path(directory) / "store.db"
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(db, 0o600)
+        self._db = sqlite3.connect(str(db), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(

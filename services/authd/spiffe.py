@@ -61,7 +61,7 @@ def identity_from_spiffe_id(uri: str, trust_domain: str) -> int | None:
     prefix = f"spiffe://{trust_domain}"
     if not uri.startswith(prefix):
         return None
-    m = _ID_PATH.match(uri[len(prefix) :])
+    m = _ID_PATH.fullmatch(uri[len(prefix) :])  # `$` alone would accept a trailing newline
     return int(m.group(1)) if m else None
 
 
@@ -93,6 +93,15 @@ def check_leaf(der: bytes | None, trust_domain: str, expected: int | None, now: 
             raise AuthFailure("ca-as-leaf", "peer leaf is a CA certificate")
     except x509.ExtensionNotFound:
         pass
+    # The X.509-SVID profile: a leaf signs (digitalSignature) and never signs certificates or CRLs.
+    try:
+        ku = cert.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value
+    except x509.ExtensionNotFound:
+        ku = None
+    if not isinstance(ku, x509.KeyUsage) or not ku.digital_signature or ku.key_cert_sign or ku.crl_sign:
+        raise AuthFailure(
+            "key-usage", "peer leaf's KeyUsage is not digitalSignature only (no certSign/cRLSign)"
+        )
     try:
         san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
         uris = (

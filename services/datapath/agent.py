@@ -236,7 +236,7 @@ class Agent:
             kind="Pod", api_version="v1", namespace=ep.namespace, name=ep.name, status=status,
             field_manager="nodemesh-datapath", uid=ep.uid,
         )  # fmt: skip
-        await self.bus.publish(subjects.k8s_status("Pod", ep.namespace, ep.name), patch)
+        await self.bus.publish(subjects.k8s_node_status(self.node, "Pod", ep.namespace, ep.name), patch)
 
     # --- policy -------------------------------------------------------------------------------
     def _apply(self, ch: Changes) -> None:

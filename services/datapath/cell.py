@@ -22,9 +22,8 @@ CELL = Cell(
     publishes=(
         subjects.flows("{node}"),
         subjects.auth_required("{node}"),
-        # Pod status patches: the subject names the pod, not its node, so this cannot be narrowed
-        # to this node's pods (docs/identity.md).
-        subjects.k8s_status("pod", "*", "*"),
+        # Pod status patches, bound to this node: the watcher applies them only to its pods.
+        subjects.k8s_node_status("{node}", "pod", "*", "*"),
         # Its own Node's Ready condition (local mode's kubelet heartbeat, heartbeat.py).
         subjects.k8s_status("node", "", "{node}"),
         # Policy status (an invalid policy's error condition).

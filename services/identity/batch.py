@@ -49,14 +49,14 @@ class BatchMixin:
 
     # --- batched allocation (JetStream atomic batch) --------------------------------------------
     async def enable_batching(self) -> bool:
-        """Turn on atomic batch publish for the bucket's stream (nats-server >= 2.12); False if refused."""
+        """Whether the bucket's stream allows atomic batch publish (nats-server >= 2.12)."""
         js = self.m.bus.js
         try:
+            # The admin step turns it on (nodemesh/streams.py); this service may not update streams.
             info = await js.stream_info(f"KV_{self.m.bucket}")
-            if not info.config.allow_atomic:
-                info.config.allow_atomic = True
-                await js.update_stream(info.config)
-            self.batching = True
+            self.batching = bool(info.config.allow_atomic)
+            if not self.batching:
+                log.info("atomic batches off on KV_%s; allocating one identity at a time", self.m.bucket)
         except Exception as e:
             log.info("atomic batches unavailable (%s); allocating one identity at a time", e)
             self.batching = False

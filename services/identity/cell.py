@@ -42,5 +42,4 @@ CELL = Cell(
         subjects.IDENTITY_RELEASE,
         subjects.IDENTITY_CA_ROTATE,
     ),
-    js_api=(f"$JS.API.STREAM.UPDATE.KV_{BUCKET_IDENTITIES.name}",),  # turns on atomic batches
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from pathlib import Path
 from typing import Any
 
 from nodemesh.errors import ConfigError
@@ -46,7 +47,15 @@ async def main(svc: Service) -> None:
     assert isinstance(cfg, WatcherConfig)
     watcher_id = cfg.watcher_id or f"{cfg.node}-{os.getpid()}-{secrets.token_hex(3)}"
     kinds = select_kinds(cfg.kinds)
-    kube = KubeClient.from_settings(cfg.api_url, cfg.kubeconfig, cfg.in_cluster, cfg.list_page_size)
+    token = ""
+    if cfg.api_token_file:
+        try:
+            token = (await asyncio.to_thread(Path(cfg.api_token_file).read_text)).strip()
+        except OSError as e:
+            raise ConfigError(f"api_token_file: {e}") from e
+    kube = KubeClient.from_settings(
+        cfg.api_url, cfg.kubeconfig, cfg.in_cluster, cfg.list_page_size, token=token
+    )
     metrics = WatcherMetrics(svc.registry)
     lease = Lease(
         await svc.bus.kv(BUCKET_LEASES.name),

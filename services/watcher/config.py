@@ -10,6 +10,8 @@ __all__ = ["WatcherConfig"]
 class WatcherConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
     api_url: str = ""
     """Kubernetes API URL without credentials (the local API server); empty: kubeconfig or in-cluster."""
+    api_token_file: str = ""
+    """File holding the bearer token for ``api_url`` (the local API server's ``<data>/api/token``)."""
     kubeconfig: str = ""
     """kubeconfig file (default: $KUBECONFIG or ~/.kube/config) when api_url is empty."""
     in_cluster: bool = False

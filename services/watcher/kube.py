@@ -65,11 +65,20 @@ class KubeClient:
 
     @classmethod
     def from_settings(
-        cls, api_url: str = "", kubeconfig: str = "", in_cluster: bool = False, page_size: int = 500
+        cls,
+        api_url: str = "",
+        kubeconfig: str = "",
+        in_cluster: bool = False,
+        page_size: int = 500,
+        token: str = "",
     ) -> KubeClient:
+        """``token``: a bearer token for ``api_url`` (the local API server's, docs/security.md)."""
         cfg = k8s.Configuration()
         if api_url:
             cfg.host = api_url.rstrip("/")
+            if token:
+                cfg.api_key = {"BearerToken": token}
+                cfg.api_key_prefix = {"BearerToken": "Bearer"}
         elif in_cluster:
             k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         else:
@@ -154,6 +163,10 @@ class KubeClient:
     async def list(self, kind: Kind) -> tuple[list[dict[str, Any]], str]:
         """Every object of ``kind`` and the list's resourceVersion."""
         return await asyncio.to_thread(self.list_sync, kind)
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]:
+        """One object (:class:`ApiStatusError` 404 if it does not exist)."""
+        return await asyncio.to_thread(self._json, "GET", kind.path(namespace, name))
 
     async def patch_status(
         self, kind: Kind, namespace: str, name: str, patch: dict[str, Any]

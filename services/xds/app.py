@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from nodemesh import subjects
+from nodemesh.errors import ConfigError
 from nodemesh.k8scache import K8sCache
 from nodemesh.messages.k8s import ObjectEvent
 from nodemesh.messages.xds import XdsAck, XdsStatusReply, XdsStatusRequest
@@ -30,7 +31,7 @@ from services.xds.config import XdsConfig
 from services.xds.isolate import ObjRef, translate_isolating
 from services.xds.publish import AckRelay
 from services.xds.reconcile import Snapshots, StatusBook, build_snapshots, gateway_patches, node_status
-from services.xds.server import AdsServer
+from services.xds.server import AdsServer, ServerTls
 from services.xds.translate import TranslateInput, Translation, translate
 from services.xds.translate.l7policy import has_http_rules
 
@@ -74,6 +75,17 @@ def _translate(inp: TranslateInput) -> tuple[Translation, Snapshots]:
     return tr, build_snapshots(tr)
 
 
+def _server_tls(cfg: XdsConfig) -> ServerTls | None:
+    if cfg.tls_dir:
+        try:
+            return ServerTls.from_dir(cfg.tls_dir)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    if cfg.insecure_ads:
+        return None
+    raise ConfigError("xds needs --tls-dir (mTLS for ADS); --insecure-ads only for in-process tests")
+
+
 def _short(ref: ObjRef) -> str:
     kind, ns, name = ref
     return f"{kind} {ns}/{name}" if ns else f"{kind} {name}"
@@ -88,7 +100,7 @@ class XdsApp:
         self.log = svc.log
         self.cache = SnapshotCache()
         self.relay = AckRelay(svc.bus, registry=svc.registry, on_change=self._acked)
-        self.server = AdsServer(self.cache, self.relay.hooks())
+        self.server = AdsServer(self.cache, self.relay.hooks(), _server_tls(cfg))
         self.k8s = K8sCache(svc.bus, CELL.kinds, on_change=self._k8s_changed)
         self.book = StatusBook()
         self.translation: Translation | None = None

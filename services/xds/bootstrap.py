@@ -5,6 +5,9 @@ Envoy fetches listeners and clusters over one aggregated gRPC stream (Delta by d
 static resources are the ``xds`` cluster (HTTP/2 to the ADS server) and ``nodemesh-als``, the node's
 gRPC access log service that turns HTTP access logs into L7 flows (docs/l7-visibility.md). Admin
 listens on loopback only.
+With ``tls_dir`` (the node's credential from nodemesh/xdspki.py: ``tls.crt``, ``tls.key``, ``ca.crt``)
+the ``xds`` cluster speaks mTLS: Envoy presents the node's certificate (xds serves only the node it
+names) and accepts only a server certificate from the same CA naming ``xds``.
 Gateway listeners bind the Gateway's address (127.0.100.x in local mode); several node Envoys bind the
 same address:port through SO_REUSEPORT (``Listener.enable_reuse_port``, default on Linux), which the
 kernel allows across processes of one uid — see docs/xds.md.
@@ -15,9 +18,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-__all__ = ["ALS_CLUSTER", "XDS_CLUSTER", "render_bootstrap"]
+__all__ = ["ALS_CLUSTER", "XDS_CLUSTER", "XDS_SERVER_NAME", "render_bootstrap"]
 
 XDS_CLUSTER = "xds"
+#: The DNS SAN of xds's serving certificate, which Envoy checks whatever address it dials.
+XDS_SERVER_NAME = "xds"
 #: The access log service cluster translated HTTP connection managers log to (TranslateInput).
 ALS_CLUSTER = "nodemesh-als"
 _HTTP_OPTIONS_NAME = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -43,6 +48,7 @@ def render_bootstrap(
     access_log_path: str = "",
     als_port: int | None = None,
     als_socket: str = "",
+    tls_dir: str = "",
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (as a JSON-shaped dict) for ``node`` talking ADS to ``xds_host:xds_port``.
 
@@ -51,6 +57,7 @@ def render_bootstrap(
     ``als_port``: the node's access log service on ``127.0.0.1:als_port`` (or ``als_socket``, a unix
     socket path). The ``nodemesh-als`` cluster exists either way (without endpoints when neither is
     given), so listeners that log to it are always accepted; their logs are then dropped by Envoy.
+    ``tls_dir``: the node's xDS client credential directory ("" = plaintext, tests only).
     """
     if not node:
         raise ValueError("node name is required")
@@ -78,6 +85,33 @@ def render_bootstrap(
                 },
             }
         ]
+    xds_cluster: dict[str, Any] = {
+        "name": XDS_CLUSTER,
+        "type": "STATIC" if _is_ip(xds_host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS_NAME: {
+                "@type": _HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": xds_host, "port_value": xds_port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    if tls_dir:
+        xds_cluster["transport_socket"] = _xds_tls(tls_dir)
     return {
         "node": {"id": node, "cluster": cluster, "metadata": {"nodemesh_node": node}},
         "admin": admin,
@@ -106,38 +140,35 @@ def render_bootstrap(
         },
         "static_resources": {
             "clusters": [
-                {
-                    "name": XDS_CLUSTER,
-                    "type": "STATIC" if _is_ip(xds_host) else "STRICT_DNS",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        _HTTP_OPTIONS_NAME: {
-                            "@type": _HTTP_OPTIONS,
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": XDS_CLUSTER,
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": xds_host,
-                                                    "port_value": xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                },
+                xds_cluster,
                 _als_cluster(als_port, als_socket),
             ]
+        },
+    }
+
+
+def _xds_tls(tls_dir: str) -> dict[str, Any]:
+    d = tls_dir.rstrip("/")
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": XDS_SERVER_NAME,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": f"{d}/tls.crt"},
+                        "private_key": {"filename": f"{d}/tls.key"},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": f"{d}/ca.crt"},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": XDS_SERVER_NAME}}
+                    ],
+                },
+            },
         },
     }
 

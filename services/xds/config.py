@@ -22,6 +22,12 @@ class XdsConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     (``any``) applied the listener versions serving it."""
     nodes: str = ""
     """Comma-separated node names whose Envoys count for ``all``; "" = the cluster's Node objects."""
+    tls_dir: str = ""
+    """Directory with ``tls.crt``/``tls.key`` (xds's serving certificate) and ``ca.crt`` (the xDS CA
+    whose node certificates are accepted): ADS then requires mTLS and binds each stream to the node
+    its client certificate names (docs/security.md). Required unless ``insecure_ads``."""
+    insecure_ads: bool = False
+    """Serve ADS in plaintext and believe any node id: only for in-process tests on loopback."""
     access_log_cluster: str = "nodemesh-als"
     """Envoy cluster (in every node's bootstrap) of the gRPC access log service that turns HTTP logs
     into L7 flows; "" = generated HTTP listeners log nothing (docs/l7-visibility.md)."""

@@ -16,17 +16,25 @@ Protocol rules it keeps (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xd
 
 Every response is reported through :class:`Hooks` (``on_sent``), every ACK/NACK too (``on_ack``), so
 the app can publish them and track what each node's Envoy applied.
+
+Authentication (docs/security.md): with :class:`ServerTls` the server speaks only mTLS and requires a
+client certificate from the xDS CA (nodemesh/xdspki.py); the ``node.id`` of a stream's first request
+must be the node its certificate names, or the stream is refused with PERMISSION_DENIED. A Secret is
+served only to a node whose own listeners or clusters reference it (asking for another name gets
+nothing), so a node never learns a key it does not terminate TLS with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import (
     DeltaDiscoveryRequest,
@@ -36,11 +44,12 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 )
 from envoy.service.discovery.v3.discovery_pb2 import Resource as ResourcePb
 
+from nodemesh.xdspki import node_from_uris
 from services.xds.acks import AckEvent, Sent
 from services.xds.cache import SnapshotCache, Watch
-from services.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, SECRET
+from services.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, SECRET, Resource, Snapshot
 
-__all__ = ["AdsServer", "Hooks"]
+__all__ = ["AdsServer", "Hooks", "ServerTls", "peer_node"]
 
 log = logging.getLogger("nodemesh.xds.server")
 WILDCARD_TYPES = (LISTENER, CLUSTER)
@@ -62,6 +71,46 @@ class Hooks:
     #: (node, type_url): a stream's first request for a type says the client holds none of it (a new
     #: or restarted Envoy), so what that node had applied before is gone.
     on_fresh: Callable[[str, str], None] = _noop
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """xds's serving certificate and key, and the CA whose node certificates it accepts (PEM)."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes
+
+    @classmethod
+    def from_dir(cls, directory: str) -> ServerTls:
+        """``tls.crt``, ``tls.key`` and ``ca.crt`` of a directory (a mounted Secret, or the local PKI)."""
+        d = Path(directory)
+        try:
+            return cls(
+                (d / "tls.crt").read_bytes(), (d / "tls.key").read_bytes(), (d / "ca.crt").read_bytes()
+            )
+        except OSError as e:
+            raise ValueError(f"xds TLS directory {directory}: {e}") from e
+
+
+def peer_node(context: Any) -> str | None:
+    """The node an mTLS peer's verified certificate names (None without one, or naming none)."""
+    try:
+        auth = context.auth_context()
+    except Exception:
+        return None
+    for pem in auth.get("x509_pem_cert", []):
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (ValueError, x509.ExtensionNotFound):
+            return None
+        return node_from_uris([str(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)])
+    return None
+
+
+def _referenced_secrets(snap: Snapshot) -> frozenset[str]:
+    return frozenset(n for t, n in snap.references() if t == SECRET)
 
 
 @dataclass
@@ -92,13 +141,16 @@ class _Stream:
 
     delta = False
 
-    def __init__(self, server: AdsServer) -> None:
+    def __init__(self, server: AdsServer, context: Any = None) -> None:
         self.server = server
         self.node = ""
         self.watch: Watch | None = None
         self._nonce = 0
         self.out: asyncio.Queue[Any] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        #: The node the client certificate names ("" without TLS, None when TLS gave no node name).
+        self.peer: str | None = "" if server.tls is None or context is None else peer_node(context)
+        self._secrets_of: tuple[Snapshot | None, frozenset[str]] = (None, frozenset())
 
     def next_nonce(self) -> str:
         self._nonce += 1
@@ -109,6 +161,10 @@ class _Stream:
             return
         if not node_id:
             raise ValueError("the first request on a stream must carry node.id")
+        if self.peer is None:
+            raise PermissionError("the client certificate names no node")
+        if self.peer and node_id != self.peer:
+            raise PermissionError(f"node.id {node_id!r} is not the node of the client certificate")
         self.node = node_id
         self.watch = self.server.cache.watch(node_id)
         self.server.hooks.on_stream(node_id, True, self.delta)
@@ -127,6 +183,17 @@ class _Stream:
 
     def respond(self, type_url: str) -> None:
         raise NotImplementedError
+
+    def servable(self, snap: Snapshot, type_url: str) -> Mapping[str, Resource]:
+        """``snap``'s resources of a type this node may receive: Secrets only where referenced."""
+        res = snap.resources(type_url)
+        if type_url != SECRET:
+            return res
+        cached, names = self._secrets_of
+        if cached is not snap:
+            names = _referenced_secrets(snap)
+            self._secrets_of = (snap, names)
+        return {n: r for n, r in res.items() if n in names}
 
     def handle(self, req: Any) -> None:
         raise NotImplementedError
@@ -147,6 +214,9 @@ class _Stream:
                 item = await self.out.get()
                 if item is None:
                     return
+                if isinstance(item, PermissionError):
+                    log.warning("refused an ADS stream: %s", item)
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(item))
                 if isinstance(item, ValueError):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
                 if isinstance(item, Exception):
@@ -161,8 +231,8 @@ class _Stream:
 
 
 class _SotwStream(_Stream):
-    def __init__(self, server: AdsServer) -> None:
-        super().__init__(server)
+    def __init__(self, server: AdsServer, context: Any = None) -> None:
+        super().__init__(server, context)
         self.types: dict[str, _SotwType] = {}
 
     def handle(self, req: DiscoveryRequest) -> None:
@@ -219,7 +289,7 @@ class _SotwStream(_Stream):
         v = snap.version(type_url)
         if v == ts.parked:
             return  # Envoy rejected exactly this; wait for the snapshot to change
-        res = snap.resources(type_url)
+        res = self.servable(snap, type_url)
         selected = res if ts.wildcard else {n: res[n] for n in sorted(ts.names) if n in res}
         changed = v != (ts.sent_version or ts.client_version)
         if not changed and (ts.wildcard or not selected.keys() - ts.sent_names):
@@ -246,8 +316,8 @@ class _SotwStream(_Stream):
 class _DeltaStream(_Stream):
     delta = True
 
-    def __init__(self, server: AdsServer) -> None:
-        super().__init__(server)
+    def __init__(self, server: AdsServer, context: Any = None) -> None:
+        super().__init__(server, context)
         self.types: dict[str, _DeltaType] = {}
 
     def handle(self, req: DeltaDiscoveryRequest) -> None:
@@ -322,7 +392,7 @@ class _DeltaStream(_Stream):
         if ts is None or snap is None:
             return
         v = snap.version(type_url)
-        res = snap.resources(type_url)
+        res = self.servable(snap, type_url)
         changed = []
         if upserts:
             scope = res.keys() if ts.wildcard else ts.names & res.keys()
@@ -361,22 +431,26 @@ class _DeltaStream(_Stream):
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """Serves ``cache`` over ADS; :meth:`start` binds, :meth:`stop` closes streams."""
 
-    def __init__(self, cache: SnapshotCache, hooks: Hooks | None = None) -> None:
+    def __init__(
+        self, cache: SnapshotCache, hooks: Hooks | None = None, tls: ServerTls | None = None
+    ) -> None:
         self.cache = cache
         self.hooks = hooks or Hooks()
+        #: None = plaintext, anyone may ask as any node (in-process protocol tests only).
+        self.tls = tls
         self.port = 0
         self._server: Any = None
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[DiscoveryRequest], context: Any
     ) -> AsyncIterator[DiscoveryResponse]:
-        async for resp in _SotwStream(self).run(request_iterator, context):
+        async for resp in _SotwStream(self, context).run(request_iterator, context):
             yield resp
 
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[DeltaDiscoveryRequest], context: Any
     ) -> AsyncIterator[DeltaDiscoveryResponse]:
-        async for resp in _DeltaStream(self).run(request_iterator, context):
+        async for resp in _DeltaStream(self, context).run(request_iterator, context):
             yield resp
 
     async def start(self, addr: str) -> int:
@@ -389,7 +463,15 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             ]
         )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port(addr)
+        if self.tls is None:
+            self.port = self._server.add_insecure_port(addr)
+        else:
+            creds = grpc.ssl_server_credentials(
+                [(self.tls.key_pem, self.tls.cert_pem)],
+                root_certificates=self.tls.ca_pem,
+                require_client_auth=True,
+            )
+            self.port = self._server.add_secure_port(addr, creds)
         if not self.port:
             raise OSError(f"cannot bind ADS server on {addr}")
         await self._server.start()

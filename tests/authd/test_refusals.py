@@ -47,6 +47,7 @@ async def test_initiator_refuses_bad_responders_with_reasons(cluster: Cluster) -
             ("wrong-san", ca.svid(OTHER), False),  # a valid SVID, but of an identity we did not ask for
             ("san-count", ca.svid(ROGUE_ID, uris=[sid, f"spiffe://{td}/identity/{OTHER}"]), False),
             ("ca-as-leaf", ca.svid(ROGUE_ID, ca=True), False),
+            ("key-usage", ca.svid(ROGUE_ID, key_cert_sign=True), False),  # a leaf that may sign certs
             ("not-hosted", ca.svid(ROGUE_ID), True),
         ]
         k = key(LOCAL, ROGUE_ID, "node-3")
@@ -83,6 +84,7 @@ async def test_responder_refuses_bad_initiators_with_reasons(cluster: Cluster) -
         ("wrong-san", ca.svid(LOCAL, uris=[f"spiffe://{td}/workload/x"]), from_node1, SERVER),
         ("san-count", ca.svid(LOCAL, uris=[sid, f"spiffe://{td}/identity/{OTHER}"]), from_node1, SERVER),
         ("ca-as-leaf", ca.svid(LOCAL, ca=True), from_node1, SERVER),
+        ("key-usage", ca.svid(LOCAL, key_cert_sign=True), from_node1, SERVER),
         # a valid SVID of an identity that has no endpoint on the node the connection comes from
         ("not-on-node", ca.svid(ELSEWHERE), from_node1, SERVER),
         ("unknown-node", ca.svid(LOCAL), "127.0.50.9", SERVER),

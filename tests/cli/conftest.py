@@ -26,7 +26,7 @@ def api_cluster(tmp_path: Path) -> Iterator[Path]:
             "-m",
             "localcluster.apiserver",
             "--data-dir",
-            str(tmp_path / "api"),
+            str(tmp_path),  # the cluster's data dir: the CLI finds the API token in <dir>/api/token
             "--port",
             str(port),
         ],

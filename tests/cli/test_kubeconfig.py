@@ -10,7 +10,7 @@ import msgspec
 import pytest
 import yaml
 
-from localcluster.layout import ClusterInfo
+from localcluster.layout import ClusterInfo, load_api_token
 from meshctl.main import main
 from testkit.natsserver import free_port
 
@@ -24,7 +24,7 @@ spec:
 """
 
 
-def _kubeconfig(path: Path, server: str) -> Path:
+def _kubeconfig(path: Path, server: str, token: str) -> Path:
     dead = f"http://127.0.0.1:{free_port()}"
     cfg = {
         "apiVersion": "v1",
@@ -33,7 +33,7 @@ def _kubeconfig(path: Path, server: str) -> Path:
             {"name": "local", "cluster": {"server": server}},
             {"name": "gone", "cluster": {"server": dead}},
         ],
-        "users": [{"name": "me", "user": {"token": "not-checked-by-the-local-server"}}],
+        "users": [{"name": "me", "user": {"token": token}}],
         "contexts": [
             {"name": "local", "context": {"cluster": "local", "user": "me"}},
             {"name": "gone", "context": {"cluster": "gone", "user": "me"}},
@@ -53,7 +53,7 @@ def test_resource_commands_through_a_kubeconfig(
     api_cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("NODEMESH_DATA_DIR", raising=False)
-    kc = _kubeconfig(tmp_path / "kubeconfig", _server(api_cluster))
+    kc = _kubeconfig(tmp_path / "kubeconfig", _server(api_cluster), load_api_token(str(api_cluster)))
     (tmp_path / "svc.yaml").write_text(SVC)
     assert main(["--kubeconfig", str(kc), "apply", "-f", str(tmp_path / "svc.yaml")]) == 0
     assert "service/web created" in capsys.readouterr().out
@@ -71,10 +71,18 @@ def test_resource_commands_through_a_kubeconfig(
     assert "service/web not found" in capsys.readouterr().err
 
 
+def test_the_kubeconfigs_token_is_what_authenticates(
+    api_cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kc = _kubeconfig(tmp_path / "kubeconfig", _server(api_cluster), "not-the-token")
+    assert main(["--kubeconfig", str(kc), "get", "pods"]) == 1
+    assert "error:" in capsys.readouterr().err
+
+
 def test_an_unreachable_context_and_a_broken_kubeconfig_are_clear_errors(
     api_cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    kc = _kubeconfig(tmp_path / "kubeconfig", _server(api_cluster))
+    kc = _kubeconfig(tmp_path / "kubeconfig", _server(api_cluster), load_api_token(str(api_cluster)))
     assert main(["--kubeconfig", str(kc), "--context", "gone", "get", "pods"]) == 1
     assert "cannot reach the API server at http://127.0.0.1:" in capsys.readouterr().err
     assert main(["--kubeconfig", str(kc), "--context", "nope", "get", "pods"]) == 1

@@ -68,7 +68,8 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
     done = _config(env_file)
     assert done.returncode == 0, done.stderr
     resolved = yaml.safe_load(done.stdout)
-    assert set(resolved["services"]) == {name for name, _kind, _node in _instances()}
+    # Plus the one-shot admin step that provisions the streams (services may not).
+    assert set(resolved["services"]) == {name for name, _kind, _node in _instances()} | {"provision"}
 
 
 def test_docker_compose_refuses_to_run_without_passwords(tmp_path: Path) -> None:
@@ -139,3 +140,31 @@ def test_every_process_is_its_own_nats_user() -> None:
     assert sorted(
         line.split('user: "')[1].split('"')[0] for line in conf.splitlines() if 'user: "' in line
     ) == sorted(users)
+
+
+def test_ads_certificates_are_mounted_per_node_and_the_ca_key_nowhere(tmp_path: Path) -> None:
+    """xds gets its serving certificate, each Envoy only its own node's, from `deploygen xds-pki`."""
+    pki = tmp_path / "pki"
+    assert deploygen.main(["xds-pki", "--dir", str(pki)]) == 0
+    services = _services()
+    mounts: dict[str, str] = {}
+    for name, svc in services.items():
+        for v in svc.get("volumes", []):
+            host, _, rest = v.partition(":")
+            if host.startswith("./pki"):
+                mounts[name] = host
+                container = rest.removesuffix(":ro")
+                assert rest.endswith(":ro"), v
+                # The host directory holds a key pair and the CA certificate, never the CA key.
+                d = pki / host.removeprefix("./pki/")
+                assert {f.name for f in d.iterdir()} == {"tls.crt", "tls.key", "ca.crt"}, name
+                env, cmd = svc.get("environment", {}), svc["command"]
+                assert container in (
+                    env.get("NODEMESH_TLS_DIR"),
+                    cmd[cmd.index("--tls-dir") + 1] if "--tls-dir" in cmd else None,
+                ), name
+    assert mounts == {
+        "xds": "./pki/server",
+        **{f"envoy-{n}": f"./pki/nodes/{n}" for n in compose.COMPOSE_CONTEXT.nodes},
+    }
+    assert "NODEMESH_INSECURE_ADS" not in services["xds"].get("environment", {})

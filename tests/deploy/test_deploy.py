@@ -71,7 +71,9 @@ def test_compose_commands_are_the_supervisor_entrypoints() -> None:
                 spec, compose.context(spec), node, compose.health_addr(spec, node)
             ), name
             assert importlib.util.find_spec(spec.module) is not None, spec.module
-    assert set(services) == expected
+    # Plus the admin step: the one-shot that provisions streams as `admin` (services may not).
+    assert set(services) == expected | {"provision"}
+    assert services["provision"]["command"][:3] == ["nodemesh", "nats", "provision"]
     assert services["datapath-node-1"]["privileged"] is True
 
 

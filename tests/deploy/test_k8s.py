@@ -88,7 +88,7 @@ def test_every_flag_and_variable_is_a_config_field(
 def test_streams_are_provisioned_with_three_replicas(
     doc: Any, container: Any, cls: Any, tmp_path: Path
 ) -> None:
-    # Every process provisions the streams at start: one with fewer replicas would shrink them.
+    # The setting each process carries; the streams themselves are the provision Job's (R3).
     cfg = resolve(doc, container, cls, NODES[0], tmp_path)
     assert cfg.stream_replicas == 3, f"{container['name']}: NODEMESH_STREAM_REPLICAS must be 3"
 
@@ -244,3 +244,17 @@ def test_envoy_args_are_the_launchers_flags() -> None:
     assert (
         dp_host[dp_state["name"]]["hostPath"]["path"] == envoy_host[envoy_state["name"]]["hostPath"]["path"]
     )
+
+
+def test_the_admin_step_provisions_streams_as_admin() -> None:
+    """Services may not create streams: a Job does it, as `admin`, with the Secret's admin key."""
+    from meshctl.main import build_parser
+
+    job = _by_name("Job", "nodemesh-provision")
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args(c["args"])
+    assert (args.nats_command, args.replicas) == ("provision", 3)
+    vol = job["spec"]["template"]["spec"]["volumes"][0]["secret"]
+    secrets = {s["metadata"]["name"]: s["stringData"] for s in deploygen.k8s_secrets(NODES)}
+    assert args.config.rsplit("/", 1)[1] in secrets[vol["secretName"]]
+    assert '"nats_user": "admin"' in secrets[vol["secretName"]]["admin.json"]

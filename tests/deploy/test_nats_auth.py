@@ -13,7 +13,7 @@ from nats.errors import NoServersError
 
 from localcluster import deploygen
 from localcluster.compose import COMPOSE_CONTEXT
-from nodemesh.streams import provision
+from nodemesh.streams import missing
 from testkit.natsserver import NatsServer
 from tests.deploy.manifests import DEPLOY, NODES, k8s_docs
 
@@ -34,7 +34,7 @@ async def _login(url: str, user: str, password: str) -> None:
         url, user=user, password=password, allow_reconnect=False, max_reconnect_attempts=0
     )
     try:
-        await provision(nc.jetstream())  # every service does this first; its cell must allow it
+        await missing(nc.jetstream())  # every service checks the streams first; its cell must allow it
     finally:
         await nc.close()
 

@@ -20,7 +20,7 @@ from nodemesh.codec import encode
 from nodemesh.k8scache import K8sCache
 from nodemesh.messages.k8s import Synced
 from nodemesh.natsauth import local_auth
-from nodemesh.streams import provision
+from nodemesh.streams import provision, wait_provisioned
 from testkit.k8sobjects import namespace, service
 from testkit.natsserver import NatsServer
 from tests.dns.harness import addresses, dns_service, eventually, mark_synced, put, query
@@ -64,7 +64,7 @@ async def test_dns_user_follows_k8s_but_cannot_publish_cluster_state(
     dns_client: tuple[Client, list[str]],
 ) -> None:
     nc, errors = dns_client
-    await provision(nc.jetstream())  # what the service runtime does at start
+    await wait_provisioned(nc.jetstream())  # what the service runtime does at start
     cache = K8sCache(Bus(nc))
     await cache.start()
     await cache.wait_synced(timeout=10)  # the allowed twin: reading the K8S stream works
@@ -92,8 +92,8 @@ async def test_dns_user_follows_k8s_but_cannot_publish_cluster_state(
 
 async def test_dns_service_runs_as_its_user(secured: tuple[NatsServer, Creds]) -> None:
     server, creds = secured
+    server.provision("admin", creds["admin"]["password"])
     watcher = await connect(server.url, name="watcher", user="watcher", password=creds["watcher"]["password"])
-    await provision(watcher.js)
     for obj in (namespace("demo"), service("web", ip="10.96.0.44")):
         await put(watcher, obj)
     await mark_synced(watcher)

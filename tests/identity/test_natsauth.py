@@ -25,7 +25,7 @@ from nodemesh.codec import encode
 from nodemesh.k8scache import K8sCache
 from nodemesh.messages.k8s import Synced
 from nodemesh.natsauth import local_auth
-from nodemesh.streams import ipcache_key, provision
+from nodemesh.streams import ipcache_key, provision, wait_provisioned
 from testkit.natsserver import NatsServer
 
 NODES = ["node-a", "node-b"]
@@ -98,7 +98,7 @@ async def test_every_user_can_provision_and_follow_k8s(connect_as: Connect) -> N
         *(f(n) for n in NODES for f in (DATAPATH.user, AUTHD.user)),
     ]:
         nc, errors = await connect_as(user)
-        await provision(nc.jetstream())  # what nodemesh.runtime does at start
+        await wait_provisioned(nc.jetstream())  # what nodemesh.runtime does at start
         cache = K8sCache(Bus(nc))
         await cache.start()
         await cache.wait_synced(timeout=10)
@@ -167,8 +167,9 @@ async def test_node_cannot_publish_on_other_nodes_subjects(connect_as: Connect) 
 
 
 async def test_only_identity_writes_identity_buckets(connect_as: Connect) -> None:
+    admin, _ = await connect_as("admin")
+    await provision(admin.jetstream())
     identity, _ = await connect_as("identity")
-    await provision(identity.jetstream())
     kv = await identity.jetstream().key_value("identities")
     await kv.put("id.256", b"owned")
     # Through the KV API once (what a client would do) …
@@ -196,8 +197,9 @@ async def test_no_one_but_watcher_forges_cluster_state_or_replies(connect_as: Co
     await datapath_a.flush()
     assert await _violation(errors, subjects.k8s_object("pod", "default", "evil"))
     assert await _violation(errors, "_INBOX.someone-elses-request")
+    admin, _ = await connect_as("admin")
+    await provision(admin.jetstream())
     watcher, werrors = await connect_as("watcher")
-    await provision(watcher.jetstream())
     await watcher.jetstream().publish(subjects.k8s_object("pod", "default", "ok"), b"x", timeout=5)
     assert not werrors
 

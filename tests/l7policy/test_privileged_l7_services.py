@@ -22,7 +22,6 @@ from nodemesh.bus import Bus
 from nodemesh.netns import scope_for
 from services.datapath.cleanup import cleanup_all
 from services.datapath.config import DatapathConfig
-from services.xds.bootstrap import render_bootstrap
 from testkit.natsserver import NatsServer, free_port
 from testkit.placement import PLACEMENTS, spread
 from tests.datapath import k8s
@@ -133,8 +132,7 @@ async def test_privileged_l7_policy_through_the_services(
         envoys = []
         for h in nodes.hs:
             als = str(Path(h.cfg.data_dir) / "als.sock")  # the node's datapath's access log receiver
-            boot = render_bootstrap(h.cfg.node, "127.0.0.1", xds.grpc_port, 0, als_socket=als)
-            envoys.append(Envoy(boot, name=f"envoy@{h.cfg.node}"))
+            envoys.append(Envoy(xds.bootstrap(h.cfg.node, als_socket=als), name=f"envoy@{h.cfg.node}"))
         for envoy in envoys:
             envoy.start()
         try:

@@ -257,7 +257,12 @@ def test_runs_as_a_process(tmp_path: Path) -> None:
             if "listening on" in lines[-1]:
                 break
         assert f"listening on http://127.0.0.1:{port}" in lines[-1], lines
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/nodes", timeout=10) as r:
+        # It made its bearer token (0600) at start; requests carry it (tests/security: without, 401).
+        token = (tmp_path / "api" / "token").read_text().strip()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/nodes", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
             nodes = json.loads(r.read())
         assert [n["metadata"]["name"] for n in nodes["items"]] == ["node-1", "node-2", "node-3"]
         assert nodes["items"][2]["spec"]["podCIDR"] == "10.244.3.0/24"

@@ -20,7 +20,7 @@ from nodemesh.natsauth import cell_permissions, user_permissions
 
 ROOT = Path(__file__).resolve().parents[2]
 # Builders of names, not subjects, and subjects only the CLI (admin) uses.
-NOT_SUBJECTS = {"token", "untoken", "k8s_object", "k8s_kind"}
+NOT_SUBJECTS = {"token", "untoken", "k8s_object", "k8s_kind", "parse_k8s_status"}
 
 
 def covered(subject: str, patterns: tuple[str, ...]) -> bool:

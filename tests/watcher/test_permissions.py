@@ -34,6 +34,7 @@ async def test_watcher_as_its_nats_user(
         },
     )
     with NatsServer(config=config) as server:
+        server.provision("admin", creds["admin"]["password"])  # the admin step; the watcher only waits
         w = await InProcessWatcher(
             server.url, api.url, "w", nats_user="watcher", nats_password=creds["watcher"]["password"]
         ).start()
@@ -48,7 +49,7 @@ async def test_watcher_as_its_nats_user(
             api.store.create(by_kind("ConfigMap"), {"metadata": {"name": "later", "namespace": "default"}})
             await converged(api, cache)
             await admin.publish(
-                subjects.k8s_status("Pod", "default", "p"),
+                subjects.k8s_node_status("node-1", "Pod", "default", "p"),
                 StatusPatch(
                     kind="Pod",
                     api_version="v1",

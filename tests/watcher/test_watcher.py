@@ -192,17 +192,23 @@ async def test_status_patches_applied_by_the_active_watcher(
         def pod_status() -> dict[str, Any]:
             return dict(api.store.get(POD, "default", "p").get("status") or {})
 
-        await bus.publish(subjects.k8s_status("Pod", "default", "p"), patch({"podIP": "10.244.1.7"}))
+        await bus.publish(
+            subjects.k8s_node_status("node-1", "Pod", "default", "p"), patch({"podIP": "10.244.1.7"})
+        )
         await until(lambda: pod_status().get("podIP") == "10.244.1.7", what="status applied")
         spec_before = api.store.get(POD, "default", "p")["spec"]
         # Wrong uid (a recreated object), a vanished object, an unknown kind, garbage: all skipped.
         await bus.publish(
-            subjects.k8s_status("Pod", "default", "p"), patch({"podIP": "6.6.6.6"}, uid="other")
+            subjects.k8s_node_status("node-1", "Pod", "default", "p"), patch({"phase": "Evil"}, uid="other")
         )
-        await bus.publish(subjects.k8s_status("Pod", "default", "gone"), patch({"x": 1}, name="gone", uid=""))
+        await bus.publish(
+            subjects.k8s_node_status("node-1", "Pod", "default", "gone"), patch({"x": 1}, name="gone", uid="")
+        )
         await bus.publish(subjects.k8s_status("Widget", "default", "p"), patch({"x": 1}, kind="Widget"))
-        await bus.nc.publish(subjects.k8s_status("Pod", "default", "p"), b"\xff\x00garbage")
-        await bus.publish(subjects.k8s_status("Pod", "default", "p"), patch({"phase": "Running"}))
+        await bus.nc.publish(subjects.k8s_node_status("node-1", "Pod", "default", "p"), b"\xff\x00garbage")
+        await bus.publish(
+            subjects.k8s_node_status("node-1", "Pod", "default", "p"), patch({"phase": "Running"})
+        )
         await until(lambda: pod_status().get("phase") == "Running", what="later patch applied")
         assert pod_status()["podIP"] == "10.244.1.7"
         assert api.store.get(POD, "default", "p")["spec"] == spec_before
@@ -211,7 +217,9 @@ async def test_status_patches_applied_by_the_active_watcher(
         # A standby does not apply patches: only the active watcher writes to the API.
         standby = await InProcessWatcher(nats_server.url, api.url, "standby").start()
         try:
-            await bus.publish(subjects.k8s_status("Pod", "default", "p"), patch({"phase": "Succeeded"}))
+            await bus.publish(
+                subjects.k8s_node_status("node-1", "Pod", "default", "p"), patch({"phase": "Succeeded"})
+            )
             await until(lambda: pod_status().get("phase") == "Succeeded", what="applied by the active one")
             assert w.metric("nodemesh_watcher_status_patches_total", {"result": "applied"}) == 3
             assert standby.metric("nodemesh_watcher_status_patches_total", {"result": "applied"}) == 0
@@ -340,7 +348,7 @@ async def test_status_patch_published_while_no_watcher_is_active_is_applied_late
     patch = StatusPatch(
         kind="Pod", api_version="v1", namespace="default", name="q", status={"phase": "Running"}
     )
-    await bus.publish(subjects.k8s_status("Pod", "default", "q"), patch)
+    await bus.publish(subjects.k8s_node_status("node-1", "Pod", "default", "q"), patch)
     await bus.nc.flush()
     assert (api.store.get(POD, "default", "q").get("status") or {}).get("phase") != "Running"
     w = await InProcessWatcher(nats_server.url, api.url, "late").start()

@@ -22,8 +22,11 @@ from google.rpc.status_pb2 import Status
 
 
 class AdsClient:
-    def __init__(self, port: int, node: str, *, delta: bool = False) -> None:
+    def __init__(
+        self, port: int, node: str, *, delta: bool = False, creds: grpc.ChannelCredentials | None = None
+    ) -> None:
         self.port = port
+        self.creds = creds  # None: plaintext
         self.node = node
         self.delta = delta
         self._out: asyncio.Queue[Any] = asyncio.Queue()
@@ -36,7 +39,12 @@ class AdsClient:
         self.error: BaseException | None = None
 
     async def __aenter__(self) -> AdsClient:
-        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+        target = f"127.0.0.1:{self.port}"
+        self._channel = (
+            grpc.aio.insecure_channel(target)
+            if self.creds is None
+            else grpc.aio.secure_channel(target, self.creds)
+        )
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
         method = stub.DeltaAggregatedResources if self.delta else stub.StreamAggregatedResources
         self._call = method(self._requests())

@@ -30,6 +30,7 @@ from services.xds.bootstrap import render_bootstrap
 from services.xds.config import XdsConfig
 from services.xds.snapshot import LISTENER
 from testkit.natsserver import NatsServer, free_port
+from testkit.xdspki import TestPki
 from tests.xds.envoy_fixtures import Backends, eventually, serves
 
 pytestmark = pytest.mark.envoy
@@ -123,6 +124,11 @@ class Running:
         self.app: XdsApp | None = None
         self.patches: list[StatusPatch] = []
         self.grpc_port = free_port()
+        self.pki = TestPki()
+
+    def bootstrap(self, node: str = "node-1", **kw: Any) -> dict[str, Any]:
+        """A bootstrap for ``node``'s Envoy, with that node's client certificate (ADS is mTLS)."""
+        return render_bootstrap(node, "127.0.0.1", self.grpc_port, 0, tls_dir=self.pki.node_dir(node), **kw)
 
     def programmed(self) -> dict[str, Any] | None:
         for p in reversed(self.patches):
@@ -137,7 +143,13 @@ class Running:
 async def replica(nats_url: str, bus: Bus, nodes: str = "node-1") -> AsyncIterator[Running]:
     """One xds replica in-process (the real service runtime), collecting the status patches it sees."""
     run = Running()
-    cfg = XdsConfig(nats_url=nats_url, grpc_addr=f"127.0.0.1:{run.grpc_port}", nodes=nodes, debounce_ms=20)
+    cfg = XdsConfig(
+        nats_url=nats_url,
+        grpc_addr=f"127.0.0.1:{run.grpc_port}",
+        nodes=nodes,
+        debounce_ms=20,
+        tls_dir=run.pki.server_dir,
+    )
 
     async def on_patch(p: StatusPatch, _: object) -> None:
         run.patches.append(p)
@@ -157,6 +169,7 @@ async def replica(nats_url: str, bus: Bus, nodes: str = "node-1") -> AsyncIterat
         await sub.unsubscribe()
         stop.set()
         assert await asyncio.wait_for(task, 20) == 0
+        run.pki.close()
 
 
 @pytest.fixture
@@ -178,9 +191,7 @@ async def test_gateway_served_by_node_envoy_and_programmed_after_ack(xds_service
     backends = Backends()
     backend_port = await backends.add("echo")
     gw_ip, lport = f"127.0.100.{10 + free_port() % 80}", free_port()
-    envoy = Envoy(
-        render_bootstrap("node-1", "127.0.0.1", xds_service.grpc_port, 0), name="envoy@node-1"
-    ).start()
+    envoy = Envoy(xds_service.bootstrap("node-1"), name="envoy@node-1").start()
     try:
         for obj in gateway_objects(gw_ip, lport, backend_port) + GARBAGE:
             await put(bus, obj)
@@ -219,9 +230,7 @@ async def test_nacked_gateway_listener_reports_the_reason(
     blocker = socket.socket()  # no SO_REUSEPORT: Envoy's bind of the same address:port fails
     blocker.bind((gw_ip, lport))
     blocker.listen()
-    envoy = Envoy(
-        render_bootstrap("node-1", "127.0.0.1", xds_service.grpc_port, 0), name="envoy@node-1"
-    ).start()
+    envoy = Envoy(xds_service.bootstrap("node-1"), name="envoy@node-1").start()
     try:
         for obj in gateway_objects(gw_ip, lport, backend_port):
             await put(bus, obj)
@@ -271,7 +280,7 @@ async def test_every_replica_reports_programmed_from_acks_it_did_not_serve(
     backend_port = await backends.add("echo")
     gw_ip, lport = f"127.0.100.{180 + free_port() % 60}", free_port()
     async with replica(nats_server.url, bus) as a, replica(nats_server.url, bus) as b:
-        envoy = Envoy(render_bootstrap("node-1", "127.0.0.1", a.grpc_port, 0), name="envoy@node-1").start()
+        envoy = Envoy(a.bootstrap("node-1"), name="envoy@node-1").start()
         try:
             for obj in gateway_objects(gw_ip, lport, backend_port):
                 await put(bus, obj)
