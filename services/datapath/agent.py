@@ -327,11 +327,11 @@ class Agent:
     async def on_k8s(self, ev: ObjectEvent, prev: dict[str, Any] | None) -> None:
         if ev.kind in POLICY_KINDS:
             if ev.type == "delete":
-                self._apply(self.engine.delete_policy(ev.kind, ev.namespace, ev.name))
                 ref = PolicyRef(ev.kind, ev.namespace, ev.name)
-                self._policy_status.pop(ref, None)
                 self._parse_errors.pop(ref, None)
                 self._closed_refs.pop(ref, None)
+                self._apply(self.engine.delete_policy(ev.kind, ev.namespace, ev.name))
+                self._policy_status.pop(ref, None)
             else:
                 self._apply(self.engine.upsert_policy({**ev.obj, "kind": ev.kind}))
         elif ev.kind == "Node" and ev.name == self.node and not self.pod_cidr:

@@ -63,7 +63,8 @@ async def main(svc: Service) -> None:
     )  # fmt: skip
     lifetimes.validate()
     scope = cfg.scope or scope_for(cfg.data_dir)
-    loader = Loader(cfg.node, pin_root=cfg.pin_root, scope=scope, defines=lifetimes.defines())
+    defines = lifetimes.defines() | ({"NM_POLICY_MAX": cfg.policy_map_max} if cfg.policy_map_max > 0 else {})
+    loader = Loader(cfg.node, pin_root=cfg.pin_root, scope=scope, defines=defines)
     agent = Agent(cfg, svc.bus, loader)
     svc.registry.register(CapacityCollector(agent))
     write_state(cfg, loader.pin_dir, loader.scope)

@@ -46,3 +46,5 @@ class DatapathConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fi
     """... UDP, SCTP, ICMP entries."""
     ct_gc_interval: float = 30.0
     """Seconds between conntrack garbage collections (expired entries removed from the map)."""
+    policy_map_max: int = 0
+    """Entries of the node's policy map (``nm_policy``); 0 = the programs' default (131072)."""
