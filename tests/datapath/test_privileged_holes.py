@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from meshctl.cmd_observe import format_row
 from nodemesh.policy.model import EndpointPolicy, PolicyKey, PolicyValue
 from services.datapath.conntrack import CtLifetimes, flush_endpoint, gc
 from services.datapath.flows import event_to_flow
@@ -98,6 +99,7 @@ def test_privileged_spoofed_source_is_dropped_and_shown(make_node, subnet, where
     flow = event_to_flow(ev, _Dir(), 0)
     assert (flow.verdict, flow.drop_reason, flow.drop_reason_desc) == ("DROPPED", 132, "INVALID_SOURCE_IP")
     assert "INVALID_SOURCE_IP" in flow.Summary
+    assert "DROPPED (INVALID_SOURCE_IP)" in " ".join(format_row(flow))  # what `nodemesh observe` prints
 
 
 @pytest.mark.parametrize("where", WHERE)
