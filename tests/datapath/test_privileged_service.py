@@ -25,7 +25,7 @@ from nodemesh.runtime import run_service
 from services.datapath.app import main as datapath_main
 from services.datapath.cleanup import cleanup_all
 from services.datapath.config import DatapathConfig
-from services.datapath.maps import NodeMaps, PolicyKeyC
+from services.datapath.maps import NodeMaps, PolicyKeyC, ip_to_be32
 from testkit.natsserver import NatsServer, free_port
 from testkit.podnet import echo, tcp_ok, tcp_open
 from tests.datapath import k8s
@@ -236,6 +236,9 @@ async def test_privileged_service_pods_policy_flows_auth(harness: Harness, bus: 
         await k8s.until(lambda: len(list(maps.endpoint_items())) == before_eps - 1, 30)
         ep_ids = {info.ep_id for _, info in maps.endpoint_items()}
         assert {int(PolicyKeyC.from_buffer_copy(k).ep_id) for k in maps.policy_items()} <= ep_ids
+        # and its connections: no conntrack entry names its address any more
+        gone = ip_to_be32(server_ip)
+        assert not [k for k, _ in maps.ct_items() if gone in (k.saddr, k.daddr)]
     finally:
         maps.close()
 
