@@ -18,6 +18,7 @@
 #include "include/nm_maps.h"
 #include "lib/parse.h"
 #include "lib/policy.h"
+#include "lib/conntrack.h"
 
 #ifndef NM_PIN_DIR
 #error "compile with -DNM_PIN_DIR=\"/sys/fs/bpf/nodemesh/<node>\""
@@ -165,6 +166,10 @@ static __always_inline void nm_policy_check(struct __sk_buff *skb, const struct 
 	v->auth_type = 0;
 	v->drop_reason = 0;
 	v->proxy = 0;
+	if (ep->flags & NM_EP_FAIL_CLOSED) {
+		v->drop_reason = NM_DROP_POLICY;
+		return;
+	}
 	if (!(ep->flags & enforce))
 		return;
 	struct nm_policy_key k = {};
@@ -329,6 +334,46 @@ static __always_inline int nm_drop(struct __sk_buff *skb, const struct nm_tuple 
 	return TC_ACT_SHOT;
 }
 
+/* An ICMP error passes only as related to a connection this endpoint tracks (the one the quoted
+ * packet belongs to); otherwise it is dropped: it cannot start a flow. */
+static __always_inline int nm_icmp_error(struct __sk_buff *skb, const struct nm_tuple *t,
+					 const struct nm_endpoint_info *ep, __u8 dir, struct nm_verdict *v,
+					 __u64 now)
+{
+	struct nm_ct_key fk = {}, rk = {};
+	nm_icmp_related_keys(t, dir, &fk, &rk);
+	struct nm_ct_entry *ct = t->inner_proto ? nm_ct.lookup(&fk) : 0;
+	if (!ct && t->inner_proto)
+		ct = nm_ct.lookup(&rk);
+	if (ct && !nm_ct_expired(ct, t->inner_proto, now))
+		return TC_ACT_OK;
+	nm_remote(dir == NM_DIR_EGRESS ? t->daddr : t->saddr, v);
+	v->drop_reason = NM_DROP_CT_NO_ENTRY;
+	return nm_drop(skb, t, ep, dir, v, now);
+}
+
+/* A reply after a policy change: judge again the flow it answers, as the other direction's program
+ * judged it when it was new (same endpoint, same remote). Returns a drop reason or 0. */
+static __always_inline int nm_reply_recheck(struct __sk_buff *skb, const struct nm_tuple *t,
+					    const struct nm_endpoint_info *ep, __u8 dir, struct nm_ct_entry *ct,
+					    __u32 rev, __u64 now)
+{
+	struct nm_tuple o = {};
+	struct nm_verdict ov = {};
+	nm_reply_origin(t, &o);
+	__u8 odir = dir ^ 1;
+	nm_remote(odir == NM_DIR_EGRESS ? o.daddr : o.saddr, &ov);
+	nm_policy_check(skb, &o, ep, odir, &ov, now);
+	if (ov.drop_reason)
+		return ov.drop_reason;
+	ct->policy_rev = rev;
+	ct->auth_type = ov.auth_type;
+	ct->flags = (ov.auth_type ? NM_CT_F_AUTH : 0) | (ct->flags & (NM_CT_F_PROXY | NM_CT_F_UPSTREAM));
+	ct->remote_identity = ov.remote_identity;
+	ct->remote_node_id = ov.remote_node_id;
+	return 0;
+}
+
 static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct nm_endpoint_key ek = {.ifindex = skb->ifindex};
@@ -352,6 +397,12 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 			return nm_drop(skb, &t, ep, NM_DIR_INGRESS, &v, now);
 		}
 		return TC_ACT_OK;
+	}
+	if (dir == NM_DIR_EGRESS && rc == NM_PARSE_OK && !nm_source_valid(ep, &t)) {
+		/* spoofed source: judged as nobody; the flow names the real sender (the endpoint) */
+		nm_remote(t.daddr, &v);
+		v.drop_reason = NM_DROP_INVALID_SIP;
+		return nm_drop(skb, &t, ep, dir, &v, now);
 	}
 	u32 zero = 0;
 	u32 *proxy_active = nm_proxy_active.lookup(&zero);
@@ -408,6 +459,9 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 	__u32 *revp = nm_config.lookup(&cfg_key);
 	__u32 rev = revp ? *revp : 0;
 
+	if (t.icmp_related)
+		return nm_icmp_error(skb, &t, ep, dir, &v, now);
+
 	struct nm_ct_key fk = {};
 	fk.saddr = t.saddr;
 	fk.daddr = t.daddr;
@@ -416,6 +470,10 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 	fk.proto = t.proto;
 	fk.dir = dir;
 	struct nm_ct_entry *ct = nm_ct.lookup(&fk);
+	if (ct && nm_ct_expired(ct, t.proto, now)) {
+		nm_ct.delete(&fk);
+		ct = 0;
+	}
 	if (ct) {
 		/* established, forward direction */
 		v.remote_identity = ct->remote_identity;
@@ -464,8 +522,20 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 	rk.proto = t.proto;
 	rk.dir = dir ^ 1;
 	ct = nm_ct.lookup(&rk);
+	if (ct && nm_ct_expired(ct, t.proto, now)) {
+		nm_ct.delete(&rk);
+		ct = 0;
+	}
 	if (ct) {
 		/* a reply of a flow this endpoint's peer direction allowed */
+		if (ct->policy_rev != rev) {
+			v.drop_reason = nm_reply_recheck(skb, &t, ep, dir, ct, rev, now);
+			if (v.drop_reason) {
+				nm_ct.delete(&rk);
+				nm_remote(dir == NM_DIR_EGRESS ? t.daddr : t.saddr, &v);
+				return nm_drop(skb, &t, ep, dir, &v, now);
+			}
+		}
 		ct->last_seen_ns = now;
 		__sync_fetch_and_add(&ct->packets, 1);
 		__sync_fetch_and_add(&ct->bytes, t.len);
@@ -483,9 +553,6 @@ static __always_inline int nm_handle(struct __sk_buff *skb, __u8 dir)
 			skb->mark = NM_MARK_TO_PROXY;
 		return TC_ACT_OK;
 	}
-	if (t.icmp_related)
-		return TC_ACT_OK;
-
 	/* a new flow */
 	nm_remote(dir == NM_DIR_EGRESS ? t.daddr : t.saddr, &v);
 	nm_policy_check(skb, &t, ep, dir, &v, now);

@@ -43,7 +43,13 @@ from nodemesh.streams import STREAM_FLOWS
 __all__ = ["Query", "connect_admin", "follow", "format_row", "history", "observe", "render_table"]
 
 HEADER = ["TIMESTAMP", "SOURCE", "DESTINATION", "L7 INFO", "TRAFFIC DIRECTION", "VERDICT", "TCP FLAGS"]
-DROP_REASONS = {133: "POLICY_DENIED", 181: "POLICY_DENY", 189: "AUTH_REQUIRED"}
+DROP_REASONS = {
+    132: "INVALID_SOURCE_IP",
+    133: "POLICY_DENIED",
+    138: "CT_CANNOT_CREATE_ENTRY_FROM_PACKET",
+    181: "POLICY_DENY",
+    189: "AUTH_REQUIRED",
+}
 _BATCH = 500
 
 

@@ -15,7 +15,9 @@ writes through the same mirror with compare-and-set against the revision it hold
   (at a revision) raise :class:`Conflict` when another writer got there first, after refreshing
   that key from the server so the caller can retry on current data.
 
-``on_update(key, new, old)`` runs after every change (``None`` for absent) on the event loop.
+``on_update(key, new, old)`` runs after every change (``None`` for absent) on the event loop;
+``on_synced()`` after every (re)watch has delivered the server's current values (the first sync and
+each one after a reconnect), for consumers that reconcile derived state against the whole bucket.
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ class KvMirror(Generic[T]):
         keys: str = ">",
         on_update: Callable[[str, T | None, T | None], None] | None = None,
         retry_after: float = 1.0,
+        on_synced: Callable[[], None] | None = None,
     ) -> None:
         self.bus = bus
+        self.on_synced = on_synced
         self.bucket = bucket
         self.keys = keys
         self.on_update = on_update
@@ -101,6 +105,11 @@ class KvMirror(Generic[T]):
                 pass
         await self._stop_watcher()
 
+    async def resync(self) -> None:
+        """Watch again from the server's current values (e.g. after a NATS reconnect): keys deleted
+        meanwhile are removed and ``on_synced`` runs once the new watch caught up."""
+        await self._stop_watcher()
+
     async def _stop_watcher(self) -> None:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
@@ -131,6 +140,11 @@ class KvMirror(Generic[T]):
             if entry is None:  # the end of the initial values
                 self._sweep()
                 self.synced.set()
+                if self.on_synced is not None:
+                    try:
+                        self.on_synced()
+                    except Exception:  # a consumer's failure must not stop the mirror
+                        log.exception("on_synced of KV %s failed", self.bucket)
                 continue
             key = str(entry.key)
             if self._resync is not None:

@@ -37,6 +37,7 @@ class TNode:
 
     name: str
     pin_root: str
+    defines: dict[str, int] = field(default_factory=dict)  # -D for bpf/nm_tc.c (map sizes, CT lifetimes)
     loader: Loader = field(init=False)
     writer: PolicyWriter = field(init=False)
     pods: list[TPod] = field(default_factory=list)
@@ -45,7 +46,7 @@ class TNode:
     _thread: threading.Thread | None = None
 
     def start(self) -> TNode:
-        self.loader = Loader(self.name, pin_root=self.pin_root)
+        self.loader = Loader(self.name, pin_root=self.pin_root, defines=self.defines)
         maps = self.loader.load()
         self.writer = PolicyWriter(maps)
         self.loader.open_events(self.events.append)

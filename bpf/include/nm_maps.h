@@ -18,8 +18,10 @@
 #define NM_DIR_EGRESS 1  /* from-pod: traffic leaving the endpoint */
 
 /* --- drop reasons: Cilium's positive DropReason codes (flow.proto) --- */
+#define NM_DROP_INVALID_SIP 132     /* INVALID_SOURCE_IP: a pod sent from an address not its own */
 #define NM_DROP_POLICY 133        /* POLICY_DENIED: no allow entry */
 #define NM_DROP_INVALID 134       /* invalid packet (truncated headers) */
+#define NM_DROP_CT_NO_ENTRY 138   /* CT_CANNOT_CREATE_ENTRY_FROM_PACKET: an ICMP error of no tracked flow */
 #define NM_DROP_SOCKET_LOOKUP 178 /* SOCKET_LOOKUP_FAILED: no L7 proxy listener to redirect to */
 #define NM_DROP_SOCKET_ASSIGN 179 /* SOCKET_ASSIGN_FAILED: bpf_sk_assign refused the proxy socket */
 #define NM_DROP_POLICY_DENY 181   /* POLICY_DENY: a deny entry matched */
@@ -72,6 +74,7 @@ struct nm_endpoint_key {
 
 #define NM_EP_ENFORCE_INGRESS 1
 #define NM_EP_ENFORCE_EGRESS 2
+#define NM_EP_FAIL_CLOSED 4 /* the agent could not write this endpoint's policy (map full): deny all */
 
 struct nm_endpoint_info {
 	__u32 identity;

@@ -31,10 +31,45 @@ struct nm_tuple {
 	__u8 tcp_flags;
 	__u8 icmp_type;
 	__u8 icmp_code;
-	__u8 icmp_related; /* an ICMP error: passes without policy, as Cilium's related traffic */
-	__u8 pad;
+	__u8 icmp_related; /* an ICMP error: passes only as related to the connection it quotes */
+	__u8 inner_proto;  /* ICMP error: the quoted packet's tuple (0 = not parsable) */
 	__u32 len;
+	__u32 inner_saddr;
+	__u32 inner_daddr;
+	__be16 inner_sport;
+	__be16 inner_dport;
 };
+
+/* The tuple of the packet an ICMP error quotes (its IP header and first 8 bytes), in the same form
+ * nm_parse gives a packet (ICMP echo: the id in both ports), so it can be looked up in conntrack. */
+static __always_inline void nm_parse_icmp_inner(void *inner, void *data_end, struct nm_tuple *t)
+{
+	struct iphdr *ip = inner;
+	if ((void *)(ip + 1) > data_end)
+		return;
+	__u32 ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip))
+		return;
+	__u8 *l4 = (__u8 *)ip + ihl;
+	if ((void *)(l4 + 8) > data_end)
+		return;
+	t->inner_saddr = ip->saddr;
+	t->inner_daddr = ip->daddr;
+	if (ip->protocol == IPPROTO_ICMP) {
+		struct icmphdr *ih = (void *)l4;
+		if (ih->type != ICMP_ECHO && ih->type != ICMP_ECHOREPLY)
+			return; /* only echo has a connection to be related to */
+		t->inner_sport = ih->un.echo.id;
+		t->inner_dport = ih->un.echo.id;
+	} else if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP || ip->protocol == 132) {
+		struct udphdr *uh = (void *)l4;
+		t->inner_sport = uh->source;
+		t->inner_dport = uh->dest;
+	} else {
+		return;
+	}
+	t->inner_proto = ip->protocol;
+}
 
 static __always_inline int nm_parse(struct __sk_buff *skb, struct nm_tuple *t)
 {
@@ -89,6 +124,7 @@ static __always_inline int nm_parse(struct __sk_buff *skb, struct nm_tuple *t)
 			t->dport = ih->un.echo.id;
 		} else if (ih->type == ICMP_DEST_UNREACH || ih->type == ICMP_TIME_EXCEEDED) {
 			t->icmp_related = 1;
+			nm_parse_icmp_inner((void *)(ih + 1), data_end, t);
 		}
 	}
 	return NM_PARSE_OK;

@@ -119,6 +119,18 @@ class PolicyEngine:
     def cidr_identities(self) -> dict[str, int]:
         return dict(self._cidr_ids)
 
+    def selecting(self, key: str) -> set[PolicyRef]:
+        """The policies with a rule or an enforcement that selects endpoint ``key``."""
+        ep = self._endpoints.get(key)
+        if ep is None:
+            return set()
+        return {
+            ref
+            for ref, pol in self._policies.items()
+            if any(self._selects(r.subject, r.host, ep) for r in pol.rules)
+            or any(self._selects(e.subject, e.host, ep) for e in pol.enforce)
+        }
+
     def required_auth_pairs(self) -> set[AuthPair]:
         eps = {k: ep.identity for k, ep in self._endpoints.items()}
         return auth_pairs(self._current, eps, self._labels)

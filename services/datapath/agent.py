@@ -21,6 +21,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from nodemesh import kinds, subjects
 from nodemesh.bus import Bus
 from nodemesh.labels import RESERVED
+from nodemesh.messages.auth import AuthKey as AuthKeyMsg
 from nodemesh.messages.auth import AuthVerdict
 from nodemesh.messages.identity import Identity, IPCacheEntry, NodeInfo
 from nodemesh.messages.k8s import ObjectEvent, StatusPatch
@@ -28,6 +29,7 @@ from nodemesh.policy.incremental import Changes, PolicyEngine
 from nodemesh.policy.model import Endpoint, EndpointPolicy, PolicyRef
 from nodemesh.policy.visibility import Visibility, pod_visibility, with_visibility
 from nodemesh.streams import IDENTITY_KEY_PREFIX
+from services.datapath import conntrack
 from services.datapath.config import DatapathConfig
 from services.datapath.endpoints import PolicyWriter
 from services.datapath.loader import Loader
@@ -90,6 +92,16 @@ class Agent:
         self._visibility: dict[str, tuple[Visibility, ...]] = {}  # endpoint key → what is written
         self._dirty = asyncio.Event()
         self.apply_seconds: list[float] = []
+        self._parse_errors: dict[PolicyRef, tuple[str, ...]] = {}
+        self._closed_refs: dict[PolicyRef, set[str]] = {}  # policy → endpoints failing closed under it
+        self.ct_lifetimes = conntrack.CtLifetimes(
+            tcp=cfg.ct_lifetime_tcp,
+            tcp_syn=cfg.ct_lifetime_tcp_syn,
+            tcp_fin=cfg.ct_lifetime_tcp_fin,
+            any=cfg.ct_lifetime_any,
+        )
+        self.ct_gc_runs = 0
+        self.ct_gc_deleted = 0
         self.version = 0  # bumped when ipcache or identity labels change (flow enrichment cache)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -193,6 +205,7 @@ class Agent:
         ep.identity = entry.identity if entry else 0
         self._apply(self.engine.upsert_endpoint(self._engine_endpoint(ep)))
         self._write_policy(ep)
+        self._update_closed()
         if self.lb is not None:  # the pod's sockets reach Services from its first connect
             await asyncio.to_thread(self.lb.pod_added, ep.key, ep.link.netns)
         await asyncio.to_thread(self.loader.attach, ep.link.host_ifindex)
@@ -229,6 +242,28 @@ class Agent:
         self.engine.delete_endpoint(ep.key)
         self.writer.remove(ep.ep_id)
         self._visibility.pop(ep.key, None)
+        self._update_closed()
+        # its connections go with it: a pod that gets the address next must not inherit them
+        self.ct_gc_deleted += conntrack.flush_endpoint(self.maps, ep.ip)
+
+    # --- conntrack ----------------------------------------------------------------------------
+    def ct_gc(self) -> int:
+        """Remove expired conntrack entries (the programs already ignore them)."""
+        assert self.maps is not None
+        n = conntrack.gc(self.maps, self.ct_lifetimes, time.monotonic_ns())
+        self.ct_gc_runs += 1
+        self.ct_gc_deleted += n
+        return n
+
+    async def ct_gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.ct_gc_interval)
+            try:
+                n = await asyncio.to_thread(self.ct_gc)
+                if n:
+                    log.debug("conntrack gc removed %d entries", n)
+            except Exception:
+                log.exception("conntrack gc failed")
 
     async def _report_pod(self, ep: PodEndpoint, status: dict[str, Any]) -> None:
         status = {**status, "hostIP": self.node_ip}
@@ -263,14 +298,42 @@ class Agent:
             del self.apply_seconds[:-1000]
         for ref, errs in ch.status.items():
             self._queue_status(ref, tuple(str(e) for e in errs))
+        self._update_closed()
 
-    def _queue_status(self, ref: PolicyRef, errs: tuple[str, ...]) -> None:
+    def _update_closed(self) -> None:
+        """Endpoints whose policy did not fit the map fail closed: retry writing them whole, and name
+        them in the status of every policy that selects them until they fit."""
+        assert self.writer is not None
+        by_id = {e.ep_id: e for e in self.pods.endpoints.values()} if self.pods else {}
+        for ep_id in list(self.writer.failed):
+            ep = by_id.get(ep_id)
+            if ep is not None and self.engine.policy(ep.key) is not None:
+                self.writer.apply(ep_id, self._policy_of(ep))  # with its visibility redirects
+                self._write_endpoint(ep)
+        closed: dict[PolicyRef, set[str]] = {}
+        for ep_id, why in self.writer.failed.items():
+            ep = by_id.get(ep_id)
+            if ep is None:
+                continue
+            for ref in self.engine.selecting(ep.key):
+                closed.setdefault(ref, set()).add(f"endpoint {ep.key} denies all traffic: {why}")
+        for ref in set(closed) | set(self._closed_refs):
+            if closed.get(ref) != self._closed_refs.get(ref):
+                self._closed_refs[ref] = closed.get(ref, set())
+                self._queue_status(ref, self._parse_errors.get(ref, ()))
+        self._closed_refs = {r: v for r, v in self._closed_refs.items() if v}
+
+    def _queue_status(self, ref: PolicyRef, parse_errs: tuple[str, ...]) -> None:
+        self._parse_errors[ref] = parse_errs
+        full = tuple(sorted(self._closed_refs.get(ref, ())))
+        errs = parse_errs + full
         if self._policy_status.get(ref) == errs:
             return
         self._policy_status[ref] = errs
         cond: dict[str, Any] = {"type": "Valid", "status": "False" if errs else "True"}
         if errs:
-            cond |= {"reason": "InvalidPolicy", "message": "; ".join(errs)[:4000]}
+            reason = "PolicyMapFull" if full else "InvalidPolicy"
+            cond |= {"reason": reason, "message": "; ".join(errs)[:4000]}
         else:
             cond |= {"reason": "Valid", "message": "policy is valid and enforced"}
         api_version = kinds.by_kind(ref.kind).api_version
@@ -285,8 +348,11 @@ class Agent:
     async def on_k8s(self, ev: ObjectEvent, prev: dict[str, Any] | None) -> None:
         if ev.kind in POLICY_KINDS:
             if ev.type == "delete":
+                ref = PolicyRef(ev.kind, ev.namespace, ev.name)
+                self._parse_errors.pop(ref, None)
+                self._closed_refs.pop(ref, None)
                 self._apply(self.engine.delete_policy(ev.kind, ev.namespace, ev.name))
-                self._policy_status.pop(PolicyRef(ev.kind, ev.namespace, ev.name), None)
+                self._policy_status.pop(ref, None)
             else:
                 self._apply(self.engine.upsert_policy({**ev.obj, "kind": ev.kind}))
         elif ev.kind == "Node" and ev.name == self.node and not self.pod_cidr:
@@ -374,11 +440,14 @@ class Agent:
 
     # --- auth ---------------------------------------------------------------------------------
     def _auth_key(self, v: AuthVerdict) -> AuthKey:
+        return self._auth_key_of(v.key)
+
+    def _auth_key_of(self, k: AuthKeyMsg) -> AuthKey:
         return AuthKey(
-            local_identity=v.key.local_identity,
-            remote_identity=v.key.remote_identity,
-            remote_node_id=self.node_ids.id_of(v.key.remote_node),
-            auth_type=v.key.auth_type,
+            local_identity=k.local_identity,
+            remote_identity=k.remote_identity,
+            remote_node_id=self.node_ids.id_of(k.remote_node),
+            auth_type=k.auth_type,
         )
 
     def on_auth_granted(self, v: AuthVerdict) -> None:

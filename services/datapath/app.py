@@ -26,8 +26,11 @@ from nodemesh.runtime import Service
 from nodemesh.streams import BUCKET_IDENTITIES, BUCKET_IPCACHE, BUCKET_NODES, IDENTITY_KEY_PREFIX
 from services.datapath.accesslog import mirror_enricher, start_configured
 from services.datapath.agent import Agent, router_ip
+from services.datapath.authsync import AuthSync
+from services.datapath.capacity import CapacityCollector
 from services.datapath.cell import CELL
 from services.datapath.config import DatapathConfig
+from services.datapath.conntrack import CtLifetimes
 from services.datapath.events import EventPump
 from services.datapath.heartbeat import run_heartbeat
 from services.datapath.hubblemetrics import FlowMetrics
@@ -56,8 +59,16 @@ def write_state(cfg: DatapathConfig, pin_dir: str, scope: str, pod_cidr: str = "
 async def main(svc: Service) -> None:
     cfg = svc.cfg
     assert isinstance(cfg, DatapathConfig)
-    loader = Loader(cfg.node, pin_root=cfg.pin_root, scope=cfg.scope or scope_for(cfg.data_dir))
+    lifetimes = CtLifetimes(
+        tcp=cfg.ct_lifetime_tcp, tcp_syn=cfg.ct_lifetime_tcp_syn, tcp_fin=cfg.ct_lifetime_tcp_fin,
+        any=cfg.ct_lifetime_any,
+    )  # fmt: skip
+    lifetimes.validate()
+    scope = cfg.scope or scope_for(cfg.data_dir)
+    defines = lifetimes.defines() | ({"NM_POLICY_MAX": cfg.policy_map_max} if cfg.policy_map_max > 0 else {})
+    loader = Loader(cfg.node, pin_root=cfg.pin_root, scope=scope, defines=defines)
     agent = Agent(cfg, svc.bus, loader)
+    svc.registry.register(CapacityCollector(agent))
     write_state(cfg, loader.pin_dir, loader.scope)
     await asyncio.to_thread(agent.load)
     svc.log.info("programs loaded", extra={"pin_dir": loader.pin_dir, "reused_pins": loader.reused_pins})
@@ -109,6 +120,13 @@ async def main(svc: Service) -> None:
 
     await svc.bus.subscribe(subjects.auth_granted(cfg.node), AuthVerdict, granted)
     await svc.bus.subscribe(subjects.auth_revoked(cfg.node), AuthVerdict, revoked)
+    # core NATS verdicts published while this agent was down or reconnecting are lost: the map is
+    # reconciled against KV auth after every (re)sync of that bucket
+    auth_sync = AuthSync(svc.bus, cfg.node, agent.maps, agent._auth_key_of)
+    svc.spawn(auth_sync.run(), "kv-auth")
+    svc.spawn(auth_sync.follow_reconnects(), "auth-resync")
+    synced["auth"] = auth_sync.mirror.synced
+    svc.spawn(agent.ct_gc_loop(), "ct-gc")
 
     async def on_k8s(ev: ObjectEvent, prev: dict[str, Any] | None) -> None:
         await agent.on_k8s(ev, prev)

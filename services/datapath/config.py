@@ -44,3 +44,15 @@ class DatapathConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fi
     labelsContext; services/datapath/metricscontext.py). Invalid = the service fails to start."""
     event_queue_batches: int = 4096
     """Batches of ring-buffer events held for publishing before further ones are counted as lost."""
+    ct_lifetime_tcp: int = 8000
+    """Seconds an established TCP conntrack entry lives after its last packet (Cilium's 2h13m20s)."""
+    ct_lifetime_tcp_syn: int = 60
+    """... a TCP entry before the reply's SYN-ACK."""
+    ct_lifetime_tcp_fin: int = 10
+    """... a TCP entry after a FIN or RST."""
+    ct_lifetime_any: int = 60
+    """... UDP, SCTP, ICMP entries."""
+    ct_gc_interval: float = 30.0
+    """Seconds between conntrack garbage collections (expired entries removed from the map)."""
+    policy_map_max: int = 0
+    """Entries of the node's policy map (``nm_policy``); 0 = the programs' default (131072)."""

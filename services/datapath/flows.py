@@ -30,8 +30,10 @@ __all__ = [
 
 #: Cilium's DropReason names (flow.proto) for the reasons our programs produce.
 DROP_REASONS: dict[int, str] = {
+    132: "INVALID_SOURCE_IP",
     133: "POLICY_DENIED",
     134: "INVALID_PACKET_DROPPED",
+    138: "CT_CANNOT_CREATE_ENTRY_FROM_PACKET",
     178: "SOCKET_LOOKUP_FAILED",
     179: "SOCKET_ASSIGN_FAILED",
     181: "POLICY_DENY",

@@ -164,6 +164,9 @@ class Loader:
                 continue
             try:
                 same = (m.key_size, m.value_size) == (ctypes.sizeof(key_t), ctypes.sizeof(value_t))
+                # a policy map of another size (policy_map_max changed) is recreated too
+                if name == "nm_policy" and "NM_POLICY_MAX" in self.defines:
+                    same = same and m.max_entries == self.defines["NM_POLICY_MAX"]
             finally:
                 m.close()
             if not same:

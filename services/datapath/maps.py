@@ -23,6 +23,7 @@ __all__ = [
     "DIR_INGRESS",
     "EP_ENFORCE_EGRESS",
     "EP_ENFORCE_INGRESS",
+    "EP_FAIL_CLOSED",
     "EVT_AUTH_REQUIRED",
     "EVT_DROP",
     "EVT_POLICY_VERDICT",
@@ -71,6 +72,7 @@ PINNED_MAPS = (MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_CT, MAP_AUTH, MAP_CON
 # Constants mirrored from nm_maps.h.
 EP_ENFORCE_INGRESS = 1
 EP_ENFORCE_EGRESS = 2
+EP_FAIL_CLOSED = 4
 POLICY_STATIC_PREFIX = 72
 POLICY_DENY = 1
 CFG_POLICY_REV = 0
@@ -351,6 +353,17 @@ class NodeMaps:
     def ct_items(self) -> Iterator[tuple[CtKey, CtEntry]]:
         for k, v in self.ct.items():
             yield CtKey.from_buffer_copy(k), CtEntry.from_buffer_copy(v)
+
+    def ct_delete_many(self, keys: list[CtKey]) -> int:
+        """Delete entries (gone meanwhile: not counted); returns how many were deleted."""
+        n = 0
+        for key in keys:
+            try:
+                self.ct.delete(key.to_bytes())
+                n += 1
+            except KeyNotFound:
+                pass
+        return n
 
     def ct_delete(self, key: CtKey) -> None:
         try:

@@ -28,8 +28,8 @@ def make_node(pin_root: str) -> Iterator[object]:
     nodes: list[TNode] = []
     token = secrets.token_hex(3)
 
-    def make(suffix: str = "a") -> TNode:
-        n = TNode(f"t{token}{suffix}", pin_root).start()
+    def make(suffix: str = "a", defines: dict[str, int] | None = None) -> TNode:
+        n = TNode(f"t{token}{suffix}", pin_root, defines=defines or {}).start()
         nodes.append(n)
         return n
 

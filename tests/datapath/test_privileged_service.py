@@ -25,7 +25,7 @@ from nodemesh.runtime import run_service
 from services.datapath.app import main as datapath_main
 from services.datapath.cleanup import cleanup_all
 from services.datapath.config import DatapathConfig
-from services.datapath.maps import NodeMaps, PolicyKeyC
+from services.datapath.maps import NodeMaps, PolicyKeyC, ip_to_be32
 from testkit.natsserver import NatsServer, free_port
 from testkit.podnet import echo, tcp_ok, tcp_open
 from testkit.promscrape import total
@@ -239,6 +239,9 @@ async def test_privileged_service_pods_policy_flows_auth(harness: Harness, bus: 
         await k8s.until(lambda: len(list(maps.endpoint_items())) == before_eps - 1, 30)
         ep_ids = {info.ep_id for _, info in maps.endpoint_items()}
         assert {int(PolicyKeyC.from_buffer_copy(k).ep_id) for k in maps.policy_items()} <= ep_ids
+        # and its connections: no conntrack entry names its address any more
+        gone = ip_to_be32(server_ip)
+        assert not [k for k, _ in maps.ct_items() if gone in (k.saddr, k.daddr)]
     finally:
         maps.close()
 
@@ -351,3 +354,85 @@ async def test_privileged_two_nodes_cross_node_auth(two_nodes: tuple[Harness, Ha
         for f in x.flows
     )
     assert any(f.traffic_direction == "INGRESS" and f.verdict == "DROPPED" for f in y.flows)
+
+
+def _cnp_ports(name: str, ports: range) -> dict[str, Any]:
+    return {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"app": "server"}},
+            "ingress": [
+                {
+                    "fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                    "toPorts": [{"ports": [{"port": str(p), "protocol": "TCP"} for p in ports]}],
+                }
+            ],
+        },
+    }
+
+
+async def test_privileged_service_full_policy_map_fails_closed(harness: Harness, bus: Bus) -> None:
+    """A policy that does not fit the node's policy map denies the endpoint's traffic (never keeps
+    older allows while newer entries are missing), says so in the policy's status and a metric, and
+    opens again as soon as it fits."""
+    import msgspec
+
+    h, node = harness, harness.cfg.node
+    h.cfg = msgspec.structs.replace(h.cfg, policy_map_max=16)
+    await k8s.put_obj(bus, k8s.pod("server", node, {"app": "server"}, ports=(8080,), probe_port=8080))
+    await k8s.put_obj(bus, k8s.pod("client", node, {"app": "client"}))
+    await k8s.put_obj(bus, _cnp_ports("small", range(8080, 8081)))
+    await k8s.put_identity(bus, 70001, ["k8s:app=server", "k8s:io.kubernetes.pod.namespace=default"])
+    await k8s.put_identity(bus, 70002, ["k8s:app=client", "k8s:io.kubernetes.pod.namespace=default"])
+    await k8s.synced(bus)
+    h.start()
+    server_ip = await k8s.until(lambda: h.ready_ip("server"), 60)
+    client_ip = await k8s.until(lambda: h.ready_ip("client"), 60)
+    await k8s.put_ipcache(bus, server_ip, 70001, node, "default", "server")
+    await k8s.put_ipcache(bus, client_ip, 70002, node, "default", "client")
+    client_ns = h.netns("client")
+    await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
+    conn = await asyncio.to_thread(tcp_open, client_ns, server_ip, 8080)
+    assert await asyncio.to_thread(echo, conn)
+    # forty more ports (non-aligned: many entries) for the server: more than the map holds
+    await k8s.put_obj(bus, _cnp_ports("big", range(9001, 9041)))
+
+    def full_condition() -> dict[str, Any] | None:
+        hist = h.status.get("CiliumNetworkPolicy/default/big") or []
+        cond = hist[-1]["conditions"][0] if hist else None
+        return cond if cond and cond.get("reason") == "PolicyMapFull" else None
+
+    cond = await k8s.until(full_condition, 30)
+    assert cond["status"] == "False" and "default/server" in cond["message"]
+    assert "policy map full" in cond["message"]
+
+    def last_condition(name: str) -> dict[str, Any]:
+        hist = h.status.get(f"CiliumNetworkPolicy/default/{name}") or [{"conditions": [{}]}]
+        return dict(hist[-1]["conditions"][0])
+
+    # the other policy selecting the closed endpoint says so too
+    await k8s.until(lambda: last_condition("small").get("reason") == "PolicyMapFull", 30)
+    assert "nodemesh_datapath_endpoints_fail_closed 1.0" in await h.metrics()
+    # closed, not open: the allowed port and the established connection are denied too
+    assert not await asyncio.to_thread(echo, conn, b"after-full")
+    conn.close()
+    assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080)
+    drop = await k8s.until(
+        lambda: next(
+            (f for f in h.flows if f.verdict == "DROPPED" and f.drop_reason_desc == "POLICY_DENIED"), None
+        )
+    )
+    assert drop.destination is not None and drop.destination.pod_name == "server"
+    # the big policy goes: the server's policy fits again, it opens as written, the status clears
+    await k8s.del_obj(bus, "CiliumNetworkPolicy", "default", "big")
+    await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
+    await k8s.until(
+        lambda: (
+            (h.status.get("CiliumNetworkPolicy/default/small") or [{}])[-1]["conditions"][0]["status"]
+            == "True"
+        ),
+        30,
+    )
+    assert "nodemesh_datapath_endpoints_fail_closed 0.0" in await h.metrics()
