@@ -9,6 +9,7 @@ node's pods and open its readiness gate.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -27,6 +28,8 @@ from nodemesh.streams import BUCKET_IDENTITIES, BUCKET_IPCACHE, BUCKET_NODES, ID
 from services.datapath.accesslog import mirror_enricher, start_configured
 from services.datapath.agent import Agent, router_ip
 from services.datapath.cell import CELL
+from services.datapath.cni.handler import CniHandler
+from services.datapath.cni.server import EndpointSocket
 from services.datapath.config import DatapathConfig
 from services.datapath.events import EventPump
 from services.datapath.l7redirect import configure as configure_proxy
@@ -111,6 +114,14 @@ async def main(svc: Service) -> None:
         if agent.lb is not None:
             agent.lb.on_k8s(ev, prev)
 
+    # Kubernetes mode: pods arrive through the CNI plugin (docs/kubernetes.md), never made here
+    cni: CniHandler | None = None
+    cni_socket: EndpointSocket | None = None
+    if not cfg.local_mode and cfg.cni_socket != "off":
+        cni = CniHandler(agent, Path(cfg.data_dir) / "cni-endpoints.json", cfg.cni_pod_wait)
+        cni_socket = EndpointSocket(cfg.cni_socket or f"{cfg.data_dir}/cni/cni.sock", cni.handle)
+        await cni_socket.start()
+
     cache = K8sCache(svc.bus, kinds=CELL.kinds, on_change=on_k8s)
     agent.k8s = cache
     if agent.lb is not None:
@@ -131,13 +142,19 @@ async def main(svc: Service) -> None:
         if agent.lb is not None:  # Services before pods: a pod's first connect finds them
             agent.lb.sync()
             await asyncio.to_thread(agent.lb.set_host_sockets)
+        if cni is not None:
+            await cni.restore()
         await agent.reconcile()
+        if cni is not None:
+            cni.ready.set()
         gate.set()
-        svc.log.info("synced", extra={"pods": len(agent.pods.endpoints) if agent.pods else 0})
+        svc.log.info("synced", extra={"pods": len(agent.endpoints())})
 
     svc.spawn(open_gate(), "sync")
 
     async def stop() -> None:
+        if cni_socket is not None:
+            await cni_socket.stop()
         await cache.stop()
         pump.stop()
         if agent.pods is not None:
