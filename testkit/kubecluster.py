@@ -101,8 +101,16 @@ class KubeCluster:
         task = asyncio.create_task(run_service(name, cfg, main, install_signals=False, stop=stop))
         self._tasks[name + ("@" + cfg.node if name == "datapath" else "")] = (task, stop)
 
-    def start_datapath(self, node: str) -> None:
+    async def start_datapath(self, node: str) -> None:
+        """Start the node's datapath and wait for its endpoint socket (ADDs then wait for its sync)."""
+        sock = Path(self.cni_socket(node))
+        sock.unlink(missing_ok=True)
         self._run("datapath", self.datapaths[node], datapath_main)
+        task, _stop = self._tasks[f"datapath@{node}"]
+        while not sock.exists():
+            if task.done():
+                raise AssertionError(f"datapath@{node} exited with {task.result()}")
+            await asyncio.sleep(0.05)
 
     async def stop_datapath(self, node: str) -> None:
         task, stop = self._tasks.pop(f"datapath@{node}")
@@ -144,7 +152,7 @@ class KubeCluster:
                 local_mode=False, cni_socket=self.cni_socket(node), lb=False, accesslog="off",
                 cni_pod_wait=self.pod_wait,
             )  # fmt: skip
-            self.start_datapath(node)
+            await self.start_datapath(node)
             runtime = self.install_cni(node, i)
             self.kubelets[node] = Kubelet(node, f"127.0.50.{i}", self.api.url, runtime)
         if self.run_kubelets:
@@ -162,12 +170,7 @@ class KubeCluster:
         self._tasks.clear()
         await self.api.stop()
         if self.chain == "bridge":
-            from pyroute2 import IPRoute
-
-            with IPRoute() as ipr:
-                for i in range(1, len(self.nodes) + 1):
-                    for idx in ipr.link_lookup(ifname=f"nmbr{i}"):
-                        ipr.link("del", index=idx)
+            await asyncio.to_thread(_delete_bridges, len(self.nodes))
 
     # --- the API, as kubectl would use it -------------------------------------------------------
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -196,3 +199,12 @@ class KubeCluster:
         async with aiohttp.ClientSession() as s, s.delete(url) as r:
             if r.status >= 300 and r.status != 404:
                 raise AssertionError(f"delete {kind} {namespace}/{name}: {r.status} {await r.text()}")
+
+
+def _delete_bridges(nodes: int) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for i in range(1, nodes + 1):
+            for idx in ipr.link_lookup(ifname=f"nmbr{i}"):
+                ipr.link("del", index=idx)
