@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,11 +104,12 @@ class KubeCluster:
 
     async def start_datapath(self, node: str) -> None:
         """Start the node's datapath and wait for its endpoint socket (ADDs then wait for its sync)."""
-        sock = Path(self.cni_socket(node))
-        sock.unlink(missing_ok=True)
+        sock = self.cni_socket(node)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock)
         self._run("datapath", self.datapaths[node], datapath_main)
         task, _stop = self._tasks[f"datapath@{node}"]
-        while not sock.exists():
+        while not await asyncio.to_thread(os.path.exists, sock):
             if task.done():
                 raise AssertionError(f"datapath@{node} exited with {task.result()}")
             await asyncio.sleep(0.05)
