@@ -9,6 +9,10 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import os
+import stat
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -206,3 +210,45 @@ async def test_privileged_check_reports_a_missing_address(kube: MakeCluster) -> 
             await asyncio.to_thread(rt.check, ref)
         assert err.value.code == 100 and f"does not have {ip}" in err.value.msg
         await asyncio.to_thread(rt.delete, ref)
+
+
+async def test_privileged_restarted_datapath_keeps_the_endpoints_the_cni_reported(kube: MakeCluster) -> None:
+    c = await kube("ptp", nodes=1, run_kubelets=False)
+    await c.apply(CNP)
+    server = await created(c, pod("server", {"app": "server"}))
+    rt = runtime(c)
+    with sandbox_ns() as ns:
+        ref = ref_for(server, ns)
+        result = await asyncio.to_thread(rt.add, ref)
+        idx = await asyncio.to_thread(link_index, host_ifname(c, result))
+        await c.stop_datapath(NODE)
+        assert endpoint_entries(c)[idx].flags & EP_ENFORCE_INGRESS  # enforcement goes on meanwhile
+        await c.start_datapath(NODE)
+        await asyncio.to_thread(rt.check, ref)  # the new agent took the endpoint back (CHECK waits for sync)
+        assert endpoint_entries(c)[idx].flags & EP_ENFORCE_INGRESS  # and its sweep kept the entry
+        await asyncio.to_thread(rt.delete, ref)
+        assert idx not in endpoint_entries(c)
+
+
+SOCKET_PROBE = "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])"
+
+
+async def test_privileged_endpoint_socket_is_root_only(kube: MakeCluster) -> None:
+    c = await kube("standalone", nodes=1, run_kubelets=False)
+    sock = c.cni_socket(NODE)
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(sock)).st_mode) == 0o700
+    nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        sys.executable,
+        "-c",
+        SOCKET_PROBE,
+        sock,
+    ]
+    p = await asyncio.to_thread(subprocess.run, nobody, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "PermissionError" in p.stderr
+    p = await asyncio.to_thread(subprocess.run, nobody[4:], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr  # root connects
