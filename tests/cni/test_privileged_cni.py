@@ -197,6 +197,17 @@ async def test_privileged_add_for_a_pod_the_api_does_not_have_is_refused(kube: M
     assert not [i for i in endpoint_entries(c)]  # nothing plumbed
 
 
+async def test_privileged_add_for_a_pod_of_another_node_is_refused(kube: MakeCluster) -> None:
+    c = await kube("standalone", nodes=1, run_kubelets=False)
+    elsewhere = await created(c, pod("elsewhere", {"app": "server"}, node="node-2"))
+    rt = runtime(c)
+    with sandbox_ns() as ns, pytest.raises(CniPluginError) as err:
+        await asyncio.to_thread(rt.add, ref_for(elsewhere, ns))
+    assert err.value.code == 7
+    assert "scheduled to node-2, not node-1" in err.value.msg
+    assert not endpoint_entries(c)
+
+
 async def test_privileged_check_reports_a_missing_address(kube: MakeCluster) -> None:
     c = await kube("standalone", nodes=1, run_kubelets=False)
     server = await created(c, pod("server", {"app": "server"}))
