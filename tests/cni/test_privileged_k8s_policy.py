@@ -10,16 +10,21 @@ flows. Client and server on the same node and on different nodes.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import pytest
 
+from cni.netlink import find_host_veth
 from nodemesh import subjects
 from nodemesh.bus import Bus
 from nodemesh.codec import decode
 from nodemesh.messages.flow import Flow
 from nodemesh.messages.identity import IPCacheEntry
+from nodemesh.netns import netns_name, netns_path, scope_for
+from nodemesh.nodestate import read_datapath_state
 from nodemesh.streams import ipcache_key
+from services.datapath.maps import NodeMaps
 from testkit.kubecluster import KubeCluster
 from testkit.kubelet import Sandbox
 from testkit.podnet import eventually, servers, tcp_ok
@@ -143,3 +148,32 @@ async def test_privileged_l3_l4_allow_and_deny(
     while not (dropped(client.ip, 9090) and dropped(other.ip, 8080)):
         assert loop.time() < deadline, "the policy drops were not observed as flows on node-1"
         await asyncio.sleep(0.1)
+
+    # the datapaths plumbed exactly the pods the CNI reported, and made no namespace of their own
+    for node in c.nodes:
+        veths = {await asyncio.to_thread(host_veth, sb) for sb in c.kubelets[node].sandboxes.values()}
+        assert set(endpoint_entries(c, node)) == veths
+    for sb, node in ((server, "node-1"), (client, peer_node), (other, peer_node)):
+        own = netns_path(netns_name(node, "default", sb.ref.name, scope_for(str(c.node_dir(node)))))
+        assert not await asyncio.to_thread(os.path.exists, own)  # the name local mode would have made
+
+    # the pod goes from the API: the kubelet's DEL takes its endpoint away
+    other_veth = await asyncio.to_thread(host_veth, other)
+    await c.delete("Pod", "default", "other")
+    while other_veth in endpoint_entries(c, peer_node):
+        assert loop.time() < deadline + 30, "the deleted pod's endpoint stayed"
+        await asyncio.sleep(0.1)
+
+
+def host_veth(sb: Sandbox) -> int:
+    return find_host_veth(sb.netns, sb.ref.ifname)[0]
+
+
+def endpoint_entries(c: KubeCluster, node: str) -> set[int]:
+    state = read_datapath_state(c.node_dir(node))
+    assert state is not None
+    maps = NodeMaps(state.pin_dir)
+    try:
+        return {idx for idx, _ in maps.endpoint_items()}
+    finally:
+        maps.close()
