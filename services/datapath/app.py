@@ -134,6 +134,8 @@ async def main(svc: Service) -> None:
         await cache.synced.wait()
         for ev in synced.values():
             await ev.wait()
+        if cni is not None:  # before any reconcile may sweep: their entries must never lapse
+            await cni.restore()
         agent.synced = True
         write_state(cfg, loader.pin_dir, loader.scope, agent.pod_cidr)  # the CIDR may come from the Node
         await asyncio.to_thread(agent.add_node_address)
@@ -142,8 +144,6 @@ async def main(svc: Service) -> None:
         if agent.lb is not None:  # Services before pods: a pod's first connect finds them
             agent.lb.sync()
             await asyncio.to_thread(agent.lb.set_host_sockets)
-        if cni is not None:
-            await cni.restore()
         await agent.reconcile()
         if cni is not None:
             cni.ready.set()

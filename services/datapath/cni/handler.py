@@ -78,7 +78,12 @@ class CniHandler:
     # --- restart --------------------------------------------------------------------------------
     async def restore(self) -> None:
         """Before the first reconcile: take back the endpoints whose veth still exists (re-attach,
-        rewrite), forget those whose veth went while the agent was down (DEL with the datapath down)."""
+        rewrite), forget those whose veth went while the agent was down (DEL with the datapath down).
+        Under the lock: a DEL arriving meanwhile waits, so it never races a record being taken back."""
+        async with self._lock:
+            await self._restore()
+
+    async def _restore(self) -> None:
         for rec in list(self.store.records.values()):
             link = await asyncio.to_thread(_host_link, rec.host_ifindex)
             if link is None or link[0] != rec.host_ifname:
