@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 NM    := $(VENV)/bin/nodemesh
 PYTEST_ARGS ?=
 # The packages: the core (contracts + domain), the services, and the tools built on them.
-SRC   := nodemesh services meshctl localcluster conformance echoserver validation testkit
+SRC   := nodemesh services meshctl localcluster conformance echoserver validation testkit cni
 
 .DEFAULT_GOAL := help
 

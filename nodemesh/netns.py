@@ -10,7 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 
-__all__ = ["NETNS_DIR", "host_ifname", "netns_exists", "netns_name", "netns_path", "scope_for"]
+__all__ = [
+    "NETNS_DIR",
+    "cni_host_ifname",
+    "host_ifname",
+    "netns_exists",
+    "netns_name",
+    "netns_path",
+    "scope_for",
+]
 
 NETNS_DIR = "/run/netns"
 
@@ -35,6 +43,12 @@ def host_ifname(node: str, namespace: str, pod: str, scope: str = "") -> str:
     """``lxc<11 hex>`` (14 characters, within IFNAMSIZ)."""
     parts = (scope, node, namespace, pod) if scope else (node, namespace, pod)
     return f"lxc{_digest(*parts)[:11]}"
+
+
+def cni_host_ifname(container_id: str) -> str:
+    """``lxc<11 hex>`` of a pod plumbed by ``nodemesh-cni`` in standalone mode, from the container id
+    alone: the plugin can then remove it on DEL even while the node's datapath is down."""
+    return f"lxc{_digest('cni', container_id)[:11]}"
 
 
 def netns_path(name: str) -> str:

@@ -2,11 +2,14 @@
 # Installs what nodemesh needs from Debian on a fresh machine (idempotent; needs root):
 # BCC and its Python bindings, bpftool, iproute2, kernel headers for BCC, load tools for bench/
 # (wrk, hey, iperf3, dnsperf), docker-compose (validates deploy/compose/compose.yaml with `docker-compose config`),
-# chromium (the service map page is tested in a real headless browser), prometheus (up --monitoring).
+# chromium (the service map page is tested in a real headless browser), prometheus (up --monitoring),
+# containernetworking-plugins (the upstream reference CNI plugins in /usr/lib/cni: testkit/kubelet.py chains
+# nodemesh-cni after ptp/bridge + host-local exactly as containerd would).
 set -euo pipefail
 
 PKGS=(python3-bpfcc libbpfcc bpftool iproute2 python3-venv linux-headers-amd64 iptables nftables iperf3 wrk
-      nghttp2-client hey iputils-ping procps psmisc curl dnsperf docker-compose chromium prometheus)
+      nghttp2-client hey iputils-ping procps psmisc curl dnsperf docker-compose chromium prometheus
+      containernetworking-plugins)
 
 # python3-bpfcc is the one Python package nodemesh takes from Debian: BCC's bindings are tied to the
 # libbcc of this release and are not on PyPI. The venv does NOT see Debian's site-packages; `make install`

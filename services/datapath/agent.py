@@ -80,6 +80,8 @@ class Agent:
         self.node_ids = NodeIds(self.data / "nodeids.json", self.node)
         self.scope = loader.scope
         self.pods: PodManager | None = None
+        # Kubernetes mode (--local-mode false): the endpoints the CNI plugin reported (cni/handler.py)
+        self.cni_endpoints: dict[str, PodEndpoint] = {}
         self.pod_cidr = cfg.pod_cidr
         self.node_ip = cfg.node_ip
         self.ipcache: dict[str, IPCacheEntry] = {}  # ip → entry (flow enrichment, pod identities)
@@ -140,9 +142,26 @@ class Agent:
     def mark_dirty(self) -> None:
         self._dirty.set()
 
+    def endpoints(self) -> dict[str, PodEndpoint]:
+        """Every endpoint of this node, by ``namespace/name``."""
+        if not self.cni_endpoints:
+            return self.pods.endpoints if self.pods else {}
+        return {**(self.pods.endpoints if self.pods else {}), **self.cni_endpoints}
+
     async def reconcile(self) -> None:
         """Make this node's endpoints match the Pods scheduled to it."""
         if not self.synced or self.k8s is None:
+            return
+        if not self.cfg.local_mode:
+            # Kubernetes: the runtime creates netns and calls the CNI plugin; endpoints live from
+            # ADD to DEL. Pods only bring labels (an endpoint whose Pod is gone keeps its last ones).
+            for key, cep in self.cni_endpoints.items():
+                ns, _, name = key.partition("/")
+                obj = self.k8s.get("Pod", ns, name)
+                if obj is not None and str((obj.get("metadata") or {}).get("uid", "")) in ("", cep.uid):
+                    cep.pod = obj
+                    self._apply(self.engine.upsert_endpoint(self._engine_endpoint(cep)))
+            self.sweep()
             return
         pods = self._ensure_pods()
         if pods is None:
@@ -173,7 +192,7 @@ class Agent:
         """Remove endpoint and policy entries no live endpoint owns (pods that went while the agent
         was down): a recycled ifindex must never inherit a departed pod's entry."""
         assert self.maps is not None and self.writer is not None
-        eps = self.pods.endpoints.values() if self.pods else ()
+        eps = self.endpoints().values()
         live_if = {e.link.host_ifindex for e in eps}
         live_ids = {e.ep_id for e in eps}
         for ifindex, _info in list(self.maps.endpoint_items()):
@@ -234,6 +253,8 @@ class Agent:
         assert self.writer is not None
         self.writer.set_endpoint(ep.link.host_ifindex, ep.ep_id, ep.identity, ep.ip, self._policy_of(ep))
 
+    endpoint_added = _ep_added
+
     async def _ep_removed(self, ep: PodEndpoint) -> None:
         assert self.maps is not None and self.writer is not None
         self.maps.del_endpoint(ep.link.host_ifindex)
@@ -265,6 +286,8 @@ class Agent:
             except Exception:
                 log.exception("conntrack gc failed")
 
+    endpoint_removed = _ep_removed
+
     async def _report_pod(self, ep: PodEndpoint, status: dict[str, Any]) -> None:
         status = {**status, "hostIP": self.node_ip}
         patch = StatusPatch(
@@ -278,7 +301,7 @@ class Agent:
         """Write one engine result: per-endpoint deltas, CIDR identities, policy status."""
         assert self.maps is not None and self.writer is not None
         t0 = time.perf_counter()
-        by_key = self.pods.endpoints if self.pods else {}
+        by_key = self.endpoints()
         for cidr, ident in ch.cidr_upserts.items():
             self.maps.set_ipcache(cidr, IPCacheValue(identity=ident))
         for key, ec in ch.endpoints.items():
@@ -404,9 +427,7 @@ class Agent:
             self._write_endpoint(ep)
 
     def _endpoint_by_ip(self, ip: str) -> PodEndpoint | None:
-        if self.pods is None:
-            return None
-        return next((e for e in self.pods.endpoints.values() if e.ip == ip), None)
+        return next((e for e in self.endpoints().values() if e.ip == ip), None)
 
     def on_node(self, key: str, info: NodeInfo | None, old: NodeInfo | None) -> None:
         assert self.maps is not None

@@ -9,6 +9,7 @@ node's pods and open its readiness gate.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -29,6 +30,8 @@ from services.datapath.agent import Agent, router_ip
 from services.datapath.authsync import AuthSync
 from services.datapath.capacity import CapacityCollector
 from services.datapath.cell import CELL
+from services.datapath.cni.handler import CniHandler
+from services.datapath.cni.server import EndpointSocket
 from services.datapath.config import DatapathConfig
 from services.datapath.conntrack import CtLifetimes
 from services.datapath.events import EventPump
@@ -133,6 +136,14 @@ async def main(svc: Service) -> None:
         if agent.lb is not None:
             agent.lb.on_k8s(ev, prev)
 
+    # Kubernetes mode: pods arrive through the CNI plugin (docs/kubernetes.md), never made here
+    cni: CniHandler | None = None
+    cni_socket: EndpointSocket | None = None
+    if not cfg.local_mode and cfg.cni_socket != "off":
+        cni = CniHandler(agent, Path(cfg.data_dir) / "cni-endpoints.json", cfg.cni_pod_wait)
+        cni_socket = EndpointSocket(cfg.cni_socket or f"{cfg.data_dir}/cni/cni.sock", cni.handle)
+        await cni_socket.start()
+
     cache = K8sCache(svc.bus, kinds=CELL.kinds, on_change=on_k8s)
     agent.k8s = cache
     if agent.lb is not None:
@@ -145,6 +156,8 @@ async def main(svc: Service) -> None:
         await cache.synced.wait()
         for ev in synced.values():
             await ev.wait()
+        if cni is not None:  # before any reconcile may sweep: their entries must never lapse
+            await cni.restore()
         agent.synced = True
         write_state(cfg, loader.pin_dir, loader.scope, agent.pod_cidr)  # the CIDR may come from the Node
         await asyncio.to_thread(agent.add_node_address)
@@ -155,17 +168,21 @@ async def main(svc: Service) -> None:
             agent.lb.sync()
             await asyncio.to_thread(agent.lb.set_host_sockets)
         await agent.reconcile()
+        if cni is not None:
+            cni.ready.set()
         gate.set()
         if cfg.node_heartbeat > 0:  # ready: from now on this node vouches for itself
             svc.spawn(
                 run_heartbeat(svc.bus, cfg.node, cfg.node_heartbeat, lambda: cache.get("Node", "", cfg.node)),
                 "heartbeat",
             )
-        svc.log.info("synced", extra={"pods": len(agent.pods.endpoints) if agent.pods else 0})
+        svc.log.info("synced", extra={"pods": len(agent.endpoints())})
 
     svc.spawn(open_gate(), "sync")
 
     async def stop() -> None:
+        if cni_socket is not None:
+            await cni_socket.stop()
         await cache.stop()
         pump.stop()
         if agent.pods is not None:

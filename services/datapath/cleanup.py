@@ -2,8 +2,8 @@
 root, pinned maps, the node address.
 
 ``cleanup_all(data_dir)`` accepts a node data dir (``<cluster>/nodes/<node>``) or a cluster data
-dir (then every ``nodes/*``). It works from the state files the datapath writes
-(``datapath.json``, ``ipam.json``), so it also cleans up after a crashed or killed agent.
+dir (then every ``nodes/*``). It works from the state files the datapath writes (``datapath.json``,
+``ipam.json``, ``cni-endpoints.json``), so it also cleans up after a crashed or killed agent.
 Idempotent; never raises for something already gone.
 """
 
@@ -49,6 +49,7 @@ def cleanup_node(node_dir: Path) -> None:
             delete_pod_netns(netns_name(node, ns, name, scope), host_ifname(node, ns, name, scope))
         except Exception as e:
             log.warning("removing pod %s: %s", key, e)
+    _remove_cni_links(node_dir)
     pin_dir = state.pin_dir
     if pin_dir.startswith("/sys/fs/bpf/"):
         _detach_socket_programs(pin_dir)  # before the pins go: they say which programs are the node's
@@ -73,8 +74,25 @@ def cleanup_node(node_dir: Path) -> None:
                 except NetlinkError as e:
                     if e.code not in (errno.EADDRNOTAVAIL, errno.ENOENT):
                         log.warning("removing address %s from lo: %s", a, e)
-    for f in ("ipam.json", STATE_FILE, "nodeids.json"):
+    for f in ("ipam.json", STATE_FILE, "nodeids.json", "cni-endpoints.json"):
         (node_dir / f).unlink(missing_ok=True)
+
+
+def _remove_cni_links(node_dir: Path) -> None:
+    """Kubernetes mode: the veths this node made for standalone CNI endpoints (the runtime owns the
+    namespaces, and chained veths belong to the cluster's plugin)."""
+    from services.datapath.cni.store import CniStore
+
+    for rec in CniStore(node_dir / "cni-endpoints.json").records.values():
+        if rec.mode != "standalone":
+            continue
+        with IPRoute() as ipr:
+            for idx in ipr.link_lookup(ifname=rec.host_ifname):
+                try:
+                    ipr.link("del", index=idx)
+                except NetlinkError as e:
+                    if e.code != errno.ENODEV:
+                        log.warning("removing %s: %s", rec.host_ifname, e)
 
 
 def _detach_socket_programs(pin_dir: str) -> None:

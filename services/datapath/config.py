@@ -15,6 +15,11 @@ class DatapathConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fi
     """This node's address; empty = from the nodes KV bucket. Added on ``lo`` in local mode."""
     local_mode: bool = True
     """Run each pod's first container in its netns (no container runtime) and add the node address."""
+    cni_socket: str = ""
+    """Kubernetes mode (``local_mode`` false): the endpoint socket the ``nodemesh-cni`` plugin talks to
+    (services/datapath/cni); "" = ``<data_dir>/cni/cni.sock``, "off" = none."""
+    cni_pod_wait: float = 30.0
+    """How long a CNI ADD waits for the agent to sync and for the Pod to reach it (then: try again)."""
     pin_root: str = "/sys/fs/bpf/nodemesh"
     """bpffs directory; maps are pinned in ``<pin_root>/<node>/``."""
     scope: str = ""

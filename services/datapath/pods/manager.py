@@ -38,6 +38,7 @@ class PodEndpoint:
     pod: dict[str, Any]
     runner: PodRunner | None = None
     identity: int = 0
+    container_id: str = ""  # Kubernetes mode: the sandbox the CNI plugin reported (services.datapath.cni)
 
     @property
     def ip(self) -> str:

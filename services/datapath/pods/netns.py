@@ -38,6 +38,7 @@ __all__ = [
     "create_pod_netns",
     "delete_pod_netns",
     "netns_socket",
+    "plumb_veth",
 ]
 
 GATEWAY = "169.254.1.1"
@@ -101,21 +102,27 @@ def create_pod_netns(name: str, host_if: str, ip: str, host_src: str = "") -> Po
     address the ipcache knows as ``host`` / ``remote-node`` instead of whatever the kernel picks."""
     if not netns_exists(name):
         netns.create(name)
+    return plumb_veth(name, host_if, ip, host_src)
+
+
+def plumb_veth(ns: str, host_if: str, ip: str, host_src: str = "", pod_if: str = "eth0") -> PodLink:
+    """The veth, address, routes and neighbours of a pod whose netns exists: ``ns`` is a name under
+    /run/netns or, for a container runtime's namespace (CNI_NETNS), an absolute path. Idempotent."""
+    tmp_peer = f"p{host_if[3:]}"
     with IPRoute() as ipr:
         idx = ipr.link_lookup(ifname=host_if)
         if not idx:
-            tmp_peer = f"p{host_if[3:]}"
-            ipr.link("add", ifname=host_if, kind="veth", peer={"ifname": tmp_peer, "net_ns_fd": name})
+            ipr.link("add", ifname=host_if, kind="veth", peer={"ifname": tmp_peer, "net_ns_fd": ns})
             idx = ipr.link_lookup(ifname=host_if)
         host_idx = idx[0]
         host_mac = ipr.get_links(host_idx)[0].get_attr("IFLA_ADDRESS")
-    with IPRoute(netns=name) as nsr:
+    with IPRoute(netns=ns) as nsr:
         lo = nsr.link_lookup(ifname="lo")
         if lo:
             nsr.link("set", index=lo[0], state="up")
-        peer = nsr.link_lookup(ifname=f"p{host_if[3:]}") or nsr.link_lookup(ifname="eth0")
+        peer = nsr.link_lookup(ifname=tmp_peer) or nsr.link_lookup(ifname=pod_if)
         pidx = peer[0]
-        nsr.link("set", index=pidx, ifname="eth0")
+        nsr.link("set", index=pidx, ifname=pod_if)
         nsr.link("set", index=pidx, state="up")
         pod_mac = nsr.get_links(pidx)[0].get_attr("IFLA_ADDRESS")
         try:
@@ -134,7 +141,7 @@ def create_pod_netns(name: str, host_if: str, ip: str, host_src: str = "") -> Po
             ipr.route("replace", dst=f"{ip}/32", oif=host_idx, scope="link", prefsrc=host_src)
         else:
             ipr.route("replace", dst=f"{ip}/32", oif=host_idx, scope="link")
-    return PodLink(name, host_if, host_idx, host_mac, pod_mac, ip)
+    return PodLink(ns, host_if, host_idx, host_mac, pod_mac, ip)
 
 
 def delete_pod_netns(name: str, host_if: str) -> None:
