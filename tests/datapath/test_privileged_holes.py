@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from meshctl.cmd_observe import format_row
+from meshctl.observe_stream import format_row
 from nodemesh.policy.model import EndpointPolicy, PolicyKey, PolicyValue
 from services.datapath.conntrack import CtLifetimes, flush_endpoint, gc
 from services.datapath.flows import event_to_flow
