@@ -3,8 +3,8 @@
 The scrape configuration is generated from the planned processes (pure: :func:`scrape_config`), one job
 per service so a query can select ``job="datapath"``; every target carries its process name and node as
 labels. nodemesh services and the API server expose ``/metrics`` on their health port; Envoy its stats
-as Prometheus text on the admin port's ``/stats/prometheus``. nats-server has no Prometheus endpoint of
-its own (its ``/varz`` is JSON; the NATS project ships a separate exporter), so it is not scraped.
+as Prometheus text on the admin port's ``/stats/prometheus``; nats-server, whose monitoring endpoint
+speaks JSON, through :mod:`localcluster.natsexporter` (job ``nats``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Target:
 
 
 _METRICS_PATH = {"envoy": "/stats/prometheus", "prometheus": "/metrics"}
-_NOT_SCRAPED = {"nats", "ui"}
+_NOT_SCRAPED = {"ui", "nats-exporter"}  # the exporter is scraped as job "nats" (supervisor.py)
 
 
 def scrape_config(targets: list[Target], interval_s: int = SCRAPE_INTERVAL_S) -> str:

@@ -245,10 +245,17 @@ class Supervisor:
         binary = prometheus_binary()
         if binary is None:
             raise NodemeshError("--monitoring: prometheus not found (make install installs Debian's package)")
-        prom_port, ui_port = _free_ports(2)
+        prom_port, ui_port, exporter_port = _free_ports(3)
+        nats_monitor = next(p.state.health_port for p in procs if p.spec.service == "nats")
         mon = self.dir / "monitoring"
         (mon / "tsdb").mkdir(parents=True, exist_ok=True)
-        targets = [Target(p.spec.service, p.state.name, p.state.node, p.state.health_port) for p in procs]
+        # nats-server's own port answers JSON: its metrics come through the exporter (job "nats")
+        targets = [
+            Target(p.spec.service, p.state.name, p.state.node, p.state.health_port)
+            for p in procs
+            if p.spec.service != "nats"
+        ]
+        targets.append(Target("nats", "nats-exporter", "", exporter_port))
         targets.append(Target("prometheus", "prometheus", "", prom_port))
         (mon / "prometheus.yml").write_text(scrape_config(targets))
         out = []
@@ -257,6 +264,19 @@ class Supervisor:
                 ProcSpec(service="prometheus", probe="prometheus", doc="Prometheus (up --monitoring)"),
                 prom_port,
                 prometheus_argv(binary, str(mon / "prometheus.yml"), str(mon / "tsdb"), prom_port),
+            ),
+            (
+                ProcSpec(service="nats-exporter", module="localcluster.natsexporter", doc="NATS metrics"),
+                exporter_port,
+                [
+                    sys.executable,
+                    "-m",
+                    "localcluster.natsexporter",
+                    "--monitor",
+                    f"127.0.0.1:{nats_monitor}",
+                    "--listen",
+                    f"127.0.0.1:{exporter_port}",
+                ],
             ),
             (
                 ProcSpec(service="ui", module="meshctl.main", doc="the service map (up --monitoring)"),
