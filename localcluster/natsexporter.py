@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = ["NatsCollector", "main", "varz_metrics"]
@@ -53,13 +53,12 @@ def varz_metrics(varz: dict[str, Any], jsz: dict[str, Any], server: str) -> list
         value = varz.get(field)
         if not isinstance(value, (int, float)):
             continue
-        name = f"gnatsd_varz_{suffix}"
-        fam: Metric = (
-            CounterMetricFamily(name, doc, labels=["server_id"])
-            if counter
-            else GaugeMetricFamily(name, doc, labels=["server_id"])
+        # Gauges even for the running totals: the exporter's series are named without the `_total` a
+        # Prometheus counter family would add, and dashboards query those names (rate() works on both).
+        fam = GaugeMetricFamily(
+            f"gnatsd_varz_{suffix}", doc + (" (running total)" if counter else ""), labels=["server_id"]
         )
-        fam.add_metric([server], float(value))  # type: ignore[attr-defined]
+        fam.add_metric([server], float(value))
         out.append(fam)
     for field, (suffix, doc) in _JSZ.items():
         value = jsz.get(field)

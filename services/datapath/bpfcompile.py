@@ -13,11 +13,15 @@ the agent holds their fds, or a tc/cgroup attachment holds the program.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 __all__ = ["CompileError", "Loaded", "ProgSpec", "compile_and_load"]
@@ -53,6 +57,21 @@ class Loaded:
         self.maps.clear()
 
 
+_LOCK_FILE = "nodemesh-bpf-load.lock"
+
+
+@contextlib.contextmanager
+def _load_lock() -> Iterator[None]:
+    """A machine-wide lock (flock on a file in /run/lock, else the temp dir): released if we die."""
+    d = "/run/lock" if os.path.isdir("/run/lock") else tempfile.gettempdir()
+    fd = os.open(os.path.join(d, _LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
 def compile_and_load(src: str, cflags: list[str], progs: list[ProgSpec], maps: list[str]) -> Loaded:
     """Compile ``src`` in a child process, load ``progs``, and return their fds and those of ``maps``."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -64,13 +83,17 @@ def compile_and_load(src: str, cflags: list[str], progs: list[ProgSpec], maps: l
             "maps": maps,
             "fd": child.fileno(),
         }
-        proc = subprocess.run(
-            [sys.executable, "-m", "services.datapath.bpfcompile"],
-            input=json.dumps(request).encode(),
-            capture_output=True,
-            pass_fds=[child.fileno()],
-            check=False,
-        )
+        # One load at a time on the machine: BCC creates a pinned map when its pin is absent, so two
+        # datapaths loading at once (the nodes of a local cluster share nm_proxy_flows/nm_proxy_active)
+        # both find it absent and the second pin fails with EEXIST.
+        with _load_lock():
+            proc = subprocess.run(
+                [sys.executable, "-m", "services.datapath.bpfcompile"],
+                input=json.dumps(request).encode(),
+                capture_output=True,
+                pass_fds=[child.fileno()],
+                check=False,
+            )
         child.close()
         if proc.returncode != 0:
             tail = proc.stderr.decode(errors="replace").strip()[-4000:]

@@ -46,7 +46,9 @@ def test_varz_fields_become_the_exporters_metrics() -> None:
         for f in varz_metrics({"connections": 3, "in_msgs": 10, "cpu": 1.5, "x": "no"}, {"streams": 4}, "S1")
     }
     assert fams["gnatsd_varz_connections"].type == "gauge"
-    assert fams["gnatsd_varz_in_msgs"].type == "counter"
+    assert (
+        fams["gnatsd_varz_in_msgs"].samples[0].name == "gnatsd_varz_in_msgs"
+    )  # the exporter's name, no _total
     assert fams["gnatsd_jsz_streams"].samples[0].value == 4
     assert fams["gnatsd_varz_connections"].samples[0].labels == {"server_id": "S1"}
 
