@@ -16,7 +16,7 @@ from typing import Any
 from nodemesh.errors import NodemeshError
 from nodemesh.kinds import Kind
 
-__all__ = ["ApiClient", "ApiError"]
+__all__ = ["ApiClient", "ApiError", "BaseApiClient"]
 
 
 class ApiError(NodemeshError):
@@ -27,36 +27,18 @@ class ApiError(NodemeshError):
         self.status = status
 
 
-class ApiClient:
-    def __init__(self, base_url: str, timeout: float = 15.0, token: str = "") -> None:
-        self.base = base_url.rstrip("/")
-        self.timeout = timeout
-        self.token = token  # the local API server's bearer token (<data-dir>/api/token)
+class BaseApiClient:
+    """The typed calls on Kubernetes REST paths, over a transport a subclass provides: ``request``
+    (one JSON call; ``ApiError`` on failure) and ``_watch_lines`` (a watch stream's lines). The
+    local API server's client and the kubeconfig client (meshctl/kubeclient.py) differ only there."""
+
+    base = ""
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        req.add_header("Accept", "application/json")
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            message = raw.decode(errors="replace").strip()
-            try:
-                parsed = json.loads(raw)
-                if isinstance(parsed, dict) and parsed.get("message"):
-                    message = str(parsed["message"])
-            except ValueError:
-                pass
-            raise ApiError(e.code, message or e.reason) from None
-        except (urllib.error.URLError, OSError) as e:
-            raise ApiError(0, f"cannot reach the API server at {self.base}: {e}") from None
-        return json.loads(raw) if raw else None
+        raise NotImplementedError
+
+    def _watch_lines(self, path: str) -> Iterator[bytes]:
+        raise NotImplementedError
 
     # --- typed helpers --------------------------------------------------------------------------
     def get(self, kind: Kind, name: str, namespace: str = "") -> dict[str, Any] | None:
@@ -95,29 +77,19 @@ class ApiClient:
             q["labelSelector"] = label_selector
         if resource_version:
             q["resourceVersion"] = resource_version
-        url = self.base + kind.path(namespace if kind.namespaced else "") + "?" + urllib.parse.urlencode(q)
-        req = urllib.request.Request(url, headers={"Accept": "application/json"})
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            resp = urllib.request.urlopen(req, timeout=None)
-        except urllib.error.HTTPError as e:
-            raise ApiError(e.code, e.read().decode(errors="replace").strip() or e.reason) from None
-        except (urllib.error.URLError, OSError) as e:
-            raise ApiError(0, f"cannot reach the API server at {self.base}: {e}") from None
-        with resp:
-            for line in resp:
-                if not line.strip():
-                    continue
-                ev = json.loads(line)
-                obj = ev.get("object") or {}
-                if ev.get("type") == "ERROR":
-                    raise ApiError(int(obj.get("code") or 0), str(obj.get("message") or "watch error"))
-                if ev.get("type") == "BOOKMARK":
-                    continue
-                obj.setdefault("apiVersion", kind.api_version)
-                obj.setdefault("kind", kind.kind)
-                yield str(ev.get("type")), obj
+        path = kind.path(namespace if kind.namespaced else "") + "?" + urllib.parse.urlencode(q)
+        for line in self._watch_lines(path):
+            if not line.strip():
+                continue
+            ev = json.loads(line)
+            obj = ev.get("object") or {}
+            if ev.get("type") == "ERROR":
+                raise ApiError(int(obj.get("code") or 0), str(obj.get("message") or "watch error"))
+            if ev.get("type") == "BOOKMARK":
+                continue
+            obj.setdefault("apiVersion", kind.api_version)
+            obj.setdefault("kind", kind.kind)
+            yield str(ev.get("type")), obj
 
     def create(self, kind: Kind, obj: dict[str, Any], namespace: str = "") -> dict[str, Any]:
         out: dict[str, Any] = self.request("POST", kind.path(namespace), obj)
@@ -136,3 +108,48 @@ class ApiClient:
                 return False
             raise
         return True
+
+
+class ApiClient(BaseApiClient):
+    def __init__(self, base_url: str, timeout: float = 15.0, token: str = "") -> None:
+        self.base = base_url.rstrip("/")
+        self.timeout = timeout
+        self.token = token  # the local API server's bearer token (<data-dir>/api/token)
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            message = raw.decode(errors="replace").strip()
+            try:
+                parsed = json.loads(raw)
+                if isinstance(parsed, dict) and parsed.get("message"):
+                    message = str(parsed["message"])
+            except ValueError:
+                pass
+            raise ApiError(e.code, message or e.reason) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ApiError(0, f"cannot reach the API server at {self.base}: {e}") from None
+        return json.loads(raw) if raw else None
+
+    def _watch_lines(self, path: str) -> Iterator[bytes]:
+        req = urllib.request.Request(self.base + path, headers={"Accept": "application/json"})
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            resp = urllib.request.urlopen(req, timeout=None)
+        except urllib.error.HTTPError as e:
+            raise ApiError(e.code, e.read().decode(errors="replace").strip() or e.reason) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ApiError(0, f"cannot reach the API server at {self.base}: {e}") from None
+        with resp:
+            yield from resp

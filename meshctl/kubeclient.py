@@ -11,7 +11,6 @@ is named (``--kubeconfig``/``--context``/``$KUBECONFIG``): loading the client co
 from __future__ import annotations
 
 import json
-import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,14 +20,13 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from localcluster.apiclient import ApiError
+from localcluster.apiclient import ApiError, BaseApiClient
 from nodemesh.errors import NodemeshError
-from nodemesh.kinds import Kind
 
 __all__ = ["KubeApiClient"]
 
 
-class KubeApiClient:
+class KubeApiClient(BaseApiClient):
     def __init__(
         self, kubeconfig: str | None = None, context: str | None = None, timeout: float = 15.0
     ) -> None:
@@ -83,40 +81,7 @@ class KubeApiClient:
         raw = resp.read()
         return json.loads(raw) if raw else None
 
-    def get(self, kind: Kind, name: str, namespace: str = "") -> dict[str, Any] | None:
-        try:
-            obj: dict[str, Any] = self.request("GET", kind.path(namespace, name))
-            return obj
-        except ApiError as e:
-            if e.status == 404:
-                return None
-            raise
-
-    def list_with_version(
-        self, kind: Kind, namespace: str = "", label_selector: str = ""
-    ) -> tuple[list[dict[str, Any]], str]:
-        path = kind.path(namespace if kind.namespaced else "")
-        if label_selector:
-            path += "?" + urllib.parse.urlencode({"labelSelector": label_selector})
-        out = self.request("GET", path) or {}
-        items: list[dict[str, Any]] = list(out.get("items") or [])
-        for item in items:
-            item.setdefault("apiVersion", kind.api_version)
-            item.setdefault("kind", kind.kind)
-        return items, str((out.get("metadata") or {}).get("resourceVersion", ""))
-
-    def list(self, kind: Kind, namespace: str = "", label_selector: str = "") -> list[dict[str, Any]]:
-        return self.list_with_version(kind, namespace, label_selector)[0]
-
-    def watch(
-        self, kind: Kind, namespace: str = "", label_selector: str = "", resource_version: str = ""
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        q = {"watch": "1"}
-        if label_selector:
-            q["labelSelector"] = label_selector
-        if resource_version:
-            q["resourceVersion"] = resource_version
-        path = kind.path(namespace if kind.namespaced else "") + "?" + urllib.parse.urlencode(q)
+    def _watch_lines(self, path: str) -> Iterator[bytes]:
         resp = self.request("GET", path, stream=True)
         buf = b""
         try:
@@ -124,33 +89,6 @@ class KubeApiClient:
                 buf += chunk
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    ev = json.loads(line)
-                    obj = ev.get("object") or {}
-                    if ev.get("type") == "ERROR":
-                        raise ApiError(int(obj.get("code") or 0), str(obj.get("message") or "watch error"))
-                    if ev.get("type") == "BOOKMARK":
-                        continue
-                    obj.setdefault("apiVersion", kind.api_version)
-                    obj.setdefault("kind", kind.kind)
-                    yield str(ev.get("type")), obj
+                    yield line
         finally:
             resp.release_conn()
-
-    def create(self, kind: Kind, obj: dict[str, Any], namespace: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = self.request("POST", kind.path(namespace), obj)
-        return out
-
-    def replace(self, kind: Kind, obj: dict[str, Any], namespace: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = self.request("PUT", kind.path(namespace, obj["metadata"]["name"]), obj)
-        return out
-
-    def delete(self, kind: Kind, name: str, namespace: str = "") -> bool:
-        try:
-            self.request("DELETE", kind.path(namespace, name))
-        except ApiError as e:
-            if e.status == 404:
-                return False
-            raise
-        return True
