@@ -18,7 +18,7 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
@@ -96,6 +96,28 @@ def _tcp_proxy(stat_prefix: str, backends: list[Backend]) -> listener_components
     return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(tp))
 
 
+def _client_validation(ctx: tls_pb2.DownstreamTlsContext, ca_pem: str, mode: str) -> None:
+    """Gateway spec.tls.frontend: verify client certificates against the ConfigMaps' CAs.
+
+    AllowValidOnly requires a certificate that verifies (the handshake fails otherwise);
+    AllowInsecureFallback asks for one but lets the connection through without it or when it does not
+    verify. The CA bundle is public, so it is inline rather than an SDS secret.
+    """
+    vc = ctx.common_tls_context.validation_context
+    vc.trusted_ca.inline_bytes = ca_pem.encode()
+    if mode == "AllowInsecureFallback":
+        vc.trust_chain_verification = common_pb2.CertificateValidationContext.ACCEPT_UNTRUSTED
+        ctx.require_client_certificate.value = False
+    else:
+        ctx.require_client_certificate.value = True
+
+
+def _blackhole(name: str) -> listener_components_pb2.Filter:
+    """Accept, then close: a bound port with nothing to route to yet."""
+    tp = tcp_proxy_pb2.TcpProxy(stat_prefix=f"{name}/empty", cluster=BLACKHOLE)
+    return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(tp))
+
+
 def _misdirected(host: str) -> rc.VirtualHost:
     """A vhost answering 421: the SNI chose one HTTPS listener, the Host names another (spec)."""
     vh = rc.VirtualHost(name=f"misdirected:{host}", domains=[host])
@@ -132,14 +154,27 @@ def listener_resources(lm: ListenerModel, out: Translation, access_log_cluster: 
             ctx.common_tls_context.tls_certificate_sds_secret_configs.append(
                 secret_pb2.SdsSecretConfig(name=s, sds_config=ads())
             )
-        chain = listener_components_pb2.FilterChain(
-            name=f"tls:{c.routes.name}", filters=[_hcm(c.routes.name, c.routes.name, access_log_cluster)]
-        )
+        if c.client_validation is not None:
+            _client_validation(ctx, c.client_validation.ca_pem, c.client_validation.mode)
+        if c.tcp is not None:
+            # TLS listener, Terminate mode: the decrypted bytes go to the TLSRoute's backends.
+            if c.tcp:
+                f = _tcp_proxy(f"{lm.name}/terminate", c.tcp)
+            else:
+                f = _blackhole(lm.name)
+                out.resources[CLUSTER][BLACKHOLE] = blackhole_cluster()
+            chain = listener_components_pb2.FilterChain(name=f"tls-terminate:{c.routes.name}", filters=[f])
+        else:
+            chain = listener_components_pb2.FilterChain(
+                name=f"tls:{c.routes.name}", filters=[_hcm(c.routes.name, c.routes.name, access_log_cluster)]
+            )
         chain.filter_chain_match.transport_protocol = "tls"
         chain.filter_chain_match.server_names.extend(sorted(set(c.server_names)))
         chain.transport_socket.name = "envoy.transport_sockets.tls"
         chain.transport_socket.typed_config.Pack(ctx)
         lst.filter_chains.append(chain)
+        if c.tcp is not None:
+            continue
         own = set(c.routes.vhosts)
         extra = [_misdirected(h) for h in secure_hosts if h not in own]
         if "*" not in own and len(lm.tls) > 1:
@@ -168,8 +203,8 @@ def listener_resources(lm: ListenerModel, out: Translation, access_log_cluster: 
     if not lst.filter_chains:
         # A Gateway listener with nothing routable yet (e.g. a TLS listener without routes): keep the
         # port bound so it is programmed, and refuse connections by closing them.
-        tp = tcp_proxy_pb2.TcpProxy(stat_prefix=f"{lm.name}/empty", cluster=BLACKHOLE)
-        f = listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(tp))
-        lst.filter_chains.append(listener_components_pb2.FilterChain(name="empty", filters=[f]))
+        lst.filter_chains.append(
+            listener_components_pb2.FilterChain(name="empty", filters=[_blackhole(lm.name)])
+        )
         out.resources[CLUSTER][BLACKHOLE] = blackhole_cluster()
     out.resources[LISTENER][lm.name] = lst

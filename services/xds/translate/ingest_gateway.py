@@ -12,6 +12,7 @@ from typing import Any
 
 from nodemesh.messages.k8s import StatusPatch
 
+from .frontend_tls import backend_client_certificate, frontend_validation
 from .index import GW_GROUP, Index, as_dict, as_int, as_list, meta, valid_tls_secret
 from .status import condition, keep_transition_times
 from .types import GatewayInfo, Obj, TranslateInput, Translation
@@ -48,6 +49,8 @@ class GatewayListener:
     secrets: list[tuple[str, str]] = field(default_factory=list)  # (ns, name) of valid cert Secrets
     conflicted: str = ""  # reason when Conflicted=True
     attached: int = 0
+    # frontend_tls.ClientValidation of a TLS-terminating listener (Gateway spec.tls.frontend), if any.
+    client_validation: Any = None
 
 
 @dataclass
@@ -58,6 +61,8 @@ class GatewayState:
     generation: int
     address: str
     listeners: list[GatewayListener]
+    # (reason, message) when the whole Gateway is refused (Accepted=False, no Envoy config).
+    refused: tuple[str, str] | None = None
 
     @property
     def key(self) -> str:
@@ -173,6 +178,23 @@ def _check_cert(idx: Index, gw_ns: str, ref: Any, lst: GatewayListener) -> str:
     return ""
 
 
+def _apply_frontend_tls(idx: Index, gw_ns: str, spec: dict[str, Any], lst: GatewayListener) -> None:
+    """Client-certificate validation (spec.tls.frontend) of a TLS-terminating listener, or its refusal."""
+    if not lst.accepted or not (
+        lst.protocol == "HTTPS" or (lst.protocol == "TLS" and lst.tls_mode == "Terminate")
+    ):
+        return
+    res = frontend_validation(idx, gw_ns, spec, lst.port)
+    lst.client_validation = res.validation
+    if res.problem is not None and lst.resolved:
+        lst.resolved, lst.resolved_reason = False, res.problem[0]
+        lst.resolved_message = res.problem[1]
+    if res.no_valid_ca:
+        # Fail closed: without a usable CA the listener would accept clients it was told to verify.
+        lst.accepted, lst.accepted_reason = False, "NoValidCACertificate"
+        lst.accepted_message = res.problem[1] if res.problem else "No valid CA certificate"
+
+
 def _conflicts(listeners: list[GatewayListener]) -> None:
     by_port: dict[int, list[GatewayListener]] = {}
     for lst in listeners:
@@ -204,6 +226,8 @@ def ingest_gateways(idx: Index, inp: TranslateInput, out: Translation) -> list[G
         m = meta(gw)
         ns, name = m.get("namespace", ""), m.get("name", "")
         listeners = [_listener(idx, ns, raw) for raw in as_list(spec.get("listeners"))]
+        for lst in listeners:
+            _apply_frontend_tls(idx, ns, spec, lst)
         _conflicts(listeners)
         states.append(
             GatewayState(
@@ -213,9 +237,26 @@ def ingest_gateways(idx: Index, inp: TranslateInput, out: Translation) -> list[G
                 generation=as_int(m.get("generation"), 1),
                 address=idx.lb_address(ns, gateway_service_name(name)),
                 listeners=listeners,
+                refused=_refusal(spec),
             )
         )
     return states
+
+
+def _refusal(spec: dict[str, Any]) -> tuple[str, str] | None:
+    for a in as_list(spec.get("addresses")):
+        kind = str(as_dict(a).get("type") or "IPAddress")
+        value = str(as_dict(a).get("value") or "")
+        if kind != "IPAddress":
+            # LB-IPAM hands out IP addresses only; a Hostname or NamedAddress cannot be honoured.
+            return "UnsupportedAddress", f"address type {kind!r} is not supported (IPAddress only)"
+        if value and _address_type(value) != "IPAddress":
+            return "UnsupportedAddress", f"address {value!r} is not an IP address"
+    if backend_client_certificate(spec) is not None:
+        # Backend clusters are shared by every Gateway routing to a Service, so a per-Gateway client
+        # certificate cannot be attached to them: refuse the Gateway rather than connect without it.
+        return "UnsupportedValue", "spec.tls.backend.clientCertificateRef is not supported by nodemesh"
+    return None
 
 
 def _address_type(address: str) -> str:
@@ -264,7 +305,9 @@ def gateway_status(st: GatewayState, inp: TranslateInput, out: Translation) -> N
             }
         )
     n_ok = sum(1 for x in st.listeners if x.accepted)
-    if st.listeners and n_ok == 0:
+    if st.refused:
+        acc = condition("Accepted", False, st.refused[0], st.refused[1], gen, now)
+    elif st.listeners and n_ok == 0:
         acc = condition("Accepted", False, "ListenersNotValid", "No listener is valid", gen, now)
     elif n_ok < len(st.listeners) or any(x.conflicted for x in st.listeners):
         acc = condition("Accepted", True, "ListenersNotValid", "Some listeners are not valid", gen, now)
@@ -288,7 +331,7 @@ def gateway_status(st: GatewayState, inp: TranslateInput, out: Translation) -> N
         )
     )
     info = out.gateways.get(st.key) or GatewayInfo(st.namespace, st.name, gen, st.address)
-    info.listeners = {x.name: usable(x) and x.resolved for x in st.listeners}
+    info.listeners = {x.name: usable(x) and x.resolved and not st.refused for x in st.listeners}
     info.accepted = acc["status"] == "True"
     info.status_patch_index = len(out.statuses) - 1
     out.gateways[st.key] = info

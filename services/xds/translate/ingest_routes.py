@@ -48,7 +48,7 @@ def prepare_listeners(
     """
     slots: dict[tuple[str, str], Any] = {}
     for st in states:
-        if not st.address:
+        if not st.address or st.refused:
             continue
         info = out.gateways.get(st.key)
         for lst in st.listeners:
@@ -75,7 +75,14 @@ def prepare_listeners(
                     secrets.append(_secret_name(ns, name))
                 if secrets:
                     names = [] if not lst.hostname else [lst.hostname]
-                    lm.tls.append(TLSChain(server_names=names, secrets=secrets, routes=table))
+                    chain = TLSChain(server_names=names, secrets=secrets, routes=table)
+                    chain.client_validation = lst.client_validation
+                    lm.tls.append(chain)
+                    if lst.protocol == "TLS":
+                        # TLSRoute on a terminating listener: decrypt, then TCP-proxy (no HTTP).
+                        chain.tcp = []
+                        slots[(st.key, lst.name)] = chain
+                        continue
                 slots[(st.key, lst.name)] = table
             elif lst.protocol == "TLS":
                 slots[(st.key, lst.name)] = lm
@@ -290,10 +297,14 @@ def _route(
 
 
 def _attach_l4(
-    kind: str, lm: ListenerModel, hosts: list[str], backends: list[Backend], model: Model, src: str
+    kind: str, lm: ListenerModel | TLSChain, hosts: list[str], backends: list[Backend], model: Model, src: str
 ) -> None:
     for b in backends:
         model.use(b)
+    if isinstance(lm, TLSChain):
+        if not lm.tcp:
+            lm.tcp = list(backends)  # the oldest route owns the terminating listener
+        return
     if kind == "TCPRoute":
         if lm.tcp is None:
             lm.tcp = list(backends)

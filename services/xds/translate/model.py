@@ -166,6 +166,11 @@ class TLSChain:
     server_names: list[str]
     secrets: list[str]
     routes: RouteTable
+    # frontend_tls.ClientValidation: the client certificates this chain verifies (None = none asked).
+    client_validation: Any = None
+    # A TLS listener in Terminate mode (TLSRoute): the decrypted stream goes to these backends by TCP
+    # proxy instead of an HTTP route table (None = an HTTPS chain).
+    tcp: list[Backend] | None = None
 
 
 @dataclass
