@@ -91,7 +91,10 @@ class Generated:
     def pair(self, ns: str, name: str, description: str = "") -> certs.KeyPair:
         key = f"{ns}/{name}"
         if key not in self._pairs:
-            if "signed by the CA" in description or name == "tls-passthrough-checks-certificate":
+            if "client certificate signed by the CA" in description:
+                cn = re.findall(r"CN ([\w.-]+)", description) or [name]
+                self._pairs[key] = certs.client_signed(self._ca_key, self._ca_cert, cn[0])
+            elif "signed by the CA" in description or name == "tls-passthrough-checks-certificate":
                 hosts = re.findall(r"DNS SAN ([\w.*-]+)", description) or ["abc.example.com"]
                 self._pairs[key] = certs.ca_signed(self._ca_key, self._ca_cert, hosts)
             elif name == "tls-validity-checks-certificate" or "*.wildcard.org" in description:
@@ -118,6 +121,11 @@ class Generated:
             else:
                 out.append(certs.tls_secret(ns, name, self.pair(ns, name, str(e.get("certificate", "")))))
         return out
+
+    def key_pair(self, ref: str) -> tuple[bytes, bytes] | None:
+        """The certificate and key of ``Secret ns/name`` (a client certificate to present)."""
+        m = re.search(r"Secret ([\w.-]+)/([\w.-]+)", ref or "")
+        return self.pair(m.group(1), m.group(2)) if m else None
 
     def trusted_pem(self, ref: str) -> bytes:
         """The PEM a client trusts for ``Secret ns/name (tls.crt)`` or ``ConfigMap ns/name ...``."""

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["KeyPair", "ca_signed", "make_ca", "self_signed", "tls_secret"]
+__all__ = ["KeyPair", "ca_signed", "client_signed", "make_ca", "self_signed", "tls_secret"]
 
 KeyPair = tuple[bytes, bytes]  # (cert PEM, key PEM)
 
@@ -98,6 +98,18 @@ def ca_signed(ca_key: rsa.RSAPrivateKey, ca_cert: x509.Certificate, hosts: list[
         _builder(name, ca_cert.subject, k.public_key())
         .add_extension(_sans(hosts), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(k)
+
+
+def client_signed(ca_key: rsa.RSAPrivateKey, ca_cert: x509.Certificate, name: str) -> KeyPair:
+    """A client certificate (extended key usage clientAuth) signed by the CA, for mutual TLS."""
+    k = _key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        _builder(subject, ca_cert.subject, k.public_key())
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM), _pem_key(k)

@@ -20,6 +20,11 @@ def _joined(values: list[str]) -> str:
 
 def compare_http(resp: Response, expect: dict[str, Any], request: dict[str, Any]) -> str:
     """ "" when the response meets ``expect``, else why not."""
+    if expect.get("connection_fails"):
+        # The gateway must refuse the connection itself (TLS handshake, client certificate): no response.
+        if resp.error:
+            return ""
+        return f"got a response (status {resp.status}), want the connection refused"
     if resp.error:
         return resp.error
     want = _statuses(expect.get("status", 200))
@@ -29,6 +34,8 @@ def compare_http(resp: Response, expect: dict[str, Any], request: dict[str, Any]
         err = _redirect(resp, expect["redirect_location"])
         if err:
             return err
+    if "websocket_message" in expect and resp.body != str(expect["websocket_message"]).encode():
+        return f"websocket echoed {resp.body!r}, want {expect['websocket_message']!r}"
     if resp.status not in (200, 204):
         return ""
     backend = expect.get("backend")

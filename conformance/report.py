@@ -59,7 +59,14 @@ NOTES = """## How it runs
   start pods, so the published results are from the standalone mode."""
 
 
-def write_report(path: str, results: list[CaseResult], index: list[dict[str, Any]], mode: str) -> None:
+def write_report(
+    path: str,
+    results: list[CaseResult],
+    index: list[dict[str, Any]],
+    mode: str,
+    extension: list[CaseResult] | None = None,
+) -> None:
+    """``extension``: the results of nodemesh's own cases (conformance/corpus), reported apart."""
     by_feature: dict[str, list[CaseResult]] = {}
     for r in results:
         by_feature.setdefault(r.feature, []).append(r)
@@ -96,7 +103,26 @@ def write_report(path: str, results: list[CaseResult], index: list[dict[str, Any
         icon = {"passed": "✅", "failed": "❌", "not checked": "⚪"}
         cases = ", ".join(f"{icon[r.outcome]} {r.name}" for r in rs)
         lines.append(f"| `{feat}`{note} | {sum(r.passed for r in rs)}/{len(rs)} | {cases} |")
-    fails = [r for r in results if not r.passed]
+    if extension:
+        lines += [
+            "",
+            "## nodemesh's own cases",
+            "",
+            "`conformance/corpus/` holds cases in the same format for what the upstream corpus above",
+            "leaves out (frontend client-certificate validation, empty and unsupported Gateway addresses,",
+            "h2c clients, WebSocket upgrades, parentRef port mismatch, named rules), with the format",
+            "extensions its README describes (client certificates, `connection_fails`, cleartext HTTP/2,",
+            "`websocket`). They are not upstream tests and are not part of the ConformanceReport.",
+            "",
+            f"**{sum(r.passed for r in extension)}/{len(extension)} passed.**",
+            "",
+            "| case | feature | result | seconds |",
+            "|---|---|---|---|",
+        ]
+        for r in extension:
+            word = {"passed": "pass", "failed": "FAIL", "not checked": "not checked"}[r.outcome]
+            lines.append(f"| {r.name} | `{r.feature}` | {word} | {r.seconds} |")
+    fails = [r for r in results + (extension or []) if not r.passed]
     lines += ["", "## Cases that do not pass", ""]
     if not fails:
         lines.append("None.")

@@ -144,8 +144,10 @@ def _attempt_http(c: Cluster, item: dict[str, Any], gen: Generated) -> str:
     req = item["request"]
     if not addr:
         return "Gateway has no address"
-    pem = gen.trusted_pem((req.get("tls") or {}).get("trusted_certificate", ""))
-    resp = http_request(addr, port, req, pem)
+    tls = req.get("tls") or {}
+    pem = gen.trusted_pem(tls.get("trusted_certificate", ""))
+    client = gen.key_pair(tls["client_certificate"]) if tls.get("client_certificate") else None
+    resp = http_request(addr, port, req, pem, client_pair=client)
     return compare_http(resp, item.get("expect") or {}, req)
 
 
