@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +16,7 @@ import pytest_asyncio
 
 from conformance import objects as o
 from conformance.cases import Generated
-from conformance.client import http_request, tls_exchange
+from conformance.client import client_context, http_request, tls_exchange
 from conformance.runner import expect_eventually
 from conformance.standalone import Standalone
 
@@ -34,7 +38,7 @@ async def cluster() -> AsyncIterator[Standalone]:
                 o.namespace(NS),
                 o.namespace(CERTS),
                 o.service("web", NS, [("http", 8080, 3000)]),
-                o.service("tcp-backend", NS, [("tls", 8443, 8443)]),
+                o.service("tcp-backend", NS, [("tls", 8443, 8443), ("tcp", 3000, 3000)]),
                 o.service("https-backend", NS, [("https", 443, 8443)]),
                 {
                     "apiVersion": "v1",
@@ -172,6 +176,61 @@ async def test_tls_passthrough_reaches_the_tls_backend(cluster: Standalone) -> N
     assert data["namespace"] == NS and data["pod"].startswith("tcp-backend-")
     with pytest.raises((ssl.SSLError, OSError, ValueError)):
         tls_exchange(addr, 443, "other.org", GEN.ca_pair[0])  # no chain for this SNI
+    await cluster.delete([gw, tr])
+
+
+async def test_tls_terminate_decrypts_and_proxies_to_the_tcp_backend(cluster: Standalone) -> None:
+    """TLSRoute on a TLS listener in Terminate mode: the gateway ends TLS, the backend gets plain TCP."""
+    listener = {
+        "name": "tls",
+        "port": 443,
+        "protocol": "TLS",
+        "hostname": "example.org",
+        "tls": {"mode": "Terminate", "certificateRefs": [{"name": "tls-validity-checks-certificate"}]},
+    }
+    gw = o.gateway("term", NS, [listener])
+    tr = o.route(
+        "TLSRoute",
+        "term",
+        NS,
+        {
+            "parentRefs": [{"name": "term"}],
+            "rules": [{"backendRefs": [{"name": "tcp-backend", "port": 3000}]}],
+        },
+    )
+    await cluster.apply([gw, tr])
+    addr = cluster.gateway_address(NS, "term")
+    trusted = GEN.trusted_pem(TRUST)
+
+    def exchange() -> list[str]:
+        ctx = client_context(trusted)
+        with socket.create_connection((addr, 443), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="example.org") as s:
+                f = s.makefile("rwb")
+                lines = [f.readline().decode().strip()]
+                for cmd in (b"IS_TLS\n", b"TEST\n"):
+                    f.write(cmd)
+                    f.flush()
+                    lines.append(f.readline().decode().strip())
+                return lines
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            welcome, is_tls, test = await asyncio.to_thread(exchange)
+            break
+        except (OSError, ssl.SSLError, ValueError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    # The client spoke TLS to the gateway with the Secret's certificate; the backend saw cleartext.
+    assert welcome == "Gateway API Test TCP Server" and is_tls == "false"
+    data = json.loads(test)
+    assert data["namespace"] == NS and data["pod"].startswith("tcp-backend-")
+    status = cluster.get("TLSRoute", NS, "term")
+    assert status is not None
+    (parent,) = status["status"]["parents"]
+    assert {c["type"]: c["status"] for c in parent["conditions"]}["Accepted"] == "True"
     await cluster.delete([gw, tr])
 
 
