@@ -171,3 +171,25 @@ def test_an_empty_address_value_takes_the_allocated_address() -> None:
     status = _gw_status(t)
     assert _cond(status["conditions"], "Accepted") == ("True", "Accepted")
     assert status["addresses"] == [{"type": "IPAddress", "value": "127.0.100.7"}]
+
+
+def test_infrastructure_parameters_ref_refuses_the_gateway() -> None:
+    ref = {"group": "example.com", "kind": "GatewayParams", "name": "p"}
+    t = _translate({"infrastructure": {"parametersRef": ref}}, [HTTPS])
+    assert _cond(_gw_status(t)["conditions"], "Accepted") == ("False", "InvalidParameters")
+    assert not t.resources[LISTENER]
+
+
+def test_gatewayclass_with_parameters_ref_is_refused_and_serves_no_gateway() -> None:
+    gc = o.gateway_class()
+    gc["spec"]["parametersRef"] = {"group": "", "kind": "ConfigMap", "name": "params", "namespace": NS}
+    objs = [
+        o.namespace(NS),
+        gc,
+        o.gateway("gw", NS, [HTTPS]),
+        o.lb_service(NS, "cilium-gateway-gw", "127.0.100.7"),
+    ]
+    t = translate(TranslateInput(objects=o.inputs(*objs), now="2024-05-01T00:00:00Z"))
+    gc_status = next(s.status for s in t.statuses if s.kind == "GatewayClass")
+    assert _cond(gc_status["conditions"], "Accepted") == ("False", "InvalidParameters")
+    assert not [s for s in t.statuses if s.kind == "Gateway"] and not t.resources[LISTENER]

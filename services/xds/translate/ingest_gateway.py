@@ -88,10 +88,15 @@ def _our_classes(idx: Index, inp: TranslateInput, out: Translation) -> set[str]:
         if spec.get("controllerName") not in inp.controller_names:
             continue
         m = meta(gc)
-        ours.add(m.get("name", ""))
         gen = as_int(m.get("generation"), 1)
         old = (as_dict(gc.get("status"))).get("conditions")
-        conds = [condition("Accepted", True, "Accepted", "Valid GatewayClass", gen, inp.now)]
+        if spec.get("parametersRef"):
+            # nodemesh has no parameters kind: refuse rather than ignore what the class asks for.
+            msg = "nodemesh takes no GatewayClass parameters (parametersRef is not supported)"
+            conds = [condition("Accepted", False, "InvalidParameters", msg, gen, inp.now)]
+        else:
+            ours.add(m.get("name", ""))
+            conds = [condition("Accepted", True, "Accepted", "Valid GatewayClass", gen, inp.now)]
         out.statuses.append(
             StatusPatch(
                 kind="GatewayClass",
@@ -244,6 +249,8 @@ def ingest_gateways(idx: Index, inp: TranslateInput, out: Translation) -> list[G
 
 
 def _refusal(spec: dict[str, Any]) -> tuple[str, str] | None:
+    if as_dict(spec.get("infrastructure")).get("parametersRef"):
+        return "InvalidParameters", "nodemesh takes no Gateway parameters (infrastructure.parametersRef)"
     for a in as_list(spec.get("addresses")):
         kind = str(as_dict(a).get("type") or "IPAddress")
         value = str(as_dict(a).get("value") or "")
