@@ -63,7 +63,7 @@ def test_client_certificates_are_signed_by_the_case_ca() -> None:
 async def test_every_extension_case_passes() -> None:
     gen = Generated()
     names = [c["name"] for c in load_index(EXTENSION_DIR)]
-    assert len(names) >= 11
+    assert len(names) >= 13
     async with Standalone() as c:
         results = [
             await run_case(c, load_case(EXTENSION_DIR, n, "nodemesh", CONTROLLER), gen, CONTROLLER)
