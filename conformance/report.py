@@ -36,7 +36,7 @@ NOTES = """## How it runs
   docs/conformance-report.yaml`) runs every case and also writes the upstream `ConformanceReport`
   (profiles GATEWAY-HTTP/TLS/GRPC, core and extended results, supported features);
   `--case NAME` (repeatable) runs some; `--dir` or `$NODEMESH_CONFORMANCE_DIR` points at another corpus;
-  `--scale` multiplies every timeout.
+  `--no-extension` leaves out nodemesh's own cases; `--scale` multiplies every timeout.
 - `--mode standalone` (default): the translator (`services/xds/translate`) + one real Envoy 1.40 fed
   through xDS files + echo servers (`echoserver/echo.py`) started as processes named like pods
   (`<deployment>-<hash>-<hash>`) on their own loopback addresses. The harness plays API server
@@ -52,7 +52,7 @@ NOTES = """## How it runs
 ## Known gaps
 
 - The echo server's h2c port (3001) takes HTTP/2 with prior knowledge only (no `Upgrade: h2c`); it has no
-  `/ws` or `/retry` (no case here uses them).
+  `/retry` (no case here uses it).
 - The gRPC echo (upstream's message numbering) leaves `authority` and `tls_assertions` empty: Python's
   gRPC server does not expose them; upstream's tests do not compare them.
 - `--mode cluster` is implemented, but at the time of this report the local cluster's datapath did not
