@@ -208,3 +208,33 @@ def test_lb_l7_algorithm_is_one_envoy_knows(algo: str) -> None:
         assert problems == [("metadata.annotations.service.cilium.io/lb-l7-algorithm", why)]
     else:
         assert problems == []
+
+
+def _gateway(**spec: Any) -> dict[str, Any]:
+    listeners = [
+        {"name": "https", "port": 443, "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "c"}]}}
+    ]
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "d"},
+        "spec": {"gatewayClassName": "nodemesh", "listeners": listeners, **spec},
+    }
+
+
+def test_gateway_address_without_value_and_spec_tls_are_valid_even_strictly() -> None:
+    """GatewayAddressEmpty and spec.tls (later upstream releases) are part of the vendored schema."""
+    ca = {"group": "", "kind": "ConfigMap", "name": "ca"}
+    gw = _gateway(
+        addresses=[{"type": "IPAddress"}],
+        tls={
+            "frontend": {
+                "default": {"validation": {"caCertificateRefs": [ca], "mode": "AllowInsecureFallback"}}
+            }
+        },
+    )
+    assert object_problems(gw, strict=True) == []
+    bad = _gateway(
+        tls={"frontend": {"default": {"validation": {"caCertificateRefs": [ca], "mode": "Maybe"}}}}
+    )
+    assert validate_object(bad)
