@@ -131,6 +131,7 @@ async def harness(nats_server: NatsServer, bus: Bus, pin_root: str, tmp_path: Pa
     cfg = DatapathConfig(
         nats_url=nats_server.url, node=node, data_dir=str(tmp_path / "nodes" / node), pin_root=pin_root,
         pod_cidr="", node_ip="127.0.50.250", log_format="text", health_addr=f"127.0.0.1:{free_port()}",
+        auth_gate_timeout=0.0,  # the test plays the identity service once pods run: no start gate
     )  # fmt: skip
     h = Harness(bus, cfg)
     await h.subscribe()
@@ -305,6 +306,7 @@ async def two_nodes(
         cfg = DatapathConfig(
             nats_url=nats_server.url, node=node, data_dir=str(tmp_path / "nodes" / node), pin_root=pin_root,
             pod_cidr=cidr, node_ip=f"127.0.50.{251 + i}", log_format="text",
+            auth_gate_timeout=0.0,  # the test plays the identity service once pods run: no start gate
         )  # fmt: skip
         await k8s.put_node(bus, node, cfg.node_ip, cidr)
         hs.append(Harness(bus, cfg))
