@@ -159,9 +159,11 @@ def test_chained_install_fails_until_the_clusters_cni_is_configured(tmp_path: Pa
 
 def test_the_image_can_build_the_bundle() -> None:
     # install-cni runs `ldd` (Debian's libc-bin, essential, so in the slim image) and copies the
-    # cni package, which the image must hold.
+    # cni package, which the image must hold; the image build makes a bundle and runs it once.
     text = (DEPLOY / "Dockerfile").read_text()
     assert "COPY cni ./cni" in text and "debian:bookworm" in text
+    assert "nodemesh-cni install --mode standalone" in text and "--bundle-dir /tmp/cni/bundle" in text
+    assert "env -i CNI_COMMAND=VERSION /tmp/cni/bin/nodemesh-cni" in text
 
 
 def test_the_kustomize_base_lists_every_manifest() -> None:
