@@ -195,3 +195,29 @@ def test_kustomize_builds_the_manifests(directory: str, mode: str) -> None:
     assert ids == sorted((d["kind"], d["metadata"]["name"]) for d in k8s_docs())
     cm = next(d for d in built if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "nodemesh-cni")
     assert cm["data"] == {"mode": mode}
+
+
+def test_every_other_variable_is_read() -> None:
+    """A variable that is no service's NODEMESH_* config field must be used: as ``$(VAR)`` in the
+    command or args (the kubelet expands it) or as ``$VAR`` in a mounted ConfigMap (nats.conf)."""
+    maps = {d["metadata"]["name"]: d for d in k8s_docs() if d["kind"] == "ConfigMap"}
+    for doc in k8s_docs():
+        if doc["kind"] not in ("Deployment", "DaemonSet", "StatefulSet", "Job"):
+            continue
+        spec = pod_spec(doc)
+        mounted = ""
+        for v in spec.get("volumes", []):
+            names = [v.get("configMap", {}).get("name")]
+            names += [
+                s["configMap"]["name"] for s in v.get("projected", {}).get("sources", []) if "configMap" in s
+            ]
+            mounted += "".join(json.dumps(maps[n]["data"]) for n in names if n in maps)
+        for c in [*spec["containers"], *spec.get("initContainers", [])]:
+            words = " ".join([*c.get("command", []), *c.get("args", [])])
+            for e in c.get("env", []):
+                name = e["name"]
+                if name.startswith("NODEMESH_"):
+                    continue  # config fields: test_k8s.py::test_every_flag_and_variable_is_a_config_field
+                assert f"$({name})" in words or f"${name}" in mounted, (
+                    f"{doc['metadata']['name']}/{c['name']}: nothing reads {name}"
+                )
