@@ -326,7 +326,7 @@ async def test_privileged_two_nodes_cross_node_auth(two_nodes: tuple[Harness, Ha
     x, y = two_nodes
     await k8s.put_obj(bus, k8s.pod("client", x.cfg.node, {"app": "client"}))
     await k8s.put_obj(
-        bus, k8s.pod("server", y.cfg.node, {"app": "server"}, ports=(8080, 7070), probe_port=8080)
+        bus, k8s.pod("server", y.cfg.node, {"app": "server"}, ports=(8080, 9090, 7070), probe_port=8080)
     )
     await k8s.put_obj(bus, CNP_ALLOW)
     await k8s.put_identity(bus, 70001, ["k8s:app=server", "k8s:io.kubernetes.pod.namespace=default"])
@@ -341,6 +341,21 @@ async def test_privileged_two_nodes_cross_node_auth(two_nodes: tuple[Harness, Ha
     client_ns = x.netns("client")
     # plain allow across nodes: through x's from-pod and y's to-pod
     await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
+    # a port the policy does not allow: dropped at y (the server's node), the flow names both pods
+    assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
+    drop = await k8s.until(
+        lambda: next(
+            (
+                f
+                for f in y.flows
+                if f.verdict == "DROPPED" and f.l4 and f.l4.tcp and f.l4.tcp.destination_port == 9090
+            ),
+            None,
+        )
+    )
+    assert drop.drop_reason_desc == "POLICY_DENIED" and drop.traffic_direction == "INGRESS"
+    assert drop.source is not None and drop.source.pod_name == "client" and drop.source.identity == 70002
+    assert drop.destination is not None and drop.destination.pod_name == "server"
     # auth required: y (the enforcing node) signals, naming x as the remote node
     assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 7070)
     sig = await k8s.until(lambda: next(iter(y.auth), None))
