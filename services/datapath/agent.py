@@ -106,6 +106,8 @@ class Agent:
         self.ct_gc_deleted = 0
         self.auth_gate_waits: list[float] = []  # seconds new pods waited for identity + auth verdicts
         self.auth_gate_timeouts = 0  # pods that started without them
+        self._needs: dict[str, tuple[Any, set[authgate.Need]]] = {}  # pod → (inputs' generation, needs)
+        self._applies = 0  # engine results written (a generation of the policy state)
         self.version = 0  # bumped when ipcache or identity labels change (flow enrichment cache)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -303,6 +305,7 @@ class Agent:
     def _apply(self, ch: Changes) -> None:
         """Write one engine result: per-endpoint deltas, CIDR identities, policy status."""
         assert self.maps is not None and self.writer is not None
+        self._applies += 1
         t0 = time.perf_counter()
         by_key = self.endpoints()
         for cidr, ident in ch.cidr_upserts.items():
@@ -476,6 +479,11 @@ class Agent:
 
     def auth_needs(self, ep: PodEndpoint) -> set[authgate.Need] | None:
         """The auth entries traffic of ``ep``'s identity is checked against (None: identity unknown)."""
+        # recomputed only when something it derives from changed (the gate polls it)
+        gen = (self.version, self._applies, tuple(sorted(self.nodes)))
+        cached = self._needs.get(ep.key)
+        if cached is not None and cached[0] == gen:
+            return cached[1]
         entry = self.ipcache.get(ep.ip)
         if entry is None or entry.identity not in self.labels:
             return None
@@ -488,7 +496,9 @@ class Agent:
         elsewhere = [i for i, ns in id_nodes.items() if ns - {self.node}]
         remote = self.engine.auth_pairs_toward(ident, elsewhere)
         frozen = {i: frozenset(ns) for i, ns in id_nodes.items()}
-        return authgate.needs(self.node, ident, local, remote, frozen, self.nodes)
+        out = authgate.needs(self.node, ident, local, remote, frozen, self.nodes)
+        self._needs[ep.key] = (gen, out)
+        return out
 
     def has_auth(self, key: AuthKeyMsg) -> bool:
         assert self.maps is not None
@@ -503,6 +513,7 @@ class Agent:
         res = await authgate.wait(
             lambda: self.auth_needs(ep), self.has_auth, kv, self.node, self.cfg.auth_gate_timeout
         )
+        self._needs.pop(ep.key, None)
         self.auth_gate_waits.append(res.seconds)
         del self.auth_gate_waits[:-1000]
         if not res.ready:
