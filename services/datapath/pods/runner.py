@@ -261,7 +261,18 @@ class PodRunner:
             # identity and ipcache entry derive from it, and the gate waits on what follows from them.
             self.waiting = "ContainerCreating"
             await self._publish(phase="Pending")
-            self.conditions = [await self.gate()]
+            try:
+                self.conditions = [await self.gate()]
+            except Exception as e:  # a broken gate must not keep the pod from ever starting
+                log.exception("start gate failed", extra={"pod": self.key})
+                self.conditions = [
+                    {
+                        "type": "nodemesh.io/AuthReady",
+                        "status": "False",
+                        "reason": "GateError",
+                        "message": str(e),
+                    }
+                ]
         while True:
             if adopt:
                 self.pid, self.proc, adopt = adopt, None, 0
