@@ -185,7 +185,7 @@ async def test_pools_selectors_and_conflicts(cluster: Client) -> None:
         POOLS,
         {
             **pool,
-            "metadata": {"name": "blue"},
+            "metadata": {"name": "team-blue"},
             "spec": {
                 "blocks": [{"start": "127.0.101.10", "stop": "127.0.101.11"}],
                 "serviceSelector": {"matchLabels": {"color": "blue"}},
@@ -213,7 +213,7 @@ async def test_pools_selectors_and_conflicts(cluster: Client) -> None:
     await until(blue_ip, what="blue address")
     # The oldest matching pool serves first: "local" selects every Service, so it gives the address.
     assert await blue_ip() == "127.0.100.1"
-    # Disable "local": no new addresses from it; a new blue Service gets one from "blue".
+    # Disable "local": no new addresses from it; a new blue Service gets one from "team-blue".
     _, cur = await c.get(f"{POOLS}/local")
     await c.put(f"{POOLS}/local", {**cur, "spec": {**cur["spec"], "disabled": True}})
     await asyncio.sleep(0)
@@ -342,3 +342,47 @@ async def test_watcher_refuses_writes_beyond_the_operators(cluster: Client, bus:
     assert await _get(c, f"{NS}/services/cilium-gateway-y") is None
     x = await _get(c, f"{NS}/services/cilium-gateway-x")
     assert x is not None and x["spec"]["selector"] == {"app": "db"}
+
+
+async def test_standby_operator_takes_over(tmp_path: Path, nats_server: NatsServer) -> None:
+    """Two operators share the lease: only the holder writes; when it stops, the standby serves."""
+    api = LocalApi(tmp_path / "data", nodes=1, bookmark_interval=0.5)
+    await api.start()
+    w = await InProcessWatcher(nats_server.url, api.url, "w1").start()
+    first = await InProcessOperator(nats_server.url, "op-a").start()
+    second = await InProcessOperator(nats_server.url, "op-b").start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            c = Client(api.url, s)
+            gw = {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "Gateway",
+                "metadata": {"name": "a"},
+                "spec": {
+                    "gatewayClassName": "cilium",
+                    "listeners": [{"name": "h", "port": 80, "protocol": "HTTP"}],
+                },
+            }
+            await c.post(GWS, gw)
+            await until(lambda: _has_ip(c, "cilium-gateway-a"), what="address from the first holder")
+
+            def leader(op: InProcessOperator) -> float:
+                assert op.svc is not None
+                return float(op.svc.registry.get_sample_value("nodemesh_operator_leader") or 0.0)
+
+            assert sorted([leader(first), leader(second)]) == [0.0, 1.0]
+            active, standby = (first, second) if leader(first) else (second, first)
+            await active.stop()
+            await c.post(GWS, {**gw, "metadata": {"name": "b"}})
+            await until(lambda: _has_ip(c, "cilium-gateway-b"), what="address from the standby")
+            assert leader(standby) == 1.0
+    finally:
+        for op in (first, second):
+            if op.task is not None and not op.task.done():
+                await op.stop()
+        await w.stop()
+        await api.stop()
+
+
+async def _has_ip(c: Client, name: str) -> bool:
+    return bool(_lb_ip(await _get(c, f"{NS}/services/{name}")))
