@@ -150,17 +150,23 @@ def render() -> dict[str, Any]:
                     "/lib/modules:/lib/modules:ro",
                 ]
             if spec.service == "authd":
-                # Workload API attestation looks up pods' network namespaces where the datapath names them.
-                svc["volumes"] = ["/run/netns:/run/netns:ro"]
+                # Workload API attestation: the caller's pid (SO_PEERCRED, so the host's pid namespace)
+                # → /proc/<pid>/ns/net (SYS_PTRACE: workloads are the privileged datapath's children,
+                # with more capabilities than authd) → the pod namespace the datapath pinned under
+                # /run/netns (rslave: namespaces made after authd started must appear here too).
+                svc["pid"] = "host"
+                svc["cap_add"] = ["SYS_PTRACE"]
+                svc["volumes"] = ["/run/netns:/run/netns:ro,rslave"]
             if spec.service == "envoy":
                 # Transparent (IP_TRANSPARENT) listeners for the datapath's L7 policy redirects.
                 svc["cap_add"] = ["NET_ADMIN"]
                 # This node's ADS client certificate only.
                 pki = f"{ctx.xds_pki}/nodes/{node}"
                 svc["volumes"] = [f"{PKI_HOST_DIR}/nodes/{node}:{pki}:ro"]
-            if spec.service in ("datapath", "envoy"):
-                # A node's Envoy writes access logs to its datapath's socket (<node dir>/als.sock):
-                # both mount the node's volume there.
+            if spec.service in ("datapath", "envoy", "authd"):
+                # The node's directory, shared: Envoy writes access logs to its datapath's socket
+                # (<node dir>/als.sock), and the workloads the datapath starts reach authd's Workload
+                # API at <node dir>/workload.sock.
                 svc.setdefault("volumes", []).append(f"{node}:{ctx.data_dir}/nodes/{node}")
             # dns: pods live in the host's network namespaces (the datapath's), so the DNS server
             # listens on the host's DNS address (which must be on the host's lo, see docs/dns.md).

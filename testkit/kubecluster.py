@@ -70,9 +70,12 @@ class KubeCluster:
         *,
         run_kubelets: bool = True,
         pod_wait: float = 30.0,
+        cni_bundle: bool = False,
     ) -> None:
         """``run_kubelets=False``: the kubelets' CNI runtimes are set up but nothing runs pods (tests
-        then drive the plugin themselves)."""
+        then drive the plugin themselves). ``cni_bundle``: install the plugin as the DaemonSet does,
+        a self-contained bundle (``nodemesh-cni install --bundle-dir``), not a wrapper around this
+        interpreter."""
         if chain not in CHAINS:
             raise ValueError(f"chain must be one of {CHAINS}")
         self.tmp = tmp
@@ -81,6 +84,7 @@ class KubeCluster:
         self.chain = chain
         self.run_kubelets = run_kubelets
         self.pod_wait = pod_wait
+        self.cni_bundle = tmp / "opt-nodemesh-cni" if cni_bundle else None
         self.nodes = [f"node-{i}" for i in range(1, nodes + 1)]
         self.api = LocalApi(tmp / "api", nodes=nodes, bookmark_interval=0.5)
         self.bin_dir = tmp / "opt-cni-bin"
@@ -128,7 +132,9 @@ class KubeCluster:
             net = upstream_conflist(self.chain, i, self.node_dir(node) / "host-local")
             (conf_dir / "10-cluster.conflist").write_text(json.dumps(net))
         mode = "standalone" if self.chain == "standalone" else "chained"
-        out = install(self.bin_dir, conf_dir, mode, self.cni_socket(node), sys.executable)
+        out = install(
+            self.bin_dir, conf_dir, mode, self.cni_socket(node), sys.executable, bundle_dir=self.cni_bundle
+        )
         assert out.name == CONFLIST
         conflist = json.loads(out.read_text())
         return CniRuntime(

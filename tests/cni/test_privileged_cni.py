@@ -119,9 +119,16 @@ def runtime(c: KubeCluster, node: str = NODE) -> CniRuntime:
     return c.kubelets[node].runtime
 
 
-@pytest.mark.parametrize("chain", ["ptp", "standalone"])
-async def test_privileged_add_check_del_and_del_again(kube: MakeCluster, chain: str) -> None:
-    c = await kube(chain, nodes=1, run_kubelets=False)
+@pytest.mark.parametrize(
+    ("chain", "bundled"),
+    [("ptp", False), ("standalone", False), ("ptp", True), ("standalone", True)],
+    ids=["ptp", "standalone", "ptp-bundled", "standalone-bundled"],
+)
+async def test_privileged_add_check_del_and_del_again(kube: MakeCluster, chain: str, bundled: bool) -> None:
+    # bundled: the plugin as the DaemonSet installs it, its own interpreter and libraries (cni/bundle.py)
+    c = await kube(chain, nodes=1, run_kubelets=False, cni_bundle=bundled)
+    if bundled:
+        assert "/opt-nodemesh-cni/" in (c.bin_dir / "nodemesh-cni").read_text()
     await c.apply(CNP)
     server = await created(c, pod("server", {"app": "server"}))
     rt = runtime(c)

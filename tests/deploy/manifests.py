@@ -70,11 +70,22 @@ def service_containers() -> list[tuple[dict[str, Any], dict[str, Any], type[Serv
     return out
 
 
+def config_map(name: str) -> dict[str, str]:
+    """The data of a ConfigMap the manifests define (KeyError: none by that name)."""
+    found = [d for d in k8s_docs() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name]
+    assert found, f"no ConfigMap {name} in deploy/k8s"
+    data: dict[str, str] = found[0]["data"]
+    return data
+
+
 def container_env(c: dict[str, Any], node: str) -> dict[str, str]:
     env: dict[str, str] = {}
     for e in c.get("env", []):
         if "value" in e:
             env[e["name"]] = _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), str(e["value"]))
+        elif "configMapKeyRef" in e["valueFrom"]:
+            ref = e["valueFrom"]["configMapKeyRef"]
+            env[e["name"]] = config_map(ref["name"])[ref["key"]]
         else:
             path = e["valueFrom"]["fieldRef"]["fieldPath"]
             assert path in FIELD_VALUES, (c["name"], e)

