@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import msgspec
 from nats.js.errors import NotFoundError
+from nats.js.kv import KV_DEL, KV_PURGE
 
 from meshctl.natsopts import add_nats_options, connect_cli
 from nodemesh import subjects
@@ -131,27 +132,46 @@ async def _bus(args: argparse.Namespace) -> Bus:
 
 
 async def read_bucket(bus: Bus, bucket: str, tp: type[Any], prefix: str = "") -> dict[str, Any]:
-    """Every live key of a bucket decoded as ``tp`` (corrupt entries reported on stderr, skipped)."""
+    """Every live key of a bucket decoded as ``tp`` (corrupt entries reported on stderr, skipped).
+
+    The read ends at the entry whose ``delta`` is 0 (the last key at the time of the read). The
+    client's "initial values done" marker (``None``) is not trusted on its own: nats-py derives it
+    from a consumer-info reply that can overtake the first deliveries, so a non-empty bucket could
+    read as empty. It ends the read only when the stream holds no message under the filter. Deletes
+    are watched too, so the key whose message comes last is always delivered, even a deleted one.
+    """
     try:
         kv = await bus.kv(bucket)
     except NotFoundError as e:
         raise NodemeshError(f"KV bucket {bucket} does not exist (is the identity service running?)") from e
-    watcher = await kv.watch(f"{prefix}>" if prefix else ">", ignore_deletes=True)
+    keys = f"{prefix}>" if prefix else ">"
+    watcher = await kv.watch(keys)
     out: dict[str, Any] = {}
     try:
         while True:
             entry = await watcher.updates(timeout=10)
             if entry is None:
-                break
-            try:
-                out[entry.key] = decode(entry.value or b"", tp, subject=entry.key)
-            except DecodeError as e:
-                print(f"warning: skipping corrupt {bucket} entry {entry.key}: {e}", file=sys.stderr)
+                if await _bucket_empty(bus, bucket, keys):
+                    break
+                continue  # the values are on their way
+            if entry.operation in (KV_DEL, KV_PURGE):
+                out.pop(entry.key, None)
+            else:
+                try:
+                    out[entry.key] = decode(entry.value or b"", tp, subject=entry.key)
+                except DecodeError as e:
+                    print(f"warning: skipping corrupt {bucket} entry {entry.key}: {e}", file=sys.stderr)
             if entry.delta == 0:
                 break
     finally:
         await watcher.stop()
     return out
+
+
+async def _bucket_empty(bus: Bus, bucket: str, keys: str) -> bool:
+    """True if no key under ``keys`` has a message (deleted keys' markers count: they are delivered)."""
+    info = await bus.js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{keys}")
+    return not info.state.subjects
 
 
 def _dump(values: list[Any], out: TextIO) -> None:

@@ -135,6 +135,45 @@ class PolicyEngine:
         eps = {k: ep.identity for k, ep in self._endpoints.items()}
         return auth_pairs(self._current, eps, self._labels)
 
+    def auth_pairs_toward(self, remote: int, locals_: Iterable[int]) -> set[AuthPair]:
+        """The ``(local, remote, type)`` pairs that the policy of identities ``locals_`` requires toward
+        ``remote``, each computed as an endpoint of that identity alone — exactly as authd's engine does
+        for the identities its node hosts. For endpoints this engine does not hold (a pod on another
+        node, whose node checks its auth map for ``(local, remote, this node)``). Only identities with a
+        non-deny rule that requires auth and whose peers can include ``remote`` are computed."""
+        ls_remote = self._labels.get(remote)
+        out: set[AuthPair] = set()
+        if ls_remote is None:
+            return out
+        for ident in locals_:
+            ep = Endpoint(key=f"identity:{ident}", identity=ident)
+            if ident not in self._labels:
+                continue
+            rules = [
+                r
+                for pol in self._policies.values()
+                for r in pol.rules
+                if self._selects(r.subject, r.host, ep)
+            ]
+            if not any(
+                r.auth_type
+                and not r.deny
+                and any(p.kind == "all" or remote in self._peer_ids(p) for p in r.peers)
+                for r in rules
+            ):
+                continue
+            enforced = [False, False]
+            for pol in self._policies.values():
+                for e in pol.enforce:
+                    if self._selects(e.subject, e.host, ep):
+                        enforced[e.direction] = True
+            # a scratch ProxyPorts: the query must not allocate the node's proxy ports
+            policy = compute_endpoint(
+                ep, rules, (enforced[0], enforced[1]), self._peer_ids, {}, ProxyPorts(), self.allow_localhost
+            )
+            out |= {p for p in auth_pairs({ep.key: policy}, {ep.key: ident}, [remote]) if p.remote == remote}
+        return out
+
     # --- policies ----------------------------------------------------------------------------
     def upsert_policy(self, obj: Mapping[str, Any]) -> Changes:
         res = parse_policy(obj)

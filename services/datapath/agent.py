@@ -28,8 +28,8 @@ from nodemesh.messages.k8s import ObjectEvent, StatusPatch
 from nodemesh.policy.incremental import Changes, PolicyEngine
 from nodemesh.policy.model import Endpoint, EndpointPolicy, PolicyRef
 from nodemesh.policy.visibility import Visibility, pod_visibility, with_visibility
-from nodemesh.streams import IDENTITY_KEY_PREFIX
-from services.datapath import conntrack
+from nodemesh.streams import BUCKET_AUTH, IDENTITY_KEY_PREFIX
+from services.datapath import authgate, conntrack
 from services.datapath.config import DatapathConfig
 from services.datapath.endpoints import PolicyWriter
 from services.datapath.loader import Loader
@@ -104,6 +104,10 @@ class Agent:
         )
         self.ct_gc_runs = 0
         self.ct_gc_deleted = 0
+        self.auth_gate_waits: list[float] = []  # seconds new pods waited for identity + auth verdicts
+        self.auth_gate_timeouts = 0  # pods that started without them
+        self._needs: dict[str, tuple[Any, set[authgate.Need]]] = {}  # pod → (inputs' generation, needs)
+        self._applies = 0  # engine results written (a generation of the policy state)
         self.version = 0  # bumped when ipcache or identity labels change (flow enrichment cache)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -125,6 +129,7 @@ class Agent:
                 scope=self.scope,
                 host_src=router_ip(self.pod_cidr) if self.cfg.local_mode else "",
                 dns=PodDns(self.cfg.cluster_dns, self.cfg.cluster_domain),
+                gate=self.auth_gate if self.cfg.auth_gate_timeout > 0 else None,
             )
         return self.pods
 
@@ -300,6 +305,7 @@ class Agent:
     def _apply(self, ch: Changes) -> None:
         """Write one engine result: per-endpoint deltas, CIDR identities, policy status."""
         assert self.maps is not None and self.writer is not None
+        self._applies += 1
         t0 = time.perf_counter()
         by_key = self.endpoints()
         for cidr, ident in ch.cidr_upserts.items():
@@ -470,6 +476,53 @@ class Agent:
             remote_node_id=self.node_ids.id_of(k.remote_node),
             auth_type=k.auth_type,
         )
+
+    def auth_needs(self, ep: PodEndpoint) -> set[authgate.Need] | None:
+        """The auth entries traffic of ``ep``'s identity is checked against (None: identity unknown)."""
+        # recomputed only when something it derives from changed (the gate polls it)
+        gen = (self.version, self._applies, tuple(sorted(self.nodes)))
+        cached = self._needs.get(ep.key)
+        if cached is not None and cached[0] == gen:
+            return cached[1]
+        entry = self.ipcache.get(ep.ip)
+        if entry is None or entry.identity not in self.labels:
+            return None
+        ident = entry.identity
+        id_nodes: dict[int, set[str]] = {}
+        for e in self.ipcache.values():
+            if e.node and e.prefix_len == 32:
+                id_nodes.setdefault(e.identity, set()).add(e.node)
+        local = [p for p in self.engine.required_auth_pairs() if ident in (p.local, p.remote)]
+        elsewhere = [i for i, ns in id_nodes.items() if ns - {self.node}]
+        remote = self.engine.auth_pairs_toward(ident, elsewhere)
+        frozen = {i: frozenset(ns) for i, ns in id_nodes.items()}
+        out = authgate.needs(self.node, ident, local, remote, frozen, self.nodes)
+        self._needs[ep.key] = (gen, out)
+        return out
+
+    def has_auth(self, key: AuthKeyMsg) -> bool:
+        assert self.maps is not None
+        return self.maps.auth_expiry(self._auth_key_of(key)) > time.monotonic_ns()
+
+    async def auth_gate(self, ep: PodEndpoint) -> dict[str, str]:
+        """Hold a new pod's workload until its identity and auth verdicts are in place (bounded)."""
+        try:
+            kv = await self.bus.kv(BUCKET_AUTH.name)
+        except Exception:  # no bucket yet: remote grants count as missing until the timeout
+            kv = None
+        res = await authgate.wait(
+            lambda: self.auth_needs(ep), self.has_auth, kv, self.node, self.cfg.auth_gate_timeout
+        )
+        self._needs.pop(ep.key, None)
+        self.auth_gate_waits.append(res.seconds)
+        del self.auth_gate_waits[:-1000]
+        if not res.ready:
+            self.auth_gate_timeouts += 1
+            log.warning(
+                "pod %s starts without its auth verdicts after %.1fs: %s",
+                ep.key, res.seconds, ", ".join(res.missing[:8]),
+            )  # fmt: skip
+        return res.condition()
 
     def on_auth_granted(self, v: AuthVerdict) -> None:
         assert self.maps is not None

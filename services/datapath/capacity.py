@@ -35,3 +35,9 @@ class CapacityCollector(Collector):
         )
         gc.add_metric([], float(self.agent.ct_gc_deleted))
         yield gc
+        gate = CounterMetricFamily(
+            "nodemesh_datapath_auth_gate_timeouts",
+            "New pods whose workload started without the auth verdicts its policies need (after the wait)",
+        )
+        gate.add_metric([], float(getattr(self.agent, "auth_gate_timeouts", 0)))
+        yield gate

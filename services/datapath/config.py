@@ -59,5 +59,8 @@ class DatapathConfig(ServiceConfig, frozen=True, kw_only=True, forbid_unknown_fi
     """... UDP, SCTP, ICMP entries."""
     ct_gc_interval: float = 30.0
     """Seconds between conntrack garbage collections (expired entries removed from the map)."""
+    auth_gate_timeout: float = 10.0
+    """Seconds a new local pod's workload waits for its identity and for the auth verdicts its
+    policies need (services/datapath/authgate.py) before it starts anyway; 0 = no wait."""
     policy_map_max: int = 0
     """Entries of the node's policy map (``nm_policy``); 0 = the programs' default (131072)."""

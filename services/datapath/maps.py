@@ -345,6 +345,13 @@ class NodeMaps:
         except KeyNotFound:
             pass
 
+    def auth_expiry(self, key: AuthKey) -> int:
+        """The entry's expiry (CLOCK_MONOTONIC ns), 0 if the map has none."""
+        try:
+            return int(AuthValue.from_buffer_copy(self.auth.lookup(key.to_bytes())).expiry_ns)
+        except KeyNotFound:
+            return 0
+
     def auth_items(self) -> Iterator[tuple[AuthKey, int]]:
         for k, v in self.auth.items():
             yield AuthKey.from_buffer_copy(k), AuthValue.from_buffer_copy(v).expiry_ns

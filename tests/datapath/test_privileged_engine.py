@@ -2,7 +2,8 @@
 
 Each scenario feeds policies, identities and endpoints to ``PolicyEngine`` exactly as the agent does
 (Changes → PolicyWriter deltas, CIDR identities → ipcache) and checks an allow/deny matrix with TCP,
-UDP and ICMP from several peers.
+UDP and ICMP from several peers. The server (``web``) is on node x, its peers on the same node and, in
+the cross-node runs, on node y (one engine stands for both agents: each writes only its own pods).
 """
 
 from __future__ import annotations
@@ -15,22 +16,31 @@ import yaml
 from nodemesh.policy.incremental import Changes, PolicyEngine
 from nodemesh.policy.model import Endpoint
 from services.datapath.maps import IPCacheValue
-from testkit.datapath_node import TNode, TPod
+from testkit.datapath_node import TPod
 from testkit.podnet import eventually, ping_ok, servers, tcp_ok, udp_ok, wait_for
+
+from .placement import WHERE, Placed
 
 pytestmark = pytest.mark.privileged
 
 
 class Cluster:
-    def __init__(self, node: TNode) -> None:
-        self.node = node
+    def __init__(self, placed: Placed) -> None:
+        self.placed = placed
         self.engine = PolicyEngine()
         self.pods: dict[str, TPod] = {}
 
     def add(
-        self, name: str, ip: str, ident: int, labels: dict[str, str], ns: str = "default", team: str = "a"
+        self,
+        name: str,
+        ip: str,
+        ident: int,
+        labels: dict[str, str],
+        ns: str = "default",
+        team: str = "a",
+        on: str = "y",
     ) -> TPod:
-        pod = self.node.add_pod(name, ip, ident)
+        pod = self.placed.pod(name, ip, ident, on=on)
         self.pods[name] = pod
         ls = [f"k8s:{k}={v}" for k, v in labels.items()]
         ls += [f"k8s:io.kubernetes.pod.namespace={ns}", f"k8s:io.cilium.k8s.namespace.labels.team={team}"]
@@ -47,25 +57,39 @@ class Cluster:
     def delete(self, kind: str, ns: str, name: str) -> None:
         self.apply(self.engine.delete_policy(kind, ns, name))
 
+    def drops(self) -> dict[int, int]:
+        """Drops by reason on every node (ingress drops happen on the server's, egress on the client's)."""
+        out: dict[int, int] = {}
+        for n in self.placed.nodes:
+            for reason, count in n.drops().items():
+                out[reason] = out.get(reason, 0) + count
+        return out
+
+    def del_ipcache(self, prefix: str) -> None:
+        for n in self.placed.nodes:
+            n.maps.del_ipcache(prefix)
+
     def apply(self, ch: Changes) -> None:
         for cidr, ident in ch.cidr_upserts.items():
-            self.node.maps.set_ipcache(cidr, IPCacheValue(identity=ident))
+            for n in self.placed.nodes:
+                n.maps.set_ipcache(cidr, IPCacheValue(identity=ident))
         for key, ec in ch.endpoints.items():
             pod = self.pods.get(key)
             if pod is None:
                 continue
-            self.node.writer.apply_delta(pod.ep_id, ec.upserts, ec.deletes)
+            node = self.placed.node(pod)
+            node.writer.apply_delta(pod.ep_id, ec.upserts, ec.deletes)
             pol = self.engine.policy(key)
             assert pol is not None
-            self.node.writer.set_endpoint(pod.link.host_ifindex, pod.ep_id, pod.identity, pod.ip, pol)
+            node.writer.set_endpoint(pod.link.host_ifindex, pod.ep_id, pod.identity, pod.ip, pol)
         for cidr in ch.cidr_deletes:
-            self.node.maps.del_ipcache(cidr)
+            self.del_ipcache(cidr)
 
 
-@pytest.fixture
-def cluster(make_node, subnet) -> Cluster:  # type: ignore[no-untyped-def]
-    c = Cluster(make_node())
-    c.add("web", subnet + "2", 2001, {"app": "web"})
+@pytest.fixture(params=WHERE)
+def cluster(make_node, subnet, request) -> Cluster:  # type: ignore[no-untyped-def]
+    c = Cluster(Placed(make_node, request.param))
+    c.add("web", subnet + "2", 2001, {"app": "web"}, on="x")
     c.add("client", subnet + "3", 2002, {"app": "client"})
     c.add("other", subnet + "4", 2003, {"app": "other"})
     c.add("prod", subnet + "5", 2004, {"app": "client"}, ns="prod", team="b")
@@ -96,7 +120,7 @@ spec:
         assert not ping_ok(other.ns, web.ip)
         # the namespaced policy selects peers in its own namespace only: prod/client is not "client"
         assert not tcp_ok(cluster.pods["prod"].ns, web.ip, 80)
-        assert wait_for(lambda: cluster.node.drops().get(133, 0) >= 5)
+        assert wait_for(lambda: cluster.drops().get(133, 0) >= 5)
         # live change: the policy goes, web is no longer selected, everything flows again
         cluster.delete("CiliumNetworkPolicy", "default", "web")
         assert eventually(tcp_ok, other.ns, web.ip, 81)
@@ -127,7 +151,7 @@ spec:
         assert eventually(tcp_ok, other.ns, web.ip, 80)
         assert eventually(tcp_ok, client.ns, web.ip, 81)
         assert not tcp_ok(client.ns, web.ip, 80)
-        assert wait_for(lambda: cluster.node.drops().get(181, 0) > 0)
+        assert wait_for(lambda: cluster.drops().get(181, 0) > 0)
 
 
 def test_privileged_network_policy_namespace_selector_and_port_range(cluster: Cluster) -> None:
@@ -148,14 +172,14 @@ spec:
         assert eventually(tcp_ok, prod.ns, web.ip, 8083)
         assert not tcp_ok(prod.ns, web.ip, 8084)
         assert not tcp_ok(client.ns, web.ip, 8080)
-        assert wait_for(lambda: cluster.node.drops().get(133, 0) >= 2)
+        assert wait_for(lambda: cluster.drops().get(133, 0) >= 2)
 
 
 def test_privileged_egress_to_cidr_with_except(cluster: Cluster, subnet: str) -> None:
     web, client, other = cluster.pods["web"], cluster.pods["client"], cluster.pods["other"]
     # web and other play hosts outside the cluster: no ipcache entry of their own
-    cluster.node.maps.del_ipcache(f"{web.ip}/32")
-    cluster.node.maps.del_ipcache(f"{other.ip}/32")
+    cluster.del_ipcache(f"{web.ip}/32")
+    cluster.del_ipcache(f"{other.ip}/32")
     cluster.policy(f"""
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -170,7 +194,7 @@ spec:
         assert eventually(tcp_ok, client.ns, web.ip, 80)
         assert not tcp_ok(client.ns, web.ip, 81)
         assert not tcp_ok(client.ns, other.ip, 80)
-        assert wait_for(lambda: cluster.node.drops().get(133, 0) >= 2)
+        assert wait_for(lambda: cluster.drops().get(133, 0) >= 2)
 
 
 def test_privileged_egress_any_protocol_with_egress_deny(cluster: Cluster) -> None:
@@ -193,6 +217,6 @@ spec:
         assert eventually(tcp_ok, client.ns, web.ip, 80)
         assert eventually(udp_ok, client.ns, web.ip, 53)
         assert not tcp_ok(client.ns, web.ip, 81)  # egressDeny wins over the any-port allow
-        assert wait_for(lambda: cluster.node.drops().get(181, 0) > 0)
+        assert wait_for(lambda: cluster.drops().get(181, 0) > 0)
         assert not tcp_ok(client.ns, other.ip, 80)  # client's egress is default-deny elsewhere
-        assert wait_for(lambda: cluster.node.drops().get(133, 0) > 0)
+        assert wait_for(lambda: cluster.drops().get(133, 0) > 0)

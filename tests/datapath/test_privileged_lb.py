@@ -82,6 +82,7 @@ async def cluster(nats_server: NatsServer, bus: Bus, pin_root: str, tmp_path: Pa
             nats_url=nats_server.url, node=node, data_dir=str(tmp_path / "nodes" / node), pin_root=pin_root,
             pod_cidr=cidr, node_ip=f"127.0.50.{241 + i}", log_format="text",
             health_addr=f"127.0.0.1:{free_port()}", lb_host_sockets=(suffix == "x"),
+            auth_gate_timeout=0.0,  # the test plays the identity service once pods run: no start gate
         )  # fmt: skip
         await k8s.put_node(bus, node, cfg.node_ip, cidr)
         hs.append(Harness(bus, cfg))

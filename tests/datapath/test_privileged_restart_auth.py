@@ -11,6 +11,8 @@ from services.datapath.maps import EVT_AUTH_REQUIRED, STAT_AUTH_SUPPRESSED, Auth
 from testkit.datapath_node import TNode, ingress_policy
 from testkit.podnet import echo, eventually, servers, tcp_ok, tcp_open, udp_ok, wait_for
 
+from .placement import WHERE, Placed
+
 pytestmark = pytest.mark.privileged
 
 POLICY_DENIED = 133
@@ -18,10 +20,12 @@ AUTH_REQUIRED = 189
 ING, TCP, UDP = 0, 6, 17
 
 
-def test_privileged_restart_keeps_enforcing(make_node, subnet) -> None:  # type: ignore[no-untyped-def]
-    n: TNode = make_node()
-    a = n.add_pod("a", subnet + "2", 1001)
-    b = n.add_pod("b", subnet + "3", 1002)
+@pytest.mark.parametrize("where", WHERE)
+def test_privileged_restart_keeps_enforcing(make_node, subnet, where) -> None:  # type: ignore[no-untyped-def]
+    pl = Placed(make_node, where)
+    a = pl.pod("a", subnet + "2", 1001, on="x")
+    b = pl.pod("b", subnet + "3", 1002, on="y")
+    n = pl.node(a)  # the server's node: its agent restarts, its programs enforce
     n.set_policy(a, ingress_policy({PolicyKey(1002, ING, TCP, 80, 16): PolicyValue()}))
     written = {k: v for k, v in n.writer.current.items() if v}
     with servers(a.ns, tcp=(80, 81)):
@@ -42,10 +46,12 @@ def test_privileged_restart_keeps_enforcing(make_node, subnet) -> None:  # type:
         conn.close()
 
 
-def test_privileged_auth_required_then_granted(make_node, subnet) -> None:  # type: ignore[no-untyped-def]
-    n: TNode = make_node()
-    a = n.add_pod("a", subnet + "2", 1001)
-    b = n.add_pod("b", subnet + "3", 1002)
+@pytest.mark.parametrize("where", WHERE)
+def test_privileged_auth_required_then_granted(make_node, subnet, where) -> None:  # type: ignore[no-untyped-def]
+    pl = Placed(make_node, where)
+    a = pl.pod("a", subnet + "2", 1001, on="x")
+    b = pl.pod("b", subnet + "3", 1002, on="y")
+    n = pl.node(a)  # the server's node checks the auth map
     n.set_policy(
         a,
         ingress_policy(
@@ -55,7 +61,9 @@ def test_privileged_auth_required_then_granted(make_node, subnet) -> None:  # ty
             }
         ),
     )
-    key = AuthKey(local_identity=1001, remote_identity=1002, remote_node_id=0, auth_type=1)
+    key = AuthKey(
+        local_identity=1001, remote_identity=1002, remote_node_id=pl.node_id_seen_from(a, b), auth_type=1
+    )
     with servers(a.ns, tcp=(80,), udp=(53,)):
         assert not tcp_ok(b.ns, a.ip, 80)
         assert wait_for(lambda: n.drops().get(AUTH_REQUIRED, 0) > 0)

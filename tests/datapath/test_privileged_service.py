@@ -131,6 +131,7 @@ async def harness(nats_server: NatsServer, bus: Bus, pin_root: str, tmp_path: Pa
     cfg = DatapathConfig(
         nats_url=nats_server.url, node=node, data_dir=str(tmp_path / "nodes" / node), pin_root=pin_root,
         pod_cidr="", node_ip="127.0.50.250", log_format="text", health_addr=f"127.0.0.1:{free_port()}",
+        auth_gate_timeout=0.0,  # the test plays the identity service once pods run: no start gate
     )  # fmt: skip
     h = Harness(bus, cfg)
     await h.subscribe()
@@ -305,6 +306,7 @@ async def two_nodes(
         cfg = DatapathConfig(
             nats_url=nats_server.url, node=node, data_dir=str(tmp_path / "nodes" / node), pin_root=pin_root,
             pod_cidr=cidr, node_ip=f"127.0.50.{251 + i}", log_format="text",
+            auth_gate_timeout=0.0,  # the test plays the identity service once pods run: no start gate
         )  # fmt: skip
         await k8s.put_node(bus, node, cfg.node_ip, cidr)
         hs.append(Harness(bus, cfg))
@@ -324,7 +326,7 @@ async def test_privileged_two_nodes_cross_node_auth(two_nodes: tuple[Harness, Ha
     x, y = two_nodes
     await k8s.put_obj(bus, k8s.pod("client", x.cfg.node, {"app": "client"}))
     await k8s.put_obj(
-        bus, k8s.pod("server", y.cfg.node, {"app": "server"}, ports=(8080, 7070), probe_port=8080)
+        bus, k8s.pod("server", y.cfg.node, {"app": "server"}, ports=(8080, 9090, 7070), probe_port=8080)
     )
     await k8s.put_obj(bus, CNP_ALLOW)
     await k8s.put_identity(bus, 70001, ["k8s:app=server", "k8s:io.kubernetes.pod.namespace=default"])
@@ -339,6 +341,21 @@ async def test_privileged_two_nodes_cross_node_auth(two_nodes: tuple[Harness, Ha
     client_ns = x.netns("client")
     # plain allow across nodes: through x's from-pod and y's to-pod
     await k8s.until(lambda: asyncio.to_thread(tcp_ok, client_ns, server_ip, 8080), 30)
+    # a port the policy does not allow: dropped at y (the server's node), the flow names both pods
+    assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 9090)
+    drop = await k8s.until(
+        lambda: next(
+            (
+                f
+                for f in y.flows
+                if f.verdict == "DROPPED" and f.l4 and f.l4.tcp and f.l4.tcp.destination_port == 9090
+            ),
+            None,
+        )
+    )
+    assert drop.drop_reason_desc == "POLICY_DENIED" and drop.traffic_direction == "INGRESS"
+    assert drop.source is not None and drop.source.pod_name == "client" and drop.source.identity == 70002
+    assert drop.destination is not None and drop.destination.pod_name == "server"
     # auth required: y (the enforcing node) signals, naming x as the remote node
     assert not await asyncio.to_thread(tcp_ok, client_ns, server_ip, 7070)
     sig = await k8s.until(lambda: next(iter(y.auth), None))

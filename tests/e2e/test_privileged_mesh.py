@@ -494,12 +494,30 @@ FIRST_REQUEST = (
 )
 
 
+def _auth_ready(pod: dict[str, Any]) -> dict[str, Any]:
+    """The pod's ``nodemesh.io/AuthReady`` condition: how its start waited for its auth verdicts."""
+    conds = [c for c in pod["status"].get("conditions", []) if c.get("type") == "nodemesh.io/AuthReady"]
+    assert len(conds) == 1, pod["status"]
+    return conds[0]
+
+
+def _verdicts_waited(cond: dict[str, Any]) -> int:
+    m = re.match(r"(\d+) auth verdict", str(cond.get("message", "")))
+    assert cond.get("status") == "True" and m, cond
+    return int(m.group(1))
+
+
+def _no_retransmit(out: str) -> None:
+    assert "STATUS HTTP/1.1 200 OK" in out and "RETRANS 0" in out, out
+
+
 @pytest.mark.parametrize("placement", PLACEMENTS)
-def test_privileged_brand_new_pods_first_request_answered_without_a_retransmit(
+def test_privileged_brand_new_client_pods_first_request_answered_without_a_retransmit(
     cluster: Cluster, placement: str, tmp_path: Path
 ) -> None:
     """The seed's policy and a caller pod created now, whose workload sends its request as soon as it
-    starts: answered 200 through Envoy with no drop (its retransmit count is printed, not asserted)."""
+    starts: its start waited for the server's node to hold the (server, newcomer) verdict, so the first
+    SYN passes: answered 200 through Envoy, no packet of it dropped, nothing retransmitted."""
     server = cluster.pod("server")
     node = "node-1" if placement == CROSS_NODE else "node-2"
     name = f"newcomer-{placement}"
@@ -531,16 +549,70 @@ def test_privileged_brand_new_pods_first_request_answered_without_a_retransmit(
     try:
         out = poll(answered, f"{name}'s first request answered", timeout=120)
         drops = cluster.flows("--verdict", "DROPPED", "--from-pod", name)
-        assert "STATUS HTTP/1.1 200 OK" in out, (out, drops)
-        # Open (issue #11 item 2): proactive auth is not guaranteed to finish before a brand-new pod's
-        # first SYN. Alone it does (RETRANS 0, no drop); under the full suite's load the first SYN is
-        # sometimes dropped AUTH_REQUIRED and the retransmit passes. Nothing else may be dropped.
-        assert all(
-            d.get("drop_reason_desc") == "AUTH_REQUIRED"
-            and ((d.get("l4") or {}).get("TCP", {}).get("flags") or {}).get("SYN")
-            for d in drops
-        ), drops
-        print(f"{name}: {out.strip()}; {len(drops)} first-SYN AUTH_REQUIRED drop(s)")
+        _no_retransmit(out)
+        assert drops == [], drops
+        assert _verdicts_waited(_auth_ready(cluster.pod(name))) >= 1
+        print(f"{name}: {out.strip()}; {_auth_ready(cluster.pod(name))['message']}")
+    finally:
+        cluster.run("delete", "-f", str(manifest), check=False)
+        poll(lambda: all(p["metadata"]["name"] != name for p in cluster.pods()), f"{name} deleted")
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_privileged_brand_new_server_pods_first_request_answered_without_a_retransmit(
+    cluster: Cluster, placement: str, tmp_path: Path
+) -> None:
+    """The reverse: a server pod created now under a policy like the seed's, whose callers already run.
+    Its start waited for its node to hold a verdict per caller, so the first request a caller sends
+    once the server listens is answered 200 with nothing dropped or retransmitted."""
+    node = "node-2" if placement == CROSS_NODE else "node-1"  # the caller `client` runs on node-1
+    name = f"newserver-{placement}"
+    policy = {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"app": name}},
+            "ingress": [
+                {
+                    "fromEndpoints": [{"matchLabels": {"role": "caller"}}],
+                    "toPorts": [
+                        {
+                            "ports": [{"port": "8080", "protocol": "TCP"}],
+                            "rules": {"http": [{"method": "GET", "path": "/public/.*"}]},
+                        }
+                    ],
+                    "authentication": {"mode": "required"},
+                }
+            ],
+        },
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {"name": "echo", "image": "nodemesh/echo:latest", "env": [{"name": "PORT", "value": "8080"}]}
+            ],
+        },
+    }
+    manifest = tmp_path / "newserver.json"
+    manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [policy, pod]}))
+    cluster.run("apply", "-f", str(manifest))
+    log = cluster.data_dir / "nodes" / node / "pods" / f"{NS}_{name}.log"
+    caller = cluster.pod("client")["metadata"]["name"]
+    try:
+        poll(lambda: log.exists() and "listening" in log.read_text(), f"{name} listening", timeout=120)
+        ip = cluster.pod(name)["status"]["podIP"]
+        p = cluster.run("exec", caller, "-n", NS, "--", sys.executable, "-c", FIRST_REQUEST, ip, check=False)
+        drops = cluster.flows("--verdict", "DROPPED", "--from-pod", caller)
+        _no_retransmit(p.stdout + p.stderr)
+        assert [d for d in drops if (d.get("IP") or {}).get("destination") == ip] == [], drops
+        # one verdict per caller identity (client on node-1, client-near on node-2) at least
+        assert _verdicts_waited(_auth_ready(cluster.pod(name))) >= 2
+        print(f"{name}: {p.stdout.strip()}; {_auth_ready(cluster.pod(name))['message']}")
     finally:
         cluster.run("delete", "-f", str(manifest), check=False)
         poll(lambda: all(p["metadata"]["name"] != name for p in cluster.pods()), f"{name} deleted")

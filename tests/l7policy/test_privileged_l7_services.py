@@ -85,6 +85,7 @@ async def nodes(
         cfg = DatapathConfig(
             nats_url=nats_server.url, node=node, data_dir=str(tmp_path / "nodes" / node), pin_root=pin_root,
             pod_cidr="", node_ip=node_ip, log_format="text", health_addr=f"127.0.0.1:{free_port()}",
+            auth_gate_timeout=0.0,  # the test plays the identity service once pods run: no start gate
             scope=scope, lb_host_sockets=i == 1,
         )  # fmt: skip
         h = Harness(bus, cfg)

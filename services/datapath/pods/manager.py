@@ -55,6 +55,7 @@ def on_node(pod: dict[str, Any], node: str) -> bool:
 
 StatusReport = Callable[[PodEndpoint, dict[str, Any]], Awaitable[None]]
 EndpointHook = Callable[[PodEndpoint], Awaitable[None]]
+StartGate = Callable[[PodEndpoint], Awaitable[dict[str, str]]]
 
 
 class PodManager:
@@ -71,8 +72,10 @@ class PodManager:
         scope: str = "",
         host_src: str = "",
         dns: PodDns | None = None,
+        gate: StartGate | None = None,
     ) -> None:
         self.node = node
+        self.gate = gate
         self.scope = scope
         self.host_src = host_src
         self.dns = dns
@@ -127,7 +130,14 @@ class PodManager:
                 async def report(status: dict[str, Any], ep: PodEndpoint = ep) -> None:
                     await self.report(ep, status)
 
-                ep.runner = PodRunner(pod, nsname, alloc.ip, self.node, self.log_dir, report, self.dns)
+                async def gate(ep: PodEndpoint = ep) -> dict[str, str]:
+                    assert self.gate is not None
+                    return await self.gate(ep)
+
+                ep.runner = PodRunner(
+                    pod, nsname, alloc.ip, self.node, self.log_dir, report, self.dns,
+                    gate if self.gate is not None else None,
+                )  # fmt: skip
                 ep.runner.start()
             log.info("pod endpoint up", extra={"pod": key, "ip": alloc.ip, "ep_id": alloc.ep_id})
             return ep

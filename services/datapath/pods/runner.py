@@ -35,6 +35,9 @@ __all__ = ["PodRunner", "container_env", "probe_once", "workload_base_env"]
 
 log = logging.getLogger("nodemesh.datapath.runner")
 Report = Callable[[dict[str, Any]], Awaitable[None]]
+# Before a pod's first start: waits for what must be in place (services/datapath/authgate.py) and
+# returns a pod condition that says how that went.
+Gate = Callable[[], Awaitable[dict[str, str]]]
 HOST_RESOLV_CONF = "/etc/resolv.conf"
 # Runs inside the workload's new mount namespace: $0 is the pod's file, "$@" the workload's argv
 # (exec keeps the pid, so the pid file and adoption still name the workload itself).
@@ -135,8 +138,11 @@ class PodRunner:
         log_dir: Path,
         report: Report,
         dns: PodDns | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.pod = pod
+        self.gate = gate
+        self.conditions: list[dict[str, str]] = []  # the gate's condition, reported with the others
         self.netns = netns
         self.ip = ip
         self.node = node
@@ -250,6 +256,23 @@ class PodRunner:
     async def _run(self) -> None:
         backoff = 1.0
         adopt = self._adoptable()
+        if not adopt and self.gate is not None:
+            # The pod's IP goes out first (as the kubelet reports it once the sandbox is up): its
+            # identity and ipcache entry derive from it, and the gate waits on what follows from them.
+            self.waiting = "ContainerCreating"
+            await self._publish(phase="Pending")
+            try:
+                self.conditions = [await self.gate()]
+            except Exception as e:  # a broken gate must not keep the pod from ever starting
+                log.exception("start gate failed", extra={"pod": self.key})
+                self.conditions = [
+                    {
+                        "type": "nodemesh.io/AuthReady",
+                        "status": "False",
+                        "reason": "GateError",
+                        "message": str(e),
+                    }
+                ]
         while True:
             if adopt:
                 self.pid, self.proc, adopt = adopt, None, 0
@@ -356,6 +379,7 @@ class PodRunner:
                 {"type": "Initialized", "status": "True"},
                 {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
                 {"type": "Ready", "status": ready, "lastTransitionTime": now},
+                *({**c, "lastTransitionTime": now} for c in self.conditions),
             ],
             "containerStatuses": [
                 {
