@@ -17,7 +17,7 @@ from typing import Literal
 
 import msgspec
 
-from localcluster.cells import AUTHD, DATAPATH, DNS, IDENTITY, WATCHER, XDS
+from localcluster.cells import AUTHD, DATAPATH, DNS, IDENTITY, OPERATOR, WATCHER, XDS
 from localcluster.layout import DNS_ADDR
 from nodemesh.netns import scope_for
 
@@ -76,6 +76,13 @@ PROCESSES: tuple[ProcSpec, ...] = (
         service="identity", module="services.identity", script="nodemesh-identity", nats_user=IDENTITY.user()
     ),
     ProcSpec(service="xds", module="services.xds", script="nodemesh-xds", nats_user=XDS.user()),
+    ProcSpec(
+        service="operator",
+        module="services.operator",
+        script="nodemesh-operator",
+        nats_user=OPERATOR.user(),
+        doc="Gateway/Ingress LoadBalancer Services and LB-IPAM, written through the watcher",
+    ),
     ProcSpec(
         service="dns",
         module="services.dns",

@@ -15,9 +15,9 @@ from typing import Any, TextIO
 
 import msgspec
 
-from localcluster.layout import data_dir, load_cluster, load_credentials
+from meshctl.natsopts import add_nats_options, connect_cli
 from nodemesh import subjects
-from nodemesh.bus import Bus, connect
+from nodemesh.bus import Bus
 from nodemesh.errors import BusError, NodemeshError
 from nodemesh.messages.auth import AUTH_TYPE_NAMES, AuthEntry, AuthListReply, AuthListRequest
 from nodemesh.streams import BUCKET_NODES
@@ -34,19 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lp.add_argument("-o", "--output", choices=("table", "json"), default="table")
     lp.add_argument("--node", action="append", default=[], help="only this node (repeatable)")
     lp.add_argument("--state", default="", help="only entries in this state (authenticated, failed, ...)")
-    lp.add_argument("--nats-url", default="", help="NATS URL (default: the local cluster's)")
+    add_nats_options(lp)
     lp.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each node's authd")
     lp.set_defaults(func=_list)
     p.set_defaults(func=lambda _a: p.print_help() or 2)
 
 
 async def _connect(args: argparse.Namespace) -> tuple[Bus, list[str]]:
-    if args.nats_url:
-        return await connect(args.nats_url, name="nodemesh-auth", max_wait=10), []
-    cluster = load_cluster(str(data_dir(args.data_dir)))
-    user, password = load_credentials(str(data_dir(args.data_dir)), "admin")
-    bus = await connect(cluster.nats_url, name="nodemesh-auth", user=user, password=password, max_wait=10)
-    return bus, [n.name for n in cluster.nodes]
+    bus, target = await connect_cli(args, "nodemesh-auth")
+    return bus, target.nodes
 
 
 async def _nodes(bus: Bus, fallback: list[str]) -> list[str]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from localcluster.layout import data_dir
+from meshctl.natsopts import add_nats_options
 
 __all__ = ["register"]
 
@@ -50,9 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _data_dir_arg(p)
     p.set_defaults(func=_down)
 
-    p = sub.add_parser("status", help="processes, NATS and nodes of the local cluster")
+    p = sub.add_parser(
+        "status",
+        help="processes, NATS and nodes of the local cluster (with --nats-url: services and streams)",
+    )
     _data_dir_arg(p)
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    add_nats_options(p)
     p.set_defaults(func=_status)
 
 
@@ -85,7 +91,11 @@ def _down(args: argparse.Namespace) -> int:
     return down(_dir(args))
 
 
-def _status(args: argparse.Namespace) -> int:
+def _status(args: argparse.Namespace) -> Any:
+    if getattr(args, "nats_url", "") or os.environ.get("NODEMESH_NATS_URL"):
+        from meshctl.remote_status import print_remote_status
+
+        return print_remote_status(args)  # a coroutine: main runs it
     from localcluster.control import cluster_status
 
     st = cluster_status(_dir(args))

@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Any
 
+from meshctl.natsopts import add_nats_options
+
 __all__ = ["register"]
 
 
@@ -19,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = hsub.add_parser("serve", help="serve observer.Observer (GetFlows, ServerStatus, GetNodes)")
     s.add_argument("--listen", default="127.0.0.1:4245", help="address:port (default 127.0.0.1:4245)")
     s.add_argument("--data-dir", dest="sub_data_dir", default=None, help="local cluster state directory")
+    add_nats_options(s)
     s.set_defaults(func=_serve)
 
 

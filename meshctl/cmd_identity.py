@@ -16,9 +16,9 @@ import msgspec
 from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE
 
-from localcluster.layout import data_dir, load_cluster, load_credentials
+from meshctl.natsopts import add_nats_options, connect_cli
 from nodemesh import subjects
-from nodemesh.bus import Bus, connect
+from nodemesh.bus import Bus
 from nodemesh.codec import decode
 from nodemesh.errors import DecodeError, NodemeshError
 from nodemesh.messages.identity import CaRotateReply, CaRotateRequest, Identity, IPCacheEntry, TrustBundle
@@ -66,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     p.add_argument("--data-dir", dest="sub_data_dir", default=None, help="local cluster state directory")
+    add_nats_options(p)
     if output:
         p.add_argument("-o", "--output", choices=("table", "json"), default="table")
 
@@ -126,10 +127,8 @@ def render_ipcache(entries: list[IPCacheEntry], identities: dict[int, Identity])
 
 # --- I/O -------------------------------------------------------------------------------------------
 async def _bus(args: argparse.Namespace) -> Bus:
-    explicit = getattr(args, "sub_data_dir", None) or args.data_dir
-    cluster = load_cluster(str(data_dir(explicit)))
-    user, password = load_credentials(str(data_dir(explicit)), "admin")
-    return await connect(cluster.nats_url, name="nodemesh-cli", user=user, password=password, max_wait=10)
+    bus, _ = await connect_cli(args, "nodemesh-cli")
+    return bus
 
 
 async def read_bucket(bus: Bus, bucket: str, tp: type[Any], prefix: str = "") -> dict[str, Any]:

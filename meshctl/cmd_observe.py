@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from meshctl.natsopts import add_nats_options
+
 if TYPE_CHECKING:
     from meshctl.flowfilter import FlowFilter
 
@@ -58,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-o", "--output", choices=("table", "compact", "dict", "json", "jsonpb"), default="table")
     p.add_argument("--print-node-name", action="store_true", help="print the node name (compact, dict)")
     p.add_argument("--data-dir", dest="sub_data_dir", default=None, help="local cluster state directory")
+    add_nats_options(p)
     p.add_argument("--not", action=_Not, nargs=0, help="the next filter flag excludes what it matches")
     p.set_defaults(func=_observe, deny={}, negate_next=False)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import msgspec
 
-from localcluster.layout import data_dir, load_cluster, load_credentials
+from meshctl.natsopts import add_nats_options, connect_cli
 from nodemesh import subjects
-from nodemesh.bus import Bus, connect
+from nodemesh.bus import Bus
 from nodemesh.messages.xds import XdsStatusReply, XdsStatusRequest
 
 __all__ = ["register", "render"]
@@ -28,19 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sp.add_argument("--node", default="", help="only this node")
     sp.add_argument("--all", action="store_true", help="list applied resources too")
     sp.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    sp.add_argument("--nats-url", default="", help="NATS URL (default: the local cluster's)")
+    add_nats_options(sp)
     sp.add_argument("--timeout", type=float, default=5.0)
     sp.set_defaults(func=_status)
     p.set_defaults(func=lambda _a: p.print_help() or 2)
 
 
 async def _connect(args: argparse.Namespace) -> Bus:
-    if args.nats_url:
-        return await connect(args.nats_url, name="nodemesh-xds-cli", max_wait=10)
-    d = str(data_dir(args.data_dir))
-    cluster = load_cluster(d)
-    user, password = load_credentials(d, "admin")
-    return await connect(cluster.nats_url, name="nodemesh-xds-cli", user=user, password=password, max_wait=10)
+    bus, _ = await connect_cli(args, "nodemesh-xds-cli")
+    return bus
 
 
 def _short(type_url: str) -> str:

@@ -28,12 +28,11 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from localcluster.layout import data_dir, load_cluster, load_credentials
 from meshctl import hubbleprint
 from meshctl.cmd_observe import filters_from_args, parse_time, time_bounds
 from meshctl.flowfilter import FilterError, FlowFilter, matches
 from nodemesh import subjects
-from nodemesh.bus import Bus, connect
+from nodemesh.bus import Bus
 from nodemesh.codec import decode
 from nodemesh.errors import DecodeError, NodemeshError
 from nodemesh.labels import RESERVED_NAMES
@@ -285,10 +284,11 @@ async def follow(js: Any, q: Query, after_seq: int) -> AsyncIterator[Flow]:
 
 
 async def connect_admin(args: argparse.Namespace, name: str) -> Bus:
-    explicit = getattr(args, "sub_data_dir", None) or args.data_dir
-    cluster = load_cluster(str(data_dir(explicit)))
-    user, password = load_credentials(str(data_dir(explicit)), "admin")
-    return await connect(cluster.nats_url, name=name, user=user, password=password, max_wait=10)
+    """The local cluster as admin, or the cluster the NATS options name (meshctl/natsopts.py)."""
+    from meshctl.natsopts import connect_cli
+
+    bus, _ = await connect_cli(args, name)
+    return bus
 
 
 async def observe(args: argparse.Namespace, out: TextIO | None = None) -> int:

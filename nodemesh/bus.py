@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -143,8 +144,13 @@ async def connect(
     on_state: Callable[[bool], None] | None = None,
     connect_timeout: float = 2.0,
     max_wait: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    user_credentials: str = "",
 ) -> Bus:
-    """Connect, retrying with backoff until NATS answers (or ``max_wait`` seconds pass)."""
+    """Connect, retrying with backoff until NATS answers (or ``max_wait`` seconds pass).
+
+    ``tls``: verify the server with this context; ``user_credentials``: a NATS ``.creds`` file (JWT
+    and seed, decentralized auth) instead of ``user``/``password``."""
 
     async def disconnected() -> None:
         if on_state:
@@ -167,6 +173,8 @@ async def connect(
                 name=name,
                 user=user or None,
                 password=password or None,
+                tls=tls,
+                user_credentials=user_credentials or None,
                 connect_timeout=connect_timeout,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,

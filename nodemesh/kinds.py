@@ -64,6 +64,14 @@ KINDS: tuple[Kind, ...] = (
     Kind(
         "CiliumClusterwideNetworkPolicy", _CILIUM, "v2", "ciliumclusterwidenetworkpolicies", False, ("ccnp",)
     ),
+    Kind(
+        "CiliumLoadBalancerIPPool",
+        _CILIUM,
+        "v2alpha1",
+        "ciliumloadbalancerippools",
+        False,
+        ("ippools", "ippool", "lbippool", "lbippools"),
+    ),
     Kind("CiliumEnvoyConfig", _CILIUM, "v2", "ciliumenvoyconfigs", True, ("cec",), has_status=False),
     Kind(
         "CiliumClusterwideEnvoyConfig",

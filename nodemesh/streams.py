@@ -25,6 +25,7 @@ __all__ = [
     "IDENTITY_KEY_PREFIX",
     "LABELS_KEY_PREFIX",
     "LEASE_IDENTITY",
+    "LEASE_OPERATOR",
     "LEASE_WATCHER",
     "STREAMS",
     "TRUST_BUNDLE_KEY",
@@ -120,6 +121,7 @@ TRUST_BUNDLE_KEY = "bundle"
 #: ``leases``: one key per leader role.
 LEASE_WATCHER = "watcher"
 LEASE_IDENTITY = "identity"
+LEASE_OPERATOR = "operator"
 
 
 def identity_key(n: int) -> str:

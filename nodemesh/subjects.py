@@ -8,6 +8,7 @@ subject                                         carried by                 paylo
 ``k8s.obj.<kind>.<namespace>.<name>``           stream K8S (last value)    k8s.ObjectEvent
 ``k8s.synced``                                  stream K8S (last value)    k8s.Synced
 ``k8s.status.<kind>.<namespace>.<name>``        stream STATUS (work queue) k8s.StatusPatch
+``k8s.write.<kind>.<namespace>.<name>``         request/reply (operator)   k8s.ObjectWrite/WriteResult
 ``identity.allocate`` / ``identity.release``    request/reply, queue       identity.*
 ``identity.events``                             stream EVENTS              identity.IdentityEvent
 ``ipcache.events``                              stream EVENTS              identity.IPCacheEvent
@@ -40,6 +41,7 @@ __all__ = [
     "K8S_OBJ_ALL",
     "K8S_STATUS_ALL",
     "K8S_SYNCED",
+    "K8S_WRITE_ALL",
     "SVID_SIGN_ALL",
     "TRUST_BUNDLE",
     "XDS_STATUS",
@@ -53,7 +55,9 @@ __all__ = [
     "k8s_node_status",
     "k8s_object",
     "k8s_status",
+    "k8s_write",
     "parse_k8s_status",
+    "parse_k8s_write",
     "svid_sign",
     "token",
     "untoken",
@@ -81,6 +85,7 @@ def untoken(tok: str) -> str:
 K8S_OBJ_ALL = "k8s.obj.>"
 K8S_SYNCED = "k8s.synced"
 K8S_STATUS_ALL = "k8s.status.>"
+K8S_WRITE_ALL = "k8s.write.>"
 
 
 def k8s_object(kind: str, namespace: str, name: str) -> str:
@@ -115,6 +120,19 @@ def parse_k8s_status(subject: str) -> tuple[str, str, str, str] | None:
     if len(parts) == 5:
         return "", parts[2], untoken(parts[3]), untoken(parts[4])
     return None
+
+
+def k8s_write(kind: str, namespace: str, name: str) -> str:
+    """Object write (create, patch, delete, status) the operator asks the active watcher to make."""
+    return f"k8s.write.{kind.lower()}.{token(namespace)}.{token(name)}"
+
+
+def parse_k8s_write(subject: str) -> tuple[str, str, str] | None:
+    """``(kind lower-case, namespace, name)`` of a write subject; None for anything else."""
+    parts = subject.split(".")
+    if parts[:2] != ["k8s", "write"] or len(parts) != 5:
+        return None
+    return parts[2], untoken(parts[3]), untoken(parts[4])
 
 
 # --- identity service --------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class LocalApi:
         self.port = port
         self.nodes = nodes
         self.dns_addr = dns_addr
+        self.lb_pool = lb_pool
         self.store = Store(self.data_dir / "api", history=history)
         # node_grace > 0: node agents post heartbeats and the node lifecycle controller watches them.
         self.node_grace = node_grace if controllers else 0.0
@@ -50,9 +51,7 @@ class LocalApi:
             self.store.default_toleration_seconds = toleration_seconds
         self.server = ApiServer(self.store, bookmark_interval=bookmark_interval, token=token)
         self.controllers = (
-            ControllerManager(self.store, lb_pool=lb_pool, dns_addr=dns_addr, node_grace=node_grace)
-            if controllers
-            else None
+            ControllerManager(self.store, dns_addr=dns_addr, node_grace=node_grace) if controllers else None
         )
         self.manifests = ManifestDir(self.store, manifests) if manifests else None
         self._runner: web.AppRunner | None = None
@@ -62,7 +61,7 @@ class LocalApi:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        bootstrap(self.store, self.nodes, self.dns_addr, heartbeats=self.node_grace > 0)
+        bootstrap(self.store, self.nodes, self.dns_addr, heartbeats=self.node_grace > 0, lb_pool=self.lb_pool)
         if self.controllers is not None:
             await self.controllers.start()
         if self.manifests is not None:

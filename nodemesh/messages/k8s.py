@@ -1,4 +1,5 @@
-"""Kubernetes object events (watcher → stream K8S) and status patches (services → watcher)."""
+"""Kubernetes object events (watcher → stream K8S), status patches (services → watcher) and the
+operator's object writes (operator → watcher, request/reply)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any, Literal
 
 import msgspec
 
-__all__ = ["ObjectEvent", "StatusPatch", "Synced"]
+__all__ = ["ObjectEvent", "ObjectWrite", "StatusPatch", "Synced", "WriteResult"]
 
 
 class ObjectEvent(msgspec.Struct, kw_only=True):
@@ -56,3 +57,34 @@ class StatusPatch(msgspec.Struct, kw_only=True):
     field_manager: str = ""
     # Only apply if the object still has this uid (guards against a recreated object); "" = any.
     uid: str = ""
+
+
+class ObjectWrite(msgspec.Struct, kw_only=True):
+    """One write the operator asks the active watcher to make (``subjects.k8s_write``, request/reply).
+
+    ``op``: ``create`` (``obj`` is the whole object), ``patch`` (``obj`` is a JSON merge patch of
+    the object), ``delete``, or ``status`` (``obj`` is a merge patch of ``{"status": …}``). ``uid``
+    is a precondition for patch, delete and status: the write is refused if the object was
+    recreated in between. The watcher applies only what the operator may do (docs/operator.md):
+    Services it manages, and the status of Services and LoadBalancer IP pools.
+    """
+
+    op: Literal["create", "patch", "delete", "status"]
+    kind: str
+    api_version: str
+    namespace: str
+    name: str
+    obj: dict[str, Any] = msgspec.field(default_factory=dict)
+    uid: str = ""
+    field_manager: str = ""
+
+
+class WriteResult(msgspec.Struct, kw_only=True):
+    """The watcher's answer to an :class:`ObjectWrite`: ``code`` is the API's HTTP status (or 403
+    when the watcher refused it itself), ``reason``/``message`` say why it failed."""
+
+    ok: bool
+    code: int = 200
+    reason: str = ""
+    message: str = ""
+    resource_version: str = ""

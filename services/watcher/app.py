@@ -24,6 +24,7 @@ from services.watcher.kube import KubeClient
 from services.watcher.metrics import WatcherMetrics
 from services.watcher.status import StatusApplier, pull_status_patches
 from services.watcher.sync import ActiveWatcher, LostLeadership
+from services.watcher.writes import WriteApplier, serve_writes
 
 __all__ = ["LEASE_WATCHER", "main", "select_kinds"]
 
@@ -65,6 +66,7 @@ async def main(svc: Service) -> None:
         timeout=min(cfg.lease_renew_s, cfg.lease_grace_s / 2),
     )
     applier = StatusApplier(kube, metrics)
+    writer = WriteApplier(kube, metrics)
     gate = svc.gate("synced")
 
     async def cleanup() -> None:
@@ -88,6 +90,8 @@ async def main(svc: Service) -> None:
             pull_status_patches(svc.bus, applier, lambda: lease.held), name="watcher:status"
         )
         task: asyncio.Task[Any] = asyncio.create_task(active.run(gate.set), name="watcher:active")
+        # The operator's writes: answered only while active (the operator retries on no responders).
+        writes_sub = await serve_writes(svc.bus, writer, lambda: lease.held)
         try:
             while True:
                 await asyncio.wait([task], timeout=cfg.lease_renew_s)
@@ -109,6 +113,10 @@ async def main(svc: Service) -> None:
                 pass
             except Exception as e:  # already logged above when it ended the active role
                 svc.log.debug("active role ended: %r", e)
+            try:
+                await writes_sub.unsubscribe()
+            except Exception as e:  # connection already gone
+                svc.log.debug("write subscription: %r", e)
             status_task.cancel()
             try:
                 await status_task

@@ -12,5 +12,6 @@ CELL = Cell(
     reads_buckets=(BUCKET_LEASES.name,),
     writes=(KvWrite(BUCKET_LEASES.name, LEASE_WATCHER),),
     publishes=(subjects.K8S_OBJ_ALL, subjects.K8S_SYNCED),
-    subscribes=(subjects.K8S_STATUS_ALL,),
+    # k8s.write.*: the operator's object writes, answered (allow_responses) while active.
+    subscribes=(subjects.K8S_STATUS_ALL, subjects.K8S_WRITE_ALL),
 )

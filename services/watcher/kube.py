@@ -177,6 +177,25 @@ class KubeClient:
             self._json, "PATCH", path, body=patch, content_type="application/merge-patch+json"
         )
 
+    async def create(self, kind: Kind, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """POST a new object."""
+        return await asyncio.to_thread(self._json, "POST", kind.path(namespace), body=obj)
+
+    async def patch(self, kind: Kind, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch of the object (a ``metadata.uid`` in it is a precondition)."""
+        return await asyncio.to_thread(
+            self._json,
+            "PATCH",
+            kind.path(namespace, name),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+
+    async def delete(self, kind: Kind, namespace: str, name: str, uid: str = "") -> dict[str, Any]:
+        """DELETE, with ``preconditions.uid`` when ``uid`` is given (409 if the object was recreated)."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}} if uid else None
+        return await asyncio.to_thread(self._json, "DELETE", kind.path(namespace, name), body=body)
+
     async def watch(self, kind: Kind, resource_version: str, timeout_s: int) -> AsyncIterator[dict[str, Any]]:
         """Watch events (``{"type", "object"}``) from ``resource_version`` until the server ends the
         stream. A non-200 answer raises :class:`ApiStatusError`; ERROR events are yielded as-is."""

@@ -48,6 +48,12 @@ class WatcherMetrics:
             ["result"],
             registry=registry,
         )
+        self.object_writes = Counter(
+            "nodemesh_watcher_object_writes",
+            "The operator's object writes (k8s.write.*) handled",
+            ["op", "result"],
+            registry=registry,
+        )
         self.watch_restarts = Counter(
             "nodemesh_watcher_watch_restarts",
             "Watch streams re-opened (timeout, error)",

@@ -32,7 +32,7 @@ from tests.deploy.manifests import (
 
 # The Kubernetes versions the manifests must be valid for: the oldest we claim and the newest schema.
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
-CONTROL_PLANE = {"watcher", "identity", "xds"}
+CONTROL_PLANE = {"watcher", "identity", "xds", "operator"}
 # Paths a process reads without a flag naming them: BCC compiles against the host kernel's headers.
 # The datapath opens pods' namespaces at the path the runtime passes the plugin as CNI_NETNS.
 READ_BY_CODE = {"datapath": {"/lib/modules", "/usr/src", "/var/run/netns"}}

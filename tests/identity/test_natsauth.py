@@ -77,6 +77,7 @@ def test_credentials_file_is_private_and_stable(tmp_path: Path) -> None:
         "watcher",
         "identity",
         "xds",
+        "operator",
         "dns",
         *(f(n) for n in NODES for f in (DATAPATH.user, AUTHD.user)),
     }

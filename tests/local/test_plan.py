@@ -19,7 +19,7 @@ def test_plan_writes_run_files_and_wires_every_process(tmp_path: Path) -> None:
         sup.Options(data_dir=str(tmp_path), nodes=2, manifests=str(tmp_path)), progress=lambda _m: None
     )
     procs = {p.state.name: p for p in s.plan()}
-    expected = {"nats", "apiserver", "watcher-0", "watcher-1", "identity", "xds", "dns"}
+    expected = {"nats", "apiserver", "watcher-0", "watcher-1", "identity", "xds", "operator", "dns"}
     expected |= {f"{svc}@node-{i}" for svc in ("datapath", "authd", "envoy") for i in (1, 2)}
     assert set(procs) == expected
 

@@ -72,7 +72,9 @@ def test_privileged_up_status(cluster: Path) -> None:
     st = status(cluster)
     assert st["up"] and st["phase"] == "running"
     procs = {p["name"]: p for p in st["processes"]}
-    assert {"nats", "apiserver", "watcher-0", "watcher-1", "envoy@node-1", "authd@node-2"} <= set(procs)
+    assert {"nats", "apiserver", "watcher-0", "watcher-1", "operator", "envoy@node-1", "authd@node-2"} <= set(
+        procs
+    )
     for p in procs.values():
         assert p["running"] and p["ready"] and p["pid"] > 0 and p["health_port"] > 0, p
         assert p["version"], p

@@ -20,7 +20,7 @@ from nodemesh.natsauth import cell_permissions, user_permissions
 
 ROOT = Path(__file__).resolve().parents[2]
 # Builders of names, not subjects, and subjects only the CLI (admin) uses.
-NOT_SUBJECTS = {"token", "untoken", "k8s_object", "k8s_kind", "parse_k8s_status"}
+NOT_SUBJECTS = {"token", "untoken", "k8s_object", "k8s_kind", "parse_k8s_status", "parse_k8s_write"}
 
 
 def covered(subject: str, patterns: tuple[str, ...]) -> bool:
@@ -84,7 +84,7 @@ def test_every_subject_a_service_names_is_declared(cell: Cell) -> None:
 
 def test_permissions_are_exactly_the_cells() -> None:
     perms = user_permissions(CELLS, ["node-a", "node-b"])
-    assert set(perms) == {"admin", "watcher", "identity", "xds", "dns"} | {
+    assert set(perms) == {"admin", "watcher", "identity", "xds", "operator", "dns"} | {
         f"{s}-{n}" for s in ("datapath", "authd") for n in ("node-a", "node-b")
     }
     authd_a = perms["authd-node-a"]
@@ -94,6 +94,13 @@ def test_permissions_are_exactly_the_cells() -> None:
     # Only the watcher publishes cluster state; only identity writes identities.
     assert [u for u, p in perms.items() if subjects.K8S_OBJ_ALL in p.publish] == ["watcher"]
     assert [u for u, p in perms.items() if "$KV.identities.>" in p.publish] == ["identity"]
+    # Only the operator asks for object writes, and only the watcher answers them.
+    assert [u for u, p in perms.items() if subjects.K8S_WRITE_ALL in p.publish and u != "admin"] == [
+        "operator"
+    ]
+    assert [u for u, p in perms.items() if subjects.K8S_WRITE_ALL in p.subscribe and u != "admin"] == [
+        "watcher"
+    ]
     assert cell_permissions(CELLS[0]) == perms["watcher"]
 
 

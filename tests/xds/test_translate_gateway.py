@@ -322,10 +322,13 @@ def test_key_not_matching_the_certificate_is_invalid() -> None:
 
 
 def test_long_gateway_names_use_the_shortened_service_name() -> None:
-    from localcluster.apiserver.controllers.gateway import gateway_service_name as api_side
+    from services.operator.gateway import desired_gateway_services
     from services.xds.translate.ingest_gateway import gateway_service_name
 
     name = "g" * 60
-    assert gateway_service_name(name) == api_side(name) != f"cilium-gateway-{name}"
+    gw = {"metadata": {"name": name, "namespace": NS, "uid": "u"}, "spec": {"gatewayClassName": "c"}}
+    cls = {"metadata": {"name": "c"}, "spec": {"controllerName": "io.cilium/gateway-controller"}}
+    (svc,) = desired_gateway_services([gw], [cls])  # the operator's Service, the name xds looks for
+    assert gateway_service_name(name) == svc["metadata"]["name"] != f"cilium-gateway-{name}"
     t = _base(o.gateway(name, NS, [HTTP]), o.lb_service(NS, gateway_service_name(name), "127.0.100.8"))
     assert _status(t, "Gateway", name)["addresses"] == [{"type": "IPAddress", "value": "127.0.100.8"}]

@@ -1,13 +1,15 @@
-"""Local controllers: what kube-controller-manager (and Cilium's operator) do, inside the API server.
+"""Local controllers: what kube-controller-manager and the scheduler do, inside the API server.
 
 Each controller is a level-triggered ``reconcile(store)`` pass over the whole store that writes
 only differences, so a pass that finds nothing to do writes nothing and the loop settles. The
 :class:`ControllerManager` runs every pass after any change (debounced), in a fixed order:
 garbage collection, node lifecycle (when heartbeats are monitored), Deployments, ReplicaSets,
-scheduling, Gateway Services, Ingress Services, LB-IPAM, EndpointSlices, and kube-dns' EndpointSlice
-when the cluster runs a DNS server (controllers/clusterdns.py). The node lifecycle controller also
-runs on its own every few seconds (and when a toleration runs out), since a missing heartbeat is no
-change in the store.
+scheduling, EndpointSlices, and kube-dns' EndpointSlice when the cluster runs a DNS server
+(controllers/clusterdns.py). What Cilium's operator does (Gateway and Ingress LoadBalancer Services,
+LB-IPAM) is services/operator's, which writes through the watcher as against any API server; the
+server only creates the initial CiliumLoadBalancerIPPool (controllers/bootstrap.py). The node
+lifecycle controller also runs on its own every few seconds (and when a toleration runs out), since
+a missing heartbeat is no change in the store.
 """
 
 from __future__ import annotations
@@ -19,10 +21,7 @@ from collections.abc import Callable
 
 from localcluster.apiserver.controllers.clusterdns import ClusterDns
 from localcluster.apiserver.controllers.endpointslices import reconcile_endpointslices
-from localcluster.apiserver.controllers.gateway import reconcile_gateways
 from localcluster.apiserver.controllers.gc import reconcile_gc
-from localcluster.apiserver.controllers.ingress import reconcile_ingresses
-from localcluster.apiserver.controllers.lbipam import LbIpam
 from localcluster.apiserver.controllers.nodelifecycle import NodeLifecycle
 from localcluster.apiserver.controllers.workloads import (
     reconcile_deployments,
@@ -41,7 +40,6 @@ class ControllerManager:
         self,
         store: Store,
         *,
-        lb_pool: str = "127.0.100.0/24",
         debounce: float = 0.02,
         dns_addr: str = "",
         node_grace: float = 0.0,
@@ -49,7 +47,6 @@ class ControllerManager:
     ) -> None:
         self.store = store
         self.debounce = debounce
-        self.lbipam = LbIpam(lb_pool)
         #: None: Nodes are static (always Ready, no heartbeats expected), as without a node agent.
         self.nodes = NodeLifecycle(node_grace, clock) if node_grace > 0 else None
         self._dirty = asyncio.Event()
@@ -61,9 +58,6 @@ class ControllerManager:
             ("deployment", reconcile_deployments),
             ("replicaset", reconcile_replicasets),
             ("scheduler", schedule_pods),
-            ("gateway-service", reconcile_gateways),
-            ("ingress-service", reconcile_ingresses),
-            ("lb-ipam", self.lbipam.reconcile),
             ("endpointslice", reconcile_endpointslices),
         ]
         if dns_addr:

@@ -107,7 +107,13 @@ def remove_extra_nodes(store: Store, nodes: int) -> list[str]:
     return removed
 
 
-def bootstrap(store: Store, nodes: int, dns_addr: str = "", heartbeats: bool = False) -> None:
+#: The CiliumLoadBalancerIPPool local mode starts with (the operator's LB-IPAM gives out its addresses).
+LOCAL_POOL = "local"
+
+
+def bootstrap(
+    store: Store, nodes: int, dns_addr: str = "", heartbeats: bool = False, lb_pool: str = ""
+) -> None:
     for ns in ("default", "kube-system"):
         _ensure(store, "Namespace", {"metadata": {"name": ns}})
     if dns_addr and ensure_dns_service(store) is None:
@@ -137,4 +143,11 @@ def bootstrap(store: Store, nodes: int, dns_addr: str = "", heartbeats: bool = F
         for name, gw_ctrl, ing_ctrl in classes:
             _ensure(store, "GatewayClass", {"metadata": {"name": name}, "spec": {"controllerName": gw_ctrl}})
             _ensure(store, "IngressClass", {"metadata": {"name": name}, "spec": {"controller": ing_ctrl}})
+        if lb_pool:
+            # Once, like the classes: a pool the user deletes or edits stays as the user left it.
+            _ensure(
+                store,
+                "CiliumLoadBalancerIPPool",
+                {"metadata": {"name": LOCAL_POOL}, "spec": {"blocks": [{"cidr": lb_pool}]}},
+            )
         store.set_meta("bootstrapped", "1")

@@ -6,10 +6,10 @@ Routes attach afterwards (:mod:`.ingest_routes`); the Gateway's status is writte
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from nodemesh.lbservices import gateway_service_name
 from nodemesh.messages.k8s import StatusPatch
 
 from .frontend_tls import backend_client_certificate, frontend_validation
@@ -71,14 +71,6 @@ class GatewayState:
     @property
     def prefix(self) -> str:
         return f"{self.namespace}/cilium-gateway-{self.name}"
-
-
-def gateway_service_name(gateway: str) -> str:
-    """The Gateway's LoadBalancer Service: ``cilium-gateway-<name>``, cut like Cilium's ``model.Shorten``."""
-    name = f"cilium-gateway-{gateway}"
-    if len(name) <= 63:
-        return name
-    return f"{name[:52]}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
 
 
 def _our_classes(idx: Index, inp: TranslateInput, out: Translation) -> set[str]:

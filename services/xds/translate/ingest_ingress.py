@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from nodemesh.lbservices import ingress_is_ours, ingress_service
 from nodemesh.messages.k8s import StatusPatch
 
 from .index import Index, as_dict, as_int, as_list, meta, valid_tls_secret
@@ -23,26 +24,13 @@ from .types import TranslateInput, Translation
 
 __all__ = ["ingest"]
 
-MODE_ANNOTATION = "ingress.cilium.io/loadbalancer-mode"
 FORCE_HTTPS = "ingress.cilium.io/force-https"
 REQUEST_TIMEOUT = "ingress.cilium.io/request-timeout"
 TLS_PASSTHROUGH = "ingress.cilium.io/tls-passthrough"
-_CONTROLLERS = ("nodemesh.io/ingress-controller", "cilium.io/ingress-controller")
 
 
 def _ours(idx: Index, inp: TranslateInput, ing: dict[str, Any]) -> bool:
-    cls = (as_dict(ing.get("spec"))).get("ingressClassName") or (as_dict(meta(ing).get("annotations"))).get(
-        "kubernetes.io/ingress.class"
-    )
-    if cls:
-        return cls in inp.ingress_classes
-    for ic in idx.all("IngressClass"):
-        default = (as_dict(meta(ic).get("annotations"))).get(
-            "ingressclass.kubernetes.io/is-default-class"
-        ) == "true"
-        if default and (as_dict(ic.get("spec"))).get("controller") in _CONTROLLERS:
-            return True
-    return False
+    return ingress_is_ours(ing, list(idx.all("IngressClass")), tuple(inp.ingress_classes))
 
 
 def _backend(idx: Index, ns: str, raw: Any) -> Backend | None:
@@ -170,11 +158,10 @@ def ingest(idx: Index, inp: TranslateInput, model: Model, out: Translation) -> N
         m = meta(ing)
         ns, name = m.get("namespace", ""), m.get("name", "")
         ann = as_dict(m.get("annotations"))
-        mode = ann.get(MODE_ANNOTATION, inp.default_ingress_mode)
-        if mode == "shared":
-            svc_ns, svc_name = inp.shared_ingress_namespace, "cilium-ingress"
-        else:
-            svc_ns, svc_name = ns, f"cilium-ingress-{name}"
+        svc_ns, svc_name, dedicated = ingress_service(
+            ing, inp.default_ingress_mode, inp.shared_ingress_namespace
+        )
+        mode = "dedicated" if dedicated else "shared"
         address = idx.lb_address(svc_ns, svc_name)
         _want_lb_service(
             out, svc_ns, svc_name, ns if mode != "shared" else "", name if mode != "shared" else ""

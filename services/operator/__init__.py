@@ -1,0 +1,1 @@
+"""The operator: Gateway/Ingress LoadBalancer Services and LB-IPAM, written through the watcher."""
