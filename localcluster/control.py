@@ -32,7 +32,7 @@ from localcluster.cleanup import (
 )
 from localcluster.layout import ClusterInfo, SupervisorState, load_api_token, load_credentials
 
-__all__ = ["cluster_status", "down", "supervisor_pid", "up"]
+__all__ = ["add_stream_inventory", "cluster_status", "down", "supervisor_pid", "up"]
 
 Out = Callable[[str], None]
 
@@ -205,14 +205,7 @@ async def _nats_status(d: Path, url: str) -> dict[str, Any]:
     try:
         info["reachable"] = True
         js = nc.jetstream()
-        streams = await asyncio.wait_for(js.streams_info(), 5)
-        for s in streams:
-            name = s.config.name or ""
-            entry = {"name": name, "messages": s.state.messages, "bytes": s.state.bytes}
-            if name.startswith("KV_"):
-                info["buckets"].append({**entry, "name": name[3:]})
-            else:
-                info["streams"].append(entry)
+        add_stream_inventory(info, await asyncio.wait_for(js.streams_info(), 5))
     except Exception as e:
         info["jetstream_error"] = str(e) or type(e).__name__
     finally:
@@ -264,3 +257,17 @@ def cluster_status(d: Path) -> dict[str, Any]:
     result["nats"] = asyncio.run(_nats_status(d, cluster.nats_url))
     result["nodes"] = _nodes(cluster.api_url, d)
     return result
+
+
+def add_stream_inventory(out: dict[str, Any], streams: list[Any]) -> None:
+    """Append each JetStream stream to ``out["streams"]``, KV buckets (``KV_<name>``) to ``out["buckets"]``.
+
+    One place for the shape `status` prints, whether it reads the local cluster or a remote one.
+    """
+    for s in streams:
+        name = s.config.name or ""
+        entry = {"name": name, "messages": s.state.messages, "bytes": s.state.bytes}
+        if name.startswith("KV_"):
+            out["buckets"].append({**entry, "name": name[3:]})
+        else:
+            out["streams"].append(entry)

@@ -12,6 +12,7 @@ import asyncio
 import json
 from typing import Any
 
+from localcluster.control import add_stream_inventory
 from meshctl.natsopts import connect_cli
 
 __all__ = ["print_remote_status", "remote_status"]
@@ -43,13 +44,7 @@ async def remote_status(args: argparse.Namespace, wait: float = 1.0) -> dict[str
             if r.get("version") and r["version"] not in entry["versions"]:
                 entry["versions"].append(str(r["version"]))
         try:
-            for s in await asyncio.wait_for(bus.js.streams_info(), 5):
-                name = s.config.name or ""
-                entry = {"name": name, "messages": s.state.messages, "bytes": s.state.bytes}
-                if name.startswith("KV_"):
-                    out["buckets"].append({**entry, "name": name[3:]})
-                else:
-                    out["streams"].append(entry)
+            add_stream_inventory(out, await asyncio.wait_for(bus.js.streams_info(), 5))
         except Exception as e:  # a user without JetStream API rights still sees the services
             out["jetstream_error"] = str(e) or type(e).__name__
     finally:
